@@ -1,0 +1,112 @@
+"""The access log: one JSON line per request, written off the event loop.
+
+Lines are rendered with orjson into a list; a short timer hands the batch to
+a writer thread, so a slow terminal, pipe or disk never blocks the loop. When
+the thread falls behind by more than ``max_pending`` lines, new lines are
+dropped and counted (the count is logged) rather than growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import sys
+import threading
+from typing import Any, BinaryIO
+
+import orjson
+
+FLUSH_INTERVAL_S = 0.05
+
+
+class AccessLog:
+    __slots__ = ("_buf", "_dropped", "_handle", "_loop", "_max_pending", "_out", "_pending",
+                 "_queue", "_thread", "enabled")
+
+    def __init__(self, target: str, loop: asyncio.AbstractEventLoop,
+                 max_pending: int = 100_000) -> None:
+        self.enabled = target != "off"
+        self._loop = loop
+        self._buf: list[bytes] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._max_pending = max_pending
+        self._pending = 0
+        self._dropped = 0
+        self._queue: queue.SimpleQueue[tuple[list[bytes], int] | None] = queue.SimpleQueue()
+        self._out: BinaryIO | int | None = None
+        self._thread: threading.Thread | None = None
+        if not self.enabled:
+            return
+        if target == "stdout":
+            self._out = sys.stdout.fileno()
+        elif target == "stderr":
+            self._out = sys.stderr.fileno()
+        else:
+            self._out = open(target, "ab")  # noqa: SIM115 - closed by close()
+        self._thread = threading.Thread(target=self._writer, name="fastgw-access-log",
+                                        daemon=True)
+        self._thread.start()
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Queue one record (a dict of JSON-able values)."""
+        if not self.enabled:
+            return
+        if self._pending >= self._max_pending:
+            self._dropped += 1
+            return
+        self._buf.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        self._pending += 1
+        if self._handle is None:
+            self._handle = self._loop.call_later(FLUSH_INTERVAL_S, self.flush)
+
+    def flush(self) -> None:
+        self._handle = None
+        if self._buf:
+            batch, self._buf = self._buf, []
+            lines = len(batch)
+            if self._dropped:
+                batch.append(orjson.dumps({"event": "access_log_dropped", "lines": self._dropped},
+                                          option=orjson.OPT_APPEND_NEWLINE))
+                self._dropped = 0
+            self._queue.put((batch, lines))
+
+    def _writer(self) -> None:
+        out = self._out
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch, lines = item
+            data = b"".join(batch)
+            try:
+                if isinstance(out, int):
+                    view = memoryview(data)
+                    while view:
+                        n = os.write(out, view)
+                        view = view[n:]
+                elif out is not None:
+                    out.write(data)
+                    out.flush()
+            except OSError:
+                pass  # a closed stdout must not take the gateway down
+            # Lines leave the pending count only once written (bounded memory).
+            try:
+                self._loop.call_soon_threadsafe(self._written, lines)
+            except RuntimeError:
+                return  # the loop is closed: the process is exiting
+
+    def _written(self, n: int) -> None:
+        self._pending -= n
+
+    def close(self) -> None:
+        """Flush what is queued and stop the writer thread (waits for it)."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self.flush()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._out is not None and not isinstance(self._out, int):
+            self._out.close()

@@ -1,0 +1,167 @@
+"""Composition root: builds one worker from a configuration and runs it.
+
+Start order: (demo mock provider) -> upstream client and routing snapshot ->
+metrics recorder and access log -> proxy and gateway handler -> listening
+server -> signal handlers. Stop order is the reverse, after a drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import socket
+import sys
+import time
+
+import uvloop
+
+from fastgw import _native_check
+from fastgw.accesslog import AccessLog
+from fastgw.config import Config, demo_config, load_config
+from fastgw.errors import ConfigError
+from fastgw.metrics import Recorder
+from fastgw.pipeline import headers as hdr
+from fastgw.pipeline.gateway import Gateway, GatewayState
+from fastgw.pipeline.runner import Proxy
+from fastgw.pipeline.snapshot import build_snapshot
+from fastgw.server.lifecycle import drain, listen_socket, start_server
+from fastgw.server.protocol import ServerSettings, ServerState
+from fastgw.upstream.client import UpstreamClient
+
+log = logging.getLogger("fastgw")
+
+
+class App:
+    """One worker: its server, upstream pools and current routing snapshot."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.client = UpstreamClient(self.loop)
+        self.server_state = ServerState()
+        self.server: asyncio.Server | None = None
+        self.mock: asyncio.Server | None = None
+        self.access_log: AccessLog | None = None
+        self.gateway: Gateway | None = None
+        self.stopped = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        cfg = self.config
+        if cfg.demo:
+            # The built-in demo: an in-process mock provider on a free port.
+            from fastgw.mock import MockOptions, start_mock
+
+            self.mock = await start_mock(MockOptions(latency_ms=20, chunks=12,
+                                                     chunk_interval_ms=30),
+                                         "127.0.0.1", 0)
+            port = self.mock.sockets[0].getsockname()[1]
+            cfg = self.config = demo_config(f"http://127.0.0.1:{port}/v1", cfg.server.host,
+                                            cfg.server.port, cfg.server.workers)
+        snapshot = build_snapshot(cfg, self.client, int(time.time()))
+        self.access_log = AccessLog(cfg.observability.access_log, self.loop)
+        proxy = Proxy(self.loop, Recorder(), self.access_log)
+        self.gateway = Gateway(GatewayState(snapshot), proxy, self.reload)
+        s = cfg.server
+        settings = ServerSettings(max_body_bytes=s.max_body_bytes,
+                                  max_header_bytes=s.max_header_bytes,
+                                  keepalive_timeout_s=s.keepalive_timeout_s,
+                                  header_timeout_s=s.header_timeout_s,
+                                  new_request_id=hdr.new_request_id)
+        if sock is None:
+            sock = listen_socket(s.host, s.port, reuse_port=s.workers > 1, backlog=s.backlog)
+        self.server = await start_server(self.gateway, settings, self.server_state, sock,
+                                         s.backlog)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def reload(self) -> str:
+        """Re-read the configuration file and swap the routing snapshot.
+
+        A bad file is refused (ConfigError) and the old configuration keeps
+        serving; connections are never dropped.
+        """
+        async with self._reload_lock:
+            source = self.config.source
+            if source is None:
+                return "nothing to reload: the gateway runs the built-in demo"
+            new = load_config(source)
+            old = self.config
+            if new.server != old.server:
+                log.warning("server settings changed in %s; they apply after a restart", source)
+            new = dataclasses.replace(new, server=old.server)
+            assert self.gateway is not None
+            snapshot = build_snapshot(new, self.client, int(time.time()))
+            self.gateway.state.snapshot = snapshot
+            self.config = new
+            self.client.retire_unused({p.pool for p in snapshot.providers.values()})
+            log.info("configuration reloaded: %s", new.summary())
+            return new.summary()
+
+    async def stop(self) -> None:
+        """Drain (bounded by server.drain_timeout_s) and release everything."""
+        if self.server is not None and self.gateway is not None:
+            self.gateway.state.draining = True
+            clean = await drain(self.server, self.server_state,
+                                self.config.server.drain_timeout_s)
+            if not clean:
+                log.warning("drain timeout: closed connections still in flight")
+        self.client.close()
+        if self.mock is not None:
+            self.mock.close()
+        if self.access_log is not None:
+            self.access_log.close()
+        self.stopped.set()
+
+
+async def serve(config: Config, sock: socket.socket | None = None,
+                ready: asyncio.Future[int] | None = None) -> int:
+    """Run one worker until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit code."""
+    app = App(config)
+    await app.start(sock)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        async def go() -> None:
+            try:
+                await app.reload()
+            except ConfigError as exc:
+                log.error("reload refused, the previous configuration keeps serving:\n%s", exc)
+        tasks.add(t := loop.create_task(go()))
+        t.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    log.info("fastgw listening on http://%s:%d (%s)", app.config.server.host, app.port,
+             "built-in demo" if app.config.demo else app.config.summary())
+    if ready is not None:
+        ready.set_result(app.port)
+    await stop.wait()
+    log.info("draining")
+    await app.stop()
+    return 0
+
+
+def run_worker(config: Config, sock: socket.socket | None = None) -> int:
+    """Blocking entry point of one worker process."""
+    _native_check.require()
+    setup_logging()
+    return uvloop.run(serve(config, sock))
+
+
+def setup_logging() -> None:
+    root = logging.getLogger("fastgw")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s fastgw[%(process)d] %(levelname)s "
+                                               "%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)

@@ -1,0 +1,442 @@
+"""Configuration: YAML in, frozen dataclasses out, validated once.
+
+``load_config(path)`` reads YAML, replaces ``${VAR}`` / ``${VAR:-default}`` from
+the environment, builds the dataclasses below field by field and collects
+*every* error with its YAML path (``models[2].targets[0].provider: unknown
+provider 'opnai'``) before raising one :class:`~fastgw.errors.ConfigError`.
+Unknown keys are errors. The dataclasses are the single source of truth for
+names and defaults; the loader reads their type hints, so adding an option is
+adding a field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from fastgw.errors import ConfigError
+
+ProviderKind = Literal["openai", "azure", "anthropic", "openai-compatible"]
+BalanceKind = Literal["round-robin", "weighted", "least-inflight", "latency", "consistent-hash"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 65536
+    keepalive_timeout_s: float = 75.0
+    header_timeout_s: float = 10.0
+    drain_timeout_s: float = 30.0
+    trusted_proxies: tuple[str, ...] = ()
+    backlog: int = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutsConfig:
+    connect_s: float = 5.0
+    first_byte_s: float = 60.0
+    idle_s: float = 30.0
+    total_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    kind: ProviderKind
+    base_url: str
+    api_key: str | None = None
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    max_connections: int = 256
+    idle_connection_s: float = 60.0
+    headers: Mapping[str, str] = field(default_factory=dict)
+    api_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    provider: str
+    model: str
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class PriceConfig:
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    targets: tuple[TargetConfig, ...] = ()
+    balance: BalanceKind = "weighted"
+    hash_key: str | None = None
+    price: PriceConfig | None = None
+    on_disconnect: Literal["cancel", "drain_for_usage"] = "cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class ObservabilityConfig:
+    metrics_path: str = "/metrics"
+    access_log: str = "stdout"  # stdout | stderr | off | a file path
+    log_format: Literal["json"] = "json"
+    otlp_endpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    key_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    providers: tuple[ProviderConfig, ...] = ()
+    models: tuple[ModelConfig, ...] = ()
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    # Set by the loader, not by YAML: where the file came from (for reloads).
+    source: str | None = field(default=None, metadata={"internal": True})
+    demo: bool = field(default=False, metadata={"internal": True})
+
+    def provider(self, name: str) -> ProviderConfig:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def summary(self) -> str:
+        return (f"{len(self.providers)} providers, {len(self.models)} models, "
+                f"listening on {self.server.host}:{self.server.port} "
+                f"with {self.server.workers} worker(s)")
+
+
+# --- environment substitution ------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Substituted(str):
+    """A string produced by ``${...}`` substitution: may be coerced to a number."""
+
+    __slots__ = ()
+
+
+def _substitute(node: Any, path: str, errors: list[tuple[str, str]]) -> Any:
+    if isinstance(node, str):
+        if "${" not in node:
+            return node
+
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            value = os.environ.get(name)
+            if value is None:
+                if default is None:
+                    errors.append((path, f"environment variable {name} is not set "
+                                         f"(use ${{{name}:-default}} to give a default)"))
+                    return ""
+                return default
+            return value
+
+        return _Substituted(_VAR.sub(repl, node))
+    if isinstance(node, dict):
+        return {k: _substitute(v, _join(path, str(k)), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+    return node
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# --- generic builder from type hints -----------------------------------------
+
+_MISSING = object()
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp is bool:
+        return "true or false"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (tuple, list):
+        return "a list"
+    if origin in (dict, Mapping) or tp is Mapping:
+        return "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return str(tp)
+
+
+def _build(tp: Any, value: Any, path: str, errors: list[tuple[str, str]]) -> Any:
+    """Convert ``value`` to type ``tp``; on error record it and return _MISSING."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _build(inner[0], value, path, errors)
+        errors.append((path, f"expected {' or '.join(_type_name(a) for a in inner)}"))
+        return _MISSING
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            errors.append((path, f"expected a mapping, got {_describe(value)}"))
+            return _MISSING
+        return _build_dataclass(tp, value, path, errors)
+    if origin is Literal:
+        if value in args:
+            return value
+        errors.append((path, f"expected one of {', '.join(repr(a) for a in args)}, got {value!r}"
+                       + _suggest(value, [str(a) for a in args])))
+        return _MISSING
+    if origin is tuple:
+        if not isinstance(value, list):
+            errors.append((path, f"expected a list, got {_describe(value)}"))
+            return _MISSING
+        items = [_build(args[0], v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return _MISSING if any(x is _MISSING for x in items) else tuple(items)
+    if origin in (dict, Mapping) or origin is getattr(typing, "Mapping", None) or (
+            origin is not None and issubclass(origin, Mapping)):
+        if not isinstance(value, dict):
+            errors.append((path, f"expected a mapping, got {_describe(value)}"))
+            return _MISSING
+        out = {str(k): _build(args[1], v, _join(path, str(k)), errors) for k, v in value.items()}
+        return _MISSING if any(x is _MISSING for x in out.values()) else out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, _Substituted) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, _Substituted):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, _Substituted):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return str(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    else:  # pragma: no cover - a field type the loader does not know is a bug
+        raise TypeError(f"unsupported config type {tp!r} at {path}")
+    errors.append((path, f"expected {_type_name(tp)}, got {_describe(value)}"))
+    return _MISSING
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{value!r}"
+
+
+def _suggest(value: Any, choices: list[str]) -> str:
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build_dataclass(cls: Any, data: dict[str, Any], path: str,
+                     errors: list[tuple[str, str]]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs: dict[str, Any] = {}
+    for key in data:
+        if key not in fields:
+            errors.append((_join(path, str(key)), "unknown key" + _suggest(key, list(fields))))
+    ok = True
+    for name, f in fields.items():
+        if name in data:
+            built = _build(hints[name], data[name], _join(path, name), errors)
+            if built is _MISSING:
+                ok = False
+            else:
+                kwargs[name] = built
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            errors.append((_join(path, name), "required"))
+            ok = False
+    if not ok:
+        return _MISSING
+    return cls(**kwargs)
+
+
+# --- semantic checks ---------------------------------------------------------
+
+
+def _check(cfg: Config, errors: list[tuple[str, str]]) -> None:
+    s = cfg.server
+    for name in ("port",):
+        if not 0 <= getattr(s, name) <= 65535:
+            errors.append((f"server.{name}", "must be between 0 and 65535"))
+    for name in ("workers", "max_body_bytes", "max_header_bytes", "backlog"):
+        if getattr(s, name) < 1:
+            errors.append((f"server.{name}", "must be at least 1"))
+    for name in ("keepalive_timeout_s", "header_timeout_s", "drain_timeout_s"):
+        if getattr(s, name) <= 0:
+            errors.append((f"server.{name}", "must be greater than 0"))
+    for i, cidr in enumerate(s.trusted_proxies):
+        _check_cidr(cidr, f"server.trusted_proxies[{i}]", errors)
+
+    seen: dict[str, int] = {}
+    for i, p in enumerate(cfg.providers):
+        where = f"providers[{i}]"
+        if p.name in seen:
+            errors.append((f"{where}.name", f"duplicate provider name {p.name!r} "
+                                            f"(also providers[{seen[p.name]}])"))
+        seen[p.name] = i
+        url = urlsplit(p.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            errors.append((f"{where}.base_url",
+                           f"must be an http:// or https:// URL, got {p.base_url!r}"))
+        if p.max_connections < 1:
+            errors.append((f"{where}.max_connections", "must be at least 1"))
+        for tname in ("connect_s", "first_byte_s", "idle_s", "total_s"):
+            if getattr(p.timeouts, tname) <= 0:
+                errors.append((f"{where}.timeouts.{tname}", "must be greater than 0"))
+        if p.kind == "azure" and not p.api_version:
+            errors.append((f"{where}.api_version", "required for kind 'azure' "
+                                                   "(e.g. 2024-10-21)"))
+
+    models_seen: dict[str, int] = {}
+    for i, m in enumerate(cfg.models):
+        where = f"models[{i}]"
+        if m.name in models_seen:
+            errors.append((f"{where}.name", f"duplicate model name {m.name!r} "
+                                            f"(also models[{models_seen[m.name]}])"))
+        models_seen[m.name] = i
+        if not m.targets:
+            errors.append((f"{where}.targets", "a model needs at least one target"))
+        for j, t in enumerate(m.targets):
+            if t.provider not in seen:
+                errors.append((f"{where}.targets[{j}].provider",
+                               f"unknown provider {t.provider!r}"
+                               + _suggest(t.provider, list(seen))))
+            if t.weight <= 0:
+                errors.append((f"{where}.targets[{j}].weight", "must be greater than 0"))
+    admin_hash = cfg.admin.key_sha256
+    if admin_hash is not None and not re.fullmatch(r"[0-9a-f]{64}", admin_hash):
+        errors.append(("admin.key_sha256", "must be 64 lowercase hex characters "
+                                           "(the sha256 of the admin key)"))
+    log = cfg.observability
+    if not log.metrics_path.startswith("/"):
+        errors.append(("observability.metrics_path", "must start with '/'"))
+
+
+def _check_references(raw: dict[str, Any], errors: list[tuple[str, str]]) -> None:
+    """When the structure is broken, still report targets naming unknown providers."""
+    providers = raw.get("providers")
+    models = raw.get("models")
+    if not isinstance(providers, list) or not isinstance(models, list):
+        return
+    names = [p["name"] for p in providers if isinstance(p, dict) and isinstance(p.get("name"), str)]
+    for i, m in enumerate(models):
+        targets = m.get("targets") if isinstance(m, dict) else None
+        if not isinstance(targets, list):
+            continue
+        for j, t in enumerate(targets):
+            prov = t.get("provider") if isinstance(t, dict) else None
+            if isinstance(prov, str) and prov not in names:
+                errors.append((f"models[{i}].targets[{j}].provider",
+                               f"unknown provider {prov!r}" + _suggest(prov, names)))
+
+
+def _check_cidr(value: str, path: str, errors: list[tuple[str, str]]) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        errors.append((path, f"not an IP address or CIDR block: {value!r}"))
+
+
+# --- entry points ------------------------------------------------------------
+
+
+def parse_config(text: str, source: str | None = None) -> Config:
+    """Parse and validate YAML text; raise ConfigError listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([(where, f"invalid YAML: {problem}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([("", "the configuration must be a YAML mapping at the top level")])
+    errors: list[tuple[str, str]] = []
+    raw = _substitute(raw, "", errors)
+    cfg = _build_dataclass(Config, raw, "", errors)
+    if cfg is not _MISSING:
+        _check(cfg, errors)
+    else:
+        _check_references(raw, errors)
+    if errors:
+        raise ConfigError(errors)
+    assert isinstance(cfg, Config)
+    return dataclasses.replace(cfg, source=source)
+
+
+def load_config(path: str) -> Config:
+    """Read and validate a configuration file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    return parse_config(text, source=path)
+
+
+def demo_config(mock_base_url: str, host: str, port: int, workers: int) -> Config:
+    """The built-in demo: two models served by an in-process mock provider."""
+    mock = ProviderConfig(name="mock", kind="openai-compatible", base_url=mock_base_url,
+                          api_key="demo-provider-key")
+    return Config(
+        server=ServerConfig(host=host, port=port, workers=workers),
+        providers=(mock,),
+        models=(
+            ModelConfig(name="gpt-4o-mini", targets=(TargetConfig("mock", "mock-small"),),
+                        price=PriceConfig(0.15, 0.60)),
+            ModelConfig(name="gpt-4o", targets=(TargetConfig("mock", "mock-large"),),
+                        price=PriceConfig(2.5, 10.0)),
+        ),
+        demo=True,
+    )

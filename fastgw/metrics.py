@@ -1,0 +1,129 @@
+"""Every Prometheus metric of the gateway, declared once.
+
+With ``--workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before
+this module is imported, so prometheus-client keeps values in shared files and
+``/metrics`` on any worker aggregates all of them (:func:`render`).
+
+The request path never builds label tuples twice: :class:`Recorder` caches the
+labelled children it has seen (label sets are bounded: models, providers and
+statuses come from the configuration; per-key labels are opt-in and capped).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST as CONTENT_TYPE,
+)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                    120.0, 300.0)
+_OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                     0.1)
+
+REQUESTS = Counter("fastgw_requests_total", "Requests answered, by model asked, provider and "
+                   "status.", ["model", "provider", "status"])
+DURATION = Histogram("fastgw_request_duration_seconds", "Time from request received to "
+                     "response finished.", ["model"], buckets=_LATENCY_BUCKETS)
+UPSTREAM_TTFB = Histogram("fastgw_upstream_ttfb_seconds", "Time from request sent upstream "
+                          "to the response head.", ["provider"], buckets=_LATENCY_BUCKETS)
+OVERHEAD = Histogram("fastgw_overhead_seconds", "Time spent in the gateway, upstream time "
+                     "excluded.", buckets=_OVERHEAD_BUCKETS)
+TOKENS = Counter("fastgw_tokens_total", "Tokens counted from upstream usage.",
+                 ["model", "direction"])
+COST = Counter("fastgw_cost_usd_total", "Cost in USD from the price table.", ["model", "key"])
+RATELIMITED = Counter("fastgw_ratelimited_total", "Requests refused by a limit.", ["scope"])
+UPSTREAM_ERRORS = Counter("fastgw_upstream_errors_total", "Failed upstream attempts.",
+                          ["provider", "reason"])
+INFLIGHT = Gauge("fastgw_inflight_requests", "Requests being answered now.",
+                 multiprocess_mode="livesum")
+CACHE = Counter("fastgw_cache_total", "Cache lookups.", ["result"])
+FALLBACKS = Counter("fastgw_fallbacks_total", "Fallbacks from one model to another.",
+                    ["from", "to"])
+TARGET_HEALTHY = Gauge("fastgw_target_healthy", "1 when a target is taking traffic.",
+                       ["provider", "model"], multiprocess_mode="livemax")
+
+
+def render() -> tuple[bytes, bytes]:
+    """(content type, body) of the metrics page, aggregated over workers."""
+    if MULTIPROCESS:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return CONTENT_TYPE.encode(), generate_latest(registry)
+    from prometheus_client import REGISTRY
+
+    return CONTENT_TYPE.encode(), generate_latest(REGISTRY)
+
+
+def worker_exited(pid: int) -> None:
+    """Tell the multiprocess store a worker is gone (its live gauges drop)."""
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class Recorder:
+    """Records one finished request into all metrics, with cached label children."""
+
+    __slots__ = ("_cost", "_dur", "_req", "_tok", "_ttfb")
+
+    def __init__(self) -> None:
+        self._req: dict[tuple[str, str, int], Any] = {}
+        self._dur: dict[str, Any] = {}
+        self._ttfb: dict[str, Any] = {}
+        self._tok: dict[tuple[str, str], Any] = {}
+        self._cost: dict[tuple[str, str], Any] = {}
+
+    def request(self, model: str, provider: str, status: int, duration: float) -> None:
+        key = (model, provider, status)
+        child = self._req.get(key)
+        if child is None:
+            child = self._req[key] = REQUESTS.labels(model, provider, str(status))
+        child.inc()
+        d = self._dur.get(model)
+        if d is None:
+            d = self._dur[model] = DURATION.labels(model)
+        d.observe(duration)
+
+    def ttfb(self, provider: str, seconds: float) -> None:
+        child = self._ttfb.get(provider)
+        if child is None:
+            child = self._ttfb[provider] = UPSTREAM_TTFB.labels(provider)
+        child.observe(seconds)
+
+    def tokens(self, model: str, prompt: int, completion: int) -> None:
+        if prompt:
+            child = self._tok.get((model, "input"))
+            if child is None:
+                child = self._tok[(model, "input")] = TOKENS.labels(model, "input")
+            child.inc(prompt)
+        if completion:
+            child = self._tok.get((model, "output"))
+            if child is None:
+                child = self._tok[(model, "output")] = TOKENS.labels(model, "output")
+            child.inc(completion)
+
+    def cost(self, model: str, key: str, usd: float) -> None:
+        child = self._cost.get((model, key))
+        if child is None:
+            child = self._cost[(model, key)] = COST.labels(model, key)
+        child.inc(usd)
+
+    @staticmethod
+    def overhead(seconds: float) -> None:
+        OVERHEAD.observe(seconds)
+
+    @staticmethod
+    def upstream_error(provider: str, reason: str) -> None:
+        UPSTREAM_ERRORS.labels(provider, reason).inc()

@@ -1,0 +1,168 @@
+"""The request handler the server calls: routes a path to the proxy or to one of
+the gateway's own endpoints (health, readiness, models, metrics, admin)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+
+from fastgw import metrics
+from fastgw.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
+from fastgw.pipeline import headers as hdr
+from fastgw.pipeline.runner import Proxy
+from fastgw.pipeline.snapshot import Snapshot, model_object
+from fastgw.server.protocol import Cycle
+
+# Proxied endpoints; both with and without the /v1 prefix, as OpenAI-compatible
+# servers answer both.
+PROXY_PATHS: dict[bytes, str] = {}
+for _path, _name in (("/chat/completions", "chat"), ("/completions", "completions"),
+                     ("/embeddings", "embeddings"), ("/responses", "responses")):
+    PROXY_PATHS[_path.encode()] = _name
+    PROXY_PATHS[b"/v1" + _path.encode()] = _name
+
+_JSON = b"content-type: application/json\r\n"
+_OK = orjson.dumps({"status": "ok"})
+_READY = orjson.dumps({"status": "ready"})
+
+
+@dataclass(slots=True, eq=False)
+class GatewayState:
+    """What the handler reads per request; ``snapshot`` is swapped whole on reload."""
+
+    snapshot: Snapshot
+    draining: bool = False
+
+
+ReloadFn = Callable[[], Awaitable[str]]
+
+
+class Gateway:
+    __slots__ = ("_get", "_post", "proxy", "reload", "state")
+
+    def __init__(self, state: GatewayState, proxy: Proxy, reload: ReloadFn) -> None:
+        self.state = state
+        self.proxy = proxy
+        self.reload = reload
+        metrics_path = state.snapshot.config.observability.metrics_path.encode()
+        self._get: dict[bytes, Callable[[Cycle], Awaitable[None]]] = {
+            b"/healthz": self.health, b"/health": self.health, b"/readyz": self.ready,
+            b"/v1/models": self.models, b"/models": self.models, metrics_path: self.metrics,
+        }
+        self._post: dict[bytes, Callable[[Cycle], Awaitable[None]]] = {
+            b"/admin/reload": self.admin_reload,
+        }
+
+    async def __call__(self, cycle: Cycle) -> None:
+        path = cycle.path
+        endpoint = PROXY_PATHS.get(path)
+        try:
+            if endpoint is not None:
+                if cycle.method != b"POST":
+                    raise self._method(path, b"POST")
+                await self.proxy.run(cycle, self.state.snapshot, endpoint)
+                return
+            method = cycle.method
+            if method in (b"GET", b"HEAD"):
+                handler = self._get.get(path)
+                if handler is None and path.startswith((b"/v1/models/", b"/models/")):
+                    handler = self.model
+            elif method == b"POST":
+                handler = self._post.get(path)
+            else:
+                handler = None
+            if handler is None:
+                if path in self._get or path.startswith((b"/v1/models/", b"/models/")):
+                    raise self._method(path, b"GET, HEAD")
+                if path in self._post:
+                    raise self._method(path, b"POST")
+                raise NotFound(
+                    f"unknown path {path.decode('latin-1')!r}; fastgw serves "
+                    "/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, "
+                    "/v1/models, /healthz and /readyz", code="unknown_path")
+            await handler(cycle)
+        except GatewayError as exc:
+            if not cycle.started:
+                cycle.send_error(exc, _rid(cycle))
+            elif not cycle.finished:
+                cycle.abort()
+
+    @staticmethod
+    def _method(path: bytes, allow: bytes) -> MethodNotAllowed:
+        return MethodNotAllowed(
+            f"{path.decode('latin-1')} accepts {allow.decode()} only",
+            headers=[(b"allow", allow)])
+
+    # -- built-in endpoints -------------------------------------------------------------
+
+    async def health(self, cycle: Cycle) -> None:
+        cycle.send(200, _JSON + _rid(cycle), _OK)
+
+    async def ready(self, cycle: Cycle) -> None:
+        if self.state.draining:
+            raise ServiceUnavailable("the gateway is shutting down", code="draining")
+        cycle.send(200, _JSON + _rid(cycle), _READY)
+
+    async def models(self, cycle: Cycle) -> None:
+        cycle.send(200, _JSON + _rid(cycle), self.state.snapshot.models_body())
+
+    async def model(self, cycle: Cycle) -> None:
+        name = cycle.path.split(b"/models/", 1)[1].decode("utf-8", "replace")
+        snap = self.state.snapshot
+        route = snap.models.get(name)
+        if route is None:
+            raise ModelNotFound(f"the model {name!r} does not exist; GET /v1/models lists the "
+                                "models you can use", param="model")
+        cycle.send(200, _JSON + _rid(cycle), orjson.dumps(model_object(route, snap.created)))
+
+    async def metrics(self, cycle: Cycle) -> None:
+        self._admin(cycle)
+        ctype, body = metrics.render()
+        cycle.send(200, b"content-type: " + ctype + b"\r\n" + _rid(cycle), body)
+
+    async def admin_reload(self, cycle: Cycle) -> None:
+        self._admin(cycle)
+        summary = await self.reload()
+        cycle.send(200, _JSON + _rid(cycle), orjson.dumps({"status": "reloaded",
+                                                           "summary": summary}))
+
+    def _admin(self, cycle: Cycle) -> None:
+        """Admin endpoints need the admin key when ``admin.key_sha256`` is set."""
+        expected = self.state.snapshot.config.admin.key_sha256
+        if expected is None:
+            return
+        presented = _credential(cycle)
+        if presented is None:
+            raise Unauthorized("this endpoint needs the admin key: send "
+                               "'Authorization: Bearer <admin key>'")
+        digest = hashlib.sha256(presented).hexdigest()
+        if not hmac.compare_digest(digest, expected):
+            raise Unauthorized("the admin key is not valid")
+
+
+def _credential(cycle: Cycle) -> bytes | None:
+    auth = cycle.header(b"authorization")
+    if auth is not None:
+        scheme, _, token = auth.partition(b" ")
+        if scheme.lower() == b"bearer" and token.strip():
+            return token.strip()
+    key = cycle.header(b"x-api-key")
+    return key.strip() if key else None
+
+
+def _rid(cycle: Cycle) -> bytes:
+    value = cycle.header(b"x-request-id")
+    if value is None or not hdr.valid_request_id(value):
+        value = hdr.new_request_id()
+    return b"x-request-id: " + value + b"\r\n"

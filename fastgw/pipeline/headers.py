@@ -1,0 +1,87 @@
+"""Which headers cross the gateway, in each direction.
+
+Requests: everything the client sent except hop-by-hop headers, framing,
+credentials (the provider's key replaces the client's) and the gateway's own
+controls. Responses: a short allow-list of upstream headers, so provider
+account details (organisation, quotas, cookies) never reach clients.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from itertools import count
+
+_DROP_REQUEST = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
+    b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host",
+    b"content-length", b"content-type", b"expect", b"authorization", b"x-api-key", b"api-key",
+    b"accept-encoding", b"cookie", b"openai-organization", b"openai-project", b"x-request-id",
+    b"x-forwarded-for", b"forwarded", b"x-real-ip", b"anthropic-version",
+})
+
+# Upstream response headers passed to clients (lowercase name -> name sent).
+PASS_RESPONSE = {
+    b"openai-processing-ms": b"openai-processing-ms",
+    b"openai-version": b"openai-version",
+    b"x-request-id": b"x-upstream-request-id",
+    b"retry-after": b"retry-after",
+    b"retry-after-ms": b"retry-after-ms",
+}
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+def forwarded(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None]:
+    """(header block to send upstream, the client's x-request-id if usable)."""
+    out: list[bytes] = []
+    rid: bytes | None = None
+    hop: list[bytes] = []
+    for name, value in headers:
+        if name in _DROP_REQUEST or name.startswith(b"x-fastgw-"):
+            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                rid = value
+            elif name == b"connection":
+                hop.extend(v.strip().lower() for v in value.split(b","))
+            continue
+        out.append(name + b": " + value + b"\r\n")
+    if hop:
+        out = [line for line in out if line.split(b":", 1)[0] not in hop]
+    return b"".join(out), rid
+
+
+def valid_request_id(value: bytes) -> bool:
+    return _REQUEST_ID.fullmatch(value) is not None
+
+
+def response_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The allow-listed upstream response headers, ready to append to a head."""
+    out = b""
+    for name, value in headers:
+        sent = PASS_RESPONSE.get(name)
+        if sent is not None:
+            out += sent + b": " + value + b"\r\n"
+    return out
+
+
+def content_type(headers: list[tuple[bytes, bytes]], default: bytes) -> bytes:
+    for name, value in headers:
+        if name == b"content-type":
+            return value
+    return default
+
+
+_PREFIX = b"req_" + os.urandom(6).hex().encode()
+_COUNTER = count(1)
+
+
+def new_request_id() -> bytes:
+    """Unique per process and cheap: a random process prefix and a counter."""
+    return b"%s%08x" % (_PREFIX, next(_COUNTER))
+
+
+def reseed_request_ids() -> None:
+    """After fork: give this worker its own prefix."""
+    global _PREFIX, _COUNTER
+    _PREFIX = b"req_" + os.urandom(6).hex().encode()
+    _COUNTER = count(1)

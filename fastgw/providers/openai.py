@@ -1,0 +1,131 @@
+"""OpenAI-shaped providers: ``openai``, ``openai-compatible`` and ``azure``.
+
+The request body is forwarded as the client sent it. Only two edits are ever
+made, both without re-encoding the JSON when it can be avoided: the ``model``
+value is replaced by the deployment name (a byte splice when the value occurs
+exactly once), and ``stream_options.include_usage`` is asked for on streams.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from fastgw.config import ProviderConfig
+
+# Endpoint name -> path below the provider's base URL.
+OPENAI_PATHS: dict[str, str] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "embeddings": "/embeddings",
+    "responses": "/responses",
+    "models": "/models",
+}
+
+
+def request_prefix(provider: ProviderConfig, host_header: bytes, path_prefix: bytes,
+                   endpoint: str, deployment: str, method: bytes = b"POST") -> bytes:
+    """The constant start of every request to (provider, endpoint, deployment):
+    request line, host, credentials and content type. Built once per target."""
+    if provider.kind == "azure":
+        path = (f"/openai/deployments/{deployment}{OPENAI_PATHS[endpoint]}"
+                f"?api-version={provider.api_version}").encode()
+        if endpoint == "models":
+            path = f"/openai/models?api-version={provider.api_version}".encode()
+        auth = b"api-key: " + provider.api_key.encode() + b"\r\n" if provider.api_key else b""
+    else:
+        path = OPENAI_PATHS[endpoint].encode()
+        auth = (b"authorization: Bearer " + provider.api_key.encode() + b"\r\n"
+                if provider.api_key else b"")
+    extra = b"".join(f"{k}: {v}\r\n".encode() for k, v in provider.headers.items())
+    ctype = b"content-type: application/json\r\n" if method == b"POST" else b""
+    return (method + b" " + path_prefix + path + b" HTTP/1.1\r\nhost: " + host_header + b"\r\n"
+            + auth + ctype + extra)
+
+
+def _model_pattern(value: str) -> re.Pattern[bytes]:
+    encoded = orjson.dumps(value)  # the JSON string literal, quotes included
+    return re.compile(rb'"model"\s*:\s*' + re.escape(encoded))
+
+
+_PATTERNS: dict[str, re.Pattern[bytes]] = {}
+
+
+def rewrite_model(body: bytes, doc: dict[str, Any], asked: str, deployment: str) -> bytes:
+    """``body`` with the top-level ``model`` set to ``deployment``.
+
+    When ``"model": "<asked>"`` occurs exactly once in the raw bytes it must be
+    the top-level key (the parsed document has it), so the value is spliced in
+    place. Otherwise (escapes written differently, a nested copy) the document
+    is re-encoded.
+    """
+    if asked == deployment:
+        return body
+    pat = _PATTERNS.get(asked)
+    if pat is None:
+        if len(_PATTERNS) > 4096:
+            _PATTERNS.clear()
+        pat = _PATTERNS[asked] = _model_pattern(asked)
+    found = pat.findall(body, 0, len(body))
+    if len(found) == 1:
+        return pat.sub(b'"model":' + orjson.dumps(deployment), body, count=1)
+    doc = dict(doc)
+    doc["model"] = deployment
+    return orjson.dumps(doc)
+
+
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+
+
+def ask_for_usage(body: bytes, doc: dict[str, Any]) -> tuple[bytes, bool]:
+    """Make a streaming request ask for the usage chunk.
+
+    Returns (new body, whether the client asked for usage itself). Without a
+    ``stream_options`` key the field is inserted after the opening brace;
+    otherwise the document is re-encoded with ``include_usage`` set.
+    """
+    opts = doc.get("stream_options")
+    if isinstance(opts, dict) and opts.get("include_usage") is True:
+        return body, True
+    if opts is None and "stream_options" not in doc:
+        start = body.find(b"{")
+        if start >= 0:
+            rest = body[start + 1:].lstrip()
+            if rest.startswith(b"}"):
+                return body[: start + 1] + _INCLUDE_USAGE[:-1] + rest, False
+            return body[: start + 1] + _INCLUDE_USAGE + body[start + 1:], False
+    doc = dict(doc)
+    new_opts = dict(opts) if isinstance(opts, dict) else {}
+    new_opts["include_usage"] = True
+    doc["stream_options"] = new_opts
+    return orjson.dumps(doc), False
+
+
+_PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
+_COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)')
+
+
+def extract_usage(body: bytes) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) from a complete JSON answer, cheaply:
+    the two counters are read after the last ``"usage"`` key, no full decode."""
+    i = body.rfind(b'"usage"')
+    if i < 0:
+        return None
+    p = _PROMPT.search(body, i)
+    c = _COMPLETION.search(body, i)
+    if p is None and c is None:
+        return None
+    return (int(p.group(1)) if p else 0), (int(c.group(1)) if c else 0)
+
+
+def usage_numbers(usage: Any) -> tuple[int, int] | None:
+    """(input, output) tokens from an OpenAI or Anthropic usage object."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
+    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return prompt, completion

@@ -1,0 +1,568 @@
+"""The HTTP/1.1 server: an ``asyncio.Protocol`` driving an ``httptools`` parser.
+
+One :class:`HttpProtocol` per connection, one :class:`Cycle` per request.
+Parser callbacks only buffer and signal; the handler runs in a task started
+when a request is complete. Pipelined requests queue behind the active one and
+are answered in order; reading pauses when too many wait. Every way a request
+can be malformed or too big is answered here, before any handler sees it:
+431 (head too large), 413 (body too large, from Content-Length before reading),
+408 (slow client), 400 (bad or ambiguous framing: never forwarded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any, cast
+
+import httptools
+
+from fastgw.errors import (
+    BadFraming,
+    GatewayError,
+    HeadersTooLarge,
+    InternalError,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+from fastgw.server import wire
+from fastgw.server.flow import READ_PIPELINE, FlowControl
+
+log = logging.getLogger("fastgw.server")
+
+Handler = Callable[["Cycle"], Awaitable[None]]
+
+MAX_PIPELINE = 16  # queued complete requests before reading pauses
+
+# Connection phases, for the timer: what a deadline means.
+_IDLE = 0  # between requests: keep-alive expiry closes quietly
+_READING = 1  # a request has begun: expiry answers 408
+_PROCESSING = 2  # requests are complete and being answered: no deadline
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_header_bytes: int = 65536
+    keepalive_timeout_s: float = 75.0
+    header_timeout_s: float = 10.0
+    # Makes the x-request-id of answers the server gives on its own (400, 408...).
+    new_request_id: Callable[[], bytes] = lambda: b"-"
+
+
+@dataclass(slots=True, eq=False)
+class ServerState:
+    """What a graceful shutdown needs to know: live connections and requests."""
+
+    connections: set[HttpProtocol] = field(default_factory=set)
+    draining: bool = False
+    active_requests: int = 0
+
+
+class _Reject(Exception):
+    """Raised inside parser callbacks to abort parsing with a client error."""
+
+    def __init__(self, error: GatewayError) -> None:
+        self.error = error
+
+
+class Cycle:
+    """One request and its response.
+
+    Request side: ``method``, ``path``, ``query``, ``headers`` (lowercase
+    names), ``body``. Response side: either :meth:`send` (a whole response in
+    one write) or :meth:`start` / :meth:`write` / :meth:`end` (streamed,
+    chunked). A handler that returns without answering gets a 500.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_proto",
+        "body",
+        "client_addr",
+        "content_length",
+        "expect_continue",
+        "finished",
+        "headers",
+        "http10",
+        "keep_alive",
+        "method",
+        "path",
+        "preset_error",
+        "query",
+        "received_at",
+        "started",
+        "status",
+        "task",
+    )
+
+    def __init__(self, proto: HttpProtocol, url: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self._proto = proto
+        q = url.find(b"?")
+        if q >= 0:
+            self.path = url[:q]
+            self.query = url[q + 1 :]
+        else:
+            self.path = url
+            self.query = b""
+        self.method = b""
+        self.headers = headers
+        self.body = b""
+        self.client_addr = proto.peer
+        self.content_length = -1
+        self.expect_continue = False
+        self.keep_alive = True
+        self.http10 = False
+        self.started = False
+        self.finished = False
+        self.status = 0
+        self.received_at = 0.0
+        self.preset_error: GatewayError | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._chunked = False
+
+    # -- request helpers ------------------------------------------------------
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a header (``name`` lowercase)."""
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    @property
+    def disconnected(self) -> bool:
+        return self._proto.transport is None
+
+    @property
+    def flow(self) -> FlowControl:
+        assert self._proto.flow is not None
+        return self._proto.flow
+
+    # -- response side ----------------------------------------------------------
+
+    def _head(self, status: int, header_block: bytes) -> bytes:
+        proto = self._proto
+        if proto.state.draining:
+            self.keep_alive = False
+        lines = wire.STATUS_LINE_10 if self.http10 else wire.STATUS_LINE
+        conn = b"" if self.keep_alive else wire.CONNECTION_CLOSE
+        if self.http10 and self.keep_alive:
+            conn = wire.CONNECTION_KEEP_ALIVE
+        return lines[status] + wire.DATE.get() + header_block + conn
+
+    def send(self, status: int, header_block: bytes, body: bytes) -> None:
+        """Write a complete response (head and body) in one write."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.status = status
+        transport = self._proto.transport
+        if transport is not None:
+            transport.write(
+                self._head(status, header_block)
+                + b"content-length: %d\r\n\r\n" % len(body)
+                + (b"" if self.method == b"HEAD" else body)
+            )
+        self._finish()
+
+    def send_error(self, exc: GatewayError, header_block: bytes | None = None) -> None:
+        if header_block is None:
+            header_block = b"x-request-id: " + self._proto.settings.new_request_id() + b"\r\n"
+        status, extra, body = wire.error_parts(exc)
+        self.send(status, header_block + extra, body)
+
+    def start(self, status: int, header_block: bytes) -> None:
+        """Write the head of a streamed response (chunked; close-delimited on 1.0)."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.status = status
+        if self.http10:
+            self.keep_alive = False
+            head = self._head(status, header_block) + wire.CRLF
+        else:
+            self._chunked = True
+            head = self._head(status, header_block) + wire.CHUNKED + wire.CRLF
+        transport = self._proto.transport
+        if transport is not None:
+            transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        """Write body bytes of a streamed response (empty data is ignored)."""
+        transport = self._proto.transport
+        if not data or transport is None:
+            return
+        if self._chunked:
+            transport.writelines((b"%x\r\n" % len(data), data, wire.CRLF))
+        else:
+            transport.write(data)
+
+    def end(self, trailer: bytes = b"") -> None:
+        """Finish a streamed response, optionally with last body bytes."""
+        if self.finished:
+            return
+        transport = self._proto.transport
+        if transport is not None:
+            if trailer:
+                self.write(trailer)
+            if self._chunked:
+                transport.write(wire.LAST_CHUNK)
+        self._finish()
+
+    def abort(self) -> None:
+        """End a streamed response abnormally: close without the last chunk."""
+        self.keep_alive = False
+        self.finished = True
+        self._proto.response_done(self)
+
+    def _finish(self) -> None:
+        self.finished = True
+        self._proto.response_done(self)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    __slots__ = (
+        "_active",
+        "_body_parts",
+        "_body_size",
+        "_current",
+        "_deadline",
+        "_header_bytes",
+        "_headers",
+        "_parser",
+        "_phase",
+        "_queue",
+        "_reject_after",
+        "_timer",
+        "_timer_when",
+        "_url",
+        "flow",
+        "handler",
+        "loop",
+        "peer",
+        "settings",
+        "state",
+        "transport",
+    )
+
+    def __init__(self, handler: Handler, settings: ServerSettings, state: ServerState,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        # Per-connection
+        self.handler = handler
+        self.settings = settings
+        self.state = state
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self._parser = httptools.HttpRequestParser(self)
+        self._queue: deque[Cycle] = deque()
+        self._active: Cycle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._deadline = 0.0
+        self._phase = _IDLE
+        self._reject_after = False
+        # Per-request (being parsed)
+        self._current: Cycle | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body_parts: list[bytes] = []
+        self._body_size = 0
+
+    # -- connection lifetime --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.flow = FlowControl(self.transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = (str(peer[0]), int(peer[1]))
+        self.state.connections.add(self)
+        # A connection that sends nothing is closed after header_timeout_s.
+        self._phase = _IDLE
+        self._set_deadline(self.loop.time() + self.settings.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.state.connections.discard(self)
+        self._disarm()
+        if self.flow is not None:
+            self.flow.connection_lost()
+        active = self._active
+        if active is not None and not active.finished and active.task is not None:
+            # The client is gone: abort the handler (and with it the upstream request).
+            active.task.cancel()
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        assert self.flow is not None
+        self.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        assert self.flow is not None
+        self.flow.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        # Half-close from the client: finish what is in flight, then close.
+        if self._active is None and not self._queue:
+            return None
+        self._reject_after = True
+        return True
+
+    # -- timers ---------------------------------------------------------------
+    #
+    # One timer per connection, armed at some time no later than ``_deadline``.
+    # Moving the deadline later costs no timer operation: when the timer fires
+    # early it re-arms for what is left. Under steady keep-alive traffic that
+    # means zero timer operations per request.
+
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._timer is None or self._timer_when > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_when = deadline
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        transport = self.transport
+        if transport is None:
+            return
+        phase = self._phase
+        if phase == _PROCESSING:
+            return  # response_done() sets the next deadline
+        now = self.loop.time()
+        if now < self._deadline:
+            self._set_deadline(self._deadline)
+            return
+        if phase == _IDLE:
+            transport.close()
+        else:
+            self._timeout()
+
+    def _timeout(self) -> None:
+        self._reject(RequestTimeout(
+            f"the request was not received within {self.settings.header_timeout_s:g} s "
+            "(server.header_timeout_s); send the whole request promptly"))
+
+    # -- parsing ----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except _Reject as exc:
+            self._reject(exc.error)
+        except httptools.HttpParserUpgrade:
+            self._reject(BadFraming("protocol upgrades (h2c, websocket) are not supported; "
+                                    "send plain HTTP/1.1 requests"))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._reject(cause.error)
+            else:  # a bug in a callback: never leak details
+                log.error("parser callback failed", exc_info=cause)
+                self._reject(InternalError("internal error while reading the request"))
+        except httptools.HttpParserError as exc:
+            detail = str(exc) or "malformed HTTP request"
+            self._reject(BadFraming(f"bad HTTP request: {detail}; the request was not forwarded"))
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body_parts = []
+        self._body_size = 0
+        self._current = None
+        self._phase = _READING
+        self._set_deadline(self.loop.time() + self.settings.header_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.settings.max_header_bytes:
+            raise _Reject(self._too_large())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.settings.max_header_bytes:
+            raise _Reject(self._too_large())
+        self._headers.append((name.lower(), value))
+
+    def _too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(
+            f"request line and headers exceed {self.settings.max_header_bytes} bytes "
+            "(server.max_header_bytes); send fewer or smaller headers")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        cycle = Cycle(self, self._url, self._headers)
+        cycle.method = parser.get_method()
+        cycle.http10 = parser.get_http_version() == "1.0"
+        cycle.keep_alive = parser.should_keep_alive()
+        self._current = cycle
+        length = -1
+        for name, value in self._headers:
+            if name == b"content-length":
+                # llhttp has already refused duplicates and non-digits.
+                length = int(value)
+            elif name == b"expect" and value.lower() == b"100-continue":
+                cycle.expect_continue = True
+        cycle.content_length = length
+        if length > self.settings.max_body_bytes:
+            raise _Reject(PayloadTooLarge(
+                f"request body of {length} bytes exceeds {self.settings.max_body_bytes} bytes "
+                "(server.max_body_bytes); send a smaller request"))
+        if cycle.expect_continue and self._active is None and not self._queue and self.transport:
+            self.transport.write(wire.CONTINUE_100)
+            cycle.expect_continue = False
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self.settings.max_body_bytes:
+            raise _Reject(PayloadTooLarge(
+                f"request body exceeds {self.settings.max_body_bytes} bytes "
+                "(server.max_body_bytes); send a smaller request"))
+        self._body_parts.append(body)
+        # Body progress extends the deadline: slow but steady uploads are fine.
+        self._deadline = self.loop.time() + self.settings.header_timeout_s
+
+    def on_message_complete(self) -> None:
+        cycle = self._current
+        assert cycle is not None
+        self._current = None
+        parts = self._body_parts
+        if parts:
+            cycle.body = parts[0] if len(parts) == 1 else b"".join(parts)
+        cycle.received_at = perf_counter()  # loop.time() has ms resolution on uvloop
+        self._phase = _PROCESSING
+        if self._active is None:
+            self._run(cycle)
+        else:
+            self._queue.append(cycle)
+            if len(self._queue) >= MAX_PIPELINE and self.flow is not None:
+                self.flow.pause_reading(READ_PIPELINE)
+
+    # -- running requests ---------------------------------------------------------
+
+    def _run(self, cycle: Cycle) -> None:
+        self._active = cycle
+        if cycle.preset_error is not None:
+            cycle.keep_alive = False
+            cycle.send_error(cycle.preset_error)
+            return
+        self.state.active_requests += 1
+        cycle.task = self.loop.create_task(self._handle(cycle))
+
+    async def _handle(self, cycle: Cycle) -> None:
+        try:
+            await self.handler(cycle)
+        except asyncio.CancelledError:
+            if not cycle.finished:
+                cycle.keep_alive = False
+                if cycle.started:
+                    cycle.abort()
+                elif self.transport is not None:
+                    # Cancelled for a reason other than the client going away.
+                    cycle.send_error(InternalError("the request was cancelled"))
+            raise
+        except GatewayError as exc:
+            self._fail(cycle, exc)
+        except Exception:
+            log.exception("unhandled error in request handler")
+            self._fail(cycle, InternalError("internal error; the request id identifies it "
+                                            "in the gateway's logs"))
+        finally:
+            self.state.active_requests -= 1
+        if not cycle.finished:
+            if cycle.started:
+                cycle.end()
+            else:
+                log.error("handler returned without a response")
+                cycle.send_error(InternalError("the gateway produced no response"))
+
+    def _fail(self, cycle: Cycle, exc: GatewayError) -> None:
+        if cycle.finished:
+            return
+        if cycle.started:
+            cycle.abort()
+        else:
+            cycle.send_error(exc)
+
+    def response_done(self, cycle: Cycle) -> None:
+        """Called once when a cycle's response is complete: next request or idle."""
+        if cycle is not self._active:
+            return
+        self._active = None
+        transport = self.transport
+        if transport is None:
+            return
+        if not cycle.keep_alive or self.state.draining:
+            transport.close()
+            return
+        if self._queue:
+            nxt = self._queue.popleft()
+            if self.flow is not None:
+                self.flow.resume_reading(READ_PIPELINE)
+            self._run(nxt)
+            return
+        if self._reject_after:
+            transport.close()
+            return
+        current = self._current
+        if current is not None:
+            if current.expect_continue:
+                transport.write(wire.CONTINUE_100)
+                current.expect_continue = False
+            return
+        self._phase = _IDLE
+        self._set_deadline(self.loop.time() + self.settings.keepalive_timeout_s)
+
+    def _reject(self, error: GatewayError) -> None:
+        """Answer a protocol-level error after anything in flight, then close."""
+        transport = self.transport
+        if transport is None:
+            return
+        self._disarm()
+        transport.pause_reading()
+        self._parser = httptools.HttpRequestParser(self)  # drop whatever state it had
+        self._reject_after = True
+        cycle = self._current or Cycle(self, self._url, self._headers)
+        self._current = None
+        cycle.preset_error = error
+        cycle.keep_alive = False
+        if self._active is None:
+            self._run(cycle)
+        else:
+            self._queue.append(cycle)
+
+    # -- shutdown -------------------------------------------------------------------
+
+    def close_if_idle(self) -> bool:
+        """Close now when no request is in flight; True when closed."""
+        if self._active is None and not self._queue and self.transport is not None:
+            self.transport.close()
+            return True
+        return False
+
+
+def make_factory(handler: Handler, settings: ServerSettings, state: ServerState,
+                 loop: asyncio.AbstractEventLoop) -> Callable[[], Any]:
+    def factory() -> HttpProtocol:
+        return HttpProtocol(handler, settings, state, loop)
+    return factory

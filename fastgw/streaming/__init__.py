@@ -1,0 +1,1 @@
+"""Server-sent events: scanning upstream streams and relaying them to clients."""

@@ -1,0 +1,118 @@
+"""One HTTP exchange with an upstream on a pooled connection.
+
+:func:`exchange` writes a pre-rendered request, waits for the response head
+(or the whole response) and hands back the connection; the caller reads
+``status``/``headers``/``body()`` or sets a sink for a stream, then gives the
+connection back with ``pool.release(conn, reuse)``. A pooled connection that
+fails before any response byte (closed by the upstream while idle) is retried
+once on a fresh connection: that is the only retry at this level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from fastgw.errors import UpstreamProtocolError
+from fastgw.upstream.connection import UpstreamConnection
+from fastgw.upstream.pool import PeerKey, Pool
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float = 5.0
+    first_byte_s: float = 60.0
+    idle_s: float = 30.0
+    total_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A parsed base URL: where to connect and the path prefix to put in front."""
+
+    key: PeerKey
+    host_header: bytes
+    path_prefix: bytes
+
+    @classmethod
+    def parse(cls, base_url: str) -> Endpoint:
+        url = urlsplit(base_url)
+        tls = url.scheme == "https"
+        host = url.hostname or ""
+        port = url.port or (443 if tls else 80)
+        default_port = port == (443 if tls else 80)
+        host_header = host if default_port else f"{host}:{port}"
+        if ":" in host and not default_port:
+            host_header = f"[{host}]:{port}"
+        return cls(PeerKey(host, port, tls), host_header.encode("idna"),
+                   url.path.rstrip("/").encode())
+
+
+async def exchange(pool: Pool, request: bytes, timeouts: Timeouts, *,
+                   whole: bool) -> UpstreamConnection:
+    """Send ``request``; return the connection once the head (or, with ``whole``,
+    the full response) has arrived. On error the connection is already released."""
+    conn = pool.take_idle()
+    if conn is None:
+        conn = await pool.acquire()
+    try:
+        return await _send(conn, request, timeouts, whole)
+    except UpstreamProtocolError:
+        stale = conn.exchanges > 1 and not conn.received_any
+        pool.release(conn, reuse=False)
+        if not stale:
+            raise
+    except BaseException:
+        pool.release(conn, reuse=False)
+        raise
+    # The pooled connection was dead before answering: once more, on a fresh one.
+    conn = await pool.connect()
+    try:
+        return await _send(conn, request, timeouts, whole)
+    except BaseException:
+        pool.release(conn, reuse=False)
+        raise
+
+
+async def _send(conn: UpstreamConnection, request: bytes, timeouts: Timeouts,
+                whole: bool) -> UpstreamConnection:
+    conn.send(request, timeouts.first_byte_s, timeouts.idle_s, timeouts.total_s)
+    if whole:
+        await conn.wait_done()
+    else:
+        await conn.wait_head()
+    return conn
+
+
+class UpstreamClient:
+    """All pools of this process, one per peer and TLS setting."""
+
+    __slots__ = ("_pools", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._pools: dict[tuple[PeerKey, int, float, float], Pool] = {}
+
+    def pool(self, endpoint: Endpoint, *, max_connections: int, idle_s: float,
+             connect_s: float, ssl_context: ssl.SSLContext | None = None) -> Pool:
+        k = (endpoint.key, max_connections, idle_s, connect_s)
+        p = self._pools.get(k)
+        if p is None or p.closed:
+            p = Pool(endpoint.key, max_connections=max_connections, idle_s=idle_s,
+                     connect_s=connect_s, loop=self.loop, ssl_context=ssl_context)
+            self._pools[k] = p
+        return p
+
+    def retire_unused(self, keep: set[Pool]) -> None:
+        """After a reload: close pools no provider uses any more."""
+        for k, p in list(self._pools.items()):
+            if p not in keep:
+                p.close()
+                del self._pools[k]
+
+    def close(self) -> None:
+        for p in self._pools.values():
+            p.close()
+        self._pools.clear()

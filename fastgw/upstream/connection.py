@@ -1,0 +1,340 @@
+"""One keep-alive connection to an upstream: the client ``Protocol``.
+
+It carries one exchange at a time. The response is parsed by httptools
+(content-length, chunked and close-delimited bodies). Body bytes either
+collect in a list (``await conn.response()`` for whole answers) or go straight
+to a sink callback as they arrive (streams), with no await per chunk.
+Timeouts (first byte, idle between reads, total) share one timer re-armed
+lazily. :meth:`reusable` is the single reuse decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from time import perf_counter
+from typing import cast
+
+import httptools
+
+from fastgw.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+
+# Exchange states
+_IDLE = 0
+_WAIT_HEAD = 1  # request written, no response byte yet
+_HEAD = 2  # response bytes arrived, head not complete
+_BODY = 3  # head complete, reading body
+_DONE = 4  # message complete
+_FAILED = 5
+
+BodySink = Callable[[bytes], None]
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_body",
+        "_close_delimited",
+        "_deadline_first",
+        "_deadline_total",
+        "_done_waiter",
+        "_head_waiter",
+        "_idle_s",
+        "_last_rx",
+        "_parser",
+        "_sink",
+        "_state",
+        "_timer",
+        "_timer_when",
+        "closed",
+        "error",
+        "exchanges",
+        "head_at",
+        "headers",
+        "idle_since",
+        "keep_alive",
+        "loop",
+        "peer_name",
+        "pool_generation",
+        "received_any",
+        "status",
+        "transport",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, peer_name: str,
+                 generation: int = 0) -> None:
+        self.loop = loop
+        self.peer_name = peer_name
+        self.pool_generation = generation
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.exchanges = 0
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._state = _IDLE
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = True
+        self.received_any = False
+        self.head_at = 0.0
+        self.error: UpstreamError | None = None
+        self._body: list[bytes] = []
+        self._sink: BodySink | None = None
+        self._close_delimited = False
+        self._head_waiter: asyncio.Future[None] | None = None
+        self._done_waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._deadline_first = 0.0
+        self._deadline_total = 0.0
+        self._idle_s = 0.0
+        self._last_rx = 0.0
+
+    # -- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        state = self._state
+        if state == _IDLE or state >= _DONE:
+            # Bytes nobody asked for: the connection cannot be trusted any more.
+            self._close()
+            return
+        self._last_rx = now = self.loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, UpstreamError) else UpstreamProtocolError(
+                f"upstream {self.peer_name} sent a response the gateway could not read",
+                sent=True))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamProtocolError(
+                f"upstream {self.peer_name} sent a malformed HTTP response: {exc}", sent=True))
+            return
+        if state == _WAIT_HEAD:
+            self.received_any = True
+            if self._state == _WAIT_HEAD:
+                self._state = _HEAD
+            if self._state < _DONE:
+                # From now on the idle clock applies, which is usually shorter.
+                self._arm(min(now + self._idle_s, self._deadline_total))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        state = self._state
+        if state == _BODY and self._close_delimited:
+            self._message_complete()
+        elif _WAIT_HEAD <= state < _DONE:
+            where = "before answering" if state == _WAIT_HEAD else "in the middle of the response"
+            self._fail(UpstreamProtocolError(
+                f"upstream {self.peer_name} closed the connection {where}", sent=True))
+        self._cancel_timer()
+
+    def pause_writing(self) -> None:  # request bodies are small; nothing to pause
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- httptools callbacks ----------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 200:
+            # An interim response (100 Continue): the real head follows.
+            self.headers = []
+            return
+        self.status = status
+        self.head_at = perf_counter()  # for latency figures; timers use loop.time()
+        self.keep_alive = parser.should_keep_alive()
+        framed = False
+        for name, value in self.headers:
+            if name == b"content-length" or (name == b"transfer-encoding"
+                                             and b"chunked" in value.lower()):
+                framed = True
+                break
+        self._close_delimited = not framed and status not in (204, 304)
+        if self._close_delimited:
+            self.keep_alive = False
+        self._state = _BODY
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink(body)
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._state == _BODY:
+            self._message_complete()
+
+    def _message_complete(self) -> None:
+        self._state = _DONE
+        self._cancel_timer()
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        waiter = self._done_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- exchange API -------------------------------------------------------------------
+
+    def send(self, data: bytes, first_byte_s: float, idle_s: float, total_s: float) -> None:
+        """Write a request and start the response clock. The connection must be idle."""
+        assert self._state == _IDLE and self.transport is not None
+        self.exchanges += 1
+        self._state = _WAIT_HEAD
+        self.status = 0
+        self.headers = []
+        self._body = []
+        self._sink = None
+        self.received_any = False
+        self.error = None
+        self._head_waiter = None
+        self._done_waiter = None
+        now = self.loop.time()
+        self._deadline_first = now + first_byte_s
+        self._deadline_total = now + total_s
+        self._idle_s = idle_s
+        self._arm(min(self._deadline_first, self._deadline_total))
+        self.transport.write(data)
+
+    async def wait_head(self) -> None:
+        """Wait until the response head (status, headers) is complete."""
+        if self._state >= _BODY:
+            if self._state == _FAILED:
+                assert self.error is not None
+                raise self.error
+            return
+        waiter = self._head_waiter = self.loop.create_future()
+        await waiter
+
+    async def wait_done(self) -> None:
+        """Wait until the whole response has been read (or handed to the sink)."""
+        if self._state >= _DONE:
+            if self._state == _FAILED:
+                assert self.error is not None
+                raise self.error
+            return
+        waiter = self._done_waiter = self.loop.create_future()
+        await waiter
+
+    def body(self) -> bytes:
+        parts = self._body
+        if not parts:
+            return b""
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def set_sink(self, sink: BodySink) -> None:
+        """Send body bytes (already received ones first) to ``sink`` as they arrive."""
+        pending = self._body
+        self._body = []
+        self._sink = sink
+        for part in pending:
+            sink(part)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+            # Time spent paused by our own client is not upstream idleness.
+            self._last_rx = self.loop.time()
+
+    def reusable(self) -> bool:
+        """The one reuse decision: finished cleanly, keep-alive, still open."""
+        return (self._state == _DONE and self.keep_alive and not self.closed
+                and self.transport is not None and not self.transport.is_closing())
+
+    def reset(self) -> None:
+        """Back to idle after a completed exchange (before returning to the pool)."""
+        self._state = _IDLE
+        self._sink = None
+        self._body = []
+        self._head_waiter = None
+        self._done_waiter = None
+        self._cancel_timer()
+
+    def abort(self) -> None:
+        """Close now (cancel, timeout, error): never reused."""
+        if self._state < _DONE:
+            self._state = _FAILED
+            if self.error is None:
+                self.error = UpstreamProtocolError("exchange aborted", sent=True)
+        self._cancel_timer()
+        self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        transport = self.transport
+        if transport is not None:
+            transport.abort()
+
+    # -- failure and timers -----------------------------------------------------------
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._state >= _DONE:
+            return
+        self._state = _FAILED
+        self.error = error
+        self._cancel_timer()
+        for waiter in (self._head_waiter, self._done_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(error)
+        self._sink = None
+        self._close()
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            if self._timer_when <= when:
+                return
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        state = self._state
+        if state >= _DONE or state == _IDLE:
+            return
+        now = self.loop.time()
+        if now >= self._deadline_total:
+            self._fail(UpstreamTimeout(
+                f"upstream {self.peer_name} did not finish within total_s", sent=True))
+            return
+        if state == _WAIT_HEAD:
+            if now >= self._deadline_first:
+                self._fail(UpstreamTimeout(
+                    f"upstream {self.peer_name} sent no response within first_byte_s", sent=True))
+                return
+            self._arm(min(self._deadline_first, self._deadline_total))
+            return
+        idle_deadline = self._last_rx + self._idle_s
+        if self.transport is not None and not self.transport.is_reading():
+            # Paused by a slow client: not the upstream's fault.
+            idle_deadline = now + self._idle_s
+        if now >= idle_deadline:
+            self._fail(UpstreamTimeout(
+                f"upstream {self.peer_name} sent nothing for idle_s ({self._idle_s:g} s)",
+                sent=True))
+            return
+        self._arm(min(idle_deadline, self._deadline_total))
