@@ -1,14 +1,14 @@
-//! `fastgw._native`: the exported module. Only the module declaration lives here.
-use pyo3::prelude::*;
+//! `fastgw._native`: the gateway's hot paths.
+//!
+//! The pure core modules below have no PyO3 in them and are tested with
+//! `cargo test -p fastgw-native --no-default-features`. The bindings in
+//! [`py`] (the `#[pymodule]`, classes, error mapping) are built only with the
+//! `python` feature, which maturin enables.
+pub mod jwt;
+pub mod limiter;
+pub mod ring;
+pub mod shm;
+pub mod sse;
 
-#[pymodule(gil_used = false)]
-mod _native {
-    use pyo3::prelude::*;
-
-    #[pymodule_init]
-    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-        m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
-        Ok(())
-    }
-}
+#[cfg(feature = "python")]
+mod py;
