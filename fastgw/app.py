@@ -61,7 +61,7 @@ class App:
             cfg = self.config = demo_config(f"http://127.0.0.1:{port}/v1", cfg.server.host,
                                             cfg.server.port, cfg.server.workers)
         snapshot = build_snapshot(cfg, self.client, int(time.time()))
-        self.access_log = AccessLog(cfg.observability.access_log, self.loop)
+        self.access_log = AccessLog(str(cfg.observability.access_log), self.loop)
         proxy = Proxy(self.loop, Recorder(), self.access_log)
         self.gateway = Gateway(GatewayState(snapshot), proxy, self.reload)
         s = cfg.server

@@ -92,9 +92,14 @@ class ModelConfig:
 @dataclass(frozen=True, slots=True)
 class ObservabilityConfig:
     metrics_path: str = "/metrics"
-    access_log: str = "stdout"  # stdout | stderr | off | a file path
+    # stdout | stderr | off | a file path (YAML's bare off/false also mean off)
+    access_log: str | bool = "stdout"
     log_format: Literal["json"] = "json"
     otlp_endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.access_log, bool):
+            object.__setattr__(self, "access_log", "stdout" if self.access_log else "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +205,11 @@ def _build(tp: Any, value: Any, path: str, errors: list[tuple[str, str]]) -> Any
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _build(inner[0], value, path, errors)
+        for alt in inner:
+            trial: list[tuple[str, str]] = []
+            built = _build(alt, value, path, trial)
+            if not trial:
+                return built
         errors.append((path, f"expected {' or '.join(_type_name(a) for a in inner)}"))
         return _MISSING
     if dataclasses.is_dataclass(tp):

@@ -97,21 +97,21 @@ def supervise(cfg: Config) -> int:
                     break
                 if pid == 0:
                     break
-                slot: int | None = children.pop(pid, None)
+                dead: int | None = children.pop(pid, None)
                 multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-                if slot is None or stopping:
+                if dead is None or stopping:
                     continue
                 code = os.waitstatus_to_exitcode(status)
-                quick = now - started_at[slot] < 10.0
-                crashes[slot] = crashes[slot] + 1 if quick else 1
-                delay = min(0.1 * 2 ** (crashes[slot] - 1), 5.0)
+                quick = now - started_at[dead] < 10.0
+                crashes[dead] = crashes[dead] + 1 if quick else 1
+                delay = min(0.1 * 2 ** (crashes[dead] - 1), 5.0)
                 print(f"fastgw supervisor: worker {pid} exited ({code}); restarting in "
                       f"{delay:.1f} s", file=sys.stderr, flush=True)
-                restart_at[slot] = now + delay
-            for slot, when in list(restart_at.items()):
+                restart_at[dead] = now + delay
+            for due, when in list(restart_at.items()):
                 if when <= now and not stopping:
-                    del restart_at[slot]
-                    spawn(slot)
+                    del restart_at[due]
+                    spawn(due)
     finally:
         holder.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -12,6 +12,8 @@ import orjson
 
 from fastgw import metrics
 from fastgw.errors import (
+    BadRequest,
+    ConfigError,
     GatewayError,
     MethodNotAllowed,
     ModelNotFound,
@@ -133,7 +135,13 @@ class Gateway:
 
     async def admin_reload(self, cycle: Cycle) -> None:
         self._admin(cycle)
-        summary = await self.reload()
+        try:
+            summary = await self.reload()
+        except ConfigError as exc:
+            raise BadRequest("the new configuration was refused and the previous one keeps "
+                             "serving: " + "; ".join(f"{p}: {m}" if p else m
+                                                     for p, m in exc.errors),
+                             code="invalid_config") from None
         cycle.send(200, _JSON + _rid(cycle), orjson.dumps({"status": "reloaded",
                                                            "summary": summary}))
 

@@ -1,0 +1,212 @@
+"""The gateway as a process: demo mode, SIGHUP/admin reload, SIGTERM drain, workers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+import pytest
+from gwtest import LoopThread, Reader, chat, connect, http, http_json, wait_for
+
+from fastgw.mock import MockOptions, start_mock
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def mock_upstream(**opts: object) -> Iterator[int]:
+    lt = LoopThread()
+    srv = lt.run(start_mock(MockOptions(**opts), "127.0.0.1", 0))  # type: ignore[arg-type]
+    try:
+        yield srv.sockets[0].getsockname()[1]
+    finally:
+        lt.call(srv.close)
+        lt.close()
+
+
+def config_text(mock_port: int, models: str = "gpt-test", extra: str = "") -> str:
+    out = f"""
+providers:
+  - {{name: mock, kind: openai-compatible, base_url: "http://127.0.0.1:{mock_port}/v1",
+     api_key: sk-provider-secret}}
+models:
+"""
+    for m in models.split(","):
+        out += f"  - {{name: {m}, targets: [{{provider: mock, model: {m}-dep}}]}}\n"
+    return out + extra
+
+
+@contextmanager
+def gateway_process(args: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([sys.executable, "-m", "fastgw", "serve", "--port", str(port),
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ok = wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=20)
+        if not ok or proc.poll() is not None:
+            out, err = proc.communicate(timeout=5)
+            raise AssertionError(f"gateway did not start: {err.decode()[-2000:]}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return http(port, "GET", "/healthz", timeout=1).status == 200
+    except OSError:
+        return False
+
+
+def test_demo_mode_serves_chat_without_configuration() -> None:
+    port = free_port()
+    with gateway_process([], port):
+        status, doc = http_json(port, "POST", "/v1/chat/completions", chat(model="gpt-4o-mini"))
+        assert status == 200
+        assert doc["choices"][0]["message"]["content"]
+        status, doc = http_json(port, "GET", "/v1/models")
+        assert {m["id"] for m in doc["data"]} == {"gpt-4o-mini", "gpt-4o"}
+
+
+def test_sighup_reloads_and_a_bad_file_is_refused(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    port = free_port()
+    with mock_upstream() as mport:
+        cfg.write_text(config_text(mport, "gpt-a"))
+        with gateway_process(["--config", str(cfg)], port) as proc:
+            assert http(port, "POST", "/v1/chat/completions", chat(model="gpt-b")).status == 404
+            cfg.write_text(config_text(mport, "gpt-a,gpt-b"))
+            proc.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: http(port, "POST", "/v1/chat/completions",
+                                         chat(model="gpt-b")).status == 200, timeout=5)
+            cfg.write_text("models: [{name: broken}]\nnonsense: 1\n")
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            assert proc.poll() is None
+            assert http(port, "POST", "/v1/chat/completions", chat(model="gpt-b")).status == 200
+
+
+def test_admin_reload_needs_admin_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    port = free_port()
+    digest = hashlib.sha256(b"admin-secret").hexdigest()
+    extra = f"admin: {{key_sha256: {digest}}}\n"
+    with mock_upstream() as mport:
+        cfg.write_text(config_text(mport, "gpt-a", extra))
+        with gateway_process(["--config", str(cfg)], port):
+            assert http(port, "POST", "/admin/reload").status == 401
+            assert http(port, "GET", "/metrics").status == 401
+            bad = {"authorization": "Bearer wrong"}
+            assert http(port, "POST", "/admin/reload", headers=bad).status == 401
+            cfg.write_text(config_text(mport, "gpt-a,gpt-c", extra))
+            ok = {"authorization": "Bearer admin-secret"}
+            r = http(port, "POST", "/admin/reload", headers=ok)
+            assert r.status == 200, r.body
+            assert b"2 models" in r.body
+            assert http(port, "POST", "/v1/chat/completions", chat(model="gpt-c")).status == 200
+            cfg.write_text("models: 3\n")
+            r = http(port, "POST", "/admin/reload", headers=ok)
+            assert r.status == 400
+            assert b"previous one keeps serving" in r.body
+            assert http(port, "POST", "/v1/chat/completions", chat(model="gpt-c")).status == 200
+            assert http(port, "GET", "/metrics", headers=ok).status == 200
+
+
+def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    port = free_port()
+    with mock_upstream(chunks=15, chunk_interval_ms=100) as mport:
+        cfg.write_text(config_text(mport))
+        with gateway_process(["--config", str(cfg)], port) as proc:
+            s = connect(port)
+            data = orjson.dumps(chat(stream=True))
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                      b"content-length: %d\r\n\r\n%s" % (len(data), data))
+            s.settimeout(5)
+            first = s.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200")
+            proc.send_signal(signal.SIGTERM)
+            reader = Reader(s, limit_s=10)
+            reader.buf = first
+            r = reader.next()
+            assert r.body.endswith(b"data: [DONE]\n\n")
+            # The head went out before SIGTERM; after the stream the server closes.
+            s.settimeout(5)
+            assert s.recv(1) == b""
+            s.close()
+            assert proc.wait(timeout=10) == 0
+            with pytest.raises(OSError):
+                connect(port, timeout=1).close()
+
+
+def test_access_log_line_has_the_fields_and_no_secret(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    log = tmp_path / "access.log"
+    port = free_port()
+    with mock_upstream() as mport:
+        cfg.write_text(config_text(mport, extra=f"observability: {{access_log: {log}}}\n"))
+        with gateway_process(["--config", str(cfg)], port) as proc:
+            r = http(port, "POST", "/v1/chat/completions", chat(),
+                     headers={"x-request-id": "my-req-1", "authorization": "Bearer sk-client"})
+            assert r.headers["x-request-id"] == "my-req-1"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+    text = log.read_text()
+    line = orjson.loads(text.splitlines()[-1])
+    for k in ("time", "request_id", "key", "client_ip", "model", "served_model", "provider",
+              "status", "attempts", "latency_ms", "ttfb_ms", "tokens_in", "tokens_out",
+              "cost_usd", "cache"):
+        assert k in line, k
+    assert line["request_id"] == "my-req-1"
+    assert line["served_model"] == "gpt-test-dep"
+    assert line["status"] == 200
+    assert line["tokens_out"] > 0
+    assert "sk-provider-secret" not in text and "sk-client" not in text
+
+
+def test_workers_share_port_aggregate_metrics_and_restart(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    port = free_port()
+    with mock_upstream() as mport:
+        cfg.write_text(config_text(mport, extra="observability: {access_log: off}\n"))
+        with gateway_process(["--config", str(cfg), "--workers", "2"], port) as proc:
+            n = 40
+            for _ in range(n):
+                assert http(port, "POST", "/v1/chat/completions", chat()).status == 200
+            body = http(port, "GET", "/metrics").body.decode()
+            total = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                        if line.startswith("fastgw_requests_total{")
+                        and 'model="gpt-test"' in line)
+            assert total == n
+            pids = _children(proc.pid)
+            assert len(pids) == 2
+            os.kill(pids[0], signal.SIGKILL)
+            assert wait_for(lambda: len(_children(proc.pid)) == 2
+                            and pids[0] not in _children(proc.pid), timeout=10)
+            assert wait_for(lambda: _healthy(port), timeout=5)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True, check=False).stdout
+    return [int(x) for x in out.split()]

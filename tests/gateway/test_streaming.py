@@ -1,0 +1,190 @@
+"""Streams: byte-for-byte relay, timing, disconnects and upstream failures."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import openai
+import orjson
+import pytest
+from gwtest import Gateway, LoopThread, Reader, chat, connect, minimal_yaml, running, wait_for
+
+from fastgw.mock import MockOptions
+
+ROLE = (b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,'
+        b'"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n')
+CONTENT = [b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,'
+           b'"delta":{"content":"w%d "},"finish_reason":null}]}\n\n' % i for i in range(20)]
+FINISH = (b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,'
+          b'"delta":{},"finish_reason":"stop"}]}\n\n')
+USAGE = (b'data: {"id":"c1","object":"chat.completion.chunk","choices":[],'
+         b'"usage":{"prompt_tokens":11,"completion_tokens":20,"total_tokens":31}}\n\n')
+DONE = b"data: [DONE]\n\n"
+STREAM = ROLE + b"".join(CONTENT) + FINISH + USAGE + DONE
+
+
+class FixedSSE:
+    """An upstream that streams STREAM in awkward TCP pieces (events split anywhere)."""
+
+    def __init__(self, lt: LoopThread, piece: int = 7) -> None:
+        self.lt = lt
+        self.piece = piece
+        self.bodies: list[bytes] = []
+        self.server = lt.run(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                self.bodies.append(await reader.readexactly(length))
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n")
+                for i in range(0, len(STREAM), self.piece):
+                    part = STREAM[i:i + self.piece]
+                    writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    await writer.drain()
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@pytest.fixture
+def fixed() -> Iterator[tuple[Gateway, FixedSSE]]:
+    """A gateway whose provider is a FixedSSE upstream (on its own loop thread)."""
+    lt = LoopThread()
+    sse = FixedSSE(lt)
+    try:
+        with running(lambda _mock_port: minimal_yaml(sse.port)) as gw:
+            yield gw, sse
+    finally:
+        lt.call(sse.server.close)
+        lt.close()
+
+
+def _stream(gw: Gateway, body: dict[str, object]) -> tuple[bytes, dict[str, str]]:
+    with connect(gw.port) as s:
+        data = orjson.dumps(body)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+                  % (len(data), data))
+        r = Reader(s).next()
+    return r.body, r.headers
+
+
+def test_stream_bytes_are_identical_to_upstream_when_client_asks_usage(
+        fixed: tuple[Gateway, FixedSSE]) -> None:
+    gw, _ = fixed
+    body, headers = _stream(gw, chat(stream=True, stream_options={"include_usage": True}))
+    assert body == STREAM
+    assert headers["content-type"] == "text/event-stream"
+    assert headers["transfer-encoding"] == "chunked"
+
+
+def test_stream_drops_only_the_usage_chunk_it_asked_for(
+        fixed: tuple[Gateway, FixedSSE]) -> None:
+    gw, sse = fixed
+    body, _ = _stream(gw, chat(stream=True))
+    assert body == STREAM.replace(USAGE, b"")
+    sent = orjson.loads(sse.bodies[-1])
+    assert sent["stream_options"] == {"include_usage": True}
+    assert sent["model"] == "mock-deployment"
+
+
+def test_stream_usage_is_recorded_even_when_dropped(fixed: tuple[Gateway, FixedSSE]) -> None:
+    gw, _ = fixed
+    from fastgw import metrics
+
+    before = metrics.TOKENS.labels("gpt-test", "output")._value.get()
+    _stream(gw, chat(stream=True))
+    after = metrics.TOKENS.labels("gpt-test", "output")._value.get()
+    assert after - before == 20
+
+
+def test_first_event_arrives_before_upstream_finishes() -> None:
+    with running(mock=MockOptions(chunks=10, chunk_interval_ms=150)) as gw:
+        with connect(gw.port) as s:
+            data = orjson.dumps(chat(stream=True))
+            t0 = time.monotonic()
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                      b"content-length: %d\r\n\r\n%s" % (len(data), data))
+            s.settimeout(5)
+            got = b""
+            while b"data: " not in got:
+                got += s.recv(65536)
+            first = time.monotonic() - t0
+            rest = Reader(s)
+            rest.buf = got.split(b"\r\n\r\n", 1)[1]
+            # The stream takes ~1.5 s upstream; the first event must not wait for it.
+            assert first < 0.6
+            while b"0\r\n\r\n" not in rest.buf:
+                rest.buf += s.recv(65536)
+            assert time.monotonic() - t0 > 1.0
+
+
+def test_client_disconnect_closes_upstream_within_one_second() -> None:
+    with running(mock=MockOptions(chunks=200, chunk_interval_ms=50)) as gw:
+        s = connect(gw.port)
+        data = orjson.dumps(chat(stream=True))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                  b"content-length: %d\r\n\r\n%s" % (len(data), data))
+        s.settimeout(5)
+        got = b""
+        while got.count(b"data: ") < 3:
+            got += s.recv(65536)
+        assert gw.mock_stats()["aborted_streams"] == 0
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+        t0 = time.monotonic()
+        assert wait_for(lambda: gw.mock_stats()["aborted_streams"] == 1, timeout=1.0)
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_upstream_dying_mid_stream_ends_with_error_event() -> None:
+    with running() as gw:
+        with openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0,
+                           timeout=10) as client:
+            stream = client.chat.completions.create(
+                model="gpt-test", stream=True, messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"x-mock-fault": "cut:3"})
+            got = []
+            with pytest.raises(openai.APIError) as info:
+                for chunk in stream:
+                    got.append(chunk)
+        assert got  # some content went through before the cut
+        assert "closed the connection" in info.value.message
+
+
+def test_mid_stream_error_event_is_raw_sse_error_without_done() -> None:
+    with running() as gw:
+        with connect(gw.port) as s:
+            data = orjson.dumps(chat(stream=True))
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                      b"x-mock-fault: cut:2\r\ncontent-length: %d\r\n\r\n%s" % (len(data), data))
+            r = Reader(s).next()
+        assert r.status == 200
+        assert b"[DONE]" not in r.body
+        tail = r.body.rsplit(b"\n\n", 2)[-2]
+        assert tail.startswith(b"event: error\ndata: ")
+        err = orjson.loads(tail.split(b"data: ", 1)[1])["error"]
+        assert err["type"] == "api_error"
+
+
+def test_stream_idle_timeout_ends_stream_with_error_event() -> None:
+    yaml = lambda p: minimal_yaml(p, provider_extra="\n    timeouts: {idle_s: 0.3}")  # noqa: E731
+    with running(yaml) as gw, connect(gw.port) as s:
+        data = orjson.dumps(chat(stream=True))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                  b"x-mock-fault: slow:2000\r\ncontent-length: %d\r\n\r\n%s" % (len(data), data))
+        t0 = time.monotonic()
+        r = Reader(s).next()
+        assert time.monotonic() - t0 < 2.0
+        assert b"event: error" in r.body
+        assert b"idle_s" in r.body
