@@ -85,7 +85,8 @@ class Gateway:
         return self.mocks[0]
 
     def mock_stats(self, i: int = 0) -> dict[str, int]:
-        return http_json(self.mocks[i].port, "GET", "/mock/stats")[1]
+        stats: dict[str, int] = http_json(self.mocks[i].port, "GET", "/mock/stats")[1]
+        return stats
 
 
 def minimal_yaml(mock_port: int, extra: str = "", provider_extra: str = "",

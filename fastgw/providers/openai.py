@@ -118,14 +118,3 @@ def extract_usage(body: bytes) -> tuple[int, int] | None:
     if p is None and c is None:
         return None
     return (int(p.group(1)) if p else 0), (int(c.group(1)) if c else 0)
-
-
-def usage_numbers(usage: Any) -> tuple[int, int] | None:
-    """(input, output) tokens from an OpenAI or Anthropic usage object."""
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0))
-    completion = usage.get("completion_tokens", usage.get("output_tokens", 0))
-    if not isinstance(prompt, int) or not isinstance(completion, int):
-        return None
-    return prompt, completion

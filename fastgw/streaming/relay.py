@@ -13,9 +13,8 @@ import re
 import orjson
 
 from fastgw.errors import GatewayError
-from fastgw.providers.openai import usage_numbers
 from fastgw.streaming.sse import error_event
-from fastgw.types import StreamSink
+from fastgw.types import StreamSink, usage_numbers
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")

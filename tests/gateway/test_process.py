@@ -56,7 +56,7 @@ def gateway_process(args: list[str], port: int) -> Iterator[subprocess.Popen[byt
     try:
         ok = wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=20)
         if not ok or proc.poll() is not None:
-            out, err = proc.communicate(timeout=5)
+            _, err = proc.communicate(timeout=5)
             raise AssertionError(f"gateway did not start: {err.decode()[-2000:]}")
         yield proc
     finally:

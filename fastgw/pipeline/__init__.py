@@ -1,0 +1,1 @@
+"""The request pipeline: routing snapshot, phases, the handler the server calls."""
