@@ -229,9 +229,9 @@ class _Server:
         self.opts = opts
         self.stats = Stats()
         self.cache: dict[tuple[object, ...], Prepared] = {}
-        # (method, path, body) -> answer, for requests without x-mock-* headers
-        # when no server option changes answers between identical requests.
-        self.by_body: dict[tuple[bytes, bytes, bytes], Prepared] = {}
+        # (method, path, body, chunks) -> answer, for requests that ask for nothing
+        # but a chunk count, when no server option varies answers of one request.
+        self.by_body: dict[tuple[bytes, bytes, bytes, int], Prepared] = {}
         self.plain = (
             opts.status in (None, 200)
             and not opts.fail_rate
@@ -289,6 +289,17 @@ class _Plan:
         self.fault: str | None = None  # the framing/content fault, at most one
         self.fault_arg: str | None = None
         self.echo = False
+
+    def only_chunks(self) -> bool:
+        """True when the plan changes nothing but the chunk count."""
+        return (
+            self.fault is None
+            and not self.echo
+            and not self.latency
+            and not self.stall
+            and not self.stall_token
+            and not self.interval
+        )
 
 
 class MockProtocol(asyncio.Protocol):
@@ -510,19 +521,20 @@ class MockProtocol(asyncio.Protocol):
                 or (lname == b"x-api-key" and value == server.api_key)
             ):
                 authed = True
-        if plan is None:
-            if server.plain and authed:
-                # Fastest path: this exact request was answered before.
-                by_body_key = (req.method, path, req.body)
-                prepared = server.by_body.get(by_body_key)
-                if prepared is not None:
-                    rid = server.new_id()
-                    keep_alive = req.keep_alive
-                    parts = prepared.keep_alive if keep_alive else prepared.close
-                    self._write_now(rid.join(parts), keep_alive)
-                    return
-            if opts.latency_ms or opts.chunk_interval_ms:
-                plan = _Plan(opts)
+        # Fastest path: this exact request (and chunk count) was answered before
+        # and nothing asks for more than the plain answer.
+        by_body_key: tuple[bytes, bytes, bytes, int] | None = None
+        if server.plain and authed and (plan is None or plan.only_chunks()):
+            by_body_key = (req.method, path, req.body, opts.chunks if plan is None else plan.chunks)
+            prepared = server.by_body.get(by_body_key)
+            if prepared is not None:
+                rid = server.new_id()
+                keep_alive = req.keep_alive
+                parts = prepared.keep_alive if keep_alive else prepared.close
+                self._write_now(rid.join(parts), keep_alive)
+                return
+        if plan is None and (opts.latency_ms or opts.chunk_interval_ms):
+            plan = _Plan(opts)
 
         api = bodies.MESSAGES if route == bodies.MESSAGES else None
         if not authed:
@@ -567,7 +579,7 @@ class MockProtocol(asyncio.Protocol):
         if route == "embeddings":
             self._embeddings(req, plan, payload)
             return
-        self._generate(req, plan, route, payload, path)
+        self._generate(req, plan, route, payload, by_body_key)
 
     def _apply_control(self, plan: _Plan, lname: bytes, value: bytes) -> None:
         try:
@@ -619,7 +631,12 @@ class MockProtocol(asyncio.Protocol):
     # -- answers ---------------------------------------------------------------------------
 
     def _generate(
-        self, req: _Request, plan: _Plan | None, route: str, payload: dict[str, Any], path: bytes
+        self,
+        req: _Request,
+        plan: _Plan | None,
+        route: str,
+        payload: dict[str, Any],
+        by_body_key: tuple[bytes, bytes, bytes, int] | None,
     ) -> None:
         server = self._server
         model = payload.get("model")
@@ -665,10 +682,10 @@ class MockProtocol(asyncio.Protocol):
                 shape = Shape(route, model, n, truncated, include_usage, prompt_tokens)
                 prepared = server.cache[key] = _prepare(shape, stream)
             small = not stream or prepared.size <= _FAST_STREAM_MAX
-            if plan is None and server.plain and small:
+            if by_body_key is not None and small:
                 if len(server.by_body) >= _CACHE_MAX:
                     server.by_body.clear()
-                server.by_body[(req.method, path, req.body)] = prepared
+                server.by_body[by_body_key] = prepared
             if small:
                 rid = server.new_id()
                 parts = prepared.keep_alive if req.keep_alive else prepared.close

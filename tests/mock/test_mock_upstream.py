@@ -738,3 +738,17 @@ def test_many_concurrent_connections(mock: MockThread) -> None:
     finally:
         for s in socks:
             s.close()
+
+
+def test_cached_answers_respect_the_chunks_header(mock: MockThread) -> None:
+    body = {**CHAT, "stream": True}
+    lengths = [
+        len(http(mock.port, b"POST", b"/v1/chat/completions", body, headers).chunks)
+        for headers in (
+            {"x-mock-chunks": "2"},
+            {"x-mock-chunks": "4"},
+            None,
+            {"x-mock-chunks": "2"},
+        )
+    ]
+    assert lengths == [5, 7, 11, 5]
