@@ -342,6 +342,10 @@ def _check(cfg: Config, errors: list[tuple[str, str]]) -> None:
         for tname in ("connect_s", "first_byte_s", "idle_s", "total_s"):
             if getattr(p.timeouts, tname) <= 0:
                 errors.append((f"{where}.timeouts.{tname}", "must be greater than 0"))
+        if p.kind == "anthropic":
+            errors.append((f"{where}.kind", "kind 'anthropic' (OpenAI <-> Messages "
+                                            "translation) is not available in this version; "
+                                            "use an OpenAI-compatible endpoint"))
         if p.kind == "azure" and not p.api_version:
             errors.append((f"{where}.api_version", "required for kind 'azure' "
                                                    "(e.g. 2024-10-21)"))
