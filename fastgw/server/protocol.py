@@ -37,6 +37,7 @@ log = logging.getLogger("fastgw.server")
 Handler = Callable[["Cycle"], Awaitable[None]]
 
 MAX_PIPELINE = 16  # queued complete requests before reading pauses
+MAX_PIPELINE_BYTES = 1024 * 1024  # queued request bodies before reading pauses
 
 # Connection phases, for the timer: what a deadline means.
 _IDLE = 0  # between requests: keep-alive expiry closes quietly
@@ -239,6 +240,7 @@ class HttpProtocol(asyncio.Protocol):
         "_parser",
         "_phase",
         "_queue",
+        "_queued_bytes",
         "_reject_after",
         "_timer",
         "_timer_when",
@@ -264,6 +266,7 @@ class HttpProtocol(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self._parser = httptools.HttpRequestParser(self)
         self._queue: deque[Cycle] = deque()
+        self._queued_bytes = 0
         self._active: Cycle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
@@ -455,7 +458,9 @@ class HttpProtocol(asyncio.Protocol):
             self._run(cycle)
         else:
             self._queue.append(cycle)
-            if len(self._queue) >= MAX_PIPELINE and self.flow is not None:
+            self._queued_bytes += len(cycle.body)
+            if ((len(self._queue) >= MAX_PIPELINE or self._queued_bytes >= MAX_PIPELINE_BYTES)
+                    and self.flow is not None):
                 self.flow.pause_reading(READ_PIPELINE)
 
     # -- running requests ---------------------------------------------------------
@@ -517,6 +522,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self._queue:
             nxt = self._queue.popleft()
+            self._queued_bytes -= len(nxt.body)
             if self.flow is not None:
                 self.flow.resume_reading(READ_PIPELINE)
             self._run(nxt)
