@@ -54,6 +54,18 @@ class TimeoutsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderLimitsConfig:
+    """The provider's own quota: requests wait in a bounded fair queue instead of
+    being sent into the provider's 429s."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_inflight: int | None = None
+    max_queue: int = 1000
+    queue_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderConfig:
     name: str
     kind: ProviderKind
@@ -64,6 +76,10 @@ class ProviderConfig:
     idle_connection_s: float = 60.0
     headers: Mapping[str, str] = field(default_factory=dict)
     api_version: str | None = None
+    limits: ProviderLimitsConfig | None = None
+    probe: bool = False  # cheap active health probes (GET {base_url}/models)
+    tls_verify: bool = True
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +95,140 @@ class PriceConfig:
     output_per_mtok: float = 0.0
 
 
+RetryOn = Literal["connect", "timeout", "429", "408", "409", "5xx"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    attempts: int = 2  # total tries on the model's targets (1 = no retry)
+    retry_on: tuple[RetryOn, ...] = ("connect", "timeout", "429", "5xx")
+    backoff_ms: float = 50.0
+    max_backoff_ms: float = 2000.0
+
+
+@dataclass(frozen=True, slots=True)
+class VariantConfig:
+    model: str
+    weight: float = 1.0
+    name: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     targets: tuple[TargetConfig, ...] = ()
     balance: BalanceKind = "weighted"
-    hash_key: str | None = None
+    hash_key: str | None = None  # header:NAME | key | body:user | prefix
     price: PriceConfig | None = None
     on_disconnect: Literal["cancel", "drain_for_usage"] = "cancel"
+    fallbacks: tuple[str, ...] = ()
+    context_fallbacks: tuple[str, ...] = ()
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    variants: tuple[VariantConfig, ...] = ()
+    sticky: str | None = None  # key | header:NAME
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Passive outlier ejection and optional active probes, for every target."""
+
+    consecutive_failures: int = 5
+    error_ratio: float = 0.5
+    min_requests: int = 20
+    window_s: float = 10.0
+    base_ejection_s: float = 5.0
+    max_ejection_s: float = 300.0
+    probe_interval_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetConfig:
+    """Retries may be at most ``percent`` of live requests (plus a small floor)."""
+
+    percent: float = 20.0
+    min_per_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    amount: float
+    period: Literal["hour", "day", "week", "month"] = "month"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    rpm: int | None = None
+    tpm: int | None = None
+    max_inflight: int | None = None
+    budget_usd: BudgetConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitMatch:
+    """Which requests a rule applies to; each given field must match (globs)."""
+
+    key: str | None = None
+    model: str | None = None
+    tier: str | None = None
+    provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRule:
+    match: LimitMatch = field(default_factory=LimitMatch)
+    rpm: int | None = None
+    tpm: int | None = None
+    max_inflight: int | None = None
+    budget_usd: BudgetConfig | None = None
+    per: Literal["key", "rule"] = "key"  # one count per caller, or one shared count
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    name: str
+    key_sha256: str
+    models: tuple[str, ...] = ("*",)
+    tier: str | None = None
+    limits: LimitSpec | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtClaimsConfig:
+    subject: str = "sub"
+    models: str | None = None
+    tier: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JwtConfig:
+    issuer: str | None = None
+    audience: str | None = None
+    algorithms: tuple[str, ...] = ("RS256",)
+    jwks_url: str | None = None
+    secret: str | None = None
+    public_key_pem: str | None = None
+    leeway_s: float = 30.0
+    claims: JwtClaimsConfig = field(default_factory=JwtClaimsConfig)
+    jwks_cache_s: float = 300.0
+    jwks_min_refresh_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    keys: tuple[KeyConfig, ...] = ()
+    jwt: JwtConfig | None = None
+    ip_allow: tuple[str, ...] = ()
+    ip_deny: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False
+    on_error: Literal["local", "allow", "deny"] = "local"
+    timeout_s: float = 0.25
+    key_prefix: str = "fastgw"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +256,12 @@ class Config:
     models: tuple[ModelConfig, ...] = ()
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: tuple[LimitRule, ...] = ()
+    limits_backend: Literal["local", "redis"] = "local"
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    retry_budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
     # Set by the loader, not by YAML: where the file came from (for reloads).
     source: str | None = field(default=None, metadata={"internal": True})
     demo: bool = field(default=False, metadata={"internal": True})

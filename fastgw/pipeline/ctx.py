@@ -20,6 +20,8 @@ class RequestCtx:
         "doc",
         "endpoint",
         "error",
+        "extra_headers",
+        "grant",
         "key_name",
         "model",
         "overhead_s",
@@ -59,3 +61,7 @@ class RequestCtx:
         self.usage_known = False
         self.error: str | None = None
         self.key_name: str | None = None
+        # Set by access control: who is calling and what they were granted
+        # (reservations to settle); headers added to every answer (x-ratelimit-*).
+        self.grant: Any = None
+        self.extra_headers = b""

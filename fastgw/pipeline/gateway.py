@@ -117,13 +117,16 @@ class Gateway:
         cycle.send(200, _JSON + _rid(cycle), _READY)
 
     async def models(self, cycle: Cycle) -> None:
-        cycle.send(200, _JSON + _rid(cycle), self.state.snapshot.models_body())
+        snap = self.state.snapshot
+        names = await self.proxy.access.visible_models(cycle, snap)
+        cycle.send(200, _JSON + _rid(cycle), snap.models_body(names))
 
     async def model(self, cycle: Cycle) -> None:
         name = cycle.path.split(b"/models/", 1)[1].decode("utf-8", "replace")
         snap = self.state.snapshot
+        names = await self.proxy.access.visible_models(cycle, snap)
         route = snap.models.get(name)
-        if route is None:
+        if route is None or (names is not None and name not in names):
             raise ModelNotFound(f"the model {name!r} does not exist; GET /v1/models lists the "
                                 "models you can use", param="model")
         cycle.send(200, _JSON + _rid(cycle), orjson.dumps(model_object(route, snap.created)))

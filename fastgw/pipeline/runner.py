@@ -33,6 +33,7 @@ from fastgw.errors import (
 )
 from fastgw.metrics import INFLIGHT, Recorder
 from fastgw.pipeline import headers as hdr
+from fastgw.pipeline.access import Access
 from fastgw.pipeline.ctx import RequestCtx
 from fastgw.pipeline.snapshot import Snapshot, TargetRuntime
 from fastgw.providers import openai
@@ -47,20 +48,25 @@ _USAGE_ENDPOINTS = frozenset({"chat", "completions"})
 
 
 class Proxy:
-    __slots__ = ("access_log", "loop", "recorder")
+    __slots__ = ("access", "access_log", "loop", "recorder")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, recorder: Recorder,
-                 access_log: AccessLog) -> None:
+                 access_log: AccessLog, access: Access | None = None) -> None:
         self.loop = loop
         self.recorder = recorder
         self.access_log = access_log
+        self.access = access if access is not None else Access()
 
     async def run(self, cycle: Cycle, snapshot: Snapshot, endpoint: str) -> None:
         fwd, rid = hdr.forwarded(cycle.headers)
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id())
         INFLIGHT.inc()
+        access = self.access
         try:
             self.request_filter(ctx)
+            await access.authenticate(ctx)
+            self.find_route(ctx)
+            await access.admit(ctx)
             target = self.upstream_peer(ctx)
             request = self.upstream_request(ctx, target, fwd)
             if ctx.stream:
@@ -75,6 +81,7 @@ class Proxy:
             raise
         finally:
             INFLIGHT.dec()
+            access.settle(ctx)
             self.logging(ctx)
 
     # -- phases -----------------------------------------------------------------------
@@ -104,6 +111,9 @@ class Proxy:
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be true or false", param="stream")
         ctx.stream = stream
+
+    def find_route(self, ctx: RequestCtx) -> None:
+        model = ctx.model
         route = ctx.snapshot.models.get(model)
         if route is None:
             raise ModelNotFound(f"the model {model!r} does not exist; GET /v1/models lists "
@@ -212,7 +222,7 @@ class Proxy:
                 + target.response_headers
                 + b"x-fastgw-attempts: %d\r\nx-fastgw-overhead-ms: %.3f\r\n"
                 % (ctx.attempts, overhead * 1000.0)
-                + hdr.response_headers(up_headers))
+                + ctx.extra_headers + hdr.response_headers(up_headers))
 
     def upstream_failed(self, ctx: RequestCtx, target: TargetRuntime, status: int, body: bytes,
                         up_headers: list[tuple[bytes, bytes]]) -> None:
@@ -240,7 +250,7 @@ class Proxy:
             if not cycle.finished:
                 cycle.abort()
             return
-        extra = b"x-request-id: " + ctx.request_id + b"\r\n"
+        extra = b"x-request-id: " + ctx.request_id + b"\r\n" + ctx.extra_headers
         if ctx.attempts:
             extra += b"x-fastgw-attempts: %d\r\n" % ctx.attempts
             if ctx.target is not None:
