@@ -1,5 +1,5 @@
 //! JWT (JWS compact) verification: HS256/384/512, RS256/384/512,
-//! PS256/384/512, ES256/384 and EdDSA (Ed25519), with `ring` doing the
+//! PS256/384/512, ES256/384 and `EdDSA` (Ed25519), with `ring` doing the
 //! cryptography.
 //!
 //! A [`Verifier`] holds a [`KeySet`] and the checks to make. Verification runs
@@ -24,7 +24,7 @@
 //!    (`BadIssuer`);
 //! 8. with audiences configured: `aud` present (`MissingClaim`), a string or
 //!    a list of strings, sharing one value with them (`BadAudience`); without,
-//!    a token that names an audience is refused (`BadAudience`), as PyJWT does.
+//!    a token that names an audience is refused (`BadAudience`), as `PyJWT` does.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -456,7 +456,7 @@ impl KeySet {
         Ok(Some(key))
     }
 
-    /// Loads one public key in PEM: `PUBLIC KEY` (SubjectPublicKeyInfo: RSA,
+    /// Loads one public key in PEM: `PUBLIC KEY` (`SubjectPublicKeyInfo`: RSA,
     /// P-256, P-384, Ed25519) or `RSA PUBLIC KEY` (PKCS#1).
     ///
     /// # Errors
@@ -750,11 +750,14 @@ impl Verifier {
 /// Tokens longer than this are verified but never cached.
 pub const MAX_CACHED_TOKEN: usize = 8192;
 
+/// A cached token's value and time claims.
+type Cached<V> = (V, Times);
+
 /// An LRU of verified tokens, each kept with its time claims so a hit is
 /// re-checked at the caller's `now`. `V` is what the caller keeps (the
 /// binding keeps the Python dict of claims).
 pub struct TokenCache<V> {
-    lru: Option<lru::LruCache<Box<[u8]>, (V, Times)>>,
+    lru: Option<lru::LruCache<Box<[u8]>, Cached<V>>>,
 }
 
 impl<V> TokenCache<V> {

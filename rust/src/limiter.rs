@@ -168,7 +168,7 @@ fn check_positive(what: &str, v: f64) -> Result<f64, LimitError> {
 }
 
 fn check_non_negative(what: &str, v: f64) -> Result<f64, LimitError> {
-    if v.is_finite() && v >= 0.0 && v <= MAX_VALUE {
+    if (0.0..=MAX_VALUE).contains(&v) {
         Ok(v)
     } else {
         err(format!("{what} must be a finite number >= 0, got {v}"))
@@ -523,6 +523,7 @@ pub(crate) fn settle_in<S: Store>(
                 };
                 let s = limit.refresh(store.state(slot), now);
                 // A correction to a window that has ended is dropped.
+                #[allow(clippy::float_cmp)] // window starts are exact values
                 if s.stamp == windows[i] {
                     store.set_state(slot, BucketState { level: (s.level + delta).max(0.0), stamp: s.stamp });
                 }

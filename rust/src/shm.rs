@@ -5,7 +5,7 @@
 //! children forked after it is made) or a file that separate processes map by
 //! path (a file under `/dev/shm` stays in memory).
 //!
-//! Layout: a 256-byte [`Header`] (magic, geometry, hash seed and a robust,
+//! Layout: a 128-byte `Header` (magic, geometry, hash seed and a robust,
 //! process-shared `pthread` mutex), then `sets * WAYS` slots of 64 bytes.
 //! A key is identified by its seeded XXH3-128 (the seed is random per region,
 //! so colliding keys cannot be chosen from outside) and lives in one of the
@@ -35,9 +35,7 @@ use crate::limiter::{
 pub const WAYS: usize = 16;
 const MAGIC: u64 = u64::from_le_bytes(*b"FGWLIM01");
 const VERSION: u32 = 1;
-const HEADER_SIZE: usize = 256;
-
-#[repr(C)]
+#[repr(C, align(64))]
 struct Header {
     magic: u64,
     version: u32,
@@ -48,7 +46,8 @@ struct Header {
     mutex: libc::pthread_mutex_t,
 }
 
-const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_SIZE);
+const HEADER_SIZE: usize = std::mem::size_of::<Header>();
+const _: () = assert!(HEADER_SIZE.is_multiple_of(64));
 
 /// One bucket: key hash, limit, state, last use. 64 bytes.
 #[repr(C, align(64))]
@@ -105,7 +104,7 @@ impl Slot {
 
 /// A mapped shared region.
 pub struct ShmTable {
-    base: *mut u8,
+    base: *mut Header,
     len: usize,
     sets: usize,
     seed: u64,
@@ -127,7 +126,7 @@ fn check_rc(rc: i32, what: &str) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(io::Error::new(io::ErrorKind::Other, format!("{what}: {}", io::Error::from_raw_os_error(rc))))
+        Err(io::Error::other(format!("{what}: {}", io::Error::from_raw_os_error(rc))))
     }
 }
 
@@ -163,7 +162,7 @@ impl ShmTable {
         if base == libc::MAP_FAILED {
             return Err(os_err("mmap"));
         }
-        let mut table = ShmTable { base: base.cast(), len, sets, seed: 0 };
+        let mut table = ShmTable { base: base.cast::<Header>(), len, sets, seed: 0 };
         // SAFETY: the region is new, zeroed and ours alone.
         table.seed = unsafe { table.init(sets)? };
         Ok(table)
@@ -206,7 +205,7 @@ impl ShmTable {
     /// `fd` is open read-write and flock-ed by us.
     unsafe fn map_locked(fd: i32, slots: usize) -> io::Result<ShmTable> {
         let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
+        if libc::fstat(fd, &raw mut st) != 0 {
             return Err(os_err("fstat"));
         }
         let size = usize::try_from(st.st_size).unwrap_or(0);
@@ -228,13 +227,13 @@ impl ShmTable {
         if base == libc::MAP_FAILED {
             return Err(os_err("mmap"));
         }
-        let mut table = ShmTable { base: base.cast(), len, sets: 0, seed: 0 };
+        let mut table = ShmTable { base: base.cast::<Header>(), len, sets: 0, seed: 0 };
         if let Some(sets) = fresh {
             table.seed = table.init(sets)?;
             table.sets = sets;
             return Ok(table);
         }
-        let h = &*table.base.cast::<Header>();
+        let h = &*table.base;
         let sets = usize::try_from(h.sets).unwrap_or(0);
         let valid = h.magic == MAGIC
             && h.version == VERSION
@@ -254,17 +253,17 @@ impl ShmTable {
     /// # Safety
     /// The region is zeroed and nobody else uses it yet.
     unsafe fn init(&self, sets: usize) -> io::Result<u64> {
-        let h = self.base.cast::<Header>();
+        let h = self.base;
         let mut seed = [0_u8; 8];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
             .map_err(|_| io::Error::other("no system randomness"))?;
         let seed = u64::from_le_bytes(seed);
         let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-        check_rc(libc::pthread_mutexattr_init(&mut attr), "pthread_mutexattr_init")?;
-        check_rc(libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED), "setpshared")?;
-        check_rc(libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST), "setrobust")?;
-        let rc = libc::pthread_mutex_init(ptr::addr_of_mut!((*h).mutex), &attr);
-        libc::pthread_mutexattr_destroy(&mut attr);
+        check_rc(libc::pthread_mutexattr_init(&raw mut attr), "pthread_mutexattr_init")?;
+        check_rc(libc::pthread_mutexattr_setpshared(&raw mut attr, libc::PTHREAD_PROCESS_SHARED), "setpshared")?;
+        check_rc(libc::pthread_mutexattr_setrobust(&raw mut attr, libc::PTHREAD_MUTEX_ROBUST), "setrobust")?;
+        let rc = libc::pthread_mutex_init(ptr::addr_of_mut!((*h).mutex), &raw const attr);
+        libc::pthread_mutexattr_destroy(&raw mut attr);
         check_rc(rc, "pthread_mutex_init")?;
         (*h).version = VERSION;
         #[allow(clippy::cast_possible_truncation)]
@@ -295,7 +294,7 @@ impl ShmTable {
     fn lock(&self) -> io::Result<Locked<'_>> {
         // SAFETY: the header was initialised before this table was built.
         unsafe {
-            let m = ptr::addr_of_mut!((*self.base.cast::<Header>()).mutex);
+            let m = ptr::addr_of_mut!((*self.base).mutex);
             match libc::pthread_mutex_lock(m) {
                 0 => {}
                 libc::EOWNERDEAD => {
@@ -305,7 +304,7 @@ impl ShmTable {
                 }
                 rc => check_rc(rc, "pthread_mutex_lock")?,
             }
-            let slots = std::slice::from_raw_parts_mut(self.base.add(HEADER_SIZE).cast::<Slot>(), self.sets * WAYS);
+            let slots = std::slice::from_raw_parts_mut(self.base.add(1).cast::<Slot>(), self.sets * WAYS);
             Ok(Locked { table: self, slots, now: 0.0 })
         }
     }
@@ -358,6 +357,7 @@ impl ShmTable {
     ///
     /// # Errors
     /// The lock failed.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> io::Result<usize> {
         let g = self.lock()?;
         Ok(g.slots.iter().filter(|s| s.kind != 0).count())
@@ -406,7 +406,7 @@ impl Drop for Locked<'_> {
     fn drop(&mut self) {
         // SAFETY: we hold the mutex.
         unsafe {
-            libc::pthread_mutex_unlock(ptr::addr_of_mut!((*self.table.base.cast::<Header>()).mutex));
+            libc::pthread_mutex_unlock(ptr::addr_of_mut!((*self.table.base).mutex));
         }
     }
 }

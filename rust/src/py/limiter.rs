@@ -1,0 +1,465 @@
+//! `Limit`, `Scope`, `Reservation`, `LimiterTable`, `SharedLimiterTable`.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString, PyTuple};
+
+use super::{key_bytes, now_or_clock};
+use crate::limiter::{self as core, LimitError, LocalTable, Outcome, Period};
+use crate::shm::ShmTable;
+
+fn value_error(e: LimitError) -> PyErr {
+    PyValueError::new_err(e.0)
+}
+
+/// Tables get distinct ids so a reservation cannot be settled on another.
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a scope allows: a rate, a concurrency cap or a budget.
+#[pyclass(frozen, module = "fastgw._native")]
+pub struct Limit {
+    pub(super) inner: core::Limit,
+}
+
+#[pymethods]
+impl Limit {
+    /// `amount` per `period_s` seconds, refilled continuously, holding a
+    /// burst of `burst` (default `amount`).
+    #[staticmethod]
+    #[pyo3(signature = (amount, period_s = 60.0, *, burst = None))]
+    fn rate(amount: f64, period_s: f64, burst: Option<f64>) -> PyResult<Limit> {
+        Ok(Limit { inner: core::Limit::rate(amount, period_s, burst).map_err(value_error)? })
+    }
+
+    /// At most `max_inflight` at once.
+    #[staticmethod]
+    fn concurrency(max_inflight: f64) -> PyResult<Limit> {
+        Ok(Limit { inner: core::Limit::concurrency(max_inflight).map_err(value_error)? })
+    }
+
+    /// `amount` per period: a name (`minute`, `hour`, `day`, `week`,
+    /// `month`) or a number of seconds.
+    #[staticmethod]
+    fn budget(amount: f64, period: &Bound<'_, PyAny>) -> PyResult<Limit> {
+        let period = if let Ok(name) = period.cast::<PyString>() {
+            Period::from_name(name.to_str()?).map_err(value_error)?
+        } else {
+            Period::Seconds(period.extract::<f64>().map_err(|_| PyTypeError::new_err("period must be a name or seconds"))?)
+        };
+        Ok(Limit { inner: core::Limit::budget(amount, period).map_err(value_error)? })
+    }
+
+    /// `"rate"`, `"concurrency"` or `"budget"`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        match self.inner {
+            core::Limit::Rate { .. } => "rate",
+            core::Limit::Concurrency { .. } => "concurrency",
+            core::Limit::Budget { .. } => "budget",
+        }
+    }
+
+    /// The limit reported in headers (capacity, cap or amount).
+    #[getter]
+    fn value(&self) -> f64 {
+        self.inner.value()
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other.cast::<Limit>().is_ok_and(|o| o.get().inner == self.inner)
+    }
+
+    fn __hash__(&self) -> u64 {
+        let (a, b, c) = match self.inner {
+            core::Limit::Rate { capacity, refill_per_s } => (1_u8, capacity, refill_per_s),
+            core::Limit::Concurrency { max } => (2, max, 0.0),
+            core::Limit::Budget { amount, period: Period::Seconds(p) } => (3, amount, p),
+            core::Limit::Budget { amount, period: Period::Month } => (4, amount, 0.0),
+        };
+        let mut buf = [0_u8; 17];
+        buf[0] = a;
+        buf[1..9].copy_from_slice(&b.to_bits().to_le_bytes());
+        buf[9..].copy_from_slice(&c.to_bits().to_le_bytes());
+        crate::ring::hash64(&buf)
+    }
+
+    fn __repr__(&self) -> String {
+        match self.inner {
+            core::Limit::Rate { capacity, refill_per_s } => {
+                format!("Limit.rate(capacity={capacity}, refill_per_s={refill_per_s})")
+            }
+            core::Limit::Concurrency { max } => format!("Limit.concurrency({max})"),
+            core::Limit::Budget { amount, period: Period::Seconds(p) } => format!("Limit.budget({amount}, {p})"),
+            core::Limit::Budget { amount, period: Period::Month } => format!("Limit.budget({amount}, 'month')"),
+        }
+    }
+}
+
+/// A bucket name and its limit. Build once per (tenant, rule) and reuse.
+#[pyclass(frozen, module = "fastgw._native")]
+pub struct Scope {
+    key: Box<[u8]>,
+    limit: core::Limit,
+    py_key: Py<PyAny>,
+    py_limit: Py<Limit>,
+}
+
+#[pymethods]
+impl Scope {
+    #[new]
+    fn new(key: &Bound<'_, PyAny>, limit: &Bound<'_, Limit>) -> PyResult<Scope> {
+        Ok(Scope {
+            key: key_bytes(key)?.into(),
+            limit: limit.get().inner,
+            py_key: key.clone().unbind(),
+            py_limit: limit.clone().unbind(),
+        })
+    }
+
+    /// The bucket name (`str` or `bytes`, as given; equal UTF-8 is one bucket).
+    #[getter]
+    fn key(&self, py: Python<'_>) -> Py<PyAny> {
+        self.py_key.clone_ref(py)
+    }
+
+    /// The limit.
+    #[getter]
+    fn limit(&self, py: Python<'_>) -> Py<Limit> {
+        self.py_limit.clone_ref(py)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("Scope({}, {})", self.py_key.bind(py).repr()?, self.py_limit.get().__repr__()))
+    }
+}
+
+/// The result of a reserve; pass it to `settle` or `release` when the
+/// request ends. Truthy when admitted.
+#[pyclass(frozen, module = "fastgw._native")]
+pub struct Reservation {
+    table_id: u64,
+    outcome: Outcome,
+    scopes: Vec<Py<Scope>>,
+    costs: Vec<f64>,
+    settled: AtomicBool,
+}
+
+#[pymethods]
+impl Reservation {
+    /// True when every scope took its cost.
+    #[getter]
+    fn admitted(&self) -> bool {
+        self.outcome.admitted
+    }
+
+    /// Seconds to wait before retrying (0.0 when admitted; `inf` when a cost
+    /// exceeds its limit). `Retry-After` is this rounded up.
+    #[getter]
+    fn retry_after(&self) -> f64 {
+        self.outcome.retry_after
+    }
+
+    /// Index of the scope with the longest wait, when refused.
+    #[getter]
+    fn denied_index(&self) -> Option<usize> {
+        self.outcome.denied
+    }
+
+    /// Per scope: the limit.
+    #[getter]
+    fn limits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.outcome.statuses.iter().map(|s| s.limit))
+    }
+
+    /// Per scope: what is left after this request (before it, when refused).
+    #[getter]
+    fn remaining<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.outcome.statuses.iter().map(|s| s.remaining))
+    }
+
+    /// Per scope: seconds until back to the full limit.
+    #[getter]
+    fn reset_after<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.outcome.statuses.iter().map(|s| s.reset_after))
+    }
+
+    /// The costs reserved, per scope.
+    #[getter]
+    fn costs<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, &self.costs)
+    }
+
+    /// The scopes, in call order.
+    #[getter]
+    fn scopes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(py, self.scopes.iter().map(|s| s.clone_ref(py)))
+    }
+
+    /// True once settled or released.
+    #[getter]
+    fn settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    fn __bool__(&self) -> bool {
+        self.outcome.admitted
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<Reservation admitted={} retry_after={} scopes={}>",
+            self.outcome.admitted,
+            self.outcome.retry_after,
+            self.scopes.len()
+        )
+    }
+}
+
+/// Scopes, their keys and limits, borrowed from the Python objects.
+struct Args<'py> {
+    scopes: Vec<Bound<'py, Scope>>,
+    costs: Vec<f64>,
+}
+
+impl<'py> Args<'py> {
+    fn extract(scopes: &Bound<'py, PyAny>, costs: &Bound<'py, PyAny>) -> PyResult<Args<'py>> {
+        let to_scope = |o: Bound<'py, PyAny>| -> PyResult<Bound<'py, Scope>> {
+            o.cast_into::<Scope>().map_err(|_| PyTypeError::new_err("scopes must hold Scope objects"))
+        };
+        let scopes: Vec<Bound<'py, Scope>> = if let Ok(l) = scopes.cast::<PyList>() {
+            l.iter().map(to_scope).collect::<PyResult<_>>()?
+        } else if let Ok(t) = scopes.cast::<PyTuple>() {
+            t.iter().map(to_scope).collect::<PyResult<_>>()?
+        } else {
+            scopes.try_iter()?.map(|o| to_scope(o?)).collect::<PyResult<_>>()?
+        };
+        Ok(Args { scopes, costs: floats(costs)? })
+    }
+
+    fn keys(&self) -> Vec<&[u8]> {
+        self.scopes.iter().map(|s| &*s.get().key).collect()
+    }
+
+    fn limits(&self) -> Vec<core::Limit> {
+        self.scopes.iter().map(|s| s.get().limit).collect()
+    }
+}
+
+/// A list, tuple or iterable of numbers as `f64`s.
+pub(super) fn floats(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+    if let Ok(l) = obj.cast::<PyList>() {
+        l.iter().map(|o| o.extract::<f64>()).collect()
+    } else if let Ok(t) = obj.cast::<PyTuple>() {
+        t.iter().map(|o| o.extract::<f64>()).collect()
+    } else {
+        obj.try_iter()?.map(|o| o?.extract::<f64>()).collect()
+    }
+}
+
+fn reservation(table_id: u64, args: Args<'_>, outcome: Outcome) -> Reservation {
+    Reservation {
+        table_id,
+        outcome,
+        scopes: args.scopes.into_iter().map(Bound::unbind).collect(),
+        costs: args.costs,
+        settled: AtomicBool::new(false),
+    }
+}
+
+/// Claims a reservation for settling: `Ok(false)` when there is nothing to
+/// do (refused or already settled).
+fn claim(r: &Reservation, table_id: u64) -> PyResult<bool> {
+    if r.table_id != table_id {
+        return Err(PyValueError::new_err("reservation belongs to another table"));
+    }
+    Ok(r.outcome.admitted && !r.settled.swap(true, Ordering::AcqRel))
+}
+
+/// Runs `f` on a claimed reservation's keys and limits, un-claiming it if `f`
+/// fails (bad `actual_costs`).
+fn settle_with(
+    py: Python<'_>,
+    r: &Reservation,
+    table_id: u64,
+    f: impl FnOnce(&[&[u8]], &[core::Limit]) -> Result<(), LimitError>,
+) -> PyResult<bool> {
+    if !claim(r, table_id)? {
+        return Ok(false);
+    }
+    let scopes: Vec<&Scope> = r.scopes.iter().map(|s| s.bind(py).get()).collect();
+    let keys: Vec<&[u8]> = scopes.iter().map(|s| &*s.key).collect();
+    let limits: Vec<core::Limit> = scopes.iter().map(|s| s.limit).collect();
+    match f(&keys, &limits) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            r.settled.store(false, Ordering::Release);
+            Err(value_error(e))
+        }
+    }
+}
+
+/// Many named buckets in this process; see the module stub for the contract.
+#[pyclass(frozen, module = "fastgw._native")]
+pub struct LimiterTable {
+    id: u64,
+    inner: Mutex<LocalTable>,
+}
+
+impl LimiterTable {
+    fn table(&self) -> std::sync::MutexGuard<'_, LocalTable> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[pymethods]
+impl LimiterTable {
+    #[new]
+    #[pyo3(signature = (*, max_keys = 1_000_000))]
+    fn new(max_keys: usize) -> LimiterTable {
+        LimiterTable { id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed), inner: Mutex::new(LocalTable::new(max_keys)) }
+    }
+
+    /// Admits against every scope atomically, all or none.
+    #[pyo3(signature = (scopes, costs, now = None))]
+    fn reserve(&self, scopes: &Bound<'_, PyAny>, costs: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<Reservation> {
+        let args = Args::extract(scopes, costs)?;
+        let outcome =
+            self.table().reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now)).map_err(value_error)?;
+        Ok(reservation(self.id, args, outcome))
+    }
+
+    /// Corrects an admitted reservation with the real costs; True when
+    /// applied, False when refused or already settled.
+    #[pyo3(signature = (reservation, actual_costs, now = None))]
+    fn settle(
+        &self,
+        py: Python<'_>,
+        reservation: &Bound<'_, Reservation>,
+        actual_costs: &Bound<'_, PyAny>,
+        now: Option<f64>,
+    ) -> PyResult<bool> {
+        let r = reservation.get();
+        let actual = floats(actual_costs)?;
+        let now = now_or_clock(now);
+        settle_with(py, r, self.id, |keys, limits| {
+            self.table().settle(keys, limits, &r.costs, &r.outcome.windows, &actual, now)
+        })
+    }
+
+    /// Gives back everything reserved (error or cancel).
+    #[pyo3(signature = (reservation, now = None))]
+    fn release(&self, py: Python<'_>, reservation: &Bound<'_, Reservation>, now: Option<f64>) -> PyResult<bool> {
+        let r = reservation.get();
+        let zeros = vec![0.0; r.costs.len()];
+        let now = now_or_clock(now);
+        settle_with(py, r, self.id, |keys, limits| {
+            self.table().settle(keys, limits, &r.costs, &r.outcome.windows, &zeros, now)
+        })
+    }
+
+    /// Drops every idle bucket; returns how many.
+    #[pyo3(signature = (now = None))]
+    fn evict_idle(&self, now: Option<f64>) -> usize {
+        self.table().evict_idle(now_or_clock(now))
+    }
+
+    /// Buckets evicted while busy because `max_keys` was reached.
+    #[getter]
+    fn evicted_busy(&self) -> u64 {
+        self.table().evicted_busy()
+    }
+
+    /// `(level, stamp)` of `key`'s bucket as stored, or None.
+    fn peek(&self, key: &Bound<'_, PyAny>) -> PyResult<Option<(f64, f64)>> {
+        Ok(self.table().peek(key_bytes(key)?).map(|(_, s)| (s.level, s.stamp)))
+    }
+
+    fn __len__(&self) -> usize {
+        self.table().len()
+    }
+}
+
+/// A limiter table in shared memory, shared by forked children (anonymous)
+/// or by every process opening the same path.
+#[pyclass(frozen, module = "fastgw._native")]
+pub struct SharedLimiterTable {
+    id: u64,
+    inner: ShmTable,
+    path: Option<PathBuf>,
+}
+
+#[pymethods]
+impl SharedLimiterTable {
+    #[new]
+    #[pyo3(signature = (path = None, *, slots = 65_536))]
+    fn new(path: Option<PathBuf>, slots: usize) -> PyResult<SharedLimiterTable> {
+        let inner = match &path {
+            Some(p) => ShmTable::open(p, slots),
+            None => ShmTable::anonymous(slots),
+        }
+        .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        Ok(SharedLimiterTable { id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed), inner, path })
+    }
+
+    /// As `LimiterTable.reserve` (at most 16 scopes per call).
+    #[pyo3(signature = (scopes, costs, now = None))]
+    fn reserve(&self, scopes: &Bound<'_, PyAny>, costs: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<Reservation> {
+        let args = Args::extract(scopes, costs)?;
+        let outcome =
+            self.inner.reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now)).map_err(value_error)?;
+        Ok(reservation(self.id, args, outcome))
+    }
+
+    /// As `LimiterTable.settle`.
+    #[pyo3(signature = (reservation, actual_costs, now = None))]
+    fn settle(
+        &self,
+        py: Python<'_>,
+        reservation: &Bound<'_, Reservation>,
+        actual_costs: &Bound<'_, PyAny>,
+        now: Option<f64>,
+    ) -> PyResult<bool> {
+        let r = reservation.get();
+        let actual = floats(actual_costs)?;
+        let now = now_or_clock(now);
+        settle_with(py, r, self.id, |keys, limits| {
+            self.inner.settle(keys, limits, &r.costs, &r.outcome.windows, &actual, now)
+        })
+    }
+
+    /// As `LimiterTable.release`.
+    #[pyo3(signature = (reservation, now = None))]
+    fn release(&self, py: Python<'_>, reservation: &Bound<'_, Reservation>, now: Option<f64>) -> PyResult<bool> {
+        let r = reservation.get();
+        let zeros = vec![0.0; r.costs.len()];
+        let now = now_or_clock(now);
+        settle_with(py, r, self.id, |keys, limits| {
+            self.inner.settle(keys, limits, &r.costs, &r.outcome.windows, &zeros, now)
+        })
+    }
+
+    /// Frees every idle bucket; returns how many.
+    #[pyo3(signature = (now = None))]
+    fn evict_idle(&self, now: Option<f64>) -> PyResult<usize> {
+        self.inner.evict_idle(now_or_clock(now)).map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    /// Most buckets the region holds.
+    #[getter]
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+
+    /// The backing file, or None for an anonymous region.
+    #[getter]
+    fn path(&self) -> Option<PathBuf> {
+        self.path.clone()
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        self.inner.len().map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+}
