@@ -310,6 +310,7 @@ class MockProtocol(asyncio.Protocol):
         "_closed",
         "_closed_by_us",
         "_drain_waiter",
+        "_expect",
         "_headers",
         "_in_stream",
         "_loop",
@@ -341,6 +342,7 @@ class MockProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
+        self._expect = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -398,6 +400,15 @@ class MockProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
+        # curl sends "Expect: 100-continue" before a large body and waits for it.
+        if len(name) == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
+            self._expect = True
+
+    def on_headers_complete(self) -> None:
+        if self._expect:
+            self._expect = False
+            if self._task is None and not self._queue and self._transport is not None:
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)

@@ -752,3 +752,17 @@ def test_cached_answers_respect_the_chunks_header(mock: MockThread) -> None:
         )
     ]
     assert lengths == [5, 7, 11, 5]
+
+
+def test_expect_100_continue_is_answered(mock: MockThread) -> None:
+    data = orjson.dumps(CHAT)
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n" % len(data)
+    )
+    with connect(mock.port) as sock:
+        sock.sendall(head)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(data)
+        resp, _ = parse_response(read_all(sock))
+    assert resp.status == 200

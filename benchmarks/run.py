@@ -1,0 +1,615 @@
+"""The fastgw benchmark driver: one command, one run, every row side by side.
+
+    python benchmarks/run.py [--quick] [--json out.json] [--duration S] [--rows direct,nginx,fastgw]
+    python benchmarks/run.py --upstream-check     # is the mock fast enough to be the upstream?
+
+It starts the mock upstream (``python -m fastgw.mock``, unpaced), nginx as a
+plain reverse proxy in front of it (benchmarks/nginx.conf.tmpl) and fastgw
+(``python -m fastgw serve``) with a generated config, pins nginx and the
+gateway to CPU 0 and the load generator and the mock to CPU 1, waits until
+each answers, then measures every scenario on every row in turn (rows
+interleaved per scenario, so drift hits them alike) and prints one table per
+scenario: rate, p50, p99, ratio to nginx, latency added over direct.
+
+Rows and scenarios are tables (TARGETS, SCENARIOS): a "fastgw full policy"
+row is one more Target with its own config and headers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from loadgen import LoadResult, LoadSpec, run_load  # noqa: E402
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+MODEL = "mock-model"
+PROMPT = "Say hello to the benchmark, in one short sentence please."
+STREAM_CHUNKS = 48  # + role chunk + finish chunk = 50 SSE events (then [DONE])
+PACED_INTERVAL_MS = 20
+PACED_CHUNKS = 3
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    if cpu is None or not shutil.which("taskset"):
+        return cmd
+    return ["taskset", "-c", str(cpu), *cmd]
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except (OSError, urllib.error.URLError) as e:
+            last = e
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout}s: {last}")
+
+
+def post(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes]:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Processes:
+    """The children of one run; all stopped (SIGTERM, then SIGKILL) at exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the run)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def start_mock(procs: Processes, cpu: int | None) -> int:
+    port = free_port()
+    cmd = [sys.executable, "-m", "fastgw.mock", "--port", str(port)]
+    proc = procs.start("mock", pinned(cmd, cpu))
+    wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+    return port
+
+
+def render_nginx(workdir: Path, listen: int, upstream: int) -> Path:
+    prefix = workdir / "nginx"
+    prefix.mkdir(exist_ok=True)
+    text = (HERE / "nginx.conf.tmpl").read_text()
+    user = "user root;" if os.geteuid() == 0 else ""
+    for key, value in {
+        "@PREFIX@": str(prefix),
+        "@LISTEN@": f"127.0.0.1:{listen}",
+        "@UPSTREAM@": f"127.0.0.1:{upstream}",
+        "@USER@": user,
+    }.items():
+        text = text.replace(key, value)
+    conf = prefix / "nginx.conf"
+    conf.write_text(text)
+    return conf
+
+
+def start_nginx(procs: Processes, conf: Path, port: int, cpu: int | None) -> None:
+    cmd = [NGINX, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;"]
+    proc = procs.start("nginx", pinned(cmd, cpu))
+    wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+
+
+# -- rows ------------------------------------------------------------------------------
+
+
+def minimal_config(mock_port: int, port: int) -> dict[str, Any]:
+    """Minimal policy: one provider, one model with one target, no access log."""
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "workers": 1},
+        "providers": [
+            {
+                "name": "mock",
+                "kind": "openai-compatible",
+                "base_url": f"http://127.0.0.1:{mock_port}/v1",
+                "max_connections": 1024,
+            }
+        ],
+        "models": [{"name": MODEL, "targets": [{"provider": "mock", "model": MODEL}]}],
+        "observability": {"access_log": "off"},
+    }
+
+
+@dataclass
+class Target:
+    """A row of the tables: where the load generator sends its requests."""
+
+    name: str
+    kind: str  # direct | nginx | fastgw
+    config: Callable[[int, int], dict[str, Any]] | None = None  # fastgw: (mock, port) -> YAML
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. the client's API key
+    description: str = ""
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("direct", "direct", description="load generator -> mock"),
+        Target("nginx", "nginx", description="nginx reverse proxy, 1 worker, keep-alive"),
+        Target(
+            "fastgw",
+            "fastgw",
+            minimal_config,
+            description="fastgw, minimal policy (one provider, one target), 1 worker",
+        ),
+        # A "fastgw-full" row (keys + 3 limit scopes + consistent hash + metrics +
+        # access log) is one more entry: Target("fastgw-full", "fastgw", full_config,
+        # headers={"Authorization": "Bearer ..."}).
+    )
+}
+
+
+def start_fastgw(
+    procs: Processes, target: Target, workdir: Path, mock_port: int, cpu: int | None
+) -> int:
+    assert target.config is not None
+    port = free_port()
+    cfg = workdir / f"{target.name}.yaml"
+    cfg.write_text(yaml.safe_dump(target.config(mock_port, port), sort_keys=False))
+    cmd = [sys.executable, "-m", "fastgw", "serve", "--config", str(cfg)]
+    cmd += ["--port", str(port), "--workers", "1"]
+    proc = procs.start(target.name, pinned(cmd, cpu))
+    wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+    return port
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    duration: float
+    low_duration: float  # the 50 req/s and paced rows (few samples per second)
+    warmup: float
+    connections: int
+    high_rate: float
+    low_rate: float
+
+
+def chat_body(stream: bool) -> bytes:
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    unit: str  # what the rate column counts
+    make: Callable[[str, Target, Settings], LoadSpec]
+    ttfe: bool = False  # report time to first event instead of last byte
+
+
+def _spec(url: str, target: Target, s: Settings, **kw: Any) -> LoadSpec:
+    headers = {**target.headers, **kw.pop("headers", {})}
+    return LoadSpec(url=url, headers=headers, warmup=s.warmup, **kw)
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario(
+        "max_rps",
+        "max requests/s, non-streaming, closed loop",
+        "req/s",
+        lambda url, t, s: _spec(
+            url, t, s, body=chat_body(False), connections=s.connections, duration=s.duration
+        ),
+    ),
+    Scenario(
+        "open_low",
+        "open loop at the low rate, non-streaming",
+        "req/s",
+        lambda url, t, s: _spec(
+            url,
+            t,
+            s,
+            body=chat_body(False),
+            rate=s.low_rate,
+            connections=8,
+            duration=s.low_duration,
+        ),
+    ),
+    Scenario(
+        "open_high",
+        "open loop at the high rate, non-streaming",
+        "req/s",
+        lambda url, t, s: _spec(
+            url,
+            t,
+            s,
+            body=chat_body(False),
+            rate=s.high_rate,
+            connections=64,
+            duration=s.duration,
+        ),
+    ),
+    Scenario(
+        "streams",
+        f"streams/s, {STREAM_CHUNKS + 2} SSE events per stream, unpaced, closed loop",
+        "streams/s",
+        lambda url, t, s: _spec(
+            url,
+            t,
+            s,
+            body=chat_body(True),
+            stream=True,
+            connections=s.connections,
+            duration=s.duration,
+            headers={"x-mock-chunks": str(STREAM_CHUNKS)},
+        ),
+    ),
+    Scenario(
+        "paced_ttfe",
+        f"time to first event, paced stream ({PACED_INTERVAL_MS} ms per event), open loop",
+        "streams/s",
+        lambda url, t, s: _spec(
+            url,
+            t,
+            s,
+            body=chat_body(True),
+            stream=True,
+            rate=s.low_rate / 2,
+            connections=8,
+            duration=s.low_duration,
+            headers={
+                "x-mock-chunks": str(PACED_CHUNKS),
+                "x-mock-chunk-interval-ms": str(PACED_INTERVAL_MS),
+            },
+        ),
+        ttfe=True,
+    ),
+]
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def derive(scenario: Scenario, results: dict[str, LoadResult]) -> dict[str, dict[str, Any]]:
+    """Per row: rate, p50, p99, ratio to nginx, added p50/p99 over direct."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def lat(r: LoadResult) -> tuple[float, float] | None:
+        p = r.ttfb_ms if scenario.ttfe else r.latency_ms
+        return (p.p50, p.p99) if p is not None else None
+
+    nginx = results.get("nginx")
+    direct = results.get("direct")
+    for name, r in results.items():
+        row: dict[str, Any] = {"rate": r.rps, "p50_ms": None, "p99_ms": None}
+        mine = lat(r)
+        if mine is not None:
+            row["p50_ms"], row["p99_ms"] = mine
+        row["vs_nginx"] = r.rps / nginx.rps if nginx is not None and nginx.rps else None
+        d = lat(direct) if direct is not None else None
+        if d is not None and mine is not None:
+            row["added_p50_ms"] = mine[0] - d[0]
+            row["added_p99_ms"] = mine[1] - d[1]
+        else:
+            row["added_p50_ms"] = row["added_p99_ms"] = None
+        row["errors"] = sum(r.errors.values()) + sum(r.non_2xx.values())
+        out[name] = row
+    return out
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(scenario: Scenario, rows: dict[str, dict[str, Any]], s: Settings) -> None:
+    title = scenario.title
+    if scenario.name == "open_low":
+        title += f" ({s.low_rate:g}/s)"
+    elif scenario.name == "open_high":
+        title += f" ({s.high_rate:g}/s)"
+    elif scenario.name == "paced_ttfe":
+        title += f" ({s.low_rate / 2:g}/s)"
+    what = "first event" if scenario.ttfe else "last byte"
+    print(f"\n{title}  [latency to the {what}]")
+    print(
+        f"  {'row':<14}{scenario.unit:>12}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'vs nginx':>10}{'+p50 ms':>10}{'+p99 ms':>10}{'errors':>8}"
+    )
+    for name, r in rows.items():
+        ratio = fmt(r["vs_nginx"], ".2f")
+        print(
+            f"  {name:<14}{fmt(r['rate'], ',.0f'):>12}{fmt(r['p50_ms'], '.3f'):>10}"
+            f"{fmt(r['p99_ms'], '.3f'):>10}{ratio:>10}{fmt(r['added_p50_ms'], '+.3f'):>10}"
+            f"{fmt(r['added_p99_ms'], '+.3f'):>10}{r['errors']:>8}"
+        )
+
+
+def machine_info() -> dict[str, Any]:
+    nginx_version = ""
+    try:
+        out = subprocess.run([NGINX, "-v"], capture_output=True, text=True, check=False)
+        nginx_version = out.stderr.strip()
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "nginx": nginx_version,
+    }
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+def pin_self(cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+def measure(spec: LoadSpec) -> LoadResult:
+    import uvloop
+
+    gc.collect()
+    gc.disable()  # no collector pauses inside a measurement
+    try:
+        return uvloop.run(run_load(spec))
+    finally:
+        gc.enable()
+
+
+def run_rows(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, Any]:
+    gw_cpu, client_cpu = cpus(args)
+    procs = Processes(workdir)
+    urls: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    try:
+        mock_port = start_mock(procs, client_cpu)
+        for name in args.rows:
+            target = TARGETS[name]
+            try:
+                if target.kind == "direct":
+                    urls[name] = f"http://127.0.0.1:{mock_port}"
+                elif target.kind == "nginx":
+                    port = free_port()
+                    start_nginx(procs, render_nginx(workdir, port, mock_port), port, gw_cpu)
+                    urls[name] = f"http://127.0.0.1:{port}"
+                else:
+                    port = start_fastgw(procs, target, workdir, mock_port, gw_cpu)
+                    urls[name] = f"http://127.0.0.1:{port}"
+                status, body = post(
+                    urls[name] + "/v1/chat/completions",
+                    json.loads(chat_body(False)),
+                    target.headers,
+                )
+                if status != 200:
+                    raise RuntimeError(f"smoke request answered {status}: {body[:300]!r}")
+            except (RuntimeError, OSError) as e:
+                failed[name] = str(e)
+                urls.pop(name, None)
+                print(f"row {name} skipped: {e}", file=sys.stderr)
+        pin_self(client_cpu)
+        results: dict[str, Any] = {}
+        for scenario in SCENARIOS:
+            if args.scenarios and scenario.name not in args.scenarios:
+                continue
+            by_row: dict[str, LoadResult] = {}
+            for name, base in urls.items():
+                spec = scenario.make(base + "/v1/chat/completions", TARGETS[name], s)
+                by_row[name] = measure(spec)
+                if args.verbose:
+                    print(f"  {scenario.name:<11} {name:<12} {by_row[name].summary()}")
+            rows = derive(scenario, by_row)
+            print_table(scenario, rows, s)
+            results[scenario.name] = {
+                "title": scenario.title,
+                "rows": rows,
+                "raw": {k: v.as_dict() for k, v in by_row.items()},
+            }
+        return {"results": results, "skipped_rows": failed}
+    finally:
+        procs.stop()
+
+
+def run_upstream_check(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, Any]:
+    """The mock alone vs nginx serving the same JSON as a static answer, each on
+    the gateway's CPU with the load generator on the other: the mock must not
+    be the bottleneck of a proxy row."""
+    gw_cpu, client_cpu = cpus(args)
+    procs = Processes(workdir)
+    try:
+        mock_port = start_mock(procs, gw_cpu)
+        status, body = post(
+            f"http://127.0.0.1:{mock_port}/v1/chat/completions", json.loads(chat_body(False)), {}
+        )
+        assert status == 200
+        text = body.decode()
+        if any(c in text for c in "'\\$"):
+            raise RuntimeError("body cannot be inlined in nginx's return directive")
+        port = free_port()
+        prefix = workdir / "nginx-static"
+        prefix.mkdir()
+        conf = prefix / "nginx.conf"
+        tmpl = (HERE / "nginx.conf.tmpl").read_text()
+        static = tmpl.replace(
+            "proxy_pass http://upstream_mock;",
+            f"default_type application/json;\n            return 200 '{text}';",
+        )
+        for key, value in {
+            "@PREFIX@": str(prefix),
+            "@LISTEN@": f"127.0.0.1:{port}",
+            "@UPSTREAM@": f"127.0.0.1:{mock_port}",
+            "@USER@": "user root;" if os.geteuid() == 0 else "",
+        }.items():
+            static = static.replace(key, value)
+        conf.write_text(static)
+        start_nginx(procs, conf, port, gw_cpu)
+        pin_self(client_cpu)
+        out: dict[str, Any] = {"body_bytes": len(body)}
+        for name, url in (
+            ("mock", f"http://127.0.0.1:{mock_port}"),
+            ("nginx-static", f"http://127.0.0.1:{port}"),
+        ):
+            spec = LoadSpec(
+                url=url + "/v1/chat/completions",
+                body=chat_body(False),
+                connections=s.connections,
+                duration=s.duration,
+                warmup=s.warmup,
+            )
+            r = measure(spec)
+            out[name] = r.as_dict()
+            print(f"  {name:<13} {r.summary()}")
+        spec = LoadSpec(
+            url=f"http://127.0.0.1:{mock_port}/v1/chat/completions",
+            body=chat_body(True),
+            headers={"x-mock-chunks": str(STREAM_CHUNKS)},
+            stream=True,
+            connections=s.connections,
+            duration=s.duration,
+            warmup=s.warmup,
+        )
+        r = measure(spec)
+        out["mock-streams"] = r.as_dict()
+        print(f"  {'mock streams':<13} {r.summary()}")
+        ratio = out["mock"]["rps"] / out["nginx-static"]["rps"]
+        print(f"  mock / nginx-static = {ratio:.2f}")
+        out["mock_vs_nginx_static"] = ratio
+        return {"upstream_check": out}
+    finally:
+        procs.stop()
+
+
+def cpus(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    if args.no_pin or (os.cpu_count() or 1) < 2:
+        return None, None
+    return args.gateway_cpu, args.client_cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="fastgw benchmarks: direct vs nginx vs fastgw")
+    p.add_argument("--quick", action="store_true", help="short runs (about a minute)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per measurement")
+    p.add_argument("--json", default=None, help="write the results to this file")
+    p.add_argument(
+        "--rows",
+        default="direct,nginx,fastgw",
+        help=f"comma-separated rows, from: {', '.join(TARGETS)}",
+    )
+    p.add_argument(
+        "--scenarios",
+        default="",
+        help=f"comma-separated subset of: {', '.join(s.name for s in SCENARIOS)}",
+    )
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--high-rate", type=float, default=5000.0)
+    p.add_argument("--low-rate", type=float, default=50.0)
+    p.add_argument("--gateway-cpu", type=int, default=0, help="CPU of nginx and fastgw")
+    p.add_argument("--client-cpu", type=int, default=1, help="CPU of the load generator and mock")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    p.add_argument("--upstream-check", action="store_true", help="mock vs nginx static only")
+    p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every measurement")
+    args = p.parse_args(argv)
+    args.rows = [r for r in args.rows.split(",") if r]
+    args.scenarios = [x for x in args.scenarios.split(",") if x]
+    unknown = [r for r in args.rows if r not in TARGETS]
+    unknown += [x for x in args.scenarios if x not in {s.name for s in SCENARIOS}]
+    if unknown:
+        p.error(f"unknown rows or scenarios: {unknown}")
+
+    duration = args.duration or (3.0 if args.quick else 10.0)
+    s = Settings(
+        duration=duration,
+        low_duration=max(duration, 6.0 if args.quick else 20.0),
+        warmup=0.5 if args.quick else 1.0,
+        connections=args.connections,
+        high_rate=args.high_rate,
+        low_rate=args.low_rate,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="fastgw-bench-"))
+    started = time.time()
+    try:
+        print(
+            f"fastgw benchmarks: rows {', '.join(args.rows)}; {duration:g}s per measurement; "
+            f"gateway CPU {cpus(args)[0]}, load generator + mock CPU {cpus(args)[1]}"
+        )
+        if args.upstream_check:
+            report = run_upstream_check(args, s, workdir)
+        else:
+            report = run_rows(args, s, workdir)
+    finally:
+        if args.keep:
+            print(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report["settings"] = dataclasses.asdict(s)
+    report["machine"] = machine_info()
+    report["started"] = started
+    report["rows"] = {n: TARGETS[n].description for n in args.rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"\nwritten: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
