@@ -1,0 +1,313 @@
+"""Type stubs for ``fastgw._native``, the Rust extension (``rust/``).
+
+Four hot paths, each with a pure-Python reference of the same API in
+``fastgw._reference``: limiter tables (rate, concurrency and budget buckets
+reserved together atomically), a weighted consistent-hash ring, a JWT
+verifier, and an incremental SSE scanner for the relay loop.
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from typing import Any, ClassVar, Final, Literal, Self, TypeAlias, final
+
+__all__ = [
+    "BadAudienceError",
+    "BadIssuerError",
+    "BadSignatureError",
+    "ExpiredTokenError",
+    "HashRing",
+    "JwtError",
+    "JwtKeyError",
+    "JwtKeySet",
+    "JwtVerifier",
+    "Limit",
+    "LimiterTable",
+    "MalformedTokenError",
+    "MissingClaimError",
+    "NotYetValidError",
+    "Reservation",
+    "Scope",
+    "SharedLimiterTable",
+    "SseScanner",
+    "UnknownKeyError",
+    "UnsupportedAlgorithmError",
+    "__version__",
+    "build_profile",
+    "hash64",
+]
+
+__version__: Final[str]
+build_profile: Final[Literal["debug", "release"]]
+
+def hash64(data: str | bytes, /) -> int:
+    """XXH3-64 (seed 0) of ``data`` (a ``str`` is hashed as its UTF-8): the ring's hash."""
+
+# ---------------------------------------------------------------- limiter
+
+@final
+class Limit:
+    """What a scope allows. Build with ``rate``, ``concurrency`` or ``budget``."""
+
+    @staticmethod
+    def rate(amount: float, period_s: float = 60.0, *, burst: float | None = None) -> Limit:
+        """``amount`` per ``period_s`` s, refilled continuously; holds ``burst`` (default
+        ``amount``). ``rpm`` is ``rate(rpm)``, ``tpm`` is ``rate(tpm)``."""
+    @staticmethod
+    def concurrency(max_inflight: float) -> Limit:
+        """A counter capped at ``max_inflight``: reserve adds, settle/release gives back."""
+    @staticmethod
+    def budget(
+        amount: float, period: Literal["minute", "hour", "day", "week", "month"] | float
+    ) -> Limit:
+        """``amount`` (e.g. USD) per fixed window, UTC-aligned; reset at each window start."""
+    @property
+    def kind(self) -> Literal["rate", "concurrency", "budget"]: ...
+    @property
+    def value(self) -> float:
+        """The limit reported in headers (capacity, cap or amount)."""
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+
+@final
+class Scope:
+    """A bucket name (``str`` or ``bytes``; equal UTF-8 is one bucket) and its limit."""
+
+    def __new__(cls, key: str | bytes, limit: Limit) -> Self: ...
+    @property
+    def key(self) -> str | bytes: ...
+    @property
+    def limit(self) -> Limit: ...
+
+@final
+class Reservation:
+    """The result of ``reserve``; truthy when admitted. Settle or release it once."""
+
+    @property
+    def admitted(self) -> bool: ...
+    @property
+    def retry_after(self) -> float:
+        """Seconds before a retry could pass (0.0 if admitted, ``inf`` if a cost exceeds its
+        limit). ``Retry-After`` is ``math.ceil`` of it."""
+    @property
+    def denied_index(self) -> int | None:
+        """The refusing scope with the longest wait."""
+    @property
+    def limits(self) -> tuple[float, ...]: ...
+    @property
+    def remaining(self) -> tuple[float, ...]:
+        """Per scope, left after this request (before it when refused), never below 0.
+        ``x-ratelimit-remaining-*`` is ``int()`` of it: rpm 3 gives 2, 1, 0."""
+    @property
+    def reset_after(self) -> tuple[float, ...]:
+        """Per scope, seconds until back to the full limit."""
+    @property
+    def costs(self) -> tuple[float, ...]: ...
+    @property
+    def scopes(self) -> tuple[Scope, ...]: ...
+    @property
+    def settled(self) -> bool: ...
+    def __bool__(self) -> bool: ...
+
+@final
+class LimiterTable:
+    """Many named buckets in this process; idle ones are dropped as it is used, and at most
+    ``max_keys`` are kept (busy ones evicted only past that)."""
+
+    def __new__(cls, *, max_keys: int = 1_000_000) -> Self: ...
+    def reserve(
+        self, scopes: Sequence[Scope], costs: Sequence[float], now: float | None = None
+    ) -> Reservation:
+        """Take ``costs[i]`` from ``scopes[i]`` for every i, or nothing at all. ``now`` is
+        seconds since the epoch (default: the clock)."""
+    def settle(
+        self, reservation: Reservation, actual_costs: Sequence[float], now: float | None = None
+    ) -> bool:
+        """Correct a reservation with the real costs (refund or extra debit; concurrency
+        gives back what it reserved). False if refused or already settled."""
+    def release(self, reservation: Reservation, now: float | None = None) -> bool:
+        """Give back everything reserved (error or cancel)."""
+    def evict_idle(self, now: float | None = None) -> int: ...
+    def peek(self, key: str | bytes) -> tuple[float, float] | None:
+        """``(level, stamp)`` as stored."""
+    @property
+    def evicted_busy(self) -> int: ...
+    def __len__(self) -> int: ...
+
+@final
+class SharedLimiterTable:
+    """A ``LimiterTable`` in shared memory: anonymous (shared with children forked later)
+    or a file every process opens by path (e.g. under ``/dev/shm``). At most 16 scopes per
+    call; a full set of slots evicts idle, then least recently used, buckets."""
+
+    def __new__(cls, path: str | PathLike[str] | None = None, *, slots: int = 65_536) -> Self: ...
+    def reserve(
+        self, scopes: Sequence[Scope], costs: Sequence[float], now: float | None = None
+    ) -> Reservation: ...
+    def settle(
+        self, reservation: Reservation, actual_costs: Sequence[float], now: float | None = None
+    ) -> bool: ...
+    def release(self, reservation: Reservation, now: float | None = None) -> bool: ...
+    def evict_idle(self, now: float | None = None) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def path(self) -> Path | None: ...
+    def __len__(self) -> int: ...
+
+# ---------------------------------------------------------------- hash ring
+
+@final
+class HashRing:
+    """An immutable weighted consistent-hash ring (ketama-style points, XXH3-64)."""
+
+    def __new__(
+        cls, targets: Mapping[str, float] | Iterable[tuple[str, float]], *, replicas: int = 160
+    ) -> Self: ...
+    def lookup(
+        self, key: str | bytes, loads: Sequence[float] | None = None, c: float = 1.25
+    ) -> str:
+        """The target for ``key``; with ``loads`` (in-flight per target, ``targets`` order)
+        skip targets above ``c`` times their weighted share. LookupError if no target."""
+    def lookup_index(
+        self, key: str | bytes, loads: Sequence[float] | None = None, c: float = 1.25
+    ) -> int: ...
+    def candidates(
+        self,
+        key: str | bytes,
+        n: int | None = None,
+        loads: Sequence[float] | None = None,
+        c: float = 1.25,
+    ) -> list[str]:
+        """Up to ``n`` distinct targets in fallback order (eligible ones first)."""
+    def with_target(self, name: str, weight: float) -> HashRing: ...
+    def without_target(self, name: str) -> HashRing: ...
+    @property
+    def targets(self) -> tuple[str, ...]: ...
+    @property
+    def weights(self) -> tuple[float, ...]: ...
+    @property
+    def replicas(self) -> int: ...
+    @property
+    def points(self) -> int: ...
+    def __len__(self) -> int: ...
+
+# ---------------------------------------------------------------- JWT
+
+class JwtError(ValueError):
+    """A token was refused; ``reason`` is a stable code for the 401 message."""
+
+    reason: ClassVar[str]
+
+class MalformedTokenError(JwtError):
+    """reason ``malformed``."""
+
+class UnsupportedAlgorithmError(JwtError):
+    """reason ``unsupported_alg``: unknown, ``none``, not allowed, or not the key's."""
+
+class UnknownKeyError(JwtError):
+    """reason ``unknown_kid``."""
+
+class BadSignatureError(JwtError):
+    """reason ``bad_signature``."""
+
+class ExpiredTokenError(JwtError):
+    """reason ``expired``."""
+
+class NotYetValidError(JwtError):
+    """reason ``not_yet_valid`` (``nbf`` or ``iat`` in the future)."""
+
+class BadIssuerError(JwtError):
+    """reason ``bad_issuer``."""
+
+class BadAudienceError(JwtError):
+    """reason ``bad_audience``."""
+
+class MissingClaimError(JwtError):
+    """reason ``missing_claim``."""
+
+class JwtKeyError(ValueError):
+    """Key material or verifier settings cannot be used."""
+
+_Alg: TypeAlias = Literal[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
+    "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+]  # fmt: skip
+
+@final
+class JwtKeySet:
+    """An immutable set of verification keys."""
+
+    @staticmethod
+    def from_jwks(jwks: str | bytes) -> JwtKeySet:
+        """A JWKS document or one JWK; keys not for signatures or of unsupported types
+        are skipped."""
+    @staticmethod
+    def from_pem(
+        pem: str | bytes, *, kid: str | None = None, algorithm: _Alg | None = None
+    ) -> JwtKeySet:
+        """``PUBLIC KEY`` (RSA >= 2048 bits, P-256, P-384, Ed25519) or ``RSA PUBLIC KEY``."""
+    @staticmethod
+    def from_secret(
+        secret: str | bytes, *, kid: str | None = None, algorithm: _Alg | None = None
+    ) -> JwtKeySet: ...
+    def union(self, other: JwtKeySet) -> JwtKeySet: ...
+    @property
+    def kids(self) -> list[str | None]: ...
+    def __len__(self) -> int: ...
+
+@final
+class JwtVerifier:
+    """Checks signature, ``exp``/``nbf``/``iat`` (with ``leeway``), ``iss``, ``aud`` and
+    required claims (default ``("exp",)``); caches verified tokens until they expire."""
+
+    def __new__(
+        cls,
+        keys: JwtKeySet,
+        *,
+        algorithms: _Alg | Sequence[_Alg],
+        issuer: str | Sequence[str] | None = None,
+        audience: str | Sequence[str] | None = None,
+        leeway: float = 0.0,
+        require: str | Sequence[str] | None = None,
+        cache_size: int = 4096,
+    ) -> Self: ...
+    def verify(self, token: str | bytes, now: float | None = None) -> dict[str, Any]:
+        """The claims (a new dict; nested values are shared: read-only). Raises a
+        ``JwtError`` subclass."""
+    def clear_cache(self) -> None: ...
+    @property
+    def cache_len(self) -> int: ...
+    @property
+    def algorithms(self) -> list[str]: ...
+
+# ---------------------------------------------------------------- SSE
+
+@final
+class SseScanner:
+    """Scans one upstream SSE stream chunk by chunk for the relay loop."""
+
+    DONE: ClassVar[int]
+    ERROR: ClassVar[int]
+    COMMIT: ClassVar[int]
+    USAGE: ClassVar[int]
+    DROPPED: ClassVar[int]
+
+    def __new__(cls, *, drop_usage: bool = False, max_event_size: int = ...) -> Self: ...
+    def feed(self, chunk: bytes) -> tuple[bytes, int]:
+        """``(bytes_to_forward, flags)``: ``chunk`` itself unless bytes were held back or a
+        usage-only chunk dropped. ValueError past ``max_event_size``."""
+    def finish(self) -> bytes:
+        """Bytes still held back at the end (an event that never ended)."""
+    @property
+    def committed(self) -> bool: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def error(self) -> bool: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def boundaries(self) -> list[int]: ...
+    @property
+    def usage(self) -> dict[str, int] | None: ...

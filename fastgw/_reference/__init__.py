@@ -1,0 +1,16 @@
+"""Pure-Python references of the native hot paths in ``fastgw._native``.
+
+Each module has the same API as its native counterpart and gives the same
+answers; tests run both on the same inputs. They are slow and exist to be
+read and compared against, not to serve traffic:
+
+- ``limiter``: ``Limit``, ``Scope``, ``Reservation``, ``LimiterTable``;
+- ``ring``: ``HashRing`` and ``hash64`` (XXH3-64);
+- ``jwt``: ``JwtKeySet``, ``JwtVerifier`` and the ``JwtError`` family
+  (needs PyJWT and cryptography, imported when used);
+- ``sse``: ``SseScanner``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["jwt", "limiter", "ring", "sse"]
