@@ -96,7 +96,8 @@ class App:
                 log.warning("server settings changed in %s; they apply after a restart", source)
             new = dataclasses.replace(new, server=old.server)
             assert self.gateway is not None
-            snapshot = build_snapshot(new, self.client, int(time.time()))
+            snapshot = build_snapshot(new, self.client, int(time.time()), self.loop,
+                                      previous=self.gateway.state.snapshot)
             self.gateway.state.snapshot = snapshot
             self.config = new
             self.client.retire_unused({p.pool for p in snapshot.providers.values()})

@@ -143,10 +143,11 @@ class HealthConfig:
 
 @dataclass(frozen=True, slots=True)
 class RetryBudgetConfig:
-    """Retries may be at most ``percent`` of live requests (plus a small floor)."""
+    """Retries in flight may be at most ``percent`` of the requests in flight, but
+    ``min_concurrent`` are always allowed (as Envoy's retry budget)."""
 
     percent: float = 20.0
-    min_per_s: float = 5.0
+    min_concurrent: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,8 +506,11 @@ def _check(cfg: Config, errors: list[tuple[str, str]]) -> None:
             errors.append((f"{where}.name", f"duplicate model name {m.name!r} "
                                             f"(also models[{models_seen[m.name]}])"))
         models_seen[m.name] = i
-        if not m.targets:
-            errors.append((f"{where}.targets", "a model needs at least one target"))
+        if m.variants and m.targets:
+            errors.append((where, "a model has either targets or variants, not both"))
+        elif not m.targets and not m.variants:
+            errors.append((f"{where}.targets", "a model needs at least one target "
+                                               "(or variants)"))
         for j, t in enumerate(m.targets):
             if t.provider not in seen:
                 errors.append((f"{where}.targets[{j}].provider",
@@ -514,6 +518,7 @@ def _check(cfg: Config, errors: list[tuple[str, str]]) -> None:
                                + _suggest(t.provider, list(seen))))
             if t.weight <= 0:
                 errors.append((f"{where}.targets[{j}].weight", "must be greater than 0"))
+    _check_routing(cfg, errors)
     admin_hash = cfg.admin.key_sha256
     if admin_hash is not None and not re.fullmatch(r"[0-9a-f]{64}", admin_hash):
         errors.append(("admin.key_sha256", "must be 64 lowercase hex characters "
@@ -521,6 +526,74 @@ def _check(cfg: Config, errors: list[tuple[str, str]]) -> None:
     log = cfg.observability
     if not log.metrics_path.startswith("/"):
         errors.append(("observability.metrics_path", "must start with '/'"))
+
+
+_HASH_KEY = re.compile(r"header:[A-Za-z0-9-]+|key|body:user|prefix")
+_STICKY = re.compile(r"header:[A-Za-z0-9-]+|key")
+
+
+def _check_routing(cfg: Config, errors: list[tuple[str, str]]) -> None:
+    """Fallbacks, variants, retries, balancing and provider quotas."""
+    by_name = {m.name: m for m in cfg.models}
+    names = list(by_name)
+    for i, m in enumerate(cfg.models):
+        where = f"models[{i}]"
+        for field_name in ("fallbacks", "context_fallbacks"):
+            for j, other in enumerate(getattr(m, field_name)):
+                if other == m.name:
+                    errors.append((f"{where}.{field_name}[{j}]", "a model cannot fall back to "
+                                                                 "itself"))
+                elif other not in by_name:
+                    errors.append((f"{where}.{field_name}[{j}]", f"unknown model {other!r}"
+                                   + _suggest(other, names)))
+        for j, v in enumerate(m.variants):
+            target = by_name.get(v.model)
+            if target is None:
+                errors.append((f"{where}.variants[{j}].model", f"unknown model {v.model!r}"
+                               + _suggest(v.model, names)))
+            elif target.variants:
+                errors.append((f"{where}.variants[{j}].model",
+                               f"{v.model!r} has variants itself; variants must name models "
+                               "with targets"))
+            if v.weight <= 0:
+                errors.append((f"{where}.variants[{j}].weight", "must be greater than 0"))
+        if m.sticky is not None and not _STICKY.fullmatch(m.sticky):
+            errors.append((f"{where}.sticky", f"expected 'key' or 'header:NAME', got "
+                                              f"{m.sticky!r}"))
+        if m.hash_key is not None and not _HASH_KEY.fullmatch(m.hash_key):
+            errors.append((f"{where}.hash_key", "expected 'header:NAME', 'key', 'body:user' or "
+                                                f"'prefix', got {m.hash_key!r}"))
+        if m.balance == "consistent-hash" and m.hash_key is None and m.targets:
+            errors.append((f"{where}.hash_key", "required with balance: consistent-hash "
+                                                "(header:NAME, key, body:user or prefix)"))
+        r = m.retry
+        if r.attempts < 1:
+            errors.append((f"{where}.retry.attempts", "must be at least 1 (1 = no retry)"))
+        if r.backoff_ms < 0 or r.max_backoff_ms < r.backoff_ms:
+            errors.append((f"{where}.retry.backoff_ms", "must be >= 0 and <= max_backoff_ms"))
+    for i, p in enumerate(cfg.providers):
+        lim = p.limits
+        if lim is None:
+            continue
+        for name in ("rpm", "tpm", "max_inflight"):
+            value = getattr(lim, name)
+            if value is not None and value < 1:
+                errors.append((f"providers[{i}].limits.{name}", "must be at least 1"))
+        if lim.max_queue < 0:
+            errors.append((f"providers[{i}].limits.max_queue", "must be 0 or more"))
+        if lim.queue_timeout_s <= 0:
+            errors.append((f"providers[{i}].limits.queue_timeout_s", "must be greater than 0"))
+    h = cfg.health
+    for name in ("consecutive_failures", "min_requests"):
+        if getattr(h, name) < 1:
+            errors.append((f"health.{name}", "must be at least 1"))
+    for name in ("window_s", "base_ejection_s", "max_ejection_s", "probe_interval_s"):
+        if getattr(h, name) <= 0:
+            errors.append((f"health.{name}", "must be greater than 0"))
+    if not 0 < h.error_ratio <= 1:
+        errors.append(("health.error_ratio", "must be in (0, 1]"))
+    if cfg.retry_budget.percent < 0 or cfg.retry_budget.min_concurrent < 0:
+        errors.append(("retry_budget", "percent and min_concurrent must be 0 or more"))
 
 
 def _check_references(raw: dict[str, Any], errors: list[tuple[str, str]]) -> None:

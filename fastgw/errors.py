@@ -194,15 +194,36 @@ class UpstreamProtocolError(UpstreamError):
 
 
 class UpstreamStatusError(UpstreamError):
-    """The upstream answered with an error status (5xx, 429, 408, 409)."""
+    """The upstream answered with an error status.
+
+    5xx, 408, 409 and 429 are retryable; other 4xx are the client's fault and
+    reach it as they are (``upstream_body``, provider secrets scrubbed).
+    """
 
     reason = "status"
 
     def __init__(self, message: str, *, upstream_status: int, body: bytes,
-                 headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+                 headers: Sequence[tuple[bytes, bytes]] = (),
+                 retry_after: float | None = None) -> None:
         super().__init__(message, headers=headers, sent=True)
         self.upstream_status = upstream_status
         self.upstream_body = body
+        self.retry_after = retry_after
+        self.retryable = upstream_status >= 500 or upstream_status in (408, 409, 429)
+        if 400 <= upstream_status < 500:
+            self.status = upstream_status
+
+
+class ContextLengthExceeded(UpstreamStatusError):
+    """The prompt does not fit the deployment's context window (400
+    ``context_length_exceeded``): ``context_fallbacks`` may take it."""
+
+
+class StreamFailedBeforeCommit(UpstreamError):
+    """A stream failed before its first content (an in-band error event, or no
+    content within ``first_byte_s``): nothing was sent, another target may serve."""
+
+    reason = "stream_error"
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):

@@ -52,6 +52,8 @@ INFLIGHT = Gauge("fastgw_inflight_requests", "Requests being answered now.",
 CACHE = Counter("fastgw_cache_total", "Cache lookups.", ["result"])
 FALLBACKS = Counter("fastgw_fallbacks_total", "Fallbacks from one model to another.",
                     ["from", "to"])
+VARIANTS = Counter("fastgw_variant_requests_total", "Requests per variant of a model.",
+                   ["model", "variant"])
 TARGET_HEALTHY = Gauge("fastgw_target_healthy", "1 when a target is taking traffic.",
                        ["provider", "model"], multiprocess_mode="livemax")
 

@@ -12,6 +12,7 @@ class RequestCtx:
     """Everything the phases learn about one request, for the next phase and the log."""
 
     __slots__ = (
+        "asked",
         "attempts",
         "body",
         "client_usage",
@@ -36,6 +37,7 @@ class RequestCtx:
         "ttfb_s",
         "upstream_s",
         "usage_known",
+        "variant",
     )
 
     def __init__(self, cycle: Cycle, snapshot: Snapshot, endpoint: str, request_id: bytes) -> None:
@@ -47,7 +49,9 @@ class RequestCtx:
         self.body = cycle.body
         self.doc: dict[str, Any] = {}
         self.model = ""
-        self.route: ModelRoute | None = None
+        self.asked: ModelRoute | None = None  # the model the client named
+        self.route: ModelRoute | None = None  # the model being tried (variant, fallback)
+        self.variant: str | None = None
         self.target: TargetRuntime | None = None
         self.stream = False
         self.client_usage = True  # False: the usage chunk was asked for by the gateway

@@ -1,22 +1,31 @@
-"""The proxy: the phases of one request, in order, and nowhere else.
+"""The proxy: the phases of one request, in order, and the retry/failover loop.
 
 ::
 
-    request_filter          parse JSON, validate, find the model route
-    upstream_peer           choose the target
-    upstream_request        render the upstream request bytes
-    exchange                send on a pooled connection, wait for the head/answer
-    response / relay        whole answer, or a stream relayed chunk by chunk
-    fail_to_proxy           any GatewayError -> the OpenAI error answer
+    request_filter          parse JSON, validate model and stream
+    access.authenticate     who is calling (401/403)
+    find_route              the model asked (404), its variant when it has some
+    controls                per-request routing controls (body ``fastgw`` / headers)
+    access.admit            model allowed? reserve limits (403/429)
+    forward                 for each model of the chain (asked, then fallbacks):
+      upstream_peer           targets in the balancer's order, healthy ones only
+      attempt                 provider quota, then one exchange (pipeline/forward.py)
+      retry                   on a retryable failure, within retry.attempts and the
+                              retry budget, with backoff; Retry-After is honoured
+    fail_to_proxy           any GatewayError -> the client's answer (the one place)
+    access.settle           always: correct reservations with real usage
     logging                 always: metrics and one access-log line
 
-Phases stop the request by raising a :class:`~fastgw.errors.GatewayError`;
-the mapping to HTTP happens once, in :meth:`Proxy.fail_to_proxy`.
+Phases stop a request by raising a :class:`~fastgw.errors.GatewayError`.
+Nothing is sent to the client before an attempt succeeds (a stream: before its
+commit point), so every failure before that can still fail over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import time
 from time import perf_counter
 from typing import Any
@@ -24,31 +33,37 @@ from typing import Any
 import orjson
 
 from fastgw.accesslog import AccessLog
+from fastgw.config import RetryConfig
 from fastgw.errors import (
     BadRequest,
+    ContextLengthExceeded,
     GatewayError,
     ModelNotFound,
+    NoHealthyTarget,
+    RateLimited,
+    UpstreamConnectError,
     UpstreamError,
     UpstreamStatusError,
+    UpstreamTimeout,
 )
-from fastgw.metrics import INFLIGHT, Recorder
+from fastgw.metrics import FALLBACKS, INFLIGHT, VARIANTS, Recorder
 from fastgw.pipeline import headers as hdr
 from fastgw.pipeline.access import Access
+from fastgw.pipeline.controls import Controls, apply_order, choose_variant, hash_key, read_controls
 from fastgw.pipeline.ctx import RequestCtx
-from fastgw.pipeline.snapshot import Snapshot, TargetRuntime
+from fastgw.pipeline.forward import Forwarder
+from fastgw.pipeline.snapshot import ModelRoute, Snapshot, TargetRuntime
 from fastgw.providers import openai
+from fastgw.routing.balancer import TargetState, usable
+from fastgw.routing.quota import QuotaExceeded
 from fastgw.server.protocol import Cycle
-from fastgw.streaming.relay import StreamRelay
-from fastgw.upstream.client import exchange
 
-_JSON = b"application/json"
-_SSE = b"text/event-stream"
-_STREAM_HEADERS = b"cache-control: no-cache\r\nx-accel-buffering: no\r\n"
 _USAGE_ENDPOINTS = frozenset({"chat", "completions"})
+_DEFAULT_COMPLETION_TOKENS = 256  # quota estimate when the request sets no max_tokens
 
 
 class Proxy:
-    __slots__ = ("access", "access_log", "loop", "recorder")
+    __slots__ = ("_rng", "access", "access_log", "forwarder", "loop", "recorder")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, recorder: Recorder,
                  access_log: AccessLog, access: Access | None = None) -> None:
@@ -56,23 +71,23 @@ class Proxy:
         self.recorder = recorder
         self.access_log = access_log
         self.access = access if access is not None else Access()
+        self.forwarder = Forwarder(loop, recorder)
+        self._rng = random.Random()
 
     async def run(self, cycle: Cycle, snapshot: Snapshot, endpoint: str) -> None:
         fwd, rid = hdr.forwarded(cycle.headers)
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id())
         INFLIGHT.inc()
         access = self.access
+        budget = snapshot.retry_budget
+        budget.requests += 1
         try:
             self.request_filter(ctx)
             await access.authenticate(ctx)
             self.find_route(ctx)
+            controls = read_controls(ctx)
             await access.admit(ctx)
-            target = self.upstream_peer(ctx)
-            request = self.upstream_request(ctx, target, fwd)
-            if ctx.stream:
-                await self.relay_stream(ctx, target, request)
-            else:
-                await self.proxy_whole(ctx, target, request)
+            await self.forward(ctx, fwd, controls)
         except GatewayError as exc:
             self.fail_to_proxy(ctx, exc)
         except asyncio.CancelledError:
@@ -80,6 +95,7 @@ class Proxy:
             ctx.error = "client disconnected"
             raise
         finally:
+            budget.requests -= 1
             INFLIGHT.dec()
             access.settle(ctx)
             self.logging(ctx)
@@ -114,17 +130,192 @@ class Proxy:
 
     def find_route(self, ctx: RequestCtx) -> None:
         model = ctx.model
-        route = ctx.snapshot.models.get(model)
+        models = ctx.snapshot.models
+        route = models.get(model)
         if route is None:
             raise ModelNotFound(f"the model {model!r} does not exist; GET /v1/models lists "
                                 "the models you can use", param="model")
+        ctx.asked = route
+        if route.variants:
+            variant = choose_variant(ctx, route, self._rng.random())
+            ctx.variant = variant.name
+            ctx.extra_headers += b"x-fastgw-variant: " + variant.name.encode() + b"\r\n"
+            VARIANTS.labels(route.name, variant.name).inc()
+            route = models[variant.model]
         ctx.route = route
 
-    def upstream_peer(self, ctx: RequestCtx) -> TargetRuntime:
-        assert ctx.route is not None
-        target = ctx.route.targets[0]
+    async def forward(self, ctx: RequestCtx, fwd: bytes, controls: Controls) -> None:
+        """Try the model, then its fallbacks, until one answers."""
+        route = ctx.route
+        assert route is not None
+        models = ctx.snapshot.models
+        chain = [route]
+        if controls.allow_fallbacks:
+            chain += [models[n] for n in route.cfg.fallbacks]
+        chain = [r for r in chain if controls.affordable(r)]
+        if not chain:
+            raise BadRequest(f"the model {route.name!r} and its fallbacks cost more than "
+                             "the request's max_price", param="fastgw.max_price")
+        last: GatewayError | None = None
+        context_switched = False
+        i = 0
+        while i < len(chain):
+            model = chain[i]
+            if i:
+                assert ctx.route is not None
+                FALLBACKS.labels(ctx.route.name, model.name).inc()
+            ctx.route = model
+            try:
+                await self.try_model(ctx, model, fwd, controls)
+                return
+            except ContextLengthExceeded as exc:
+                fallbacks = [models[n] for n in model.cfg.context_fallbacks]
+                if context_switched or not fallbacks or not controls.allow_fallbacks:
+                    raise
+                # Only bigger-context models can help: they replace the rest of the chain.
+                context_switched = True
+                chain = chain[:i + 1] + [r for r in fallbacks if controls.affordable(r)]
+                last = exc
+            except UpstreamStatusError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
+            except (UpstreamError, NoHealthyTarget) as exc:
+                last = exc
+            i += 1
+        assert last is not None
+        raise last
+
+    async def try_model(self, ctx: RequestCtx, route: ModelRoute, fwd: bytes,
+                        controls: Controls) -> None:
+        """Up to ``retry.attempts`` tries over the model's healthy targets."""
+        assert route.balancer is not None
+        loop = self.loop
+        order = apply_order(route.balancer.order(hash_key(ctx, route.cfg.hash_key)), route,
+                            controls)
+        if not order:
+            raise NoHealthyTarget(f"no target of model {route.name!r} is allowed by the "
+                                  "request's only/ignore controls")
+        targets = route.targets
+        states = [t.state for t in targets]
+        live = usable(order, states, loop.time())
+        if not live:
+            raise NoHealthyTarget(f"every target of model {route.name!r} is unhealthy "
+                                  "or cooling down after a 429; try again shortly")
+        retry = route.retry
+        budget = ctx.snapshot.retry_budget
+        last: UpstreamError | None = None
+        tried: set[int] = set()
+        for n in range(retry.attempts):
+            if n:
+                assert last is not None
+                if not _retry_allowed(retry.retry_on, last):
+                    raise last
+                if not budget.try_acquire():
+                    ctx.error = "retry budget exhausted"
+                    raise last
+            booked = n > 0
+            try:
+                idx = self._next_target(live, states, tried, loop.time())
+                if idx is None:
+                    raise last if last is not None else NoHealthyTarget(
+                        f"every target of model {route.name!r} is unhealthy")
+                if idx in tried:
+                    # Same target again: back off (and honour its Retry-After).
+                    await asyncio.sleep(self._backoff(retry, len(tried), last))
+                tried.add(idx)
+                target = targets[idx]
+                health = target.state.health
+                if not health.available(loop.time()):
+                    continue
+                try:
+                    await self.attempt(ctx, target, fwd)
+                except UpstreamError as exc:
+                    self._judge(target, exc)
+                    if isinstance(exc, UpstreamStatusError) and not exc.retryable:
+                        raise
+                    last = exc
+                    continue
+                except BaseException:
+                    health.release_probe()
+                    raise
+                health.success(loop.time())
+                return
+            finally:
+                if booked:
+                    budget.release()
+        assert last is not None
+        raise last
+
+    def _next_target(self, live: list[int], states: list[TargetState], tried: set[int],
+                     now: float) -> int | None:
+        """The next target to try: an untried healthy one first, else the best again."""
+        for i in live:
+            if i not in tried and states[i].health.peek(now) and states[i].not_before <= now:
+                return i
+        for i in live:
+            if states[i].health.peek(now):
+                return i
+        return None
+
+    def _backoff(self, retry: RetryConfig, n: int, last: UpstreamError | None) -> float:
+        base = min(retry.backoff_ms * 2.0 ** max(0, n - 1), retry.max_backoff_ms) / 1000.0
+        delay = base * (0.5 + 0.5 * self._rng.random())
+        if isinstance(last, UpstreamStatusError) and last.retry_after is not None:
+            delay = max(delay, min(last.retry_after, retry.max_backoff_ms / 1000.0))
+        return delay
+
+    def _judge(self, target: TargetRuntime, exc: UpstreamError) -> None:
+        """Count a failure against the target's health (only upstream faults do)."""
+        now = self.loop.time()
+        self.recorder.upstream_error(target.provider.name, exc.reason)
+        state = target.state
+        if isinstance(exc, UpstreamStatusError):
+            status = exc.upstream_status
+            if status == 429 or (status == 503 and exc.retry_after is not None):
+                # Throttled, not broken: keep away until Retry-After, no ejection.
+                state.not_before = now + (exc.retry_after or 1.0)
+                state.health.release_probe()
+                return
+            if status < 500:
+                state.health.success(now)  # it answered; the request was the problem
+                return
+        state.health.failure(now)
+
+    async def attempt(self, ctx: RequestCtx, target: TargetRuntime, fwd: bytes) -> None:
+        """One upstream request: the provider's quota, then one exchange."""
+        provider = target.provider
+        quota = provider.quota
+        estimate = 0
+        if quota is not None:
+            estimate = _token_estimate(ctx)
+            tenant = ctx.key_name or ctx.cycle.client_addr[0]
+            try:
+                await quota.acquire(tenant, estimate)
+            except QuotaExceeded as exc:
+                raise RateLimited(
+                    f"provider {provider.name!r} is at its configured quota and its queue "
+                    + ("is full" if exc.reason == "queue_full" else
+                       f"did not free up within {quota.cfg.queue_timeout_s:g} s")
+                    + "; retry later", code="provider_quota",
+                    headers=[(b"retry-after", b"%d" % max(1, math.ceil(exc.retry_after)))],
+                ) from None
         ctx.target = target
-        return target
+        ctx.attempts += 1
+        state = target.state
+        state.inflight += 1
+        request = self.upstream_request(ctx, target, fwd)
+        try:
+            if ctx.stream:
+                await self.forwarder.stream(ctx, target, request)
+            else:
+                await self.forwarder.whole(ctx, target, request)
+        finally:
+            state.inflight -= 1
+            if quota is not None:
+                quota.release()
+                if ctx.usage_known:
+                    quota.settle_tokens(estimate, ctx.prompt_tokens + ctx.completion_tokens)
 
     def upstream_request(self, ctx: RequestCtx, target: TargetRuntime, fwd: bytes) -> bytes:
         body = openai.rewrite_model(ctx.body, ctx.doc, ctx.model, target.model)
@@ -134,119 +325,14 @@ class Proxy:
         return (target.prefix(ctx.endpoint) + b"content-length: %d\r\nx-request-id: %s\r\n"
                 % (len(body), ctx.request_id) + fwd + b"\r\n" + body)
 
-    async def proxy_whole(self, ctx: RequestCtx, target: TargetRuntime, request: bytes) -> None:
-        provider = target.provider
-        ctx.attempts += 1
-        sent = perf_counter()
-        try:
-            conn = await exchange(provider.pool, request, provider.timeouts, whole=True)
-        except UpstreamError as exc:
-            ctx.upstream_s += perf_counter() - sent
-            self.recorder.upstream_error(provider.name, exc.reason)
-            raise
-        ctx.upstream_s += perf_counter() - sent
-        ctx.ttfb_s = conn.head_at - sent
-        status = conn.status
-        body = conn.body()
-        up_headers = conn.headers
-        provider.pool.release(conn, reuse=True)
-        if status >= 300:
-            self.upstream_failed(ctx, target, status, body, up_headers)
-            return
-        usage = openai.extract_usage(body)
-        if usage is not None:
-            ctx.prompt_tokens, ctx.completion_tokens = usage
-            ctx.usage_known = True
-        cycle = ctx.cycle
-        ctx.status = status
-        cycle.send(status, self.response_head(ctx, target, up_headers, _JSON), body)
-
-    async def relay_stream(self, ctx: RequestCtx, target: TargetRuntime, request: bytes) -> None:
-        provider = target.provider
-        ctx.attempts += 1
-        sent = perf_counter()
-        try:
-            conn = await exchange(provider.pool, request, provider.timeouts, whole=False)
-        except UpstreamError as exc:
-            ctx.upstream_s += perf_counter() - sent
-            self.recorder.upstream_error(provider.name, exc.reason)
-            raise
-        ctx.ttfb_s = conn.head_at - sent
-        ctx.upstream_s += ctx.ttfb_s
-        if conn.status >= 300:
-            try:
-                await conn.wait_done()
-            except BaseException:
-                provider.pool.release(conn, reuse=False)
-                raise
-            body = conn.body()
-            provider.pool.release(conn, reuse=True)
-            self.upstream_failed(ctx, target, conn.status, body, conn.headers)
-            return
-        cycle = ctx.cycle
-        ctx.status = conn.status
-        ctype = hdr.content_type(conn.headers, _SSE)
-        cycle.start(conn.status,
-                    self.response_head(ctx, target, conn.headers, ctype) + _STREAM_HEADERS)
-        relay = StreamRelay(cycle, drop_usage=not ctx.client_usage)
-        flow = cycle.flow
-        flow.listener = (conn.pause_reading, conn.resume_reading)
-        if flow.write_paused:
-            conn.pause_reading()
-        reuse = False
-        try:
-            conn.set_sink(relay.feed)
-            await conn.wait_done()
-            relay.flush()
-            reuse = True
-        except UpstreamError as exc:
-            # The head went out already: end the stream with a typed error event.
-            self.recorder.upstream_error(provider.name, exc.reason)
-            ctx.status = exc.status
-            ctx.error = exc.message
-            relay.fail(exc)
-        finally:
-            flow.listener = None
-            provider.pool.release(conn, reuse=reuse)
-            self.take_usage(ctx, relay.usage)
-        cycle.end()
-
-    # -- outcomes ---------------------------------------------------------------------
-
-    def response_head(self, ctx: RequestCtx, target: TargetRuntime,
-                      up_headers: list[tuple[bytes, bytes]], ctype: bytes) -> bytes:
-        now = perf_counter()
-        overhead = max(0.0, now - ctx.t0 - ctx.upstream_s)
-        ctx.overhead_s = overhead
-        return (b"content-type: " + ctype + b"\r\nx-request-id: " + ctx.request_id + b"\r\n"
-                + target.response_headers
-                + b"x-fastgw-attempts: %d\r\nx-fastgw-overhead-ms: %.3f\r\n"
-                % (ctx.attempts, overhead * 1000.0)
-                + ctx.extra_headers + hdr.response_headers(up_headers))
-
-    def upstream_failed(self, ctx: RequestCtx, target: TargetRuntime, status: int, body: bytes,
-                        up_headers: list[tuple[bytes, bytes]]) -> None:
-        """An upstream error status: 4xx passes through (scrubbed), 5xx becomes 502."""
-        provider = target.provider
-        for secret in provider.secrets:
-            body = body.replace(secret, b"[redacted]")
-        if status >= 500 or status in (408, 409, 429) or status < 400:
-            self.recorder.upstream_error(provider.name, f"status_{status}")
-        if 400 <= status < 500:
-            ctx.status = status
-            ctype = hdr.content_type(up_headers, _JSON)
-            ctx.cycle.send(status, self.response_head(ctx, target, up_headers, ctype), body)
-            return
-        message = _upstream_message(body)
-        raise UpstreamStatusError(
-            f"upstream {provider.name!r} answered {status}"
-            + (f": {message}" if message else ""), upstream_status=status, body=body)
+    # -- outcome ------------------------------------------------------------------------
 
     def fail_to_proxy(self, ctx: RequestCtx, exc: GatewayError) -> None:
-        ctx.status = exc.status
+        """The one place where a failed request becomes the client's answer."""
         ctx.error = exc.message
         cycle = ctx.cycle
         if cycle.started:
+            ctx.status = exc.status
             if not cycle.finished:
                 cycle.abort()
             return
@@ -255,12 +341,16 @@ class Proxy:
             extra += b"x-fastgw-attempts: %d\r\n" % ctx.attempts
             if ctx.target is not None:
                 extra += ctx.target.response_headers
+        if isinstance(exc, UpstreamStatusError) and 400 <= exc.upstream_status < 500:
+            # The upstream's own 4xx (400, 404, 422, and 408/409/429 after retries):
+            # its status and body, provider secrets already scrubbed.
+            ctx.status = exc.upstream_status
+            passed = b"".join(n + b": " + v + b"\r\n" for n, v in exc.headers)
+            cycle.send(exc.upstream_status, b"content-type: application/json\r\n" + extra
+                       + passed, exc.upstream_body)
+            return
+        ctx.status = exc.status
         cycle.send_error(exc, extra)
-
-    def take_usage(self, ctx: RequestCtx, usage: tuple[int, int] | None) -> None:
-        if usage is not None:
-            ctx.prompt_tokens, ctx.completion_tokens = usage
-            ctx.usage_known = True
 
     # -- logging (always runs) ------------------------------------------------------------
 
@@ -269,8 +359,9 @@ class Proxy:
         duration = now - ctx.t0
         target = ctx.target
         provider = target.provider.name if target is not None else ""
-        route = ctx.route
-        model = route.name if route is not None else "unknown"
+        route = ctx.route  # the model that served (a fallback or variant maybe)
+        asked = ctx.asked
+        model = asked.name if asked is not None else "unknown"
         rec = self.recorder
         rec.request(model, provider, ctx.status, duration)
         if ctx.ttfb_s >= 0:
@@ -279,11 +370,11 @@ class Proxy:
             rec.overhead(ctx.overhead_s)
         cost = 0.0
         if ctx.usage_known and route is not None:
-            rec.tokens(model, ctx.prompt_tokens, ctx.completion_tokens)
+            rec.tokens(route.name, ctx.prompt_tokens, ctx.completion_tokens)
             cost = (ctx.prompt_tokens * route.input_per_token
                     + ctx.completion_tokens * route.output_per_token)
             if cost:
-                rec.cost(model, ctx.key_name or "", cost)
+                rec.cost(route.name, ctx.key_name or "", cost)
         if self.access_log.enabled:
             cycle = ctx.cycle
             record: dict[str, Any] = {
@@ -295,6 +386,8 @@ class Proxy:
                 "path": cycle.path.decode("latin-1"),
                 "model": ctx.model or None,
                 "served_model": target.model if target is not None else None,
+                "route": route.name if route is not None else None,
+                "variant": ctx.variant,
                 "provider": provider or None,
                 "status": ctx.status,
                 "stream": ctx.stream,
@@ -312,16 +405,25 @@ class Proxy:
             self.access_log.write(record)
 
 
-def _upstream_message(body: bytes) -> str:
-    """The error message inside an upstream error body, if it has one (short)."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        text = body[:200].decode("utf-8", "replace").strip()
-        return text
-    err = doc.get("error") if isinstance(doc, dict) else None
-    if isinstance(err, dict) and isinstance(err.get("message"), str):
-        return str(err["message"])[:500]
-    if isinstance(err, str):
-        return err[:500]
-    return ""
+
+def _retry_allowed(retry_on: tuple[str, ...], exc: UpstreamError) -> bool:
+    if isinstance(exc, UpstreamStatusError):
+        status = exc.upstream_status
+        if status >= 500:
+            return "5xx" in retry_on
+        return str(status) in retry_on
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout" in retry_on
+    if isinstance(exc, UpstreamConnectError):
+        return "connect" in retry_on
+    # A broken response or an in-band error before any content: a server fault.
+    return "5xx" in retry_on or "connect" in retry_on
+
+
+def _token_estimate(ctx: RequestCtx) -> int:
+    """Tokens a request may use, for quotas: ~4 bytes per prompt token plus the
+    completion budget it asks for."""
+    doc = ctx.doc
+    limit = doc.get("max_completion_tokens", doc.get("max_tokens"))
+    completion = limit if isinstance(limit, int) and limit > 0 else _DEFAULT_COMPLETION_TOKENS
+    return len(ctx.body) // 4 + completion

@@ -3,17 +3,27 @@
 Built once per configuration (start and every reload) and swapped whole, so a
 request sees one consistent view from start to end. Everything constant per
 target (request line, credentials, response headers) is rendered to bytes
-here, not per request.
+here, not per request. Live state that must survive a reload (target health
+and latency, provider quotas) is carried over from the previous snapshot for
+targets and providers that did not change.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
 
-from fastgw.config import Config, ModelConfig, ProviderConfig
+from fastgw.config import Config, ModelConfig, ProviderConfig, RetryConfig
+from fastgw.metrics import TARGET_HEALTHY
 from fastgw.providers import openai
+from fastgw.routing.balancer import Balancer, TargetState, make_balancer
+from fastgw.routing.budget import RetryBudget
+from fastgw.routing.health import Health
+from fastgw.routing.quota import ProviderQuota
 from fastgw.upstream.client import Endpoint, Timeouts, UpstreamClient
 from fastgw.upstream.pool import Pool
 
@@ -26,6 +36,7 @@ class ProviderRuntime:
     pool: Pool
     timeouts: Timeouts
     secrets: tuple[bytes, ...]  # values scrubbed from anything sent back to clients
+    quota: ProviderQuota | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -33,6 +44,7 @@ class TargetRuntime:
     provider: ProviderRuntime
     model: str
     weight: float
+    state: TargetState
     # x-fastgw-provider / x-fastgw-model lines, rendered once
     response_headers: bytes
     _prefixes: dict[str, bytes] = field(default_factory=dict)
@@ -49,12 +61,23 @@ class TargetRuntime:
 
 
 @dataclass(slots=True, eq=False)
+class Variant:
+    name: str
+    model: str
+    weight: float
+
+
+@dataclass(slots=True, eq=False)
 class ModelRoute:
     name: str
     cfg: ModelConfig
     targets: tuple[TargetRuntime, ...]
+    balancer: Balancer | None
+    retry: RetryConfig
     input_per_token: float
     output_per_token: float
+    variants: tuple[Variant, ...] = ()
+    variant_total: float = 0.0
 
 
 @dataclass(slots=True, eq=False)
@@ -62,11 +85,13 @@ class Snapshot:
     config: Config
     providers: dict[str, ProviderRuntime]
     models: dict[str, ModelRoute]
+    retry_budget: RetryBudget
     created: int = 0
 
     def models_body(self, names: list[str] | None = None) -> bytes:
         """``GET /v1/models`` answer for the given model names (all by default)."""
-        chosen = self.models.values() if names is None else [self.models[n] for n in names]
+        chosen = self.models.values() if names is None else [self.models[n] for n in names
+                                                              if n in self.models]
         return orjson.dumps({"object": "list", "data": [model_object(m, self.created)
                                                          for m in chosen]})
 
@@ -76,34 +101,83 @@ def model_object(route: ModelRoute, created: int) -> dict[str, object]:
 
 
 def _header_value(value: str) -> bytes:
-    # Header values are latin-1 on the wire; anything else is sent as UTF-8 bytes,
-    # and CR/LF can never reach a header (config names are validated, this is a guard).
+    # CR/LF can never reach a header; anything beyond latin-1 is sent as UTF-8 bytes.
     return value.replace("\r", " ").replace("\n", " ").encode("utf-8")
 
 
-def build_snapshot(config: Config, client: UpstreamClient, created: int) -> Snapshot:
+def _ssl_context(p: ProviderConfig) -> ssl.SSLContext | None:
+    if not p.base_url.startswith("https:"):
+        return None
+    ctx = ssl.create_default_context(cafile=p.ca_file)
+    if not p.tls_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def build_snapshot(config: Config, client: UpstreamClient, created: int,
+                   loop: asyncio.AbstractEventLoop | None = None,
+                   previous: Snapshot | None = None) -> Snapshot:
+    loop = loop or client.loop
+    old_states: dict[tuple[str, str, str], TargetState] = {}
+    old_quotas: dict[str, ProviderQuota] = {}
+    if previous is not None:
+        for old_route in previous.models.values():
+            for old in old_route.targets:
+                old_states[(old_route.name, old.provider.name, old.model)] = old.state
+        for old_provider in previous.providers.values():
+            if old_provider.quota is not None:
+                old_quotas[old_provider.name] = old_provider.quota
     providers: dict[str, ProviderRuntime] = {}
-    for p in config.providers:
-        ep = Endpoint.parse(p.base_url)
-        t = p.timeouts
-        pool = client.pool(ep, max_connections=p.max_connections, idle_s=p.idle_connection_s,
-                           connect_s=t.connect_s)
-        secrets = tuple(s.encode() for s in (p.api_key,) if s)
-        providers[p.name] = ProviderRuntime(
-            cfg=p, name=p.name, endpoint=ep, pool=pool,
-            timeouts=Timeouts(t.connect_s, t.first_byte_s, t.idle_s, t.total_s),
-            secrets=secrets)
+    for pc in config.providers:
+        ep = Endpoint.parse(pc.base_url)
+        to = pc.timeouts
+        pool = client.pool(ep, max_connections=pc.max_connections,
+                           idle_s=pc.idle_connection_s, connect_s=to.connect_s,
+                           ssl_context=_ssl_context(pc))
+        secrets = tuple(s.encode() for s in (pc.api_key,) if s)
+        quota = None
+        if pc.limits is not None:
+            kept = old_quotas.get(pc.name)
+            quota = kept if kept is not None and kept.cfg == pc.limits else \
+                ProviderQuota(pc.limits, loop)
+        providers[pc.name] = ProviderRuntime(
+            cfg=pc, name=pc.name, endpoint=ep, pool=pool,
+            timeouts=Timeouts(to.connect_s, to.first_byte_s, to.idle_s, to.total_s),
+            secrets=secrets, quota=quota)
     models: dict[str, ModelRoute] = {}
-    for m in config.models:
-        targets = tuple(
-            TargetRuntime(
-                provider=providers[t.provider], model=t.model, weight=t.weight,
-                response_headers=(b"x-fastgw-provider: " + _header_value(t.provider)
-                                  + b"\r\nx-fastgw-model: " + _header_value(t.model) + b"\r\n"))
-            for t in m.targets)
-        price = m.price
-        models[m.name] = ModelRoute(
-            name=m.name, cfg=m, targets=targets,
+    for mc in config.models:
+        targets = []
+        for tc in mc.targets:
+            state = old_states.get((mc.name, tc.provider, tc.model))
+            if state is None or state.weight != tc.weight:
+                state = TargetState(f"{tc.provider}/{tc.model}", tc.weight,
+                                    Health(config.health, _gauge(tc.provider, tc.model)))
+                TARGET_HEALTHY.labels(tc.provider, tc.model).set(1)
+            targets.append(TargetRuntime(
+                provider=providers[tc.provider], model=tc.model, weight=tc.weight, state=state,
+                response_headers=(b"x-fastgw-provider: " + _header_value(tc.provider)
+                                  + b"\r\nx-fastgw-model: " + _header_value(tc.model)
+                                  + b"\r\n")))
+        price = mc.price
+        variants = tuple(Variant(v.name or v.model, v.model, v.weight) for v in mc.variants)
+        models[mc.name] = ModelRoute(
+            name=mc.name, cfg=mc, targets=tuple(targets),
+            balancer=make_balancer(mc.balance, [t.state for t in targets]) if targets else None,
+            retry=mc.retry,
             input_per_token=price.input_per_mtok / 1e6 if price else 0.0,
-            output_per_token=price.output_per_mtok / 1e6 if price else 0.0)
-    return Snapshot(config=config, providers=providers, models=models, created=created)
+            output_per_token=price.output_per_mtok / 1e6 if price else 0.0,
+            variants=variants, variant_total=sum(v.weight for v in variants))
+    budget = previous.retry_budget if previous is not None and \
+        previous.config.retry_budget == config.retry_budget else RetryBudget(config.retry_budget)
+    return Snapshot(config=config, providers=providers, models=models, retry_budget=budget,
+                    created=created)
+
+
+def _gauge(provider: str, model: str) -> Callable[[bool], None]:
+    child = TARGET_HEALTHY.labels(provider, model)
+
+    def changed(healthy: bool) -> None:
+        child.set(1 if healthy else 0)
+
+    return changed

@@ -141,6 +141,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._state >= _DONE:
+            # A second response in the same read as the first: bytes nobody asked
+            # for. Stop parsing (they must not join this body) and never reuse.
+            self.keep_alive = False
+            raise UpstreamProtocolError(
+                f"upstream {self.peer_name} sent more than one response", sent=True)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
@@ -270,11 +278,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._cancel_timer()
 
     def abort(self) -> None:
-        """Close now (cancel, timeout, error): never reused."""
-        if self._state < _DONE:
-            self._state = _FAILED
-            if self.error is None:
-                self.error = UpstreamProtocolError("exchange aborted", sent=True)
+        """Close now (cancel, timeout, error): never reused. Anyone waiting on the
+        exchange gets an error at once."""
+        if _WAIT_HEAD <= self._state < _DONE:
+            self._fail(UpstreamProtocolError(f"exchange with {self.peer_name} aborted",
+                                             sent=True))
         self._cancel_timer()
         self._close()
 

@@ -10,7 +10,17 @@ from collections.abc import Iterator
 import openai
 import orjson
 import pytest
-from gwtest import Gateway, LoopThread, Reader, chat, connect, minimal_yaml, running, wait_for
+from gwtest import (
+    Gateway,
+    LoopThread,
+    Reader,
+    chat,
+    connect,
+    http,
+    minimal_yaml,
+    running,
+    wait_for,
+)
 
 from fastgw.mock import MockOptions
 
@@ -176,14 +186,58 @@ def test_mid_stream_error_event_is_raw_sse_error_without_done() -> None:
         assert err["type"] == "api_error"
 
 
-def test_stream_idle_timeout_ends_stream_with_error_event() -> None:
+class StallAfterContent:
+    """An upstream that streams the role and two content events, then goes silent."""
+
+    def __init__(self, lt: LoopThread) -> None:
+        self.server = lt.run(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n")
+            for event in (ROLE, CONTENT[0], CONTENT[1]):
+                writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+            await asyncio.sleep(30)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            writer.close()
+
+
+def test_stream_idle_after_content_ends_with_error_event() -> None:
+    lt = LoopThread()
+    up = StallAfterContent(lt)
+    yaml = lambda _p: minimal_yaml(  # noqa: E731
+        up.port, provider_extra="\n    timeouts: {idle_s: 0.3}")
+    try:
+        with running(yaml) as gw, connect(gw.port) as s:
+            data = orjson.dumps(chat(stream=True))
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                      b"content-length: %d\r\n\r\n%s" % (len(data), data))
+            t0 = time.monotonic()
+            r = Reader(s).next()
+            assert time.monotonic() - t0 < 2.0
+            assert r.status == 200
+            assert r.body.startswith(ROLE + CONTENT[0] + CONTENT[1])
+            assert r.body.endswith(b"\n\n") and b"event: error" in r.body
+            assert b"idle_s" in r.body
+            assert b"[DONE]" not in r.body
+    finally:
+        lt.call(up.server.close)
+        lt.close()
+
+
+def test_stream_stalling_before_first_content_fails_over_then_504() -> None:
     yaml = lambda p: minimal_yaml(p, provider_extra="\n    timeouts: {idle_s: 0.3}")  # noqa: E731
-    with running(yaml) as gw, connect(gw.port) as s:
-        data = orjson.dumps(chat(stream=True))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                  b"x-mock-fault: slow:2000\r\ncontent-length: %d\r\n\r\n%s" % (len(data), data))
-        t0 = time.monotonic()
-        r = Reader(s).next()
-        assert time.monotonic() - t0 < 2.0
-        assert b"event: error" in r.body
+    with running(yaml) as gw:
+        r = http(gw.port, "POST", "/v1/chat/completions", chat(stream=True),
+                 headers={"x-mock-fault": "slow:2000"})
+        # Nothing was sent before the commit point: the retry ran, then a plain 504.
+        assert r.status == 504
+        assert r.headers["x-fastgw-attempts"] == "2"
         assert b"idle_s" in r.body

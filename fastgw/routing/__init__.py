@@ -1,0 +1,1 @@
+"""Routing: balancing over targets, target health, retry budget, provider quotas."""

@@ -1,0 +1,197 @@
+"""Balancers: the order in which a model's targets are tried.
+
+Each balancer is built once per routing snapshot from the targets' weights and
+answers ``order(key)``: every target index, best first, the rest as fallbacks.
+Health filtering happens after (in :func:`usable`), so a strategy never needs
+to know about ejection. Live figures (in-flight count, EWMA of time to first
+byte) sit in one :class:`TargetState` per target, updated by the pipeline.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from itertools import count
+
+from fastgw._native import HashRing
+from fastgw.routing.health import Health
+
+EWMA_ALPHA = 0.3  # weight of the newest time-to-first-byte sample
+
+
+class TargetState:
+    """Live figures of one target, shared by every request of a snapshot."""
+
+    __slots__ = ("ewma_ttfb", "health", "inflight", "name", "not_before", "samples", "weight")
+
+    def __init__(self, name: str, weight: float, health: Health) -> None:
+        self.name = name
+        self.weight = weight
+        self.health = health
+        self.inflight = 0
+        self.ewma_ttfb = 0.0
+        self.samples = 0
+        self.not_before = 0.0  # loop time before which it asked not to be called (429)
+
+    def observe_ttfb(self, seconds: float) -> None:
+        if self.samples == 0:
+            self.ewma_ttfb = seconds
+        else:
+            self.ewma_ttfb += EWMA_ALPHA * (seconds - self.ewma_ttfb)
+        self.samples += 1
+
+
+class Balancer:
+    """Base: targets in configuration order."""
+
+    __slots__ = ("n", "states")
+
+    def __init__(self, states: Sequence[TargetState]) -> None:
+        self.states = tuple(states)
+        self.n = len(self.states)
+
+    def order(self, key: bytes | None) -> list[int]:
+        return list(range(self.n))
+
+
+class RoundRobin(Balancer):
+    __slots__ = ("_counter",)
+
+    def __init__(self, states: Sequence[TargetState]) -> None:
+        super().__init__(states)
+        self._counter = count()
+
+    def order(self, key: bytes | None) -> list[int]:
+        n = self.n
+        if n == 1:
+            return [0]
+        start = next(self._counter) % n
+        return [*range(start, n), *range(start)]
+
+
+class Weighted(Balancer):
+    """Smooth weighted round robin (as nginx): exact shares, evenly interleaved."""
+
+    __slots__ = ("_by_weight", "_current", "_total", "_weights")
+
+    def __init__(self, states: Sequence[TargetState]) -> None:
+        super().__init__(states)
+        self._weights = [s.weight for s in self.states]
+        self._total = sum(self._weights)
+        self._current = [0.0] * self.n
+        self._by_weight = sorted(range(self.n), key=lambda i: -self._weights[i])
+
+    def order(self, key: bytes | None) -> list[int]:
+        n = self.n
+        if n == 1:
+            return [0]
+        current = self._current
+        weights = self._weights
+        best = 0
+        best_value = -1e300
+        for i in range(n):
+            v = current[i] + weights[i]
+            current[i] = v
+            if v > best_value:
+                best_value = v
+                best = i
+        current[best] -= self._total
+        return [best, *(i for i in self._by_weight if i != best)]
+
+
+class LeastInflight(Balancer):
+    __slots__ = ("_counter",)
+
+    def __init__(self, states: Sequence[TargetState]) -> None:
+        super().__init__(states)
+        self._counter = count()
+
+    def order(self, key: bytes | None) -> list[int]:
+        n = self.n
+        if n == 1:
+            return [0]
+        start = next(self._counter) % n  # rotate so ties are spread evenly
+        idx = [*range(start, n), *range(start)]
+        states = self.states
+        # Fewest in flight relative to weight first.
+        idx.sort(key=lambda i: states[i].inflight / states[i].weight)
+        return idx
+
+
+class Latency(Balancer):
+    """Power of two choices on the EWMA of time to first byte.
+
+    Targets with no sample yet are tried first, so every target gets measured.
+    """
+
+    __slots__ = ("_rng",)
+
+    def __init__(self, states: Sequence[TargetState]) -> None:
+        super().__init__(states)
+        self._rng = random.Random()
+
+    def order(self, key: bytes | None) -> list[int]:
+        n = self.n
+        if n == 1:
+            return [0]
+        states = self.states
+        a, b = self._rng.sample(range(n), 2)
+        sa, sb = states[a], states[b]
+        first = a if _score(sa) <= _score(sb) else b
+        rest = sorted((i for i in range(n) if i != first), key=lambda i: _score(states[i]))
+        return [first, *rest]
+
+
+def _score(s: TargetState) -> float:
+    # Unmeasured targets score 0 so they are explored; load breaks near-ties.
+    return (s.ewma_ttfb if s.samples else 0.0) * (1.0 + s.inflight / s.weight / 10.0)
+
+
+class ConsistentHash(Balancer):
+    """The native ring with bounded load: a key sticks to its target unless that
+    target carries more than ``c`` times its fair share of in-flight requests."""
+
+    __slots__ = ("_fallback", "_index", "c", "ring")
+
+    def __init__(self, states: Sequence[TargetState], c: float = 1.25) -> None:
+        super().__init__(states)
+        self.ring = HashRing([(s.name, s.weight) for s in self.states])
+        self._index = {s.name: i for i, s in enumerate(self.states)}
+        self._fallback = Weighted(states)
+        self.c = c
+
+    def order(self, key: bytes | None) -> list[int]:
+        if key is None:
+            return self._fallback.order(None)
+        if self.n == 1:
+            return [0]
+        states = self.states
+        loads = [float(s.inflight) for s in states]
+        if any(loads):
+            names = self.ring.candidates(key, None, loads, self.c)
+        else:
+            names = self.ring.candidates(key)
+        index = self._index
+        return [index[name] for name in names]
+
+
+def make_balancer(kind: str, states: Sequence[TargetState]) -> Balancer:
+    if kind == "round-robin":
+        return RoundRobin(states)
+    if kind == "weighted":
+        return Weighted(states)
+    if kind == "least-inflight":
+        return LeastInflight(states)
+    if kind == "latency":
+        return Latency(states)
+    if kind == "consistent-hash":
+        return ConsistentHash(states)
+    raise ValueError(f"unknown balance strategy {kind!r}")
+
+
+def usable(order: list[int], states: Sequence[TargetState], now: float) -> list[int]:
+    """``order`` without ejected targets (a target whose cooldown is over stays in:
+    the first request to reach it is its half-open probe) and without targets
+    cooling down after a 429, unless only those are left."""
+    return [i for i in order if states[i].health.peek(now) and states[i].not_before <= now] \
+        or [i for i in order if states[i].health.peek(now)]
