@@ -18,6 +18,7 @@ row is one more Target with its own config and headers.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import gc
 import json
@@ -122,24 +123,32 @@ class Processes:
                 p.wait()
 
 
-def start_mock(procs: Processes, cpu: int | None) -> int:
+def start_mock(procs: Processes, cpu: int | None) -> tuple[int, int]:
+    """(port, pid) of a new mock upstream."""
     port = free_port()
     cmd = [sys.executable, "-m", "fastgw.mock", "--port", str(port)]
     proc = procs.start("mock", pinned(cmd, cpu))
     wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
-    return port
+    return port, proc.pid
 
 
-def render_nginx(workdir: Path, listen: int, upstream: int) -> Path:
-    prefix = workdir / "nginx"
+def render_nginx(prefix: Path, listen: int, upstream: int, static_body: str | None = None) -> Path:
+    """Write prefix/nginx.conf from the template. With static_body, nginx answers
+    every request with that JSON itself instead of proxying (the upstream check)."""
     prefix.mkdir(exist_ok=True)
     text = (HERE / "nginx.conf.tmpl").read_text()
-    user = "user root;" if os.geteuid() == 0 else ""
+    if static_body is not None:
+        if any(c in static_body for c in "'\\$"):
+            raise RuntimeError("body cannot be inlined in nginx's return directive")
+        text = text.replace(
+            "proxy_pass http://upstream_mock;",
+            f"default_type application/json;\n            return 200 '{static_body}';",
+        )
     for key, value in {
         "@PREFIX@": str(prefix),
         "@LISTEN@": f"127.0.0.1:{listen}",
         "@UPSTREAM@": f"127.0.0.1:{upstream}",
-        "@USER@": user,
+        "@USER@": "user root;" if os.geteuid() == 0 else "",
     }.items():
         text = text.replace(key, value)
     conf = prefix / "nginx.conf"
@@ -147,10 +156,49 @@ def render_nginx(workdir: Path, listen: int, upstream: int) -> Path:
     return conf
 
 
-def start_nginx(procs: Processes, conf: Path, port: int, cpu: int | None) -> None:
+def start_nginx(procs: Processes, conf: Path, port: int, cpu: int | None) -> int:
     cmd = [NGINX, "-p", str(conf.parent), "-c", str(conf), "-g", "daemon off;"]
     proc = procs.start("nginx", pinned(cmd, cpu))
     wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
+    return proc.pid
+
+
+# -- CPU accounting --------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+MIN_CPU_S = 0.2  # /proc counts CPU in 10 ms ticks: below this, no per-request figure
+
+
+def tree_pids(root: int) -> list[int]:
+    """root and all its descendants (nginx's worker, the gateway's workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
 
 
 # -- rows ------------------------------------------------------------------------------
@@ -204,7 +252,8 @@ TARGETS: dict[str, Target] = {
 
 def start_fastgw(
     procs: Processes, target: Target, workdir: Path, mock_port: int, cpu: int | None
-) -> int:
+) -> tuple[int, int]:
+    """(port, pid) of a new gateway."""
     assert target.config is not None
     port = free_port()
     cfg = workdir / f"{target.name}.yaml"
@@ -213,7 +262,7 @@ def start_fastgw(
     cmd += ["--port", str(port), "--workers", "1"]
     proc = procs.start(target.name, pinned(cmd, cpu))
     wait_ready(f"http://127.0.0.1:{port}/healthz", proc)
-    return port
+    return port, proc.pid
 
 
 # -- scenarios -------------------------------------------------------------------------
@@ -328,8 +377,9 @@ SCENARIOS: list[Scenario] = [
 # -- report ----------------------------------------------------------------------------
 
 
-def derive(scenario: Scenario, results: dict[str, LoadResult]) -> dict[str, dict[str, Any]]:
-    """Per row: rate, p50, p99, ratio to nginx, added p50/p99 over direct."""
+def derive(scenario: Scenario, measured: dict[str, Measured]) -> dict[str, dict[str, Any]]:
+    """Per row: rate, p50, p99, ratio to nginx, added p50/p99 over direct, server CPU."""
+    results = {k: m.result for k, m in measured.items()}
     out: dict[str, dict[str, Any]] = {}
 
     def lat(r: LoadResult) -> tuple[float, float] | None:
@@ -351,6 +401,10 @@ def derive(scenario: Scenario, results: dict[str, LoadResult]) -> dict[str, dict
         else:
             row["added_p50_ms"] = row["added_p99_ms"] = None
         row["errors"] = sum(r.errors.values()) + sum(r.non_2xx.values())
+        m = measured[name]
+        row["server_cpu"] = m.cpu_util
+        row["cpu_us_per_req"] = m.cpu_us_per_req
+        row["cpu_us_per_event"] = m.cpu_us_per_event
         out[name] = row
     return out
 
@@ -372,6 +426,7 @@ def print_table(scenario: Scenario, rows: dict[str, dict[str, Any]], s: Settings
     print(
         f"  {'row':<14}{scenario.unit:>12}{'p50 ms':>10}{'p99 ms':>10}"
         f"{'vs nginx':>10}{'+p50 ms':>10}{'+p99 ms':>10}{'errors':>8}"
+        f"{'CPU':>7}{'us/req':>8}"
     )
     for name, r in rows.items():
         ratio = fmt(r["vs_nginx"], ".2f")
@@ -379,6 +434,7 @@ def print_table(scenario: Scenario, rows: dict[str, dict[str, Any]], s: Settings
             f"  {name:<14}{fmt(r['rate'], ',.0f'):>12}{fmt(r['p50_ms'], '.3f'):>10}"
             f"{fmt(r['p99_ms'], '.3f'):>10}{ratio:>10}{fmt(r['added_p50_ms'], '+.3f'):>10}"
             f"{fmt(r['added_p99_ms'], '+.3f'):>10}{r['errors']:>8}"
+            f"{fmt(r['server_cpu'], '.0%'):>7}{fmt(r['cpu_us_per_req'], '.1f'):>8}"
         )
 
 
@@ -405,13 +461,36 @@ def pin_self(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-def measure(spec: LoadSpec) -> LoadResult:
+@dataclass
+class Measured:
+    result: LoadResult
+    cpu_util: float | None  # the server's CPU use, in cores, after warmup
+    cpu_us_per_req: float | None
+    cpu_us_per_event: float | None
+
+
+async def _measure(spec: LoadSpec, pids: list[int]) -> Measured:
+    task = asyncio.ensure_future(run_load(spec))
+    await asyncio.sleep(spec.warmup)
+    c0, t0 = cpu_seconds(pids), time.perf_counter()
+    r = await task
+    c1, t1 = cpu_seconds(pids), time.perf_counter()
+    if not pids or not r.requests:
+        return Measured(r, None, None, None)
+    used = c1 - c0
+    if used < MIN_CPU_S:  # too few clock ticks for a per-request figure
+        return Measured(r, used / (t1 - t0), None, None)
+    per_event = used / r.events * 1e6 if r.events else None
+    return Measured(r, used / (t1 - t0), used / r.requests * 1e6, per_event)
+
+
+def measure(spec: LoadSpec, pids: list[int] | None = None) -> Measured:
     import uvloop
 
     gc.collect()
     gc.disable()  # no collector pauses inside a measurement
     try:
-        return uvloop.run(run_load(spec))
+        return uvloop.run(_measure(spec, pids or []))
     finally:
         gc.enable()
 
@@ -420,20 +499,24 @@ def run_rows(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, 
     gw_cpu, client_cpu = cpus(args)
     procs = Processes(workdir)
     urls: dict[str, str] = {}
+    server_pid: dict[str, int] = {}  # whose CPU time a row measures
     failed: dict[str, str] = {}
     try:
-        mock_port = start_mock(procs, client_cpu)
+        mock_port, mock_pid = start_mock(procs, client_cpu)
         for name in args.rows:
             target = TARGETS[name]
             try:
                 if target.kind == "direct":
                     urls[name] = f"http://127.0.0.1:{mock_port}"
+                    server_pid[name] = mock_pid
                 elif target.kind == "nginx":
                     port = free_port()
-                    start_nginx(procs, render_nginx(workdir, port, mock_port), port, gw_cpu)
+                    conf = render_nginx(workdir / "nginx", port, mock_port)
+                    server_pid[name] = start_nginx(procs, conf, port, gw_cpu)
                     urls[name] = f"http://127.0.0.1:{port}"
                 else:
-                    port = start_fastgw(procs, target, workdir, mock_port, gw_cpu)
+                    port, pid = start_fastgw(procs, target, workdir, mock_port, gw_cpu)
+                    server_pid[name] = pid
                     urls[name] = f"http://127.0.0.1:{port}"
                 status, body = post(
                     urls[name] + "/v1/chat/completions",
@@ -451,18 +534,18 @@ def run_rows(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, 
         for scenario in SCENARIOS:
             if args.scenarios and scenario.name not in args.scenarios:
                 continue
-            by_row: dict[str, LoadResult] = {}
+            by_row: dict[str, Measured] = {}
             for name, base in urls.items():
                 spec = scenario.make(base + "/v1/chat/completions", TARGETS[name], s)
-                by_row[name] = measure(spec)
+                by_row[name] = measure(spec, tree_pids(server_pid[name]))
                 if args.verbose:
-                    print(f"  {scenario.name:<11} {name:<12} {by_row[name].summary()}")
+                    print(f"  {scenario.name:<11} {name:<12} {by_row[name].result.summary()}")
             rows = derive(scenario, by_row)
             print_table(scenario, rows, s)
             results[scenario.name] = {
                 "title": scenario.title,
                 "rows": rows,
-                "raw": {k: v.as_dict() for k, v in by_row.items()},
+                "raw": {k: v.result.as_dict() for k, v in by_row.items()},
             }
         return {"results": results, "skipped_rows": failed}
     finally:
@@ -476,60 +559,40 @@ def run_upstream_check(args: argparse.Namespace, s: Settings, workdir: Path) -> 
     gw_cpu, client_cpu = cpus(args)
     procs = Processes(workdir)
     try:
-        mock_port = start_mock(procs, gw_cpu)
+        mock_port, mock_pid = start_mock(procs, gw_cpu)
         status, body = post(
             f"http://127.0.0.1:{mock_port}/v1/chat/completions", json.loads(chat_body(False)), {}
         )
-        assert status == 200
-        text = body.decode()
-        if any(c in text for c in "'\\$"):
-            raise RuntimeError("body cannot be inlined in nginx's return directive")
+        if status != 200:
+            raise RuntimeError(f"mock answered {status}")
         port = free_port()
-        prefix = workdir / "nginx-static"
-        prefix.mkdir()
-        conf = prefix / "nginx.conf"
-        tmpl = (HERE / "nginx.conf.tmpl").read_text()
-        static = tmpl.replace(
-            "proxy_pass http://upstream_mock;",
-            f"default_type application/json;\n            return 200 '{text}';",
-        )
-        for key, value in {
-            "@PREFIX@": str(prefix),
-            "@LISTEN@": f"127.0.0.1:{port}",
-            "@UPSTREAM@": f"127.0.0.1:{mock_port}",
-            "@USER@": "user root;" if os.geteuid() == 0 else "",
-        }.items():
-            static = static.replace(key, value)
-        conf.write_text(static)
-        start_nginx(procs, conf, port, gw_cpu)
+        conf = render_nginx(workdir / "nginx-static", port, mock_port, static_body=body.decode())
+        nginx_pid = start_nginx(procs, conf, port, gw_cpu)
         pin_self(client_cpu)
         out: dict[str, Any] = {"body_bytes": len(body)}
-        for name, url in (
-            ("mock", f"http://127.0.0.1:{mock_port}"),
-            ("nginx-static", f"http://127.0.0.1:{port}"),
-        ):
+        runs = (
+            ("mock", mock_port, mock_pid, False),
+            ("nginx-static", port, nginx_pid, False),
+            ("mock-streams", mock_port, mock_pid, True),
+        )
+        for name, server_port, pid, stream in runs:
             spec = LoadSpec(
-                url=url + "/v1/chat/completions",
-                body=chat_body(False),
+                url=f"http://127.0.0.1:{server_port}/v1/chat/completions",
+                body=chat_body(stream),
+                headers={"x-mock-chunks": str(STREAM_CHUNKS)} if stream else {},
+                stream=stream,
                 connections=s.connections,
                 duration=s.duration,
                 warmup=s.warmup,
             )
-            r = measure(spec)
-            out[name] = r.as_dict()
-            print(f"  {name:<13} {r.summary()}")
-        spec = LoadSpec(
-            url=f"http://127.0.0.1:{mock_port}/v1/chat/completions",
-            body=chat_body(True),
-            headers={"x-mock-chunks": str(STREAM_CHUNKS)},
-            stream=True,
-            connections=s.connections,
-            duration=s.duration,
-            warmup=s.warmup,
-        )
-        r = measure(spec)
-        out["mock-streams"] = r.as_dict()
-        print(f"  {'mock streams':<13} {r.summary()}")
+            m = measure(spec, tree_pids(pid))
+            out[name] = {
+                **m.result.as_dict(),
+                "server_cpu": m.cpu_util,
+                "cpu_us_per_req": m.cpu_us_per_req,
+            }
+            cpu = f"server CPU {fmt(m.cpu_util, '.0%')}, {fmt(m.cpu_us_per_req, '.1f')} us/req"
+            print(f"  {name:<13} {m.result.summary()} | {cpu}")
         ratio = out["mock"]["rps"] / out["nginx-static"]["rps"]
         print(f"  mock / nginx-static = {ratio:.2f}")
         out["mock_vs_nginx_static"] = ratio
