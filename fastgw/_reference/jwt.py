@@ -324,6 +324,19 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"invalid JSON constant {name}")
 
 
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if math.isinf(v):
+        raise ValueError("number out of range")
+    return v
+
+
+def _json_int(text: str) -> int | float:
+    # serde_json keeps 64-bit integers and reads larger ones as floats.
+    v = int(text)
+    return v if -(2**63) <= v < 2**64 else _finite_float(text)
+
+
 class _Obj(dict[str, Any]):
     """A decoded JSON object that remembers its repeated keys."""
 
@@ -348,7 +361,11 @@ def _json_object(raw: bytes, what: str, hook: Any = None) -> dict[str, Any]:
         raise MalformedTokenError(f"token {what} is not a JSON object")
     try:
         value = json.loads(
-            raw.decode("utf-8"), parse_constant=_no_constants, object_pairs_hook=hook
+            raw.decode("utf-8"),
+            parse_constant=_no_constants,
+            parse_float=_finite_float,
+            parse_int=_json_int,
+            object_pairs_hook=hook,
         )
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise MalformedTokenError(f"token {what} is not valid JSON") from None
@@ -487,7 +504,7 @@ class JwtVerifier:
             raise UnsupportedAlgorithmError(f"algorithm {alg} is not allowed")
         keys = self._keys._keys
         if kid is not None:
-            same = [k for k in keys if k.kid == kid]
+            same = [k for k in keys if k.kid == kid] or [k for k in keys if k.kid is None]
             if not same:
                 raise UnknownKeyError(f"no key has kid {kid!r}")
             candidates = [k for k in same if k.accepts(alg)]

@@ -78,6 +78,19 @@ def _no_constants(name: str) -> Any:
     raise ValueError(name)
 
 
+def _finite_float(text: str) -> float:
+    v = float(text)
+    if v in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return v
+
+
+def _json_int(text: str) -> int | float:
+    # serde_json keeps 64-bit integers and reads larger ones as floats.
+    v = int(text)
+    return v if -(2**63) <= v < 2**64 else _finite_float(text)
+
+
 class _Usage:
     __slots__ = ("cache_creation", "cache_read", "cached", "input", "output", "seen", "total")
 
@@ -240,7 +253,12 @@ class SseScanner:
         usage_only = False
         if not self._committed or usage_candidate or b'"error"' in data:
             try:
-                obj = json.loads(data.decode("utf-8"), parse_constant=_no_constants)
+                obj = json.loads(
+                    data.decode("utf-8"),
+                    parse_constant=_no_constants,
+                    parse_float=_finite_float,
+                    parse_int=_json_int,
+                )
             except (UnicodeDecodeError, ValueError, RecursionError):
                 obj = None
             if isinstance(obj, dict):

@@ -10,7 +10,8 @@
 //!    that is a JSON object with a string `alg` and at most a string `kid`,
 //!    and no `crit` -> `Malformed`;
 //! 2. `alg` known, never `none`, and in the allowed list -> `UnsupportedAlg`;
-//! 3. key choice: with a `kid`, the keys carrying it (none -> `UnknownKid`);
+//! 3. key choice: with a `kid`, the keys carrying it, or failing that the
+//!    keys that have no `kid` (none of either -> `UnknownKid`);
 //!    of those (or of all keys, without a `kid`), the ones whose type fits
 //!    `alg` and whose own `alg`, if any, equals it (none -> `UnsupportedAlg`:
 //!    this is what refuses an HS256 token signed with an RSA public key);
@@ -632,7 +633,11 @@ impl Verifier {
         if header_json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return fail(Reason::Malformed, "token header is not a JSON object");
         }
-        let header: Header<'_> = serde_json::from_slice(&header_json)
+        // Checked as a whole: serde skips unknown fields without checking
+        // their UTF-8.
+        let header_text = std::str::from_utf8(&header_json)
+            .or_else(|_| fail(Reason::Malformed, "token header is not UTF-8"))?;
+        let header: Header<'_> = serde_json::from_str(header_text)
             .or_else(|e| fail(Reason::Malformed, format!("token header is not valid: {e}")))?;
         if header.crit.is_some() {
             return fail(Reason::Malformed, "the crit header parameter is not supported");
@@ -649,8 +654,13 @@ impl Verifier {
         let keys = self.keys.keys();
         let candidates: Vec<usize> = match &header.kid {
             Some(kid) => {
-                let same: Vec<usize> =
+                let mut same: Vec<usize> =
                     (0..keys.len()).filter(|&i| keys[i].kid.as_deref() == Some(kid.as_ref())).collect();
+                if same.is_empty() {
+                    // Keys without a kid (a PEM or secret from configuration)
+                    // stand for any kid.
+                    same = (0..keys.len()).filter(|&i| keys[i].kid.is_none()).collect();
+                }
                 if same.is_empty() {
                     return fail(Reason::UnknownKid, format!("no key has kid {kid:?}"));
                 }
@@ -823,7 +833,7 @@ mod tests {
     }
 
     fn verifier(cfg: Config) -> Verifier {
-        Verifier::new(KeySet::from_secret(b"0123456789abcdef0123456789abcdef", None, None), cfg).unwrap()
+        Verifier::new(KeySet::from_secret(SECRET, Some("k1".into()), None), cfg).unwrap()
     }
 
     fn hs_cfg() -> Config {

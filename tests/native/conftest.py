@@ -169,7 +169,7 @@ ERROR_STREAM = _sse(
 )
 
 MULTILINE_STREAM = (
-    b"retry: 1000\nid: 7\nevent: message\ndata: {\"choices\":[{\"delta\":\ndata: "
+    b'retry: 1000\nid: 7\nevent: message\ndata: {"choices":[{"delta":\ndata: '
     b'{"content":"x"}}]}\n\n'
     b"data\n\ndata:[DONE]\n\n"
 )
