@@ -156,7 +156,8 @@ ANTHROPIC_STREAM = _sse(
 )
 
 RESPONSES_STREAM = _sse(
-    'event: response.created\ndata: {"type":"response.created","response":{"id":"r1","usage":null}}',
+    'event: response.created\ndata: {"type":"response.created",'
+    '"response":{"id":"r1","usage":null}}',
     'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"Hi"}',
     'event: response.completed\ndata: {"type":"response.completed","response":{"id":"r1",'
     '"usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":2},'

@@ -40,7 +40,7 @@ def _view(r: Any) -> tuple[Any, ...]:
 
 cost = st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 3.0, 250.0, 999.0, 1500.0])
 dt = st.sampled_from([0.0, 0.0, 0.001, 0.25, 1.0, 7.5, 20.0, 61.0, 3599.0, 86_400.0, 20 * 86_400.0])
-op = st.one_of(
+op: st.SearchStrategy[Any] = st.one_of(
     st.tuples(
         st.just("reserve"),
         st.lists(st.integers(0, len(KEYS) - 1), min_size=1, max_size=4),
@@ -56,7 +56,10 @@ op = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(ops=st.lists(op, max_size=60), max_keys=st.integers(1, 10))
 def test_random_schedules_match_the_reference(ops: list[Any], max_keys: int) -> None:
-    tables = (native.LimiterTable(max_keys=max_keys), ref.LimiterTable(max_keys=max_keys))
+    tables: tuple[Any, Any] = (
+        native.LimiterTable(max_keys=max_keys),
+        ref.LimiterTable(max_keys=max_keys),
+    )
     scopes = (_scopes(native), _scopes(ref))
     made: list[tuple[Any, Any]] = []
     now = T0

@@ -106,7 +106,7 @@ def test_bad_rings_and_arguments_raise() -> None:
     with pytest.raises(ValueError):
         native.HashRing({"a": float("nan")})
     with pytest.raises(TypeError):
-        native.HashRing("ab")
+        native.HashRing("ab")  # type: ignore[arg-type]
     ring = native.HashRing({"a": 1.0, "b": 1.0})
     with pytest.raises(ValueError):
         ring.lookup("k", [1.0])
