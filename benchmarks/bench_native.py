@@ -108,7 +108,7 @@ def bench_ring(scale: float) -> list[Row]:
         ring: Any = mod.HashRing(targets)
         key = "user-8c1f0e2a-4b6d"
         n = int((500_000 if mod is native else 20_000) * scale) or 1
-        times.append(per_call_us(lambda ring=ring, key=key: ring.lookup(key), n))
+        times.append(per_call_us(partial(ring.lookup, key), n))
     loads = [3.0] * 10
     ring = native.HashRing(targets)
     bounded = per_call_us(
@@ -131,7 +131,7 @@ def bench_jwt(scale: float) -> list[Row]:
         "tier": "pro",
         "fastgw_models": ["gpt-4o*", "claude-*"],
     }
-    keys = {
+    keys: dict[str, tuple[Any, Any]] = {
         "HS256": (secret, secret),
         "RS256": (k := rsa.generate_private_key(65537, 2048), k.public_key()),
         "ES256": (e := ec.generate_private_key(ec.SECP256R1()), e.public_key()),
