@@ -790,9 +790,15 @@ impl<V> TokenCache<V> {
         lru.get(token).map(|(v, _)| v)
     }
 
-    /// Remembers a verified token.
+    /// True when `put` would keep a token of this length.
+    #[must_use]
+    pub fn accepts(&self, token: &[u8]) -> bool {
+        self.lru.is_some() && token.len() <= MAX_CACHED_TOKEN
+    }
+
+    /// Remembers a verified token (if [`TokenCache::accepts`] it).
     pub fn put(&mut self, token: &[u8], value: V, times: Times) {
-        if token.len() > MAX_CACHED_TOKEN {
+        if !self.accepts(token) {
             return;
         }
         if let Some(lru) = self.lru.as_mut() {

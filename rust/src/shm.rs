@@ -556,6 +556,26 @@ mod tests {
     }
 
     #[test]
+    fn a_process_that_dies_holding_the_lock_does_not_wedge_the_table() {
+        let shm = ShmTable::anonymous(64).unwrap();
+        // SAFETY: the child only takes the lock and exits at once.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let guard = shm.lock();
+            std::mem::forget(guard);
+            // SAFETY: leave without unlocking or running destructors.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &raw mut status, 0) }, pid);
+        let l = Limit::rate(1.0, 60.0, None).unwrap();
+        assert!(shm.reserve(&[b"k"], &[l], &[1.0], 0.0).unwrap().admitted);
+        assert!(!shm.reserve(&[b"k"], &[l], &[1.0], 0.0).unwrap().admitted);
+    }
+
+    #[test]
     fn garbage_files_are_refused() {
         let p = std::env::temp_dir().join(format!("fastgw-shm-bad-{}", std::process::id()));
         std::fs::write(&p, vec![7_u8; 4096]).unwrap();

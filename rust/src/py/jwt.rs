@@ -243,7 +243,13 @@ impl JwtVerifier {
         checked.map_err(token_error)?;
         let (claims, times) = self.inner.claims(&prepared, now).map_err(token_error)?;
         let d = dict(py, &claims)?;
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).put(bytes, d.clone().unbind(), times);
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if !cache.accepts(bytes) {
+            return Ok(d);
+        }
+        cache.put(bytes, d.clone().unbind(), times);
+        drop(cache);
+        // The cached dict stays private; the caller gets its own.
         d.copy()
     }
 
