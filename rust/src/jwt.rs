@@ -98,7 +98,10 @@ impl fmt::Display for JwtError {
 impl std::error::Error for JwtError {}
 
 fn fail<T>(reason: Reason, message: impl Into<String>) -> Result<T, JwtError> {
-    Err(JwtError { reason, message: message.into() })
+    Err(JwtError {
+        reason,
+        message: message.into(),
+    })
 }
 
 /// Key material or configuration that cannot be used.
@@ -195,7 +198,12 @@ pub enum Material {
     /// An HMAC secret, keyed once per hash.
     Hmac(Box<[hmac::Key; 3]>),
     /// An RSA public key (big-endian, no leading zeros).
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        /// Modulus.
+        n: Vec<u8>,
+        /// Public exponent.
+        e: Vec<u8>,
+    },
     /// A P-256 public point, uncompressed.
     P256(Vec<u8>),
     /// A P-384 public point, uncompressed.
@@ -221,7 +229,10 @@ impl Material {
         matches!(
             (self, alg),
             (Material::Hmac(_), Alg::HS256 | Alg::HS384 | Alg::HS512)
-                | (Material::Rsa { .. }, Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512)
+                | (
+                    Material::Rsa { .. },
+                    Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512
+                )
                 | (Material::P256(_), Alg::ES256)
                 | (Material::P384(_), Alg::ES384)
                 | (Material::Ed25519(_), Alg::EdDSA)
@@ -248,11 +259,19 @@ impl Material {
                     Alg::PS384 => &signature::RSA_PSS_2048_8192_SHA384,
                     _ => &signature::RSA_PSS_2048_8192_SHA512,
                 };
-                RsaPublicKeyComponents { n, e }.verify(params, msg, sig).is_ok()
+                RsaPublicKeyComponents { n, e }
+                    .verify(params, msg, sig)
+                    .is_ok()
             }
-            Material::P256(p) => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p).verify(msg, sig).is_ok(),
-            Material::P384(p) => UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, p).verify(msg, sig).is_ok(),
-            Material::Ed25519(k) => UnparsedPublicKey::new(&signature::ED25519, k).verify(msg, sig).is_ok(),
+            Material::P256(p) => UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, p)
+                .verify(msg, sig)
+                .is_ok(),
+            Material::P384(p) => UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, p)
+                .verify(msg, sig)
+                .is_ok(),
+            Material::Ed25519(k) => UnparsedPublicKey::new(&signature::ED25519, k)
+                .verify(msg, sig)
+                .is_ok(),
         }
     }
 
@@ -274,7 +293,9 @@ impl Material {
             None => 0,
         };
         if !(2048..=8192).contains(&bits) {
-            return key_err(format!("RSA modulus of {bits} bits: 2048 to 8192 are accepted"));
+            return key_err(format!(
+                "RSA modulus of {bits} bits: 2048 to 8192 are accepted"
+            ));
         }
         if e.len() > 5 {
             return key_err("RSA exponent too large");
@@ -283,7 +304,10 @@ impl Material {
         if ev < 3 || ev % 2 == 0 || ev >= 1 << 33 {
             return key_err("RSA exponent must be odd, >= 3 and < 2^33");
         }
-        Ok(Material::Rsa { n: n.to_vec(), e: e.to_vec() })
+        Ok(Material::Rsa {
+            n: n.to_vec(),
+            e: e.to_vec(),
+        })
     }
 }
 
@@ -320,7 +344,9 @@ const KEY_B64: GeneralPurpose = GeneralPurpose::new(
 
 fn jwk_bytes(obj: &Map<String, Value>, field: &str) -> Result<Vec<u8>, KeyError> {
     match obj.get(field) {
-        Some(Value::String(s)) => KEY_B64.decode(s).map_err(|e| KeyError(format!("JWK field {field:?}: {e}"))),
+        Some(Value::String(s)) => KEY_B64
+            .decode(s)
+            .map_err(|e| KeyError(format!("JWK field {field:?}: {e}"))),
         _ => key_err(format!("JWK has no string field {field:?}")),
     }
 }
@@ -344,8 +370,8 @@ struct RsaPublicKeyDer<'a> {
 }
 
 fn rsa_from_pkcs1(der_bytes: &[u8]) -> Result<Material, KeyError> {
-    let k: RsaPublicKeyDer<'_> =
-        der::Decode::from_der(der_bytes).map_err(|e| KeyError(format!("bad RSA public key: {e}")))?;
+    let k: RsaPublicKeyDer<'_> = der::Decode::from_der(der_bytes)
+        .map_err(|e| KeyError(format!("bad RSA public key: {e}")))?;
     Material::rsa(k.modulus.as_bytes(), k.public_exponent.as_bytes())
 }
 
@@ -359,7 +385,13 @@ impl KeySet {
     /// A set holding one HMAC secret.
     #[must_use]
     pub fn from_secret(secret: &[u8], kid: Option<String>, alg: Option<Alg>) -> KeySet {
-        KeySet { keys: vec![Key { kid, alg, material: Material::hmac(secret) }] }
+        KeySet {
+            keys: vec![Key {
+                kid,
+                alg,
+                material: Material::hmac(secret),
+            }],
+        }
     }
 
     /// Loads a JWKS document (`{"keys": [...]}`) or a single JWK object.
@@ -370,7 +402,8 @@ impl KeySet {
     /// # Errors
     /// Not JSON, not a JWKS, a bad supported key, or no usable key.
     pub fn from_jwks(json: &[u8]) -> Result<KeySet, KeyError> {
-        let v: Value = serde_json::from_slice(json).map_err(|e| KeyError(format!("JWKS is not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_slice(json)
+            .map_err(|e| KeyError(format!("JWKS is not valid JSON: {e}")))?;
         let list = match &v {
             Value::Object(o) if o.contains_key("keys") => match o.get("keys") {
                 Some(Value::Array(a)) => a.clone(),
@@ -381,7 +414,9 @@ impl KeySet {
         };
         let mut keys = Vec::new();
         for (i, k) in list.iter().enumerate() {
-            let Value::Object(obj) = k else { return key_err(format!("JWKS key {i} is not an object")) };
+            let Value::Object(obj) = k else {
+                return key_err(format!("JWKS key {i} is not an object"));
+            };
             if let Some(key) = Self::jwk(obj).map_err(|e| KeyError(format!("JWKS key {i}: {e}")))? {
                 keys.push(key);
             }
@@ -464,8 +499,8 @@ impl KeySet {
     /// Not one PEM public key of a supported kind.
     pub fn from_pem(pem: &[u8], kid: Option<String>, alg: Option<Alg>) -> Result<KeySet, KeyError> {
         let text = std::str::from_utf8(pem).map_err(|_| KeyError("PEM is not text".into()))?;
-        let (label, der_bytes) =
-            pem_rfc7468::decode_vec(text.trim().as_bytes()).map_err(|e| KeyError(format!("bad PEM: {e}")))?;
+        let (label, der_bytes) = pem_rfc7468::decode_vec(text.trim().as_bytes())
+            .map_err(|e| KeyError(format!("bad PEM: {e}")))?;
         let material = match label {
             "RSA PUBLIC KEY" => rsa_from_pkcs1(&der_bytes)?,
             "PUBLIC KEY" => {
@@ -487,7 +522,9 @@ impl KeySet {
                         match (curve.as_str(), raw.len()) {
                             (OID_P256, 65) if raw[0] == 4 => Material::P256(raw.to_vec()),
                             (OID_P384, 97) if raw[0] == 4 => Material::P384(raw.to_vec()),
-                            (OID_P256 | OID_P384, _) => return key_err("EC point must be uncompressed"),
+                            (OID_P256 | OID_P384, _) => {
+                                return key_err("EC point must be uncompressed")
+                            }
                             _ => return key_err(format!("unsupported EC curve {curve}")),
                         }
                     }
@@ -502,13 +539,17 @@ impl KeySet {
                 return key_err(format!("algorithm {} does not fit this key", a.name()));
             }
         }
-        Ok(KeySet { keys: vec![Key { kid, alg, material }] })
+        Ok(KeySet {
+            keys: vec![Key { kid, alg, material }],
+        })
     }
 
     /// This set followed by `other`'s keys.
     #[must_use]
     pub fn union(&self, other: &KeySet) -> KeySet {
-        KeySet { keys: self.keys.iter().chain(&other.keys).cloned().collect() }
+        KeySet {
+            keys: self.keys.iter().chain(&other.keys).cloned().collect(),
+        }
     }
 }
 
@@ -546,7 +587,10 @@ impl Times {
     pub fn check(&self, now: f64, leeway: f64) -> Result<(), JwtError> {
         if let Some(iat) = self.iat {
             if iat > now + leeway {
-                return fail(Reason::NotYetValid, "token is not yet valid (iat is in the future)");
+                return fail(
+                    Reason::NotYetValid,
+                    "token is not yet valid (iat is in the future)",
+                );
             }
         }
         if let Some(nbf) = self.nbf {
@@ -585,9 +629,12 @@ struct Header<'a> {
 }
 
 fn b64(part: &[u8], what: &str) -> Result<Vec<u8>, JwtError> {
-    URL_SAFE_NO_PAD
-        .decode(part)
-        .or_else(|_| fail(Reason::Malformed, format!("token {what} is not valid base64url")))
+    URL_SAFE_NO_PAD.decode(part).or_else(|_| {
+        fail(
+            Reason::Malformed,
+            format!("token {what} is not valid base64url"),
+        )
+    })
 }
 
 /// Verifies tokens against one key set and one [`Config`].
@@ -626,8 +673,13 @@ impl Verifier {
     /// `Malformed`, `UnsupportedAlg` or `UnknownKid`.
     pub fn prepare<'t>(&self, token: &'t [u8]) -> Result<Prepared<'t>, JwtError> {
         let mut parts = token.splitn(4, |&b| b == b'.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return fail(Reason::Malformed, "token must have three dot-separated parts");
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return fail(
+                Reason::Malformed,
+                "token must have three dot-separated parts",
+            );
         };
         let header_json = b64(h, "header")?;
         if header_json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -640,22 +692,32 @@ impl Verifier {
         let header: Header<'_> = serde_json::from_str(header_text)
             .or_else(|e| fail(Reason::Malformed, format!("token header is not valid: {e}")))?;
         if header.crit.is_some() {
-            return fail(Reason::Malformed, "the crit header parameter is not supported");
+            return fail(
+                Reason::Malformed,
+                "the crit header parameter is not supported",
+            );
         }
         let Some(alg_name) = header.alg else {
             return fail(Reason::Malformed, "token header has no alg");
         };
         let Some(alg) = Alg::from_name(&alg_name) else {
-            return fail(Reason::UnsupportedAlg, format!("algorithm {alg_name:?} is not supported"));
+            return fail(
+                Reason::UnsupportedAlg,
+                format!("algorithm {alg_name:?} is not supported"),
+            );
         };
         if self.allowed & alg.bit() == 0 {
-            return fail(Reason::UnsupportedAlg, format!("algorithm {} is not allowed", alg.name()));
+            return fail(
+                Reason::UnsupportedAlg,
+                format!("algorithm {} is not allowed", alg.name()),
+            );
         }
         let keys = self.keys.keys();
         let candidates: Vec<usize> = match &header.kid {
             Some(kid) => {
-                let mut same: Vec<usize> =
-                    (0..keys.len()).filter(|&i| keys[i].kid.as_deref() == Some(kid.as_ref())).collect();
+                let mut same: Vec<usize> = (0..keys.len())
+                    .filter(|&i| keys[i].kid.as_deref() == Some(kid.as_ref()))
+                    .collect();
                 if same.is_empty() {
                     // Keys without a kid (a PEM or secret from configuration)
                     // stand for any kid.
@@ -672,11 +734,20 @@ impl Verifier {
             if keys.is_empty() {
                 return fail(Reason::UnknownKid, "no key is configured");
             }
-            return fail(Reason::UnsupportedAlg, format!("no key for algorithm {}", alg.name()));
+            return fail(
+                Reason::UnsupportedAlg,
+                format!("no key for algorithm {}", alg.name()),
+            );
         }
         let signature = b64(s, "signature")?;
         let payload = b64(p, "payload")?;
-        Ok(Prepared { alg, signing_input: &token[..h.len() + 1 + p.len()], signature, payload, candidates })
+        Ok(Prepared {
+            alg,
+            signing_input: &token[..h.len() + 1 + p.len()],
+            signature,
+            payload,
+            candidates,
+        })
     }
 
     /// Step 4's signature check: CPU-heavy for public-key algorithms.
@@ -685,7 +756,11 @@ impl Verifier {
     /// `BadSignature`.
     pub fn check_signature(&self, p: &Prepared<'_>) -> Result<(), JwtError> {
         let keys = self.keys.keys();
-        if p.candidates.iter().any(|&i| keys[i].material.verify(p.alg, p.signing_input, &p.signature)) {
+        if p.candidates.iter().any(|&i| {
+            keys[i]
+                .material
+                .verify(p.alg, p.signing_input, &p.signature)
+        }) {
             Ok(())
         } else {
             fail(Reason::BadSignature, "signature verification failed")
@@ -696,12 +771,20 @@ impl Verifier {
     ///
     /// # Errors
     /// As listed in the module documentation.
-    pub fn claims(&self, p: &Prepared<'_>, now: f64) -> Result<(Map<String, Value>, Times), JwtError> {
+    pub fn claims(
+        &self,
+        p: &Prepared<'_>,
+        now: f64,
+    ) -> Result<(Map<String, Value>, Times), JwtError> {
         if p.payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return fail(Reason::Malformed, "token payload is not a JSON object");
         }
-        let claims: Map<String, Value> = serde_json::from_slice(&p.payload)
-            .or_else(|e| fail(Reason::Malformed, format!("token payload is not valid JSON: {e}")))?;
+        let claims: Map<String, Value> = serde_json::from_slice(&p.payload).or_else(|e| {
+            fail(
+                Reason::Malformed,
+                format!("token payload is not valid JSON: {e}"),
+            )
+        })?;
         for name in &self.cfg.require {
             if !claims.contains_key(name) {
                 return fail(Reason::MissingClaim, format!("token has no {name:?} claim"));
@@ -711,10 +794,17 @@ impl Verifier {
             match claims.get(name) {
                 None => Ok(None),
                 Some(Value::Number(n)) => Ok(n.as_f64()),
-                Some(_) => fail(Reason::Malformed, format!("{name:?} claim must be a number")),
+                Some(_) => fail(
+                    Reason::Malformed,
+                    format!("{name:?} claim must be a number"),
+                ),
             }
         };
-        let times = Times { iat: number("iat")?, nbf: number("nbf")?, exp: number("exp")? };
+        let times = Times {
+            iat: number("iat")?,
+            nbf: number("nbf")?,
+            exp: number("exp")?,
+        };
         times.check(now, self.cfg.leeway)?;
         if let Some(issuers) = &self.cfg.issuers {
             match claims.get("iss") {
@@ -725,18 +815,33 @@ impl Verifier {
         }
         match (&self.cfg.audiences, claims.get("aud")) {
             (None, None) => {}
-            (None, Some(_)) => return fail(Reason::BadAudience, "token names an audience but none is configured"),
+            (None, Some(_)) => {
+                return fail(
+                    Reason::BadAudience,
+                    "token names an audience but none is configured",
+                )
+            }
             (Some(_), None) => return fail(Reason::MissingClaim, "token has no \"aud\" claim"),
             (Some(accepted), Some(aud)) => {
                 let ok = match aud {
                     Value::String(s) => accepted.iter().any(|a| a == s),
                     Value::Array(items) => {
                         if !items.iter().all(Value::is_string) {
-                            return fail(Reason::BadAudience, "aud must be a string or a list of strings");
+                            return fail(
+                                Reason::BadAudience,
+                                "aud must be a string or a list of strings",
+                            );
                         }
-                        items.iter().any(|v| v.as_str().is_some_and(|s| accepted.iter().any(|a| a == s)))
+                        items
+                            .iter()
+                            .any(|v| v.as_str().is_some_and(|s| accepted.iter().any(|a| a == s)))
                     }
-                    _ => return fail(Reason::BadAudience, "aud must be a string or a list of strings"),
+                    _ => {
+                        return fail(
+                            Reason::BadAudience,
+                            "aud must be a string or a list of strings",
+                        )
+                    }
                 };
                 if !ok {
                     return fail(Reason::BadAudience, "token audience is not accepted");
@@ -774,7 +879,9 @@ impl<V> TokenCache<V> {
     /// A cache of at most `size` tokens (0 disables it).
     #[must_use]
     pub fn new(size: usize) -> TokenCache<V> {
-        TokenCache { lru: std::num::NonZeroUsize::new(size).map(lru::LruCache::new) }
+        TokenCache {
+            lru: std::num::NonZeroUsize::new(size).map(lru::LruCache::new),
+        }
     }
 
     /// The value for `token` if cached and still valid at `now`; a cached
@@ -843,7 +950,10 @@ mod tests {
     }
 
     fn hs_cfg() -> Config {
-        Config { algorithms: vec![Alg::HS256], ..Config::default() }
+        Config {
+            algorithms: vec![Alg::HS256],
+            ..Config::default()
+        }
     }
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -860,6 +970,9 @@ mod tests {
         v.verify(token.as_bytes(), now).unwrap_err().reason
     }
 
+    /// (header, payload, signing secret, now, expected refusal)
+    type Case<'a> = (&'a str, &'a str, &'a [u8], f64, Option<Reason>);
+
     #[test]
     fn each_failure_has_its_reason() {
         let v = verifier(Config {
@@ -871,25 +984,87 @@ mod tests {
         });
         let ok = r#"{"exp":2000,"iss":"iss-a","aud":["x","aud-a"]}"#;
         let h = r#"{"alg":"HS256"}"#;
-        assert!(v.verify(sign_hs256(SECRET, h, ok).as_bytes(), 1000.0).is_ok());
-        assert_eq!(reason(&v, &sign_hs256(SECRET, h, ok), 2005.0), Reason::Expired);
-        assert!(v.verify(sign_hs256(SECRET, h, ok).as_bytes(), 2004.9).is_ok());
-        assert_eq!(reason(&v, &sign_hs256(b"other", h, ok), 1000.0), Reason::BadSignature);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, r#"{"alg":"none"}"#, ok), 1000.0), Reason::UnsupportedAlg);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, r#"{"alg":"HS512"}"#, ok), 1000.0), Reason::UnsupportedAlg);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, r#"{"alg":"HS256","kid":"k9"}"#, ok), 1000.0), Reason::UnknownKid);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, h, r#"{"iss":"iss-a","aud":"aud-a"}"#), 1000.0), Reason::MissingClaim);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, h, r#"{"exp":2000,"nbf":1500,"iss":"iss-a","aud":"aud-a"}"#), 1000.0), Reason::NotYetValid);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, h, r#"{"exp":2000,"iss":"x","aud":"aud-a"}"#), 1000.0), Reason::BadIssuer);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, h, r#"{"exp":2000,"iss":"iss-a","aud":"b"}"#), 1000.0), Reason::BadAudience);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, h, r#"{"exp":"2000","iss":"iss-a","aud":"aud-a"}"#), 1000.0), Reason::Malformed);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, h, "[1]"), 1000.0), Reason::Malformed);
-        assert_eq!(reason(&v, "a.b", 1000.0), Reason::Malformed);
-        assert_eq!(reason(&v, "a.b.c.d", 1000.0), Reason::Malformed);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, "[\"HS256\"]", ok), 1000.0), Reason::Malformed);
-        assert_eq!(reason(&v, &sign_hs256(SECRET, r#"{"alg":"HS256","crit":["x"]}"#, ok), 1000.0), Reason::Malformed);
-        let padded = format!("{}=", sign_hs256(SECRET, h, ok));
-        assert_eq!(reason(&v, &padded, 1000.0), Reason::Malformed);
+        let cases: &[Case<'_>] = &[
+            (h, ok, SECRET, 1000.0, None),
+            (h, ok, SECRET, 2004.9, None),
+            (h, ok, SECRET, 2005.0, Some(Reason::Expired)),
+            (h, ok, b"other", 1000.0, Some(Reason::BadSignature)),
+            (
+                r#"{"alg":"none"}"#,
+                ok,
+                SECRET,
+                1000.0,
+                Some(Reason::UnsupportedAlg),
+            ),
+            (
+                r#"{"alg":"HS512"}"#,
+                ok,
+                SECRET,
+                1000.0,
+                Some(Reason::UnsupportedAlg),
+            ),
+            (
+                r#"{"alg":"HS256","kid":"k9"}"#,
+                ok,
+                SECRET,
+                1000.0,
+                Some(Reason::UnknownKid),
+            ),
+            (
+                h,
+                r#"{"iss":"iss-a","aud":"aud-a"}"#,
+                SECRET,
+                1000.0,
+                Some(Reason::MissingClaim),
+            ),
+            (
+                h,
+                r#"{"exp":2000,"nbf":1500,"iss":"iss-a","aud":"aud-a"}"#,
+                SECRET,
+                1000.0,
+                Some(Reason::NotYetValid),
+            ),
+            (
+                h,
+                r#"{"exp":2000,"iss":"x","aud":"aud-a"}"#,
+                SECRET,
+                1000.0,
+                Some(Reason::BadIssuer),
+            ),
+            (
+                h,
+                r#"{"exp":2000,"iss":"iss-a","aud":"b"}"#,
+                SECRET,
+                1000.0,
+                Some(Reason::BadAudience),
+            ),
+            (
+                h,
+                r#"{"exp":"2000","iss":"iss-a","aud":"aud-a"}"#,
+                SECRET,
+                1000.0,
+                Some(Reason::Malformed),
+            ),
+            (h, "[1]", SECRET, 1000.0, Some(Reason::Malformed)),
+            ("[\"HS256\"]", ok, SECRET, 1000.0, Some(Reason::Malformed)),
+            (
+                r#"{"alg":"HS256","crit":["x"]}"#,
+                ok,
+                SECRET,
+                1000.0,
+                Some(Reason::Malformed),
+            ),
+        ];
+        for &(header, payload, secret, now, want) in cases {
+            let got = v
+                .verify(sign_hs256(secret, header, payload).as_bytes(), now)
+                .err()
+                .map(|e| e.reason);
+            assert_eq!(got, want, "{header} {payload} at {now}");
+        }
+        for bad in ["a.b", "a.b.c.d", &format!("{}=", sign_hs256(SECRET, h, ok))] {
+            assert_eq!(reason(&v, bad, 1000.0), Reason::Malformed, "{bad}");
+        }
     }
 
     #[test]
@@ -897,10 +1072,26 @@ mod tests {
         // The classic confusion: an HS256 token whose "secret" is the RSA
         // public key. An RSA-only key set has no key for HS256.
         let n = vec![0xC5_u8; 256];
-        let keys = KeySet { keys: vec![Key { kid: None, alg: None, material: Material::rsa(&n, &[1, 0, 1]).unwrap() }] };
-        let v = Verifier::new(keys, Config { algorithms: vec![Alg::HS256, Alg::RS256], ..Config::default() }).unwrap();
+        let keys = KeySet {
+            keys: vec![Key {
+                kid: None,
+                alg: None,
+                material: Material::rsa(&n, &[1, 0, 1]).unwrap(),
+            }],
+        };
+        let v = Verifier::new(
+            keys,
+            Config {
+                algorithms: vec![Alg::HS256, Alg::RS256],
+                ..Config::default()
+            },
+        )
+        .unwrap();
         let t = sign_hs256(&n, r#"{"alg":"HS256"}"#, "{}");
-        assert_eq!(v.verify(t.as_bytes(), 0.0).unwrap_err().reason, Reason::UnsupportedAlg);
+        assert_eq!(
+            v.verify(t.as_bytes(), 0.0).unwrap_err().reason,
+            Reason::UnsupportedAlg
+        );
     }
 
     #[test]
@@ -914,16 +1105,31 @@ mod tests {
         let jwks = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"a"},{"kty":"RSA","use":"enc","n":"AA","e":"AQAB"},{"kty":"OKP","crv":"Ed448","x":"AA"}]}"#;
         let ks = KeySet::from_jwks(jwks).unwrap();
         assert_eq!(ks.keys().len(), 1);
-        assert!(KeySet::from_jwks(br#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#).is_err());
+        assert!(
+            KeySet::from_jwks(br#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#)
+                .is_err()
+        );
         assert!(KeySet::from_jwks(b"[]").is_err());
         assert!(KeySet::from_jwks(br#"{"keys":[]}"#).is_err());
-        assert!(KeySet::from_pem(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", None, None).is_err());
+        assert!(KeySet::from_pem(
+            b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            None,
+            None
+        )
+        .is_err());
     }
 
     #[test]
     fn cache_rechecks_time() {
         let mut c: TokenCache<u32> = TokenCache::new(2);
-        c.put(b"t1", 1, Times { exp: Some(100.0), ..Times::default() });
+        c.put(
+            b"t1",
+            1,
+            Times {
+                exp: Some(100.0),
+                ..Times::default()
+            },
+        );
         assert_eq!(c.get(b"t1", 50.0, 0.0), Some(&1));
         assert_eq!(c.get(b"t1", 100.0, 0.0), None);
         assert!(c.is_empty());

@@ -4,6 +4,8 @@
 //! `cargo test -p fastgw-native --no-default-features`. The bindings in
 //! [`py`] (the `#[pymodule]`, classes, error mapping) are built only with the
 //! `python` feature, which maturin enables.
+#![deny(missing_docs)]
+
 pub mod jwt;
 pub mod limiter;
 pub mod ring;

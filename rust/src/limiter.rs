@@ -149,11 +149,24 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Limit {
     /// Token bucket: holds up to `capacity`, refills `refill_per_s` per second.
-    Rate { capacity: f64, refill_per_s: f64 },
+    Rate {
+        /// Burst size, and the level of a fresh bucket.
+        capacity: f64,
+        /// Refill per second.
+        refill_per_s: f64,
+    },
     /// In-flight counter capped at `max`.
-    Concurrency { max: f64 },
+    Concurrency {
+        /// Most in flight at once.
+        max: f64,
+    },
     /// `amount` per window of `period`, reset at each window start.
-    Budget { amount: f64, period: Period },
+    Budget {
+        /// What one window allows.
+        amount: f64,
+        /// Window length.
+        period: Period,
+    },
 }
 
 /// Largest time or amount accepted: beyond 2^53 floats stop being integers.
@@ -227,7 +240,10 @@ impl Limit {
             Some(b) => check_positive("burst", b)?,
             None => amount,
         };
-        Ok(Limit::Rate { capacity, refill_per_s: amount / period_s })
+        Ok(Limit::Rate {
+            capacity,
+            refill_per_s: amount / period_s,
+        })
     }
 
     /// A cap of `max` in flight.
@@ -235,7 +251,9 @@ impl Limit {
     /// # Errors
     /// `max` negative or not finite.
     pub fn concurrency(max: f64) -> Result<Limit, LimitError> {
-        Ok(Limit::Concurrency { max: check_non_negative("max in flight", max)? })
+        Ok(Limit::Concurrency {
+            max: check_non_negative("max in flight", max)?,
+        })
     }
 
     /// `amount` per `period`.
@@ -274,9 +292,18 @@ impl Limit {
     #[must_use]
     pub fn fresh(&self, now: f64) -> BucketState {
         match *self {
-            Limit::Rate { capacity, .. } => BucketState { level: capacity, stamp: now },
-            Limit::Concurrency { .. } => BucketState { level: 0.0, stamp: 0.0 },
-            Limit::Budget { period, .. } => BucketState { level: 0.0, stamp: period.window_start(now) },
+            Limit::Rate { capacity, .. } => BucketState {
+                level: capacity,
+                stamp: now,
+            },
+            Limit::Concurrency { .. } => BucketState {
+                level: 0.0,
+                stamp: 0.0,
+            },
+            Limit::Budget { period, .. } => BucketState {
+                level: 0.0,
+                stamp: period.window_start(now),
+            },
         }
     }
 
@@ -285,9 +312,15 @@ impl Limit {
     #[must_use]
     pub fn refresh(&self, s: BucketState, now: f64) -> BucketState {
         match *self {
-            Limit::Rate { capacity, refill_per_s } => {
+            Limit::Rate {
+                capacity,
+                refill_per_s,
+            } => {
                 if now > s.stamp {
-                    BucketState { level: capacity.min(s.level + (now - s.stamp) * refill_per_s), stamp: now }
+                    BucketState {
+                        level: capacity.min(s.level + (now - s.stamp) * refill_per_s),
+                        stamp: now,
+                    }
                 } else {
                     s
                 }
@@ -296,7 +329,10 @@ impl Limit {
             Limit::Budget { period, .. } => {
                 let start = period.window_start(now);
                 if start > s.stamp {
-                    BucketState { level: 0.0, stamp: start }
+                    BucketState {
+                        level: 0.0,
+                        stamp: start,
+                    }
                 } else {
                     s
                 }
@@ -319,14 +355,19 @@ impl Limit {
     #[must_use]
     pub fn status(&self, s: BucketState, now: f64) -> ScopeStatus {
         match *self {
-            Limit::Rate { capacity, refill_per_s } => ScopeStatus {
+            Limit::Rate {
+                capacity,
+                refill_per_s,
+            } => ScopeStatus {
                 limit: capacity,
                 remaining: s.level.max(0.0),
                 reset_after: (capacity - s.level) / refill_per_s,
             },
-            Limit::Concurrency { max } => {
-                ScopeStatus { limit: max, remaining: (max - s.level).max(0.0), reset_after: 0.0 }
-            }
+            Limit::Concurrency { max } => ScopeStatus {
+                limit: max,
+                remaining: (max - s.level).max(0.0),
+                reset_after: 0.0,
+            },
             Limit::Budget { amount, period } => ScopeStatus {
                 limit: amount,
                 remaining: (amount - s.level).max(0.0),
@@ -342,9 +383,15 @@ impl Limit {
     /// `Err(retry_after)` when the bucket cannot take `cost` now.
     pub fn take(&self, s: BucketState, cost: f64, now: f64) -> Result<BucketState, f64> {
         match *self {
-            Limit::Rate { capacity, refill_per_s } => {
+            Limit::Rate {
+                capacity,
+                refill_per_s,
+            } => {
                 if cost <= s.level {
-                    Ok(BucketState { level: s.level - cost, stamp: s.stamp })
+                    Ok(BucketState {
+                        level: s.level - cost,
+                        stamp: s.stamp,
+                    })
                 } else if cost > capacity {
                     Err(f64::INFINITY)
                 } else {
@@ -353,7 +400,10 @@ impl Limit {
             }
             Limit::Concurrency { max } => {
                 if s.level + cost <= max {
-                    Ok(BucketState { level: s.level + cost, stamp: s.stamp })
+                    Ok(BucketState {
+                        level: s.level + cost,
+                        stamp: s.stamp,
+                    })
                 } else if cost > max {
                     Err(f64::INFINITY)
                 } else {
@@ -364,7 +414,10 @@ impl Limit {
             }
             Limit::Budget { amount, period } => {
                 if s.level + cost <= amount {
-                    Ok(BucketState { level: s.level + cost, stamp: s.stamp })
+                    Ok(BucketState {
+                        level: s.level + cost,
+                        stamp: s.stamp,
+                    })
                 } else if cost > amount {
                     Err(f64::INFINITY)
                 } else {
@@ -379,15 +432,17 @@ impl Limit {
     #[must_use]
     pub fn adopt(&self, old: &Limit, s: BucketState, now: f64) -> BucketState {
         match (*self, *old) {
-            (Limit::Rate { capacity, .. }, Limit::Rate { .. }) => {
-                BucketState { level: s.level.min(capacity), stamp: s.stamp }
-            }
+            (Limit::Rate { capacity, .. }, Limit::Rate { .. }) => BucketState {
+                level: s.level.min(capacity),
+                stamp: s.stamp,
+            },
             (Limit::Concurrency { .. }, Limit::Concurrency { .. }) => s,
-            (Limit::Budget { period, .. }, Limit::Budget { period: old_period, .. })
-                if period == old_period =>
-            {
-                s
-            }
+            (
+                Limit::Budget { period, .. },
+                Limit::Budget {
+                    period: old_period, ..
+                },
+            ) if period == old_period => s,
             _ => self.fresh(now),
         }
     }
@@ -481,7 +536,13 @@ pub(crate) fn reserve_in<S: Store>(
             store.set_state(slot, work[i]);
         }
     }
-    Outcome { admitted, retry_after, denied, statuses, windows: work.iter().map(|s| s.stamp).collect() }
+    Outcome {
+        admitted,
+        retry_after,
+        denied,
+        statuses,
+        windows: work.iter().map(|s| s.stamp).collect(),
+    }
 }
 
 /// Settle across scopes (see [`LocalTable::settle`]).
@@ -506,12 +567,24 @@ pub(crate) fn settle_in<S: Store>(
                     None => continue,
                 };
                 let s = limit.refresh(store.state(slot), now);
-                store.set_state(slot, BucketState { level: capacity.min(s.level - delta), stamp: s.stamp });
+                store.set_state(
+                    slot,
+                    BucketState {
+                        level: capacity.min(s.level - delta),
+                        stamp: s.stamp,
+                    },
+                );
             }
             Limit::Concurrency { .. } => {
                 if let Some(slot) = store.find(keys[i]) {
                     let s = store.state(slot);
-                    store.set_state(slot, BucketState { level: (s.level - reserved[i]).max(0.0), stamp: s.stamp });
+                    store.set_state(
+                        slot,
+                        BucketState {
+                            level: (s.level - reserved[i]).max(0.0),
+                            stamp: s.stamp,
+                        },
+                    );
                 }
             }
             Limit::Budget { .. } => {
@@ -525,7 +598,13 @@ pub(crate) fn settle_in<S: Store>(
                 // A correction to a window that has ended is dropped.
                 #[allow(clippy::float_cmp)] // window starts are exact values
                 if s.stamp == windows[i] {
-                    store.set_state(slot, BucketState { level: (s.level + delta).max(0.0), stamp: s.stamp });
+                    store.set_state(
+                        slot,
+                        BucketState {
+                            level: (s.level + delta).max(0.0),
+                            stamp: s.stamp,
+                        },
+                    );
                 }
             }
         }
@@ -597,10 +676,20 @@ impl LocalTable {
     ///
     /// # Errors
     /// Lengths differ, a cost is negative or not finite, or `now` is not finite.
-    pub fn reserve(&mut self, keys: &[&[u8]], limits: &[Limit], costs: &[f64], now: f64) -> Result<Outcome, LimitError> {
+    pub fn reserve(
+        &mut self,
+        keys: &[&[u8]],
+        limits: &[Limit],
+        costs: &[f64],
+        now: f64,
+    ) -> Result<Outcome, LimitError> {
         check_now(now)?;
         if limits.len() != keys.len() {
-            return err(format!("{} limits given for {} keys", limits.len(), keys.len()));
+            return err(format!(
+                "{} limits given for {} keys",
+                limits.len(),
+                keys.len()
+            ));
         }
         check_costs(keys.len(), costs, "costs")?;
         self.maintain(now, keys.len());
@@ -689,7 +778,13 @@ impl Store for LocalTable {
             }
             return idx;
         }
-        let (idx, _) = self.map.insert_full(key.into(), Entry { limit: *limit, state: limit.fresh(now) });
+        let (idx, _) = self.map.insert_full(
+            key.into(),
+            Entry {
+                limit: *limit,
+                state: limit.fresh(now),
+            },
+        );
         idx
     }
 
@@ -733,7 +828,11 @@ mod tests {
         let mut t = LocalTable::new(100);
         let a = rpm(10.0);
         let b = rpm(1.0);
-        assert!(t.reserve(&[b"a", b"b"], &[a, b], &[1.0, 1.0], 0.0).unwrap().admitted);
+        assert!(
+            t.reserve(&[b"a", b"b"], &[a, b], &[1.0, 1.0], 0.0)
+                .unwrap()
+                .admitted
+        );
         let o = t.reserve(&[b"a", b"b"], &[a, b], &[1.0, 1.0], 0.0).unwrap();
         assert!(!o.admitted);
         assert_eq!(o.denied, Some(1));
@@ -746,9 +845,11 @@ mod tests {
         let mut t = LocalTable::new(100);
         let tpm = Limit::rate(1000.0, 60.0, None).unwrap();
         let o = t.reserve(&[b"t"], &[tpm], &[500.0], 0.0).unwrap();
-        t.settle(&[b"t"], &[tpm], &[500.0], &o.windows, &[100.0], 0.0).unwrap();
+        t.settle(&[b"t"], &[tpm], &[500.0], &o.windows, &[100.0], 0.0)
+            .unwrap();
         assert!((t.peek(b"t").unwrap().1.level - 900.0).abs() < 1e-9);
-        t.settle(&[b"t"], &[tpm], &[0.0], &o.windows, &[1500.0], 0.0).unwrap();
+        t.settle(&[b"t"], &[tpm], &[0.0], &o.windows, &[1500.0], 0.0)
+            .unwrap();
         assert!((t.peek(b"t").unwrap().1.level + 600.0).abs() < 1e-9);
         let o = t.reserve(&[b"t"], &[tpm], &[0.0], 0.0).unwrap();
         assert!(!o.admitted, "a bucket in debt refuses even a zero cost");
@@ -761,7 +862,8 @@ mod tests {
         let o1 = t.reserve(&[b"c"], &[c], &[1.0], 0.0).unwrap();
         assert!(t.reserve(&[b"c"], &[c], &[1.0], 0.0).unwrap().admitted);
         assert!(!t.reserve(&[b"c"], &[c], &[1.0], 0.0).unwrap().admitted);
-        t.settle(&[b"c"], &[c], &[1.0], &o1.windows, &[0.0], 0.0).unwrap();
+        t.settle(&[b"c"], &[c], &[1.0], &o1.windows, &[0.0], 0.0)
+            .unwrap();
         assert!(t.reserve(&[b"c"], &[c], &[1.0], 0.0).unwrap().admitted);
     }
 
@@ -773,7 +875,11 @@ mod tests {
         let o = t.reserve(&[b"u"], &[b], &[0.5], 20.0).unwrap();
         assert!(!o.admitted);
         assert!((o.retry_after - (DAY - 20.0)).abs() < 1e-9);
-        assert!(t.reserve(&[b"u"], &[b], &[0.5], DAY + 1.0).unwrap().admitted);
+        assert!(
+            t.reserve(&[b"u"], &[b], &[0.5], DAY + 1.0)
+                .unwrap()
+                .admitted
+        );
     }
 
     #[test]

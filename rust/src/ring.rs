@@ -79,14 +79,26 @@ impl Ring {
         let mut buf = Vec::new();
         for (t, &(name, w)) in targets.iter().enumerate() {
             if !seen.insert(name) {
-                return Err(RingError(format!("duplicate target {:?}", String::from_utf8_lossy(name))));
+                return Err(RingError(format!(
+                    "duplicate target {:?}",
+                    String::from_utf8_lossy(name)
+                )));
             }
             if !(w.is_finite() && w >= 0.0) {
-                return Err(RingError(format!("weight of {:?} must be finite and >= 0, got {w}", String::from_utf8_lossy(name))));
+                return Err(RingError(format!(
+                    "weight of {:?} must be finite and >= 0, got {w}",
+                    String::from_utf8_lossy(name)
+                )));
             }
-            let n = if w > 0.0 { (w * f64::from(replicas) + 0.5).floor().max(1.0) } else { 0.0 };
+            let n = if w > 0.0 {
+                (w * f64::from(replicas) + 0.5).floor().max(1.0)
+            } else {
+                0.0
+            };
             if n > MAX_POINTS_PER_TARGET {
-                return Err(RingError(format!("weight {w} x replicas {replicas} gives too many points")));
+                return Err(RingError(format!(
+                    "weight {w} x replicas {replicas} gives too many points"
+                )));
             }
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             let n = n as u32;
@@ -103,7 +115,10 @@ impl Ring {
             weights.push(w);
             weight_sum += w;
         }
-        points.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| names[a.1 as usize].cmp(&names[b.1 as usize])));
+        points.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| names[a.1 as usize].cmp(&names[b.1 as usize]))
+        });
         Ok(Ring {
             names,
             weights,
@@ -164,10 +179,16 @@ impl Ring {
     /// eligibility.
     fn eligibility(&self, loads: &[f64], c: f64) -> Result<Vec<bool>, RingError> {
         if loads.len() != self.names.len() {
-            return Err(RingError(format!("{} loads given for {} targets", loads.len(), self.names.len())));
+            return Err(RingError(format!(
+                "{} loads given for {} targets",
+                loads.len(),
+                self.names.len()
+            )));
         }
         if !(c.is_finite() && c >= 1.0) {
-            return Err(RingError(format!("load factor c must be finite and >= 1, got {c}")));
+            return Err(RingError(format!(
+                "load factor c must be finite and >= 1, got {c}"
+            )));
         }
         let mut total = 0.0;
         for &l in loads {
@@ -179,7 +200,9 @@ impl Ring {
         Ok(loads
             .iter()
             .zip(&self.weights)
-            .map(|(&l, &w)| self.weight_sum > 0.0 && l + 1.0 <= c * (total + 1.0) * (w / self.weight_sum))
+            .map(|(&l, &w)| {
+                self.weight_sum > 0.0 && l + 1.0 <= c * (total + 1.0) * (w / self.weight_sum)
+            })
             .collect())
     }
 
@@ -189,13 +212,21 @@ impl Ring {
     ///
     /// # Errors
     /// `loads` of the wrong length or with a bad value, or `c < 1`.
-    pub fn candidates(&self, key: &[u8], n: usize, bounded: Option<(&[f64], f64)>, out: &mut Vec<usize>) -> Result<(), RingError> {
+    pub fn candidates(
+        &self,
+        key: &[u8],
+        n: usize,
+        bounded: Option<(&[f64], f64)>,
+        out: &mut Vec<usize>,
+    ) -> Result<(), RingError> {
         out.clear();
         let eligible = match bounded {
             Some((loads, c)) => Some(self.eligibility(loads, c)?),
             None => None,
         };
-        let Some(start) = self.start(key) else { return Ok(()) };
+        let Some(start) = self.start(key) else {
+            return Ok(());
+        };
         let want = n.min(self.names.len());
         if want == 0 {
             return Ok(());
@@ -233,9 +264,16 @@ impl Ring {
     ///
     /// # Errors
     /// As [`Ring::candidates`].
-    pub fn lookup_bounded(&self, key: &[u8], loads: &[f64], c: f64) -> Result<Option<usize>, RingError> {
+    pub fn lookup_bounded(
+        &self,
+        key: &[u8],
+        loads: &[f64],
+        c: f64,
+    ) -> Result<Option<usize>, RingError> {
         let eligible = self.eligibility(loads, c)?;
-        let Some(start) = self.start(key) else { return Ok(None) };
+        let Some(start) = self.start(key) else {
+            return Ok(None);
+        };
         let m = self.hashes.len();
         let first = self.owners[start] as usize;
         if eligible[first] {
@@ -293,7 +331,9 @@ mod tests {
     #[test]
     fn weights_shape_the_share() {
         let r = Ring::new(&[(b"a", 3.0), (b"b", 1.0)], 160).unwrap();
-        let a = (0..20_000).filter(|k| r.lookup(format!("k{k}").as_bytes()) == Some(0)).count();
+        let a = (0..20_000)
+            .filter(|k| r.lookup(format!("k{k}").as_bytes()) == Some(0))
+            .count();
         assert!((13_500..16_500).contains(&a), "{a}");
     }
 
@@ -310,9 +350,13 @@ mod tests {
         assert_eq!(Some(out[0]), r.lookup(b"key"));
         let mut loads = vec![0.0; 4];
         loads[out[0]] = 100.0;
-        assert_eq!(r.lookup_bounded(b"key", &loads, 1.25).unwrap(), Some(out[1]));
+        assert_eq!(
+            r.lookup_bounded(b"key", &loads, 1.25).unwrap(),
+            Some(out[1])
+        );
         let mut b = Vec::new();
-        r.candidates(b"key", 4, Some((&loads, 1.25)), &mut b).unwrap();
+        r.candidates(b"key", 4, Some((&loads, 1.25)), &mut b)
+            .unwrap();
         assert_eq!(b, vec![out[1], out[2], out[3], out[0]]);
     }
 

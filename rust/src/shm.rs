@@ -69,11 +69,18 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 64);
 impl Slot {
     fn limit(&self) -> Limit {
         match self.kind {
-            KIND_RATE => Limit::Rate { capacity: self.p1, refill_per_s: self.p2 },
+            KIND_RATE => Limit::Rate {
+                capacity: self.p1,
+                refill_per_s: self.p2,
+            },
             KIND_CONCURRENCY => Limit::Concurrency { max: self.p1 },
             _ => Limit::Budget {
                 amount: self.p1,
-                period: if self.month == 1 { Period::Month } else { Period::Seconds(self.p2) },
+                period: if self.month == 1 {
+                    Period::Month
+                } else {
+                    Period::Seconds(self.p2)
+                },
             },
         }
     }
@@ -81,7 +88,10 @@ impl Slot {
     fn set_limit(&mut self, limit: &Limit) {
         self.kind = limit.kind();
         match *limit {
-            Limit::Rate { capacity, refill_per_s } => {
+            Limit::Rate {
+                capacity,
+                refill_per_s,
+            } => {
                 self.p1 = capacity;
                 self.p2 = refill_per_s;
                 self.month = 0;
@@ -126,7 +136,10 @@ fn check_rc(rc: i32, what: &str) -> io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
-        Err(io::Error::other(format!("{what}: {}", io::Error::from_raw_os_error(rc))))
+        Err(io::Error::other(format!(
+            "{what}: {}",
+            io::Error::from_raw_os_error(rc)
+        )))
     }
 }
 
@@ -162,7 +175,12 @@ impl ShmTable {
         if base == libc::MAP_FAILED {
             return Err(os_err("mmap"));
         }
-        let mut table = ShmTable { base: base.cast::<Header>(), len, sets, seed: 0 };
+        let mut table = ShmTable {
+            base: base.cast::<Header>(),
+            len,
+            sets,
+            seed: 0,
+        };
         // SAFETY: the region is new, zeroed and ours alone.
         table.seed = unsafe { table.init(sets)? };
         Ok(table)
@@ -180,7 +198,11 @@ impl ShmTable {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
         // SAFETY: plain syscalls on a valid C string; results are checked.
         unsafe {
-            let fd = libc::open(cpath.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC, 0o600);
+            let fd = libc::open(
+                cpath.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_CLOEXEC,
+                0o600,
+            );
             if fd < 0 {
                 return Err(os_err("open"));
             }
@@ -212,7 +234,8 @@ impl ShmTable {
         let (len, fresh) = if size == 0 {
             let sets = sets_for(slots);
             let len = region_len(sets);
-            let off = libc::off_t::try_from(len).map_err(|_| io::Error::other("region too large"))?;
+            let off =
+                libc::off_t::try_from(len).map_err(|_| io::Error::other("region too large"))?;
             if libc::ftruncate(fd, off) != 0 {
                 return Err(os_err("ftruncate"));
             }
@@ -221,13 +244,28 @@ impl ShmTable {
             (size, None)
         };
         if len < HEADER_SIZE {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "file is not a fastgw limiter region"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "file is not a fastgw limiter region",
+            ));
         }
-        let base = libc::mmap(ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0);
+        let base = libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
         if base == libc::MAP_FAILED {
             return Err(os_err("mmap"));
         }
-        let mut table = ShmTable { base: base.cast::<Header>(), len, sets: 0, seed: 0 };
+        let mut table = ShmTable {
+            base: base.cast::<Header>(),
+            len,
+            sets: 0,
+            seed: 0,
+        };
         if let Some(sets) = fresh {
             table.seed = table.init(sets)?;
             table.sets = sets;
@@ -241,7 +279,10 @@ impl ShmTable {
             && sets.is_power_of_two()
             && region_len(sets) == len;
         if !valid {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "file is not a fastgw limiter region (or another version)"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "file is not a fastgw limiter region (or another version)",
+            ));
         }
         table.sets = sets;
         table.seed = h.seed;
@@ -259,9 +300,18 @@ impl ShmTable {
             .map_err(|_| io::Error::other("no system randomness"))?;
         let seed = u64::from_le_bytes(seed);
         let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-        check_rc(libc::pthread_mutexattr_init(&raw mut attr), "pthread_mutexattr_init")?;
-        check_rc(libc::pthread_mutexattr_setpshared(&raw mut attr, libc::PTHREAD_PROCESS_SHARED), "setpshared")?;
-        check_rc(libc::pthread_mutexattr_setrobust(&raw mut attr, libc::PTHREAD_MUTEX_ROBUST), "setrobust")?;
+        check_rc(
+            libc::pthread_mutexattr_init(&raw mut attr),
+            "pthread_mutexattr_init",
+        )?;
+        check_rc(
+            libc::pthread_mutexattr_setpshared(&raw mut attr, libc::PTHREAD_PROCESS_SHARED),
+            "setpshared",
+        )?;
+        check_rc(
+            libc::pthread_mutexattr_setrobust(&raw mut attr, libc::PTHREAD_MUTEX_ROBUST),
+            "setrobust",
+        )?;
         let rc = libc::pthread_mutex_init(ptr::addr_of_mut!((*h).mutex), &raw const attr);
         libc::pthread_mutexattr_destroy(&raw mut attr);
         check_rc(rc, "pthread_mutex_init")?;
@@ -300,12 +350,20 @@ impl ShmTable {
                 libc::EOWNERDEAD => {
                     // The holder died; its update may be half done, which
                     // errs by at most one request. Carry on.
-                    check_rc(libc::pthread_mutex_consistent(m), "pthread_mutex_consistent")?;
+                    check_rc(
+                        libc::pthread_mutex_consistent(m),
+                        "pthread_mutex_consistent",
+                    )?;
                 }
                 rc => check_rc(rc, "pthread_mutex_lock")?,
             }
-            let slots = std::slice::from_raw_parts_mut(self.base.add(1).cast::<Slot>(), self.sets * WAYS);
-            Ok(Locked { table: self, slots, now: 0.0 })
+            let slots =
+                std::slice::from_raw_parts_mut(self.base.add(1).cast::<Slot>(), self.sets * WAYS);
+            Ok(Locked {
+                table: self,
+                slots,
+                now: 0.0,
+            })
         }
     }
 
@@ -314,13 +372,25 @@ impl ShmTable {
     ///
     /// # Errors
     /// Bad arguments, or the lock failed.
-    pub fn reserve(&self, keys: &[&[u8]], limits: &[Limit], costs: &[f64], now: f64) -> Result<Outcome, LimitError> {
+    pub fn reserve(
+        &self,
+        keys: &[&[u8]],
+        limits: &[Limit],
+        costs: &[f64],
+        now: f64,
+    ) -> Result<Outcome, LimitError> {
         check_now(now)?;
         if limits.len() != keys.len() {
-            return Err(LimitError(format!("{} limits given for {} keys", limits.len(), keys.len())));
+            return Err(LimitError(format!(
+                "{} limits given for {} keys",
+                limits.len(),
+                keys.len()
+            )));
         }
         if keys.len() > WAYS {
-            return Err(LimitError(format!("at most {WAYS} scopes per call in a shared table")));
+            return Err(LimitError(format!(
+                "at most {WAYS} scopes per call in a shared table"
+            )));
         }
         check_costs(keys.len(), costs, "costs")?;
         let mut g = self.lock().map_err(|e| LimitError(e.to_string()))?;
@@ -371,7 +441,15 @@ impl ShmTable {
         let g = self.lock()?;
         let mut n = 0;
         for s in g.slots.iter_mut() {
-            if s.kind != 0 && s.limit().is_idle(BucketState { level: s.level, stamp: s.stamp }, now) {
+            if s.kind != 0
+                && s.limit().is_idle(
+                    BucketState {
+                        level: s.level,
+                        stamp: s.stamp,
+                    },
+                    now,
+                )
+            {
                 s.kind = 0;
                 n += 1;
             }
@@ -435,7 +513,14 @@ impl Store for Locked<'_> {
             if s.key_lo == lo && s.key_hi == hi {
                 let old = s.limit();
                 if old != *limit {
-                    let st = limit.adopt(&old, BucketState { level: s.level, stamp: s.stamp }, now);
+                    let st = limit.adopt(
+                        &old,
+                        BucketState {
+                            level: s.level,
+                            stamp: s.stamp,
+                        },
+                        now,
+                    );
                     s.set_limit(limit);
                     s.level = st.level;
                     s.stamp = st.stamp;
@@ -446,7 +531,15 @@ impl Store for Locked<'_> {
             if pinned.contains(&idx) {
                 continue;
             }
-            if idle.is_none() && s.limit().is_idle(BucketState { level: s.level, stamp: s.stamp }, now) {
+            if idle.is_none()
+                && s.limit().is_idle(
+                    BucketState {
+                        level: s.level,
+                        stamp: s.stamp,
+                    },
+                    now,
+                )
+            {
                 idle = Some(idx);
             }
             if oldest.is_none_or(|(_, t)| s.last_used < t) {
@@ -482,7 +575,10 @@ impl Store for Locked<'_> {
 
     fn state(&self, idx: usize) -> BucketState {
         let s = &self.slots[idx];
-        BucketState { level: s.level, stamp: s.stamp }
+        BucketState {
+            level: s.level,
+            stamp: s.stamp,
+        }
     }
 
     fn set_state(&mut self, idx: usize, st: BucketState) {
@@ -515,8 +611,11 @@ mod tests {
             assert_eq!(a, b);
             if a.admitted && i % 2 == 0 {
                 let actual = [1.0, 0.0, 0.1];
-                shm.settle(&keys, &limits, &costs, &a.windows, &actual, t).unwrap();
-                local.settle(&keys, &limits, &costs, &b.windows, &actual, t).unwrap();
+                shm.settle(&keys, &limits, &costs, &a.windows, &actual, t)
+                    .unwrap();
+                local
+                    .settle(&keys, &limits, &costs, &b.windows, &actual, t)
+                    .unwrap();
             }
         }
     }
@@ -548,7 +647,11 @@ mod tests {
         assert_eq!(shm.capacity(), WAYS);
         let c = Limit::concurrency(1.0).unwrap();
         for i in 0..100_u32 {
-            assert!(shm.reserve(&[&i.to_le_bytes()], &[c], &[1.0], f64::from(i)).unwrap().admitted);
+            assert!(
+                shm.reserve(&[&i.to_le_bytes()], &[c], &[1.0], f64::from(i))
+                    .unwrap()
+                    .admitted
+            );
             assert!(shm.len().unwrap() <= WAYS);
         }
         let many: [&[u8]; 17] = [b"x"; 17];

@@ -99,7 +99,9 @@ fn uint(obj: &Map<String, Value>, key: &str) -> Option<u64> {
 }
 
 fn nested_uint(obj: &Map<String, Value>, key: &str, inner: &str) -> Option<u64> {
-    obj.get(key).and_then(Value::as_object).and_then(|o| uint(o, inner))
+    obj.get(key)
+        .and_then(Value::as_object)
+        .and_then(|o| uint(o, inner))
 }
 
 impl UsageAcc {
@@ -115,7 +117,10 @@ impl UsageAcc {
         Self::set(&mut self.input, uint(u, "prompt_tokens"));
         Self::set(&mut self.output, uint(u, "completion_tokens"));
         Self::set(&mut self.total, uint(u, "total_tokens"));
-        Self::set(&mut self.cached, nested_uint(u, "prompt_tokens_details", "cached_tokens"));
+        Self::set(
+            &mut self.cached,
+            nested_uint(u, "prompt_tokens_details", "cached_tokens"),
+        );
     }
 
     /// Responses API style.
@@ -124,14 +129,20 @@ impl UsageAcc {
         Self::set(&mut self.input, uint(u, "input_tokens"));
         Self::set(&mut self.output, uint(u, "output_tokens"));
         Self::set(&mut self.total, uint(u, "total_tokens"));
-        Self::set(&mut self.cached, nested_uint(u, "input_tokens_details", "cached_tokens"));
+        Self::set(
+            &mut self.cached,
+            nested_uint(u, "input_tokens_details", "cached_tokens"),
+        );
     }
 
     /// Anthropic style.
     fn anthropic(&mut self, u: &Map<String, Value>) {
         self.seen = true;
         Self::set(&mut self.input, uint(u, "input_tokens"));
-        Self::set(&mut self.cache_creation, uint(u, "cache_creation_input_tokens"));
+        Self::set(
+            &mut self.cache_creation,
+            uint(u, "cache_creation_input_tokens"),
+        );
         Self::set(&mut self.cache_read, uint(u, "cache_read_input_tokens"));
         Self::set(&mut self.cached, uint(u, "cache_read_input_tokens"));
         Self::set(&mut self.output, uint(u, "output_tokens"));
@@ -199,7 +210,9 @@ fn has_usage_object(data: &[u8]) -> bool {
 }
 
 fn non_empty_str(obj: &Map<String, Value>, key: &str) -> bool {
-    obj.get(key).and_then(Value::as_str).is_some_and(|s| !s.is_empty())
+    obj.get(key)
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
 }
 
 fn has_content(obj: &Map<String, Value>) -> bool {
@@ -210,8 +223,12 @@ fn has_content(obj: &Map<String, Value>) -> bool {
                 return true;
             }
             if let Some(d) = c.get("delta").and_then(Value::as_object) {
-                if ["content", "refusal", "reasoning_content", "reasoning"].iter().any(|k| non_empty_str(d, k))
-                    || d.get("tool_calls").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+                if ["content", "refusal", "reasoning_content", "reasoning"]
+                    .iter()
+                    .any(|k| non_empty_str(d, k))
+                    || d.get("tool_calls")
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| !a.is_empty())
                     || d.get("function_call").is_some_and(Value::is_object)
                 {
                     return true;
@@ -219,17 +236,29 @@ fn has_content(obj: &Map<String, Value>) -> bool {
             }
         }
     }
-    let Some(ty) = obj.get("type").and_then(Value::as_str) else { return false };
+    let Some(ty) = obj.get("type").and_then(Value::as_str) else {
+        return false;
+    };
     match ty {
         "content_block_delta" => obj
             .get("delta")
             .and_then(Value::as_object)
-            .is_some_and(|d| ["text", "partial_json", "thinking"].iter().any(|k| non_empty_str(d, k))),
-        "content_block_start" => obj.get("content_block").and_then(Value::as_object).is_some_and(|b| {
-            matches!(b.get("type").and_then(Value::as_str), Some("tool_use" | "server_tool_use"))
-                || non_empty_str(b, "text")
-        }),
-        #[allow(clippy::case_sensitive_file_extension_comparisons)] // an event type, not a file name
+            .is_some_and(|d| {
+                ["text", "partial_json", "thinking"]
+                    .iter()
+                    .any(|k| non_empty_str(d, k))
+            }),
+        "content_block_start" => obj
+            .get("content_block")
+            .and_then(Value::as_object)
+            .is_some_and(|b| {
+                matches!(
+                    b.get("type").and_then(Value::as_str),
+                    Some("tool_use" | "server_tool_use")
+                ) || non_empty_str(b, "text")
+            }),
+        #[allow(clippy::case_sensitive_file_extension_comparisons)]
+        // an event type, not a file name
         _ => ty.ends_with(".delta") && non_empty_str(obj, "delta"),
     }
 }
@@ -264,7 +293,10 @@ impl StreamState {
                             self.usage.anthropic(u);
                         } else {
                             self.usage.openai(u);
-                            usage_only = obj.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
+                            usage_only = obj
+                                .get("choices")
+                                .and_then(Value::as_array)
+                                .is_some_and(Vec::is_empty);
                         }
                         flags |= USAGE;
                     } else if let Some(u) = obj
@@ -589,7 +621,12 @@ data: [DONE]\n\n";
         assert_eq!(flags, DONE | COMMIT | USAGE);
         assert_eq!(
             s.usage(),
-            Some(Usage { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11, cached_tokens: None })
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 2,
+                total_tokens: 11,
+                cached_tokens: None
+            })
         );
         assert_eq!(s.events(), 5);
         assert_eq!(s.boundaries().len(), 5);
@@ -608,7 +645,10 @@ data: [DONE]\n\n";
     fn drop_mode_removes_the_usage_chunk_at_any_split() {
         let expected: Vec<u8> = {
             let text = std::str::from_utf8(OPENAI).unwrap();
-            text.split_inclusive("\n\n").filter(|e| !e.contains("\"choices\":[]")).collect::<String>().into_bytes()
+            text.split_inclusive("\n\n")
+                .filter(|e| !e.contains("\"choices\":[]"))
+                .collect::<String>()
+                .into_bytes()
         };
         for cut in 0..=OPENAI.len() {
             let (out, flags, s) = run(OPENAI, &[cut], true);
@@ -620,8 +660,14 @@ data: [DONE]\n\n";
 
     #[test]
     fn crlf_and_cr_line_ends_split_anywhere() {
-        let crlf: Vec<u8> = std::str::from_utf8(OPENAI).unwrap().replace('\n', "\r\n").into_bytes();
-        let cr: Vec<u8> = std::str::from_utf8(OPENAI).unwrap().replace('\n', "\r").into_bytes();
+        let crlf: Vec<u8> = std::str::from_utf8(OPENAI)
+            .unwrap()
+            .replace('\n', "\r\n")
+            .into_bytes();
+        let cr: Vec<u8> = std::str::from_utf8(OPENAI)
+            .unwrap()
+            .replace('\n', "\r")
+            .into_bytes();
         for stream in [&crlf, &cr] {
             let (whole, wf, _) = run(stream, &[], true);
             for cut in 0..=stream.len() {
@@ -644,7 +690,12 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(flags, DONE | ERROR | COMMIT | USAGE);
         assert_eq!(
             s.usage(),
-            Some(Usage { prompt_tokens: 30, completion_tokens: 15, total_tokens: 45, cached_tokens: Some(5) })
+            Some(Usage {
+                prompt_tokens: 30,
+                completion_tokens: 15,
+                total_tokens: 45,
+                cached_tokens: Some(5)
+            })
         );
     }
 

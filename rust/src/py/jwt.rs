@@ -8,19 +8,76 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 use serde_json::{Map, Value};
 
 use super::{key_bytes, now_or_clock};
-use crate::jwt::{Alg, Config, JwtError as CoreError, KeyError, KeySet, Reason, TokenCache, Verifier};
+use crate::jwt::{
+    Alg, Config, JwtError as CoreError, KeyError, KeySet, Reason, TokenCache, Verifier,
+};
 
-create_exception!(fastgw._native, JwtError, PyValueError, "A token was refused; `reason` says why.");
-create_exception!(fastgw._native, MalformedTokenError, JwtError, "Not a well-formed JWS compact token.");
-create_exception!(fastgw._native, UnsupportedAlgorithmError, JwtError, "Algorithm unknown, `none`, not allowed, or not usable with the key.");
-create_exception!(fastgw._native, UnknownKeyError, JwtError, "No key carries the token's `kid`.");
-create_exception!(fastgw._native, BadSignatureError, JwtError, "The signature does not verify.");
-create_exception!(fastgw._native, ExpiredTokenError, JwtError, "`exp` has passed.");
-create_exception!(fastgw._native, NotYetValidError, JwtError, "`nbf` or `iat` is in the future.");
-create_exception!(fastgw._native, BadIssuerError, JwtError, "`iss` is not accepted.");
-create_exception!(fastgw._native, BadAudienceError, JwtError, "`aud` is not accepted.");
-create_exception!(fastgw._native, MissingClaimError, JwtError, "A required claim is absent.");
-create_exception!(fastgw._native, JwtKeyError, PyValueError, "Key material or verifier settings cannot be used.");
+create_exception!(
+    fastgw._native,
+    JwtError,
+    PyValueError,
+    "A token was refused; `reason` says why."
+);
+create_exception!(
+    fastgw._native,
+    MalformedTokenError,
+    JwtError,
+    "Not a well-formed JWS compact token."
+);
+create_exception!(
+    fastgw._native,
+    UnsupportedAlgorithmError,
+    JwtError,
+    "Algorithm unknown, `none`, not allowed, or not usable with the key."
+);
+create_exception!(
+    fastgw._native,
+    UnknownKeyError,
+    JwtError,
+    "No key carries the token's `kid`."
+);
+create_exception!(
+    fastgw._native,
+    BadSignatureError,
+    JwtError,
+    "The signature does not verify."
+);
+create_exception!(
+    fastgw._native,
+    ExpiredTokenError,
+    JwtError,
+    "`exp` has passed."
+);
+create_exception!(
+    fastgw._native,
+    NotYetValidError,
+    JwtError,
+    "`nbf` or `iat` is in the future."
+);
+create_exception!(
+    fastgw._native,
+    BadIssuerError,
+    JwtError,
+    "`iss` is not accepted."
+);
+create_exception!(
+    fastgw._native,
+    BadAudienceError,
+    JwtError,
+    "`aud` is not accepted."
+);
+create_exception!(
+    fastgw._native,
+    MissingClaimError,
+    JwtError,
+    "A required claim is absent."
+);
+create_exception!(
+    fastgw._native,
+    JwtKeyError,
+    PyValueError,
+    "Key material or verifier settings cannot be used."
+);
 
 /// Adds the exception classes, each with its `reason` code.
 pub(super) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -81,8 +138,11 @@ fn key_error(e: KeyError) -> PyErr {
 }
 
 fn alg(name: Option<&str>) -> PyResult<Option<Alg>> {
-    name.map(|n| Alg::from_name(n).ok_or_else(|| JwtKeyError::new_err(format!("unsupported algorithm {n:?}"))))
-        .transpose()
+    name.map(|n| {
+        Alg::from_name(n)
+            .ok_or_else(|| JwtKeyError::new_err(format!("unsupported algorithm {n:?}")))
+    })
+    .transpose()
 }
 
 /// `str` or a sequence of `str`.
@@ -138,30 +198,48 @@ impl JwtKeySet {
     /// Keys from a JWKS document (or one JWK), as `str` or `bytes`.
     #[staticmethod]
     fn from_jwks(jwks: &Bound<'_, PyAny>) -> PyResult<JwtKeySet> {
-        Ok(JwtKeySet { inner: KeySet::from_jwks(key_bytes(jwks)?).map_err(key_error)? })
+        Ok(JwtKeySet {
+            inner: KeySet::from_jwks(key_bytes(jwks)?).map_err(key_error)?,
+        })
     }
 
     /// One public key in PEM.
     #[staticmethod]
     #[pyo3(signature = (pem, *, kid = None, algorithm = None))]
-    fn from_pem(pem: &Bound<'_, PyAny>, kid: Option<String>, algorithm: Option<&str>) -> PyResult<JwtKeySet> {
-        Ok(JwtKeySet { inner: KeySet::from_pem(key_bytes(pem)?, kid, alg(algorithm)?).map_err(key_error)? })
+    fn from_pem(
+        pem: &Bound<'_, PyAny>,
+        kid: Option<String>,
+        algorithm: Option<&str>,
+    ) -> PyResult<JwtKeySet> {
+        Ok(JwtKeySet {
+            inner: KeySet::from_pem(key_bytes(pem)?, kid, alg(algorithm)?).map_err(key_error)?,
+        })
     }
 
     /// One HMAC secret (`str` is taken as its UTF-8).
     #[staticmethod]
     #[pyo3(signature = (secret, *, kid = None, algorithm = None))]
-    fn from_secret(secret: &Bound<'_, PyAny>, kid: Option<String>, algorithm: Option<&str>) -> PyResult<JwtKeySet> {
+    fn from_secret(
+        secret: &Bound<'_, PyAny>,
+        kid: Option<String>,
+        algorithm: Option<&str>,
+    ) -> PyResult<JwtKeySet> {
         let a = alg(algorithm)?;
         if a.is_some_and(Alg::is_slow) {
-            return Err(JwtKeyError::new_err("a secret can only be used with HS256, HS384 or HS512"));
+            return Err(JwtKeyError::new_err(
+                "a secret can only be used with HS256, HS384 or HS512",
+            ));
         }
-        Ok(JwtKeySet { inner: KeySet::from_secret(key_bytes(secret)?, kid, a) })
+        Ok(JwtKeySet {
+            inner: KeySet::from_secret(key_bytes(secret)?, kid, a),
+        })
     }
 
     /// This set's keys followed by `other`'s.
     fn union(&self, other: &Bound<'_, JwtKeySet>) -> JwtKeySet {
-        JwtKeySet { inner: self.inner.union(&other.get().inner) }
+        JwtKeySet {
+            inner: self.inner.union(&other.get().inner),
+        }
     }
 
     /// The `kid` of each key (None when absent).
@@ -201,7 +279,11 @@ impl JwtVerifier {
     ) -> PyResult<JwtVerifier> {
         let mut algs = Vec::new();
         for name in strings(algorithms)? {
-            algs.push(Alg::from_name(&name).ok_or_else(|| JwtKeyError::new_err(format!("unsupported algorithm {name:?}")))?);
+            algs.push(
+                Alg::from_name(&name).ok_or_else(|| {
+                    JwtKeyError::new_err(format!("unsupported algorithm {name:?}"))
+                })?,
+            );
         }
         let require = match require {
             Some(r) => strings(r)?,
@@ -223,8 +305,14 @@ impl JwtVerifier {
     /// The claims of a valid token (a new dict each call; nested values are
     /// shared with the cache, so treat them as read-only).
     #[pyo3(signature = (token, now = None))]
-    fn verify<'py>(&self, py: Python<'py>, token: &Bound<'py, PyAny>, now: Option<f64>) -> PyResult<Bound<'py, PyDict>> {
-        let bytes = key_bytes(token).map_err(|_| PyTypeError::new_err("token must be str or bytes"))?;
+    fn verify<'py>(
+        &self,
+        py: Python<'py>,
+        token: &Bound<'py, PyAny>,
+        now: Option<f64>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let bytes =
+            key_bytes(token).map_err(|_| PyTypeError::new_err("token must be str or bytes"))?;
         let now = now_or_clock(now);
         let leeway = self.inner.config().leeway;
         let hit = {
@@ -255,18 +343,29 @@ impl JwtVerifier {
 
     /// Forgets every cached token.
     fn clear_cache(&self) {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Tokens in the cache.
     #[getter]
     fn cache_len(&self) -> usize {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Allowed algorithm names.
     #[getter]
     fn algorithms(&self) -> Vec<&'static str> {
-        self.inner.config().algorithms.iter().map(|a| a.name()).collect()
+        self.inner
+            .config()
+            .algorithms
+            .iter()
+            .map(|a| a.name())
+            .collect()
     }
 }

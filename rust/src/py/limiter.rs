@@ -31,13 +31,17 @@ impl Limit {
     #[staticmethod]
     #[pyo3(signature = (amount, period_s = 60.0, *, burst = None))]
     fn rate(amount: f64, period_s: f64, burst: Option<f64>) -> PyResult<Limit> {
-        Ok(Limit { inner: core::Limit::rate(amount, period_s, burst).map_err(value_error)? })
+        Ok(Limit {
+            inner: core::Limit::rate(amount, period_s, burst).map_err(value_error)?,
+        })
     }
 
     /// At most `max_inflight` at once.
     #[staticmethod]
     fn concurrency(max_inflight: f64) -> PyResult<Limit> {
-        Ok(Limit { inner: core::Limit::concurrency(max_inflight).map_err(value_error)? })
+        Ok(Limit {
+            inner: core::Limit::concurrency(max_inflight).map_err(value_error)?,
+        })
     }
 
     /// `amount` per period: a name (`minute`, `hour`, `day`, `week`,
@@ -47,9 +51,15 @@ impl Limit {
         let period = if let Ok(name) = period.cast::<PyString>() {
             Period::from_name(name.to_str()?).map_err(value_error)?
         } else {
-            Period::Seconds(period.extract::<f64>().map_err(|_| PyTypeError::new_err("period must be a name or seconds"))?)
+            Period::Seconds(
+                period
+                    .extract::<f64>()
+                    .map_err(|_| PyTypeError::new_err("period must be a name or seconds"))?,
+            )
         };
-        Ok(Limit { inner: core::Limit::budget(amount, period).map_err(value_error)? })
+        Ok(Limit {
+            inner: core::Limit::budget(amount, period).map_err(value_error)?,
+        })
     }
 
     /// `"rate"`, `"concurrency"` or `"budget"`.
@@ -69,15 +79,26 @@ impl Limit {
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
-        other.cast::<Limit>().is_ok_and(|o| o.get().inner == self.inner)
+        other
+            .cast::<Limit>()
+            .is_ok_and(|o| o.get().inner == self.inner)
     }
 
     fn __hash__(&self) -> u64 {
         let (a, b, c) = match self.inner {
-            core::Limit::Rate { capacity, refill_per_s } => (1_u8, capacity, refill_per_s),
+            core::Limit::Rate {
+                capacity,
+                refill_per_s,
+            } => (1_u8, capacity, refill_per_s),
             core::Limit::Concurrency { max } => (2, max, 0.0),
-            core::Limit::Budget { amount, period: Period::Seconds(p) } => (3, amount, p),
-            core::Limit::Budget { amount, period: Period::Month } => (4, amount, 0.0),
+            core::Limit::Budget {
+                amount,
+                period: Period::Seconds(p),
+            } => (3, amount, p),
+            core::Limit::Budget {
+                amount,
+                period: Period::Month,
+            } => (4, amount, 0.0),
         };
         let mut buf = [0_u8; 17];
         buf[0] = a;
@@ -88,12 +109,21 @@ impl Limit {
 
     fn __repr__(&self) -> String {
         match self.inner {
-            core::Limit::Rate { capacity, refill_per_s } => {
+            core::Limit::Rate {
+                capacity,
+                refill_per_s,
+            } => {
                 format!("Limit.rate(capacity={capacity}, refill_per_s={refill_per_s})")
             }
             core::Limit::Concurrency { max } => format!("Limit.concurrency({max})"),
-            core::Limit::Budget { amount, period: Period::Seconds(p) } => format!("Limit.budget({amount}, {p})"),
-            core::Limit::Budget { amount, period: Period::Month } => format!("Limit.budget({amount}, 'month')"),
+            core::Limit::Budget {
+                amount,
+                period: Period::Seconds(p),
+            } => format!("Limit.budget({amount}, {p})"),
+            core::Limit::Budget {
+                amount,
+                period: Period::Month,
+            } => format!("Limit.budget({amount}, 'month')"),
         }
     }
 }
@@ -132,7 +162,11 @@ impl Scope {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!("Scope({}, {})", self.py_key.bind(py).repr()?, self.py_limit.get().__repr__()))
+        Ok(format!(
+            "Scope({}, {})",
+            self.py_key.bind(py).repr()?,
+            self.py_limit.get().__repr__()
+        ))
     }
 }
 
@@ -227,16 +261,23 @@ struct Args<'py> {
 impl<'py> Args<'py> {
     fn extract(scopes: &Bound<'py, PyAny>, costs: &Bound<'py, PyAny>) -> PyResult<Args<'py>> {
         let to_scope = |o: Bound<'py, PyAny>| -> PyResult<Bound<'py, Scope>> {
-            o.cast_into::<Scope>().map_err(|_| PyTypeError::new_err("scopes must hold Scope objects"))
+            o.cast_into::<Scope>()
+                .map_err(|_| PyTypeError::new_err("scopes must hold Scope objects"))
         };
         let scopes: Vec<Bound<'py, Scope>> = if let Ok(l) = scopes.cast::<PyList>() {
             l.iter().map(to_scope).collect::<PyResult<_>>()?
         } else if let Ok(t) = scopes.cast::<PyTuple>() {
             t.iter().map(to_scope).collect::<PyResult<_>>()?
         } else {
-            scopes.try_iter()?.map(|o| to_scope(o?)).collect::<PyResult<_>>()?
+            scopes
+                .try_iter()?
+                .map(|o| to_scope(o?))
+                .collect::<PyResult<_>>()?
         };
-        Ok(Args { scopes, costs: floats(costs)? })
+        Ok(Args {
+            scopes,
+            costs: floats(costs)?,
+        })
     }
 
     fn keys(&self) -> Vec<&[u8]> {
@@ -273,7 +314,9 @@ fn reservation(table_id: u64, args: Args<'_>, outcome: Outcome) -> Reservation {
 /// do (refused or already settled).
 fn claim(r: &Reservation, table_id: u64) -> PyResult<bool> {
     if r.table_id != table_id {
-        return Err(PyValueError::new_err("reservation belongs to another table"));
+        return Err(PyValueError::new_err(
+            "reservation belongs to another table",
+        ));
     }
     Ok(r.outcome.admitted && !r.settled.swap(true, Ordering::AcqRel))
 }
@@ -319,15 +362,25 @@ impl LimiterTable {
     #[new]
     #[pyo3(signature = (*, max_keys = 1_000_000))]
     fn new(max_keys: usize) -> LimiterTable {
-        LimiterTable { id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed), inner: Mutex::new(LocalTable::new(max_keys)) }
+        LimiterTable {
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
+            inner: Mutex::new(LocalTable::new(max_keys)),
+        }
     }
 
     /// Admits against every scope atomically, all or none.
     #[pyo3(signature = (scopes, costs, now = None))]
-    fn reserve(&self, scopes: &Bound<'_, PyAny>, costs: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<Reservation> {
+    fn reserve(
+        &self,
+        scopes: &Bound<'_, PyAny>,
+        costs: &Bound<'_, PyAny>,
+        now: Option<f64>,
+    ) -> PyResult<Reservation> {
         let args = Args::extract(scopes, costs)?;
-        let outcome =
-            self.table().reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now)).map_err(value_error)?;
+        let outcome = self
+            .table()
+            .reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now))
+            .map_err(value_error)?;
         Ok(reservation(self.id, args, outcome))
     }
 
@@ -345,18 +398,25 @@ impl LimiterTable {
         let actual = floats(actual_costs)?;
         let now = now_or_clock(now);
         settle_with(py, r, self.id, |keys, limits| {
-            self.table().settle(keys, limits, &r.costs, &r.outcome.windows, &actual, now)
+            self.table()
+                .settle(keys, limits, &r.costs, &r.outcome.windows, &actual, now)
         })
     }
 
     /// Gives back everything reserved (error or cancel).
     #[pyo3(signature = (reservation, now = None))]
-    fn release(&self, py: Python<'_>, reservation: &Bound<'_, Reservation>, now: Option<f64>) -> PyResult<bool> {
+    fn release(
+        &self,
+        py: Python<'_>,
+        reservation: &Bound<'_, Reservation>,
+        now: Option<f64>,
+    ) -> PyResult<bool> {
         let r = reservation.get();
         let zeros = vec![0.0; r.costs.len()];
         let now = now_or_clock(now);
         settle_with(py, r, self.id, |keys, limits| {
-            self.table().settle(keys, limits, &r.costs, &r.outcome.windows, &zeros, now)
+            self.table()
+                .settle(keys, limits, &r.costs, &r.outcome.windows, &zeros, now)
         })
     }
 
@@ -374,7 +434,10 @@ impl LimiterTable {
 
     /// `(level, stamp)` of `key`'s bucket as stored, or None.
     fn peek(&self, key: &Bound<'_, PyAny>) -> PyResult<Option<(f64, f64)>> {
-        Ok(self.table().peek(key_bytes(key)?).map(|(_, s)| (s.level, s.stamp)))
+        Ok(self
+            .table()
+            .peek(key_bytes(key)?)
+            .map(|(_, s)| (s.level, s.stamp)))
     }
 
     fn __len__(&self) -> usize {
@@ -401,15 +464,26 @@ impl SharedLimiterTable {
             None => ShmTable::anonymous(slots),
         }
         .map_err(|e| PyOSError::new_err(e.to_string()))?;
-        Ok(SharedLimiterTable { id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed), inner, path })
+        Ok(SharedLimiterTable {
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
+            inner,
+            path,
+        })
     }
 
     /// As `LimiterTable.reserve` (at most 16 scopes per call).
     #[pyo3(signature = (scopes, costs, now = None))]
-    fn reserve(&self, scopes: &Bound<'_, PyAny>, costs: &Bound<'_, PyAny>, now: Option<f64>) -> PyResult<Reservation> {
+    fn reserve(
+        &self,
+        scopes: &Bound<'_, PyAny>,
+        costs: &Bound<'_, PyAny>,
+        now: Option<f64>,
+    ) -> PyResult<Reservation> {
         let args = Args::extract(scopes, costs)?;
-        let outcome =
-            self.inner.reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now)).map_err(value_error)?;
+        let outcome = self
+            .inner
+            .reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now))
+            .map_err(value_error)?;
         Ok(reservation(self.id, args, outcome))
     }
 
@@ -426,25 +500,34 @@ impl SharedLimiterTable {
         let actual = floats(actual_costs)?;
         let now = now_or_clock(now);
         settle_with(py, r, self.id, |keys, limits| {
-            self.inner.settle(keys, limits, &r.costs, &r.outcome.windows, &actual, now)
+            self.inner
+                .settle(keys, limits, &r.costs, &r.outcome.windows, &actual, now)
         })
     }
 
     /// As `LimiterTable.release`.
     #[pyo3(signature = (reservation, now = None))]
-    fn release(&self, py: Python<'_>, reservation: &Bound<'_, Reservation>, now: Option<f64>) -> PyResult<bool> {
+    fn release(
+        &self,
+        py: Python<'_>,
+        reservation: &Bound<'_, Reservation>,
+        now: Option<f64>,
+    ) -> PyResult<bool> {
         let r = reservation.get();
         let zeros = vec![0.0; r.costs.len()];
         let now = now_or_clock(now);
         settle_with(py, r, self.id, |keys, limits| {
-            self.inner.settle(keys, limits, &r.costs, &r.outcome.windows, &zeros, now)
+            self.inner
+                .settle(keys, limits, &r.costs, &r.outcome.windows, &zeros, now)
         })
     }
 
     /// Frees every idle bucket; returns how many.
     #[pyo3(signature = (now = None))]
     fn evict_idle(&self, now: Option<f64>) -> PyResult<usize> {
-        self.inner.evict_idle(now_or_clock(now)).map_err(|e| PyOSError::new_err(e.to_string()))
+        self.inner
+            .evict_idle(now_or_clock(now))
+            .map_err(|e| PyOSError::new_err(e.to_string()))
     }
 
     /// Most buckets the region holds.
@@ -460,6 +543,8 @@ impl SharedLimiterTable {
     }
 
     fn __len__(&self) -> PyResult<usize> {
-        self.inner.len().map_err(|e| PyOSError::new_err(e.to_string()))
+        self.inner
+            .len()
+            .map_err(|e| PyOSError::new_err(e.to_string()))
     }
 }

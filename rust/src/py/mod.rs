@@ -18,7 +18,10 @@ fn key_bytes<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a [u8]> {
     if let Ok(b) = obj.cast::<PyBytes>() {
         return Ok(b.as_bytes());
     }
-    Err(PyTypeError::new_err(format!("expected str or bytes, got {}", obj.get_type().name()?)))
+    Err(PyTypeError::new_err(format!(
+        "expected str or bytes, got {}",
+        obj.get_type().name()?
+    )))
 }
 
 /// `now`, or the wall clock in seconds since the epoch.
@@ -55,7 +58,14 @@ mod _native {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-        m.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+        m.add(
+            "build_profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        )?;
         super::jwt::add_exceptions(m)?;
         Ok(())
     }

@@ -23,8 +23,15 @@ impl HashRing {
     fn build(py: Python<'_>, targets: &[(String, f64)], replicas: u32) -> PyResult<HashRing> {
         let pairs: Vec<(&[u8], f64)> = targets.iter().map(|(n, w)| (n.as_bytes(), *w)).collect();
         let inner = Ring::new(&pairs, replicas).map_err(value_error)?;
-        let names = targets.iter().map(|(n, _)| PyString::new(py, n).unbind()).collect();
-        Ok(HashRing { inner, names, replicas })
+        let names = targets
+            .iter()
+            .map(|(n, _)| PyString::new(py, n).unbind())
+            .collect();
+        Ok(HashRing {
+            inner,
+            names,
+            replicas,
+        })
     }
 
     fn pairs(&self) -> Vec<(String, f64)> {
@@ -36,11 +43,19 @@ impl HashRing {
             .collect()
     }
 
-    fn index(&self, key: &Bound<'_, PyAny>, loads: Option<&Bound<'_, PyAny>>, c: f64) -> PyResult<usize> {
+    fn index(
+        &self,
+        key: &Bound<'_, PyAny>,
+        loads: Option<&Bound<'_, PyAny>>,
+        c: f64,
+    ) -> PyResult<usize> {
         let key = key_bytes(key)?;
         let found = match loads {
             None => self.inner.lookup(key),
-            Some(l) => self.inner.lookup_bounded(key, &floats(l)?, c).map_err(value_error)?,
+            Some(l) => self
+                .inner
+                .lookup_bounded(key, &floats(l)?, c)
+                .map_err(value_error)?,
         };
         found.ok_or_else(|| PyLookupError::new_err("the ring has no target with a positive weight"))
     }
@@ -53,11 +68,19 @@ impl HashRing {
     #[pyo3(signature = (targets, *, replicas = 160))]
     fn new(py: Python<'_>, targets: &Bound<'_, PyAny>, replicas: u32) -> PyResult<HashRing> {
         let pairs: Vec<(String, f64)> = if let Ok(m) = targets.cast::<PyMapping>() {
-            m.items()?.iter().map(|kv| kv.extract::<(String, f64)>()).collect::<PyResult<_>>()?
+            m.items()?
+                .iter()
+                .map(|kv| kv.extract::<(String, f64)>())
+                .collect::<PyResult<_>>()?
         } else if targets.is_instance_of::<PyString>() {
-            return Err(PyTypeError::new_err("targets must be a mapping or (name, weight) pairs"));
+            return Err(PyTypeError::new_err(
+                "targets must be a mapping or (name, weight) pairs",
+            ));
         } else {
-            targets.try_iter()?.map(|o| o?.extract::<(String, f64)>()).collect::<PyResult<_>>()?
+            targets
+                .try_iter()?
+                .map(|o| o?.extract::<(String, f64)>())
+                .collect::<PyResult<_>>()?
         };
         HashRing::build(py, &pairs, replicas)
     }
@@ -65,13 +88,24 @@ impl HashRing {
     /// The target for `key`; with `loads` (in-flight per target, in
     /// `targets` order) the first one not above `c` times its fair share.
     #[pyo3(signature = (key, loads = None, c = 1.25))]
-    fn lookup(&self, py: Python<'_>, key: &Bound<'_, PyAny>, loads: Option<&Bound<'_, PyAny>>, c: f64) -> PyResult<Py<PyString>> {
+    fn lookup(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        loads: Option<&Bound<'_, PyAny>>,
+        c: f64,
+    ) -> PyResult<Py<PyString>> {
         Ok(self.names[self.index(key, loads, c)?].clone_ref(py))
     }
 
     /// As `lookup`, giving the target's index in `targets`.
     #[pyo3(signature = (key, loads = None, c = 1.25))]
-    fn lookup_index(&self, key: &Bound<'_, PyAny>, loads: Option<&Bound<'_, PyAny>>, c: f64) -> PyResult<usize> {
+    fn lookup_index(
+        &self,
+        key: &Bound<'_, PyAny>,
+        loads: Option<&Bound<'_, PyAny>>,
+        c: f64,
+    ) -> PyResult<usize> {
         self.index(key, loads, c)
     }
 
@@ -89,7 +123,12 @@ impl HashRing {
         let loads = loads.map(floats).transpose()?;
         let mut out = Vec::new();
         self.inner
-            .candidates(key, n.unwrap_or(usize::MAX), loads.as_deref().map(|l| (l, c)), &mut out)
+            .candidates(
+                key,
+                n.unwrap_or(usize::MAX),
+                loads.as_deref().map(|l| (l, c)),
+                &mut out,
+            )
             .map_err(value_error)?;
         PyList::new(py, out.iter().map(|&i| self.names[i].clone_ref(py)))
     }
@@ -106,7 +145,11 @@ impl HashRing {
 
     /// A new ring without `name`.
     fn without_target(&self, py: Python<'_>, name: &str) -> PyResult<HashRing> {
-        let pairs: Vec<(String, f64)> = self.pairs().into_iter().filter(|(n, _)| n != name).collect();
+        let pairs: Vec<(String, f64)> = self
+            .pairs()
+            .into_iter()
+            .filter(|(n, _)| n != name)
+            .collect();
         HashRing::build(py, &pairs, self.replicas)
     }
 
@@ -139,6 +182,10 @@ impl HashRing {
     }
 
     fn __repr__(&self) -> String {
-        format!("<HashRing targets={} points={}>", self.inner.len(), self.inner.points())
+        format!(
+            "<HashRing targets={} points={}>",
+            self.inner.len(),
+            self.inner.points()
+        )
     }
 }

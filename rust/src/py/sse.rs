@@ -32,13 +32,22 @@ impl SseScanner {
     #[new]
     #[pyo3(signature = (*, drop_usage = false, max_event_size = core::DEFAULT_MAX_EVENT))]
     fn new(drop_usage: bool, max_event_size: usize) -> SseScanner {
-        SseScanner { inner: Scanner::new(drop_usage, max_event_size) }
+        SseScanner {
+            inner: Scanner::new(drop_usage, max_event_size),
+        }
     }
 
     /// Scans `chunk`; returns `(bytes_to_forward, flags)`. The bytes are
     /// `chunk` itself unless something was held back or dropped.
-    fn feed<'py>(&mut self, py: Python<'py>, chunk: &Bound<'py, PyBytes>) -> PyResult<(Bound<'py, PyBytes>, u32)> {
-        let (out, flags) = self.inner.feed(chunk.as_bytes()).map_err(|e| PyValueError::new_err(e.0))?;
+    fn feed<'py>(
+        &mut self,
+        py: Python<'py>,
+        chunk: &Bound<'py, PyBytes>,
+    ) -> PyResult<(Bound<'py, PyBytes>, u32)> {
+        let (out, flags) = self
+            .inner
+            .feed(chunk.as_bytes())
+            .map_err(|e| PyValueError::new_err(e.0))?;
         Ok(match out {
             Output::Unchanged => (chunk.clone(), flags),
             Output::Bytes(b) => (PyBytes::new(py, &b), flags),
@@ -85,7 +94,9 @@ impl SseScanner {
     /// `"cached_tokens"` when reported), once usage was read; else None.
     #[getter]
     fn usage<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(u) = self.inner.usage() else { return Ok(None) };
+        let Some(u) = self.inner.usage() else {
+            return Ok(None);
+        };
         let d = PyDict::new(py);
         d.set_item("prompt_tokens", u.prompt_tokens)?;
         d.set_item("completion_tokens", u.completion_tokens)?;
