@@ -23,6 +23,7 @@ from fastgw.config import Config, demo_config, load_config
 from fastgw.errors import ConfigError
 from fastgw.metrics import Recorder
 from fastgw.pipeline import headers as hdr
+from fastgw.pipeline.access import AccessState
 from fastgw.pipeline.gateway import Gateway, GatewayState
 from fastgw.pipeline.runner import Proxy
 from fastgw.pipeline.snapshot import build_snapshot
@@ -40,6 +41,8 @@ class App:
         self.config = config
         self.loop = asyncio.get_running_loop()
         self.client = UpstreamClient(self.loop)
+        # Limiter table, Redis client and JWKS cache: kept across reloads.
+        self.access_state = AccessState(self.client)
         self.server_state = ServerState()
         self.server: asyncio.Server | None = None
         self.mock: asyncio.Server | None = None
@@ -62,7 +65,8 @@ class App:
                                             cfg.server.port, cfg.server.workers)
         snapshot = build_snapshot(cfg, self.client, int(time.time()))
         self.access_log = AccessLog(str(cfg.observability.access_log), self.loop)
-        proxy = Proxy(self.loop, Recorder(), self.access_log)
+        access = await self.access_state.build(cfg)
+        proxy = Proxy(self.loop, Recorder(), self.access_log, access)
         self.gateway = Gateway(GatewayState(snapshot), proxy, self.reload)
         s = cfg.server
         settings = ServerSettings(max_body_bytes=s.max_body_bytes,
@@ -96,22 +100,26 @@ class App:
                 log.warning("server settings changed in %s; they apply after a restart", source)
             new = dataclasses.replace(new, server=old.server)
             assert self.gateway is not None
+            access = await self.access_state.build(new)  # ConfigError: nothing swapped yet
             snapshot = build_snapshot(new, self.client, int(time.time()), self.loop,
                                       previous=self.gateway.state.snapshot)
             self.gateway.state.snapshot = snapshot
+            self.gateway.proxy.access = access
             self.config = new
             self.client.retire_unused({p.pool for p in snapshot.providers.values()})
             log.info("configuration reloaded: %s", new.summary())
             return new.summary()
 
-    async def stop(self) -> None:
+    async def stop(self, drain_timeout_s: float | None = None) -> None:
         """Drain (bounded by server.drain_timeout_s) and release everything."""
         if self.server is not None and self.gateway is not None:
             self.gateway.state.draining = True
             clean = await drain(self.server, self.server_state,
-                                self.config.server.drain_timeout_s)
+                                self.config.server.drain_timeout_s if drain_timeout_s is None
+                                else drain_timeout_s)
             if not clean:
                 log.warning("drain timeout: closed connections still in flight")
+        await self.access_state.close()
         self.client.close()
         if self.mock is not None:
             self.mock.close()

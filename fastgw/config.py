@@ -63,6 +63,8 @@ class ProviderLimitsConfig:
     max_inflight: int | None = None
     max_queue: int = 1000
     queue_timeout_s: float = 30.0
+    # Requests that may go out at once after a quiet spell (default: a minute's rpm).
+    burst: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,6 +521,7 @@ def _check(cfg: Config, errors: list[tuple[str, str]]) -> None:
             if t.weight <= 0:
                 errors.append((f"{where}.targets[{j}].weight", "must be greater than 0"))
     _check_routing(cfg, errors)
+    _check_access(cfg, errors)
     admin_hash = cfg.admin.key_sha256
     if admin_hash is not None and not re.fullmatch(r"[0-9a-f]{64}", admin_hash):
         errors.append(("admin.key_sha256", "must be 64 lowercase hex characters "
@@ -575,7 +578,7 @@ def _check_routing(cfg: Config, errors: list[tuple[str, str]]) -> None:
         lim = p.limits
         if lim is None:
             continue
-        for name in ("rpm", "tpm", "max_inflight"):
+        for name in ("rpm", "tpm", "max_inflight", "burst"):
             value = getattr(lim, name)
             if value is not None and value < 1:
                 errors.append((f"providers[{i}].limits.{name}", "must be at least 1"))
@@ -594,6 +597,127 @@ def _check_routing(cfg: Config, errors: list[tuple[str, str]]) -> None:
         errors.append(("health.error_ratio", "must be in (0, 1]"))
     if cfg.retry_budget.percent < 0 or cfg.retry_budget.min_concurrent < 0:
         errors.append(("retry_budget", "percent and min_concurrent must be 0 or more"))
+
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384",
+                   "PS512", "ES256", "ES384", "EdDSA")
+
+
+def _check_access(cfg: Config, errors: list[tuple[str, str]]) -> None:
+    """auth, limits, limits_backend and redis."""
+    a = cfg.auth
+    names: dict[str, int] = {}
+    hashes: dict[str, int] = {}
+    for i, k in enumerate(a.keys):
+        where = f"auth.keys[{i}]"
+        if not k.name.strip():
+            errors.append((f"{where}.name", "must not be empty (it names the key in logs "
+                                            "and metrics)"))
+        elif k.name in names:
+            errors.append((f"{where}.name", f"duplicate key name {k.name!r} "
+                                            f"(also auth.keys[{names[k.name]}])"))
+        names.setdefault(k.name, i)
+        if not _SHA256_HEX.fullmatch(k.key_sha256):
+            errors.append((f"{where}.key_sha256",
+                           "must be 64 lowercase hex characters: the sha256 of the key "
+                           "(printf %s \"$KEY\" | sha256sum), never the key itself"))
+        elif k.key_sha256 in hashes:
+            errors.append((f"{where}.key_sha256", "the same key is configured twice "
+                                                  f"(also auth.keys[{hashes[k.key_sha256]}])"))
+        hashes.setdefault(k.key_sha256, i)
+        if not k.models:
+            errors.append((f"{where}.models", "a key needs at least one model pattern "
+                                              "('*' allows every model)"))
+        for j, pattern in enumerate(k.models):
+            if not pattern.strip():
+                errors.append((f"{where}.models[{j}]", "must not be empty"))
+        if k.tier is not None and not k.tier.strip():
+            errors.append((f"{where}.tier", "must not be empty"))
+        if k.limits is not None:
+            _check_limit_values(k.limits, f"{where}.limits", errors)
+    jwt = a.jwt
+    if jwt is not None:
+        sources = [n for n in ("jwks_url", "secret", "public_key_pem")
+                   if getattr(jwt, n) is not None]
+        if len(sources) != 1:
+            errors.append(("auth.jwt", "set exactly one of jwks_url, secret or public_key_pem"
+                           + (f" (got {' and '.join(sources)})" if sources else "")))
+        if not jwt.algorithms:
+            errors.append(("auth.jwt.algorithms", "list at least one algorithm (e.g. RS256)"))
+        for i, alg in enumerate(jwt.algorithms):
+            if alg.lower() == "none":
+                errors.append((f"auth.jwt.algorithms[{i}]", "'none' (unsigned tokens) is "
+                                                            "never accepted"))
+            elif alg not in _JWT_ALGORITHMS:
+                errors.append((f"auth.jwt.algorithms[{i}]", f"unknown algorithm {alg!r}; use "
+                               + ", ".join(_JWT_ALGORITHMS) + _suggest(alg, list(_JWT_ALGORITHMS))))
+        hmac_algs = [x for x in jwt.algorithms if x.startswith("HS")]
+        other_algs = [x for x in jwt.algorithms if x in _JWT_ALGORITHMS and not x.startswith("HS")]
+        if jwt.secret is not None:
+            if not jwt.secret:
+                errors.append(("auth.jwt.secret", "must not be empty"))
+            if other_algs:
+                errors.append(("auth.jwt.algorithms", "a secret verifies HS256/HS384/HS512 "
+                               f"tokens only; remove {', '.join(other_algs)} or use "
+                               "public_key_pem / jwks_url"))
+        elif hmac_algs and (jwt.jwks_url is not None or jwt.public_key_pem is not None):
+            errors.append(("auth.jwt.algorithms", f"{', '.join(hmac_algs)} need a shared "
+                           "secret (auth.jwt.secret); with public keys they would invite "
+                           "algorithm confusion"))
+        if jwt.jwks_url is not None:
+            url = urlsplit(jwt.jwks_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                errors.append(("auth.jwt.jwks_url", "must be an http:// or https:// URL, got "
+                                                    f"{jwt.jwks_url!r}"))
+        if jwt.public_key_pem is not None and "-----BEGIN" not in jwt.public_key_pem:
+            errors.append(("auth.jwt.public_key_pem", "must be a PEM public key "
+                                                      "(-----BEGIN PUBLIC KEY-----...)"))
+        if jwt.leeway_s < 0:
+            errors.append(("auth.jwt.leeway_s", "must be 0 or more"))
+        if jwt.jwks_cache_s <= 0:
+            errors.append(("auth.jwt.jwks_cache_s", "must be greater than 0"))
+        if jwt.jwks_min_refresh_s < 0:
+            errors.append(("auth.jwt.jwks_min_refresh_s", "must be 0 or more"))
+        for name in ("subject", "models", "tier"):
+            claim = getattr(jwt.claims, name)
+            if claim is not None and not claim.strip():
+                errors.append((f"auth.jwt.claims.{name}", "must name a claim"))
+    for field_name in ("ip_allow", "ip_deny"):
+        for i, cidr in enumerate(getattr(a, field_name)):
+            _check_cidr(cidr, f"auth.{field_name}[{i}]", errors)
+    for i, rule in enumerate(cfg.limits):
+        where = f"limits[{i}]"
+        if (rule.rpm is None and rule.tpm is None and rule.max_inflight is None
+                and rule.budget_usd is None):
+            errors.append((where, "a limit rule needs at least one of rpm, tpm, max_inflight "
+                                  "or budget_usd"))
+        _check_limit_values(rule, where, errors)
+        for name in ("key", "model", "tier", "provider"):
+            pattern = getattr(rule.match, name)
+            if pattern is not None and not pattern.strip():
+                errors.append((f"{where}.match.{name}", "must not be empty (leave it out to "
+                                                        "match everything)"))
+    r = cfg.redis
+    url = urlsplit(r.url)
+    if url.scheme not in ("redis", "rediss", "unix"):
+        errors.append(("redis.url", "must be a redis://, rediss:// or unix:// URL, got "
+                                    f"{r.url!r}"))
+    if r.timeout_s <= 0:
+        errors.append(("redis.timeout_s", "must be greater than 0"))
+    if not r.key_prefix or any(c in r.key_prefix for c in "{} \t\r\n"):
+        errors.append(("redis.key_prefix", "must be a non-empty name without braces or "
+                                           "spaces"))
+
+
+def _check_limit_values(spec: Any, where: str, errors: list[tuple[str, str]]) -> None:
+    for name in ("rpm", "tpm", "max_inflight"):
+        value = getattr(spec, name)
+        if value is not None and value < 1:
+            errors.append((f"{where}.{name}", "must be at least 1"))
+    budget = spec.budget_usd
+    if budget is not None and not budget.amount > 0:
+        errors.append((f"{where}.budget_usd.amount", "must be greater than 0"))
 
 
 def _check_references(raw: dict[str, Any], errors: list[tuple[str, str]]) -> None:

@@ -84,6 +84,21 @@ class Gateway:
     def mock(self) -> Mock:
         return self.mocks[0]
 
+    def reconfigure(self, text: str) -> None:
+        """Swap in a new configuration, as a reload does (state of unchanged targets kept)."""
+        from fastgw.pipeline.snapshot import build_snapshot
+
+        cfg = parse_config(text)
+        app = self.app
+
+        def swap() -> None:
+            assert app.gateway is not None
+            state = app.gateway.state
+            state.snapshot = build_snapshot(cfg, app.client, 0, app.loop,
+                                            previous=state.snapshot)
+
+        self.lt.call(swap)
+
     def mock_stats(self, i: int = 0) -> dict[str, int]:
         stats: dict[str, int] = http_json(self.mocks[i].port, "GET", "/mock/stats")[1]
         return stats
@@ -110,16 +125,24 @@ observability: {{access_log: off}}
 
 @contextmanager
 def running(yaml_for: Callable[[int], str] | None = None, *,
-            mock: MockOptions | None = None, mocks: int = 1) -> Iterator[Gateway]:
-    """Start ``mocks`` mock upstreams and a gateway configured by ``yaml_for(mock_port)``."""
-    lt = LoopThread()
+            mock: MockOptions | None = None, mocks: int = 1,
+            yaml_for_ports: Callable[[list[int]], str] | None = None,
+            lt: LoopThread | None = None) -> Iterator[Gateway]:
+    """Start ``mocks`` mock upstreams and a gateway configured by ``yaml_for(mock_port)``
+    (or ``yaml_for_ports([port, ...])`` when there are several). With ``lt`` they run on
+    that loop thread (which the caller closes), so the test's own servers share it."""
+    own_loop = lt is None
+    lt = lt or LoopThread()
     started: list[Mock] = []
     app: App | None = None
     try:
         for _ in range(mocks):
             srv = lt.run(start_mock(mock or MockOptions(), "127.0.0.1", 0))
             started.append(Mock(srv, srv.sockets[0].getsockname()[1]))
-        text = (yaml_for or minimal_yaml)(started[0].port)
+        if yaml_for_ports is not None:
+            text = yaml_for_ports([m.port for m in started])
+        else:
+            text = (yaml_for or minimal_yaml)(started[0].port)
         cfg = parse_config(text)
 
         async def boot() -> App:
@@ -135,15 +158,13 @@ def running(yaml_for: Callable[[int], str] | None = None, *,
 
             async def stop() -> None:
                 a.server_state.draining = True
-                await a.stop()
+                await a.stop(drain_timeout_s=2.0)
 
-            try:
-                lt.run(stop(), timeout=40)
-            except Exception:
-                pass
+            lt.run(stop(), timeout=20)
         for m in started:
             lt.call(m.server.close)
-        lt.close()
+        if own_loop:
+            lt.close()
 
 
 # -- raw HTTP helpers ------------------------------------------------------------------

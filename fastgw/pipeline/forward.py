@@ -129,6 +129,9 @@ class Forwarder:
         try:
             conn.set_sink(relay.feed)
             await conn.wait_done()
+            if failure and not relay.committed:
+                # The whole (failed) stream had arrived before we looked at it.
+                raise failure[0]
             relay.finish()
             reuse = True
         except UpstreamError as exc:

@@ -30,10 +30,10 @@ class _Bucket:
 
     __slots__ = ("capacity", "rate", "stamp", "tokens")
 
-    def __init__(self, per_minute: float, now: float) -> None:
-        self.capacity = per_minute
+    def __init__(self, per_minute: float, now: float, capacity: float | None = None) -> None:
+        self.capacity = capacity if capacity is not None else per_minute
         self.rate = per_minute / 60.0
-        self.tokens = per_minute
+        self.tokens = self.capacity
         self.stamp = now
 
     def refill(self, now: float) -> None:
@@ -63,7 +63,7 @@ class ProviderQuota:
         self.cfg = cfg
         self._loop = loop
         now = loop.time()
-        self._requests = _Bucket(cfg.rpm, now) if cfg.rpm else None
+        self._requests = _Bucket(cfg.rpm, now, cfg.burst) if cfg.rpm else None
         self._tokens = _Bucket(cfg.tpm, now) if cfg.tpm else None
         self.inflight = 0
         self._tenants: OrderedDict[str, deque[_Waiter]] = OrderedDict()
