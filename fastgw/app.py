@@ -25,6 +25,7 @@ from fastgw.metrics import Recorder
 from fastgw.pipeline import headers as hdr
 from fastgw.pipeline.access import AccessState
 from fastgw.pipeline.gateway import Gateway, GatewayState
+from fastgw.pipeline.probes import Prober
 from fastgw.pipeline.runner import Proxy
 from fastgw.pipeline.snapshot import build_snapshot
 from fastgw.server.lifecycle import drain, listen_socket, start_server
@@ -68,6 +69,8 @@ class App:
         access = await self.access_state.build(cfg)
         proxy = Proxy(self.loop, Recorder(), self.access_log, access)
         self.gateway = Gateway(GatewayState(snapshot), proxy, self.reload)
+        self.prober = Prober(self.loop)
+        self.prober.start(snapshot)
         s = cfg.server
         settings = ServerSettings(max_body_bytes=s.max_body_bytes,
                                   max_header_bytes=s.max_header_bytes,
@@ -104,6 +107,7 @@ class App:
             snapshot = build_snapshot(new, self.client, int(time.time()), self.loop,
                                       previous=self.gateway.state.snapshot)
             self.gateway.state.snapshot = snapshot
+            self.prober.start(snapshot)
             self.gateway.proxy.access = access
             self.config = new
             self.client.retire_unused({p.pool for p in snapshot.providers.values()})
@@ -120,6 +124,8 @@ class App:
             if not clean:
                 log.warning("drain timeout: closed connections still in flight")
         await self.access_state.close()
+        if self.gateway is not None:
+            self.prober.stop()
         self.client.close()
         if self.mock is not None:
             self.mock.close()

@@ -589,3 +589,29 @@ def test_streams_count_against_inflight_until_they_end() -> None:
         Reader(s).buf = b""
         s.close()
         assert wait_for(lambda: gw.lt.call(inflight) == 0, timeout=2)
+
+
+def test_active_probes_eject_and_restore_without_client_traffic() -> None:
+    port = closed_port()
+
+    def yaml(good: int) -> str:
+        return f"""
+providers:
+  - {{name: flaky, kind: openai-compatible, base_url: 'http://127.0.0.1:{port}/v1', probe: true}}
+models:
+  - {{name: m, targets: [{{provider: flaky, model: x}}]}}
+health: {{probe_interval_s: 0.1, consecutive_failures: 2, base_ejection_s: 30}}
+""" + OFF
+
+    from fastgw.metrics import TARGET_HEALTHY
+
+    gauge = TARGET_HEALTHY.labels("flaky", "x")
+    with side_loop() as lt, running(yaml, lt=lt) as gw:
+        assert wait_for(lambda: gauge._value.get() == 0, timeout=3)
+        r = http(gw.port, "POST", "/v1/chat/completions", chat("m"))
+        assert r.status == 503  # ejected, and its cooldown is long
+        srv = lt.run(start_mock(MockOptions(), "127.0.0.1", port))
+        # A good probe brings it back long before the 30 s cooldown.
+        assert wait_for(lambda: gauge._value.get() == 1, timeout=3)
+        assert http(gw.port, "POST", "/v1/chat/completions", chat("m")).status == 200
+        lt.call(srv.close)
