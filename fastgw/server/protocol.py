@@ -235,6 +235,7 @@ class HttpProtocol(asyncio.Protocol):
         "_body_size",
         "_current",
         "_deadline",
+        "_head_raw",
         "_header_bytes",
         "_headers",
         "_parser",
@@ -278,6 +279,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._head_raw = 0
         self._body_parts: list[bytes] = []
         self._body_size = 0
 
@@ -384,11 +386,23 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             detail = str(exc) or "malformed HTTP request"
             self._reject(BadFraming(f"bad HTTP request: {detail}; the request was not forwarded"))
+        else:
+            if self._current is None and self._phase == _READING and not self._reject_after:
+                # A head is still incomplete. httptools keeps a header line to itself
+                # until it ends, so on_header alone would let one endless line grow
+                # without bound: count the raw bytes of every further read too.
+                if self._head_raw < 0:
+                    self._head_raw = 0  # begun in this read (maybe behind other requests)
+                else:
+                    self._head_raw += len(data)
+                    if self._head_raw > self.settings.max_header_bytes:
+                        self._reject(self._too_large())
 
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._head_raw = -1  # data_received counts from the next read on
         self._body_parts = []
         self._body_size = 0
         self._current = None
@@ -424,7 +438,8 @@ class HttpProtocol(asyncio.Protocol):
             if name == b"content-length":
                 # llhttp has already refused duplicates and non-digits.
                 length = int(value)
-            elif name == b"expect" and value.lower() == b"100-continue":
+            elif (name == b"expect" and value.lower() == b"100-continue"
+                  and not cycle.http10):  # 1.0 clients know no 1xx: ignore (RFC 9110)
                 cycle.expect_continue = True
         cycle.content_length = length
         if length > self.settings.max_body_bytes:
