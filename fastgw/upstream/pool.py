@@ -101,7 +101,7 @@ class Pool:
                     # Handed a connection (or a slot) just as we were cancelled: pass it on.
                     handed = waiter.result()
                     if handed is not None:
-                        self.release(handed, reuse=True)
+                        self._keep(handed)  # already reset: release() would close it
                     else:
                         self.total -= 1  # unbook the slot handed to us
                         self._slot_freed()
@@ -155,23 +155,27 @@ class Pool:
 
     def release(self, conn: UpstreamConnection, reuse: bool) -> None:
         """Return a connection after an exchange; it is closed unless reusable."""
-        if (reuse and conn.reusable() and not self.closed
-                and conn.pool_generation == self.generation):
+        if reuse and conn.reusable():
             conn.reset()
-            waiters = self._waiters
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(conn)
-                    return
-            conn.idle_since = self.loop.time()
-            self._idle.append(conn)
-            if self._sweeper is None:
-                self._sweeper = self.loop.call_later(self.idle_s, self._sweep)
+            self._keep(conn)
             return
-        conn.abort()
-        self.total -= 1
-        self._slot_freed()
+        self._discard(conn)
+
+    def _keep(self, conn: UpstreamConnection) -> None:
+        """A clean, reset connection: to the first live waiter, else idle."""
+        if self.closed or conn.closed or conn.pool_generation != self.generation:
+            self._discard(conn)
+            return
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        conn.idle_since = self.loop.time()
+        self._idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.idle_s, self._sweep)
 
     def _discard(self, conn: UpstreamConnection) -> None:
         conn.abort()
