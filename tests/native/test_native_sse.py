@@ -14,6 +14,12 @@ from fastgw._reference import sse as ref
 
 from .conftest import OPENAI_USAGE, STREAMS, openai_stream
 
+# Sockets leaked by other tests' servers can be collected while these run;
+# pytest would blame the test that happens to trigger the collection.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <socket\.socket:pytest.PytestUnraisableExceptionWarning"
+)
+
 Flags = native.SseScanner
 
 
