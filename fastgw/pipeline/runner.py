@@ -275,6 +275,7 @@ class Proxy:
             if status == 429 or (status == 503 and exc.retry_after is not None):
                 # Throttled, not broken: keep away until Retry-After, no ejection.
                 state.not_before = now + (exc.retry_after or 1.0)
+                TargetState.cooling_until = max(TargetState.cooling_until, state.not_before)
                 state.health.release_probe()
                 return
             if status < 500:

@@ -22,6 +22,10 @@ EWMA_ALPHA = 0.3  # weight of the newest time-to-first-byte sample
 class TargetState:
     """Live figures of one target, shared by every request of a snapshot."""
 
+    # The latest ``not_before`` set on any target: once past it, no target is
+    # cooling down and the filter can skip that check.
+    cooling_until = 0.0
+
     __slots__ = ("ewma_ttfb", "health", "inflight", "name", "not_before", "samples", "weight")
 
     def __init__(self, name: str, weight: float, health: Health) -> None:
@@ -129,22 +133,25 @@ class Latency(Balancer):
     def __init__(self, states: Sequence[TargetState]) -> None:
         super().__init__(states)
         self._rng = random.Random()
+        # (the order of the rest only matters when the first choice fails)
 
     def order(self, key: bytes | None) -> list[int]:
         n = self.n
         if n == 1:
             return [0]
-        states = self.states
-        a, b = self._rng.sample(range(n), 2)
-        sa, sb = states[a], states[b]
-        first = a if _score(sa) <= _score(sb) else b
-        rest = sorted((i for i in range(n) if i != first), key=lambda i: _score(states[i]))
-        return [first, *rest]
-
-
-def _score(s: TargetState) -> float:
-    # Unmeasured targets score 0 so they are explored; load breaks near-ties.
-    return (s.ewma_ttfb if s.samples else 0.0) * (1.0 + s.inflight / s.weight / 10.0)
+        rnd = self._rng.random
+        a = int(rnd() * n)
+        b = int(rnd() * (n - 1))
+        if b >= a:
+            b += 1
+        # Unmeasured targets score 0 so they get explored; load breaks near-ties.
+        scores = [(s.ewma_ttfb if s.samples else 0.0) * (1.0 + 0.1 * s.inflight / s.weight)
+                  for s in self.states]
+        first = a if scores[a] <= scores[b] else b
+        order = sorted(range(n), key=scores.__getitem__)
+        order.remove(first)
+        order.insert(0, first)
+        return order
 
 
 class ConsistentHash(Balancer):
@@ -165,14 +172,16 @@ class ConsistentHash(Balancer):
             return self._fallback.order(None)
         if self.n == 1:
             return [0]
-        states = self.states
-        loads = [float(s.inflight) for s in states]
-        if any(loads):
-            names = self.ring.candidates(key, None, loads, self.c)
-        else:
-            names = self.ring.candidates(key)
         index = self._index
-        return [index[name] for name in names]
+        order = [index[name] for name in self.ring.candidates(key)]
+        loads = [s.inflight for s in self.states]
+        if any(loads):
+            # Bounded load: the first target not above c x its fair share leads.
+            first = self.ring.lookup_index(key, loads, self.c)
+            if first != order[0]:
+                order.remove(first)
+                order.insert(0, first)
+        return order
 
 
 def make_balancer(kind: str, states: Sequence[TargetState]) -> Balancer:
@@ -193,5 +202,7 @@ def usable(order: list[int], states: Sequence[TargetState], now: float) -> list[
     """``order`` without ejected targets (a target whose cooldown is over stays in:
     the first request to reach it is its half-open probe) and without targets
     cooling down after a 429, unless only those are left."""
+    if not Health.degraded and now >= TargetState.cooling_until:
+        return order  # the usual case: everyone is fine
     return [i for i in order if states[i].health.peek(now) and states[i].not_before <= now] \
         or [i for i in order if states[i].health.peek(now)]

@@ -21,6 +21,10 @@ HALF_OPEN = 2  # the cooldown is over; one probe request is in flight
 
 
 class Health:
+    # Targets not HEALTHY right now, process-wide: when 0 (the usual case) the
+    # health filter on the request path is skipped entirely.
+    degraded = 0
+
     __slots__ = ("_cfg", "_on_change", "_win_failures", "_win_requests", "_win_start",
                  "consecutive", "ejected_until", "ejections", "state")
 
@@ -54,6 +58,7 @@ class Health:
         self._count(now, failed=False)
         if self.state != HEALTHY:
             self.state = HEALTHY
+            Health.degraded -= 1
             self.ejections = 0
             if self._on_change is not None:
                 self._on_change(True)
@@ -92,6 +97,8 @@ class Health:
         cooldown = min(cfg.base_ejection_s * 2 ** (self.ejections - 1), cfg.max_ejection_s)
         self.ejected_until = now + cooldown
         was_healthy = self.state == HEALTHY
+        if was_healthy:
+            Health.degraded += 1
         self.state = EJECTED
         self.consecutive = 0
         self._win_requests = 0
