@@ -102,6 +102,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._close()
             return
         self._last_rx = now = self.loop.time()
+        # Set before parsing: a malformed answer is still an answer (never retried).
+        self.received_any = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -114,7 +116,6 @@ class UpstreamConnection(asyncio.Protocol):
                 f"upstream {self.peer_name} sent a malformed HTTP response: {exc}", sent=True))
             return
         if state == _WAIT_HEAD:
-            self.received_any = True
             if self._state == _WAIT_HEAD:
                 self._state = _HEAD
             if self._state < _DONE:

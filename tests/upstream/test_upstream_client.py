@@ -258,6 +258,38 @@ def test_interim_100_continue_is_skipped() -> None:
     run(go)
 
 
+
+def test_connection_close_answer_is_not_reused() -> None:
+    def answer(c: PeerConn, n: int, path: bytes) -> None:
+        c.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+
+    async def go() -> None:
+        async with Scripted(answer) as peer:
+            pool = make_pool(peer.port)
+            conn = await exchange(pool, get(), FAST, whole=True)
+            assert conn.body() == b"ok" and not conn.reusable()
+            pool.release(conn, reuse=True)
+            assert pool.total == 0 and pool.idle_count == 0
+            assert await eventually(lambda: peer.open == 0)
+            pool.close()
+
+    run(go)
+
+
+def test_no_content_answer_without_length_is_complete_and_reusable() -> None:
+    async def go() -> None:
+        async with Scripted(lambda c, n, path: c.write(b"HTTP/1.1 204 No Content\r\n\r\n")) \
+                as peer:
+            pool = make_pool(peer.port)
+            for _ in range(2):
+                conn = await exchange(pool, get(), FAST, whole=True)
+                assert conn.status == 204 and conn.body() == b""
+                pool.release(conn, reuse=True)
+            assert pool.opened == 1
+            pool.close()
+
+    run(go)
+
 # -- reuse and limits ---------------------------------------------------------------------
 
 
@@ -421,6 +453,25 @@ def test_pooled_connection_closed_by_peer_is_retried_once_on_a_fresh_one() -> No
     run(go)
 
 
+def test_pooled_connection_the_peer_closed_while_idle_is_skipped() -> None:
+    def answer(c: PeerConn, n: int, path: bytes) -> None:
+        c.write(ok(path))
+        c.later(0.02, c.close)
+
+    async def go() -> None:
+        async with Scripted(answer) as peer:
+            pool = make_pool(peer.port)
+            pool.release(await exchange(pool, get(), FAST, whole=True), reuse=True)
+            assert await eventually(lambda: peer.closed == 1)
+            conn = await exchange(pool, get("/next"), FAST, whole=True)
+            assert conn.body() == b"/next"
+            assert pool.opened == 2 and peer.requests == 2  # no failed attempt, no retry
+            pool.release(conn, reuse=True)
+            pool.close()
+
+    run(go)
+
+
 def test_fresh_connection_closed_before_answering_is_not_retried() -> None:
     async def go() -> None:
         async with Scripted(lambda c, n, path: c.close()) as peer:
@@ -447,6 +498,25 @@ def test_failure_after_response_bytes_is_not_retried() -> None:
             pool = make_pool(peer.port)
             pool.release(await exchange(pool, get(), FAST, whole=True), reuse=True)
             with pytest.raises(UpstreamProtocolError, match="middle of the response"):
+                await exchange(pool, get(), FAST, whole=True)
+            assert peer.requests == 2 and pool.opened == 1
+            assert pool.total == 0
+            pool.close()
+
+    run(go)
+
+
+def test_malformed_answer_on_a_pooled_connection_is_not_retried() -> None:
+    # The peer did answer (badly): it may have acted on the request, so it is not
+    # sent again.
+    def answer(c: PeerConn, n: int, path: bytes) -> None:
+        c.write(ok(path) if n == 1 else b"HTTP/1.1 two hundred\r\n\r\n")
+
+    async def go() -> None:
+        async with Scripted(answer) as peer:
+            pool = make_pool(peer.port)
+            pool.release(await exchange(pool, get(), FAST, whole=True), reuse=True)
+            with pytest.raises(UpstreamProtocolError, match="malformed"):
                 await exchange(pool, get(), FAST, whole=True)
             assert peer.requests == 2 and pool.opened == 1
             assert pool.total == 0
