@@ -544,6 +544,41 @@ def test_smuggling_attempt_behind_a_valid_request_is_answered_in_order_then_clos
     assert upstream_requests(gw) == 1
 
 
+def test_nothing_sent_after_a_rejected_request_is_forwarded_even_with_a_full_pipeline(
+        gw: Gateway) -> None:
+    # Enough requests queued behind a slow one that reading pauses for the pipeline;
+    # answering them must not resume reading past the rejected request.
+    batch = b"".join(chat_request({"x-request-id": f"r{i}", "x-mock-latency-ms": "20"})
+                     for i in range(20))
+    with connect(gw.port) as s:
+        s.sendall(batch + SMUGGLING["content-length-and-chunked"])
+        time.sleep(0.1)
+        try:
+            for i in range(5):
+                s.sendall(chat_request({"x-request-id": f"late{i}"}))
+                time.sleep(0.05)
+        except OSError:
+            pass  # closed already
+        data, closed = read_to_eof(s, 5)
+    assert closed
+    assert data.count(b"HTTP/1.1 200 ") == 20
+    assert data.count(b"HTTP/1.1 400 ") == 1
+    assert b"late" not in data
+    time.sleep(0.05)
+    assert upstream_requests(gw) == 20
+
+
+def test_connection_close_request_is_answered_then_closed(gw: Gateway) -> None:
+    with connect(gw.port) as s:
+        s.sendall(request("GET", "/healthz", headers={"connection": "close"})
+                  + request("GET", "/healthz"))  # never answered: the client said close
+        data, closed = read_to_eof(s, 3)
+    assert closed
+    r = parse_one(data)
+    assert r.status == 200 and r.headers["connection"] == "close"
+    assert data.count(b"HTTP/1.1") == 1
+
+
 def test_malformed_request_line_is_400(gw: Gateway) -> None:
     for raw in (b"GARBAGE\r\n\r\n", b"GET /healthz HTTP/9.9\r\nhost: x\r\n\r\n",
                 b"GET  HTTP/1.1\r\n\r\n"):
