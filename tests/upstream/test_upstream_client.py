@@ -674,6 +674,14 @@ def test_connect_that_hangs_raises_timeout_after_connect_s() -> None:
                     await exchange(pool, get(), FAST, whole=True)
                 assert 0.25 <= time.monotonic() - t0 < 1.5
                 assert pool.total == 0
+                # Cancelled while connecting: the booked slot is given back too.
+                task = asyncio.create_task(exchange(pool, get(), FAST, whole=True))
+                await asyncio.sleep(0.05)
+                assert pool.total == 1
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert pool.total == 0 and pool.opened == 0
             finally:
                 pool.close()
                 for f in fillers:
