@@ -2,8 +2,8 @@
 //!
 //! The pure core modules below have no `PyO3` in them and are tested with
 //! `cargo test -p fastgw-native --no-default-features`. The bindings in
-//! [`py`] (the `#[pymodule]`, classes, error mapping) are built only with the
-//! `python` feature, which maturin enables.
+//! `py/` (classes, error mapping) and the `#[pymodule]` here are built only
+//! with the `python` feature, which maturin enables.
 #![deny(missing_docs)]
 
 pub mod jwt;
@@ -14,3 +14,34 @@ pub mod sse;
 
 #[cfg(feature = "python")]
 mod py;
+
+/// The extension module: every class, function and exception, plus
+/// `__version__` and `build_profile`.
+#[cfg(feature = "python")]
+#[pyo3::pymodule(gil_used = false)]
+mod _native {
+    use pyo3::prelude::*;
+
+    #[pymodule_export]
+    use crate::py::hash64;
+    #[pymodule_export]
+    use crate::py::jwt::{JwtKeySet, JwtVerifier};
+    #[pymodule_export]
+    use crate::py::limiter::{Limit, LimiterTable, Reservation, Scope, SharedLimiterTable};
+    #[pymodule_export]
+    use crate::py::ring::HashRing;
+    #[pymodule_export]
+    use crate::py::sse::SseScanner;
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        m.add("build_profile", profile)?;
+        crate::py::jwt::add_exceptions(m)
+    }
+}

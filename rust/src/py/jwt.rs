@@ -80,7 +80,7 @@ create_exception!(
 );
 
 /// Adds the exception classes, each with its `reason` code.
-pub(super) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(crate) fn add_exceptions(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     let base = py.get_type::<JwtError>();
     base.setattr("reason", "invalid")?;
