@@ -437,7 +437,8 @@ def test_add_arguments_and_options_from_args() -> None:
         options_from_args(parser.parse_args(["--fail-rate", "2"]))
 
 
-def test_python_m_fastgw_mock_serves_and_exits_0_on_sigterm() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_python_m_fastgw_mock_serves_and_exits_0_on_signal(sig: signal.Signals) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastgw.mock", "--port", "0", "--chunks", "2"],
         stdout=subprocess.PIPE,
@@ -449,7 +450,7 @@ def test_python_m_fastgw_mock_serves_and_exits_0_on_sigterm() -> None:
         port = int(line.rsplit(":", 1)[1])
         resp = http(port, b"POST", b"/v1/chat/completions", CHAT)
         assert orjson.loads(resp.body)["usage"]["completion_tokens"] == 2
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
