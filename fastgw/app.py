@@ -76,7 +76,7 @@ class App:
                                   max_header_bytes=s.max_header_bytes,
                                   keepalive_timeout_s=s.keepalive_timeout_s,
                                   header_timeout_s=s.header_timeout_s,
-                                  new_request_id=hdr.new_request_id)
+                                  request_id=hdr.request_id_for)
         if sock is None:
             sock = listen_socket(s.host, s.port, reuse_port=s.workers > 1, backlog=s.backlog)
         self.server = await start_server(self.gateway, settings, self.server_state, sock,

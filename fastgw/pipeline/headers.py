@@ -50,6 +50,14 @@ def forwarded(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None]:
     return b"".join(out), rid
 
 
+def request_id_for(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The client's x-request-id when it is usable, else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            return value
+    return new_request_id()
+
+
 def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID.fullmatch(value) is not None
 

@@ -51,8 +51,9 @@ class ServerSettings:
     max_header_bytes: int = 65536
     keepalive_timeout_s: float = 75.0
     header_timeout_s: float = 10.0
-    # Makes the x-request-id of answers the server gives on its own (400, 408...).
-    new_request_id: Callable[[], bytes] = lambda: b"-"
+    # The x-request-id of answers the server gives on its own (400, 408, 413...):
+    # the client's when it sent a usable one, else a new one.
+    request_id: Callable[[list[tuple[bytes, bytes]]], bytes] = lambda _headers: b"-"
 
 
 @dataclass(slots=True, eq=False)
@@ -173,7 +174,8 @@ class Cycle:
 
     def send_error(self, exc: GatewayError, header_block: bytes | None = None) -> None:
         if header_block is None:
-            header_block = b"x-request-id: " + self._proto.settings.new_request_id() + b"\r\n"
+            header_block = (b"x-request-id: " + self._proto.settings.request_id(self.headers)
+                            + b"\r\n")
         status, extra, body = wire.error_parts(exc)
         self.send(status, header_block + extra, body)
 

@@ -378,6 +378,7 @@ def test_content_length_over_limit_is_413_without_reading_the_body(gw: Gateway) 
     r = parse_one(data)
     assert_error(r, 413, "payload_too_large")
     assert r.headers["connection"] == "close"
+    assert r.headers["x-request-id"] == "big-one"  # the server's own answers keep it too
     assert upstream_requests(gw) == 0
 
 
