@@ -296,7 +296,8 @@ class Scenario:
 
 def _spec(url: str, target: Target, s: Settings, **kw: Any) -> LoadSpec:
     headers = {**target.headers, **kw.pop("headers", {})}
-    return LoadSpec(url=url, headers=headers, warmup=s.warmup, **kw)
+    # A row that stops answering costs at most 10 s per connection, then shows as timeouts.
+    return LoadSpec(url=url, headers=headers, warmup=s.warmup, timeout=10.0, **kw)
 
 
 SCENARIOS: list[Scenario] = [
