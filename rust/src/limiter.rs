@@ -27,6 +27,7 @@
 //! Only when `max_keys` busy buckets exist does it evict busy ones.
 
 use indexmap::IndexMap;
+use smallvec::SmallVec;
 
 /// Seconds in a day.
 const DAY: f64 = 86_400.0;
@@ -500,8 +501,9 @@ pub(crate) fn reserve_in<S: Store>(
     now: f64,
 ) -> Outcome {
     let n = keys.len();
-    let mut slots: Vec<usize> = Vec::with_capacity(n);
-    let mut work: Vec<BucketState> = Vec::with_capacity(n);
+    // On the stack for the usual handful of scopes.
+    let mut slots: SmallVec<[usize; 8]> = SmallVec::with_capacity(n);
+    let mut work: SmallVec<[BucketState; 8]> = SmallVec::with_capacity(n);
     let mut statuses = Vec::with_capacity(n);
     let mut admitted = true;
     let mut retry_after = 0.0_f64;

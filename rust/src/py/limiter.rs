@@ -6,6 +6,7 @@ use std::sync::{Mutex, PoisonError};
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
+use smallvec::SmallVec;
 
 use super::{key_bytes, now_or_clock};
 use crate::limiter::{self as core, LimitError, LocalTable, Outcome, Period};
@@ -280,11 +281,11 @@ impl<'py> Args<'py> {
         })
     }
 
-    fn keys(&self) -> Vec<&[u8]> {
+    fn keys(&self) -> SmallVec<[&[u8]; 8]> {
         self.scopes.iter().map(|s| &*s.get().key).collect()
     }
 
-    fn limits(&self) -> Vec<core::Limit> {
+    fn limits(&self) -> SmallVec<[core::Limit; 8]> {
         self.scopes.iter().map(|s| s.get().limit).collect()
     }
 }
