@@ -56,6 +56,10 @@ VARIANTS = Counter("fastgw_variant_requests_total", "Requests per variant of a m
                    ["model", "variant"])
 TARGET_HEALTHY = Gauge("fastgw_target_healthy", "1 when a target is taking traffic.",
                        ["provider", "model"], multiprocess_mode="livemax")
+REDIS_FALLBACKS = Counter("fastgw_redis_fallbacks_total", "Limit decisions made without Redis "
+                          "(unreachable), by redis.on_error mode.", ["mode"])
+JWKS_FETCHES = Counter("fastgw_jwks_fetches_total", "JWKS fetches from the identity provider.",
+                       ["result"])
 
 
 def render() -> tuple[bytes, bytes]:

@@ -1,0 +1,49 @@
+"""Limits in this process, or in shared memory across ``--workers``.
+
+The ``--workers`` supervisor puts a path in ``FASTGW_LIMITS_SHM`` before it
+forks; every worker (and every restarted worker) maps that file, so they all
+reserve from one table. A single process uses a plain in-process table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from fastgw._native import LimiterTable, Reservation, SharedLimiterTable
+from fastgw.limits.rules import Plan
+
+SHM_ENV = "FASTGW_LIMITS_SHM"
+
+
+def local_table() -> LimiterTable | SharedLimiterTable:
+    """The shared-memory table named by ``FASTGW_LIMITS_SHM``, or a process-local one."""
+    path = os.environ.get(SHM_ENV)
+    if path:
+        return SharedLimiterTable(path)
+    return LimiterTable()
+
+
+class LocalLimiter:
+    """Reserve and settle on a native table: no I/O, no await."""
+
+    __slots__ = ("table",)
+
+    is_local = True
+
+    def __init__(self, table: LimiterTable | SharedLimiterTable | None = None) -> None:
+        self.table = table if table is not None else local_table()
+
+    def reserve(self, plan: Plan, costs: Sequence[float]) -> Reservation:
+        return self.table.reserve(plan.scopes, costs)
+
+    def settle(self, res: object, actual: Sequence[float]) -> None:
+        if isinstance(res, Reservation):
+            self.table.settle(res, actual)
+
+    def release(self, res: object) -> None:
+        if isinstance(res, Reservation):
+            self.table.release(res)
+
+    async def close(self) -> None:
+        """Nothing to close (the table lives as long as the process)."""
