@@ -29,6 +29,15 @@ def supervise(cfg: Config) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from prometheus_client import multiprocess
 
+    # Local limits shared by the workers: each maps this file (limits/local.py).
+    shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    shm_path = os.path.join(shm_dir, f"fastgw-limits-{os.getpid()}")
+    try:
+        os.unlink(shm_path)  # left by an earlier process with our pid: start from zero
+    except OSError:
+        pass
+    os.environ["FASTGW_LIMITS_SHM"] = shm_path
+
     s = cfg.server
     # Reserve the port (and learn it when 0 was asked): a bound, non-listening
     # SO_REUSEPORT socket receives no connections but keeps the port ours.
@@ -115,6 +124,10 @@ def supervise(cfg: Config) -> int:
     finally:
         holder.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        try:
+            os.unlink(shm_path)
+        except OSError:
+            pass
     return 0
 
 

@@ -5,29 +5,374 @@ looked up, so unauthenticated callers learn nothing about models), then
 :meth:`Access.admit` (model allowed? reserve every matching limit), and
 :meth:`Access.settle` exactly once when the request ends, whatever happened
 (correct the reservation with real usage, refund on error or cancel).
+
+::
+
+    authenticate   IP rules (403) -> credential: API key by sha256, else JWT (401)
+    admit          model allowed (403) -> plan for (caller, model), cached
+                   -> reserve every scope at once (429 + Retry-After) -> x-ratelimit-*
+    settle         requests: 1 if an upstream was tried, else refunded;
+                   tokens/USD: real usage, the estimate when an answer had none,
+                   0 on error or cancel; in-flight slots: given back
+
+An :class:`Access` is built per configuration by :class:`AccessState` (which
+the app keeps across reloads: the limiter table, the Redis client and the
+JWKS cache survive a reload that does not change them). With no ``auth``
+section and no limits the gateway stays open and every phase is a no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastgw._native import JwtKeyError
+from fastgw.auth import IpRules, JwtAuth, KeyStore, ModelGlobs, Principal
+from fastgw.auth.jwt import looks_like_jwt
+from fastgw.config import Config, JwtConfig, RedisConfig
+from fastgw.errors import ConfigError, Forbidden, InternalError, RateLimited, Unauthorized
+from fastgw.limits import LocalLimiter, Plan, Rules
+from fastgw.limits.redis import RedisLimiter
+from fastgw.limits.rules import Outcome, estimate
 from fastgw.pipeline.ctx import RequestCtx
-from fastgw.pipeline.snapshot import Snapshot
+from fastgw.pipeline.snapshot import ModelRoute, Snapshot
 from fastgw.server.protocol import Cycle
+from fastgw.upstream.client import Endpoint, Timeouts, UpstreamClient, exchange
+
+log = logging.getLogger("fastgw.access")
+
+_MISSING_CREDENTIALS = ("missing API key: send 'Authorization: Bearer <key>' (or the header "
+                        "'x-api-key: <key>')")
+_BAD_KEY = ("the API key is not valid; check it for typos, or ask the gateway's "
+            "administrator for a key")
+_MAX_TOKEN_PRINCIPALS = 10_000
+_UNSET: Any = object()
+_SEPARATORS = re.compile(r"[\s,]+")
+
+Limiter = LocalLimiter | RedisLimiter
+
+
+class Grant:
+    """What access control learned about one request (``ctx.grant``)."""
+
+    __slots__ = ("backend", "plan", "principal", "res", "tokens", "usd")
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+        self.plan: Plan | None = None
+        self.res: Outcome | None = None
+        self.backend: Limiter | None = None
+        self.tokens = 0.0  # reserved estimates, settled as they are when usage is unknown
+        self.usd = 0.0
+
+
+def credential(cycle: Cycle) -> bytes | None:
+    """The key or token: ``Authorization: Bearer ...``, else ``x-api-key``."""
+    auth = cycle.header(b"authorization")
+    if auth is not None:
+        scheme, _, token = auth.partition(b" ")
+        token = token.strip()
+        if token and scheme.lower() == b"bearer":
+            return token
+    key = cycle.header(b"x-api-key")
+    if key is not None:
+        key = key.strip()
+        if key:
+            return key
+    return None
 
 
 class Access:
-    """Open access: no credentials configured, no limits."""
+    """Access control for one configuration. ``Access()`` is open: no credentials,
+    no limits."""
 
-    __slots__ = ()
+    __slots__ = ("_anonymous", "_backend", "_ip", "_jwt", "_keys", "_open", "_rules",
+                 "_token_principals", "_trust_xff")
+
+    def __init__(self, *, keys: KeyStore | None = None, jwt: JwtAuth | None = None,
+                 ip: IpRules | None = None, rules: Rules | None = None,
+                 backend: Limiter | None = None) -> None:
+        self._keys = keys if keys else None
+        self._jwt = jwt
+        self._open = self._keys is None and jwt is None
+        self._ip = ip
+        self._trust_xff = ip is not None and ip.trusts_proxies
+        self._rules = rules
+        if rules is not None and backend is None:
+            backend = LocalLimiter()
+        self._backend = backend
+        self._anonymous = Principal("anonymous", None, ModelGlobs(("*",)))
+        self._token_principals: dict[tuple[str, str | None, tuple[str, ...]], Principal] = {}
+
+    @property
+    def open(self) -> bool:
+        """True when no credentials are asked for."""
+        return self._open
+
+    @property
+    def backend(self) -> Limiter | None:
+        return self._backend
+
+    # -- phases --------------------------------------------------------------------------
 
     async def authenticate(self, ctx: RequestCtx) -> None:
         """Identify the caller (API key, JWT) and apply IP rules; raise 401/403."""
+        if self._ip is not None:
+            self._check_ip(ctx.cycle)
+        if self._open:
+            if self._rules is not None:
+                ctx.grant = Grant(self._anonymous)
+            return
+        token = credential(ctx.cycle)
+        if token is None:
+            raise Unauthorized(_MISSING_CREDENTIALS)
+        keys = self._keys
+        principal = keys.lookup(token) if keys is not None else None
+        if principal is None:
+            principal = await self._from_token(token)
+        ctx.key_name = principal.name
+        ctx.grant = Grant(principal)
 
     async def admit(self, ctx: RequestCtx) -> None:
         """Check the model is allowed (403) and reserve limits (429)."""
+        grant: Grant | None = ctx.grant
+        if grant is None:
+            return
+        principal = grant.principal
+        model = ctx.model
+        if not principal.allows(model):
+            who = "key" if principal.kind == "key" else "token"
+            raise Forbidden(f"this {who} ({principal.name}) may not use the model {model!r}; "
+                            "GET /v1/models lists the models it may use",
+                            code="model_not_allowed", param="model")
+        if self._rules is None:
+            return
+        route = ctx.route
+        cache_key = model if route is None or route.name == model else model + "\0" + route.name
+        plans = principal.plans
+        plan: Plan | None = plans.get(cache_key, _UNSET)
+        if plan is _UNSET:
+            plan = plans[cache_key] = self._plan(principal, model, route)
+        if plan is None:
+            return
+        if plan.uses_usage:
+            prompt, completion = estimate(len(ctx.body), ctx.doc, ctx.endpoint)
+            tokens = float(prompt + completion)
+            usd = (prompt * route.input_per_token + completion * route.output_per_token
+                   if route is not None else 0.0)
+            grant.tokens = tokens
+            grant.usd = usd
+            costs = plan.costs(tokens, usd)
+        else:
+            costs = plan.costs(0.0, 0.0)
+        backend = self._backend
+        if isinstance(backend, LocalLimiter):
+            res: Outcome = backend.reserve(plan, costs)
+        else:
+            assert backend is not None
+            res = await backend.reserve(plan, costs)
+        head = plan.headers(res)
+        if head:
+            ctx.extra_headers += head
+        if not res.admitted:
+            message, retry_after = plan.refusal(res)
+            raise RateLimited(message, headers=[(b"retry-after", retry_after)])
+        grant.plan = plan
+        grant.res = res
+        grant.backend = backend
 
     def settle(self, ctx: RequestCtx) -> None:
         """Correct reservations with the real usage; refund what was not used."""
+        grant: Grant | None = ctx.grant
+        if grant is None:
+            return
+        res = grant.res
+        if res is None:
+            return
+        grant.res = None  # settle once
+        plan = grant.plan
+        backend = grant.backend
+        assert plan is not None and backend is not None
+        tried = ctx.attempts > 0
+        if not plan.uses_usage:
+            actual = plan.actual(1.0 if tried else 0.0, 0.0, 0.0)
+        elif ctx.usage_known:
+            route = ctx.route  # the model that served (a fallback maybe)
+            p, c = ctx.prompt_tokens, ctx.completion_tokens
+            usd = p * route.input_per_token + c * route.output_per_token if route else grant.usd
+            actual = plan.actual(1.0, float(p + c), usd)
+        elif tried and 200 <= ctx.status < 400:
+            actual = plan.actual(1.0, grant.tokens, grant.usd)  # answered without usage
+        else:
+            actual = plan.actual(1.0 if tried else 0.0, 0.0, 0.0)  # error or cancel: refund
+        try:
+            backend.settle(res, actual)
+        except Exception:  # settle runs in the runner's finally: it must never raise
+            log.exception("settling limits failed")
 
     async def visible_models(self, cycle: Cycle, snapshot: Snapshot) -> list[str] | None:
         """Models the caller may list (None: all); raises 401 without credentials."""
-        return None
+        if self._ip is not None:
+            self._check_ip(cycle)
+        if self._open:
+            return None
+        token = credential(cycle)
+        if token is None:
+            raise Unauthorized(_MISSING_CREDENTIALS)
+        keys = self._keys
+        principal = keys.lookup(token) if keys is not None else None
+        if principal is None:
+            principal = await self._from_token(token)
+        return [name for name in snapshot.models if principal.allows(name)]
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def client_ip(self, cycle: Cycle) -> str:
+        """The client's address (``X-Forwarded-For`` believed from trusted proxies only)."""
+        addr = cycle.client_addr[0]
+        if self._trust_xff:
+            assert self._ip is not None
+            return self._ip.client_ip(addr, cycle.header(b"x-forwarded-for"))
+        return addr
+
+    def _check_ip(self, cycle: Cycle) -> None:
+        ip = self._ip
+        assert ip is not None
+        why = ip.refusal(self.client_ip(cycle))
+        if why is not None:
+            raise Forbidden(why, code="ip_not_allowed")
+
+    async def _from_token(self, token: bytes) -> Principal:
+        jwt = self._jwt
+        if jwt is None or not looks_like_jwt(token):
+            raise Unauthorized(_BAD_KEY)
+        claims = await jwt.verify(token)
+        return self._token_principal(jwt.cfg, claims)
+
+    def _token_principal(self, cfg: JwtConfig, claims: dict[str, Any]) -> Principal:
+        c = cfg.claims
+        sub = claims.get(c.subject)
+        if isinstance(sub, int) and not isinstance(sub, bool):
+            sub = str(sub)
+        if not isinstance(sub, str) or not sub:
+            raise Unauthorized(f"the bearer token was refused: its {c.subject!r} claim must be "
+                               "a non-empty string", code="token_missing_claim")
+        tier = None
+        if c.tier is not None:
+            t = claims.get(c.tier)
+            tier = t if isinstance(t, str) and t else None
+        models: tuple[str, ...] = ("*",)
+        if c.models is not None:
+            m = claims.get(c.models)
+            if isinstance(m, str):
+                models = tuple(x for x in _SEPARATORS.split(m) if x)
+            elif isinstance(m, list):
+                models = tuple(x for x in m if isinstance(x, str) and x)
+            else:
+                models = ()  # the claim is configured but absent: no model
+        key = (sub, tier, models)
+        p = self._token_principals.get(key)
+        if p is None:
+            if len(self._token_principals) >= _MAX_TOKEN_PRINCIPALS:
+                self._token_principals.clear()
+            p = self._token_principals[key] = Principal("jwt", sub, ModelGlobs(models),
+                                                        tier=tier)
+        return p
+
+    def _plan(self, principal: Principal, model: str, route: ModelRoute | None) -> Plan | None:
+        rules = self._rules
+        assert rules is not None
+        providers = tuple(t.provider.name for t in route.targets) if route is not None else ()
+        try:
+            return rules.plan(principal.id, principal.name, principal.tier, principal.limits,
+                              model, providers)
+        except ValueError as exc:
+            log.error("limits: %s", exc)
+            raise InternalError("the gateway's limit configuration cannot serve this request; "
+                                "the administrator's log says why") from None
+
+
+class AccessState:
+    """What access control keeps across reloads: the limiter table (local or shared
+    memory), the Redis limiter and the JWKS cache, each rebuilt only when its own
+    configuration changes."""
+
+    __slots__ = ("_jwt", "_redis", "_retired", "client", "local")
+
+    def __init__(self, client: UpstreamClient) -> None:
+        self.client = client
+        self.local = LocalLimiter()
+        self._jwt: JwtAuth | None = None
+        self._redis: RedisLimiter | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+
+    async def build(self, cfg: Config) -> Access:
+        """The :class:`Access` for ``cfg`` (ConfigError when a key cannot be loaded)."""
+        a = cfg.auth
+        keys = KeyStore(a.keys) if a.keys else None
+        jwt = await self._jwt_for(a.jwt) if a.jwt is not None else None
+        ip = None
+        if a.ip_allow or a.ip_deny:
+            ip = IpRules(a.ip_allow, a.ip_deny, cfg.server.trusted_proxies)
+        rules = None
+        backend: Limiter | None = None
+        if cfg.limits or any(k.limits is not None for k in a.keys):
+            rules = Rules(cfg.limits, cfg.redis.key_prefix)
+            backend = self._redis_for(cfg.redis) if cfg.limits_backend == "redis" else self.local
+        return Access(keys=keys, jwt=jwt, ip=ip, rules=rules, backend=backend)
+
+    async def _jwt_for(self, cfg: JwtConfig) -> JwtAuth:
+        old = self._jwt
+        if old is not None and old.cfg == cfg:
+            return old  # same settings: keep the cached keys
+        try:
+            jwt = JwtAuth(cfg, self.fetch)
+        except JwtKeyError as exc:
+            where = "auth.jwt.secret" if cfg.secret is not None else "auth.jwt.public_key_pem"
+            raise ConfigError([(where, f"cannot be used: {exc}")]) from None
+        await jwt.start()
+        if old is not None:
+            old.close()
+        self._jwt = jwt
+        return jwt
+
+    def _redis_for(self, cfg: RedisConfig) -> RedisLimiter:
+        old = self._redis
+        if old is not None and old.cfg == cfg:
+            return old
+        self._redis = RedisLimiter(cfg, self.local)
+        if old is not None:
+            self._retire(old)
+        return self._redis
+
+    def _retire(self, old: RedisLimiter) -> None:
+        task = asyncio.get_running_loop().create_task(old.close())
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def fetch(self, url: str) -> bytes:
+        """GET ``url`` through the gateway's upstream client (the JWKS)."""
+        ep = Endpoint.parse(url)
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        pool = self.client.pool(ep, max_connections=2, idle_s=30.0, connect_s=5.0)
+        request = (b"GET " + target.encode() + b" HTTP/1.1\r\nhost: " + ep.host_header
+                   + b"\r\naccept: application/json\r\nuser-agent: fastgw\r\n\r\n")
+        conn = await exchange(pool, request, Timeouts(5.0, 5.0, 5.0, 10.0), whole=True)
+        status = conn.status
+        body = conn.body()
+        pool.release(conn, reuse=True)
+        if status != 200:
+            raise OSError(f"{url} answered {status}")
+        return body
+
+    async def close(self) -> None:
+        if self._jwt is not None:
+            self._jwt.close()
+        if self._redis is not None:
+            await self._redis.close()
+        if self._retired:
+            await asyncio.wait(set(self._retired), timeout=2.0)
