@@ -1,0 +1,157 @@
+"""Plans (which buckets a request reserves) and the Redis scripts against the native
+table: same admissions, same remaining counts, same refunds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from limits_helpers import RedisServer, redis_server
+
+from fastgw._native import LimiterTable
+from fastgw.config import BudgetConfig, LimitMatch, LimitRule, LimitSpec, RedisConfig
+from fastgw.limits import LocalLimiter, Rules
+from fastgw.limits.redis import RedisLimiter, RedisReservation
+from fastgw.limits.rules import DEFAULT_COMPLETION_TOKENS, duration, estimate
+
+
+@pytest.fixture
+def redis_srv() -> Iterator[RedisServer]:
+    """A real redis-server on a free port, stopped after the test."""
+    with redis_server() as server:
+        yield server
+
+
+def test_reset_durations_use_openai_format() -> None:
+    assert duration(0.0) == b"0s"
+    assert duration(0.0123) == b"13ms"
+    assert duration(1.5) == b"1.5s"
+    assert duration(20.0) == b"20s"
+    assert duration(59.9996) == b"60s"
+    assert duration(360.0) == b"6m0s"
+    assert duration(3725.2) == b"1h2m6s"
+
+
+def test_estimate_uses_max_tokens_or_a_default() -> None:
+    assert estimate(400, {"max_tokens": 50}, "chat") == (101, 50)
+    assert estimate(400, {"max_completion_tokens": 70, "max_tokens": 50}, "chat") == (101, 70)
+    assert estimate(400, {"max_output_tokens": 90}, "responses") == (101, 90)
+    assert estimate(400, {}, "chat") == (101, DEFAULT_COMPLETION_TOKENS)
+    assert estimate(400, {"max_tokens": "lots"}, "chat") == (101, DEFAULT_COMPLETION_TOKENS)
+    assert estimate(400, {"max_tokens": 50}, "embeddings") == (101, 0)
+
+
+def rule(rpm: int | None = None, **match: str) -> LimitRule:
+    return LimitRule(match=LimitMatch(**match), rpm=rpm)
+
+
+def test_plans_collect_key_limits_and_matching_rules() -> None:
+    rules = Rules([rule(100, model="gpt-4o*"), rule(20, tier="free"),
+                   rule(5, provider="azure-*"), rule(7, key="team-?"),
+                   LimitRule(match=LimitMatch(model="gpt-4o"), tpm=1000, per="rule")])
+    key = LimitSpec(rpm=600, max_inflight=3, budget_usd=BudgetConfig(50.0, "day"))
+    plan = rules.plan("k:team-a", "team-a", "free", key, "gpt-4o", ["openai", "azure-eu"])
+    assert plan is not None
+    assert [k.split(":", 2)[2] for k in plan.keys] == [
+        "k:team-a:rpm", "k:team-a:inflight", "k:team-a:budget:day",
+        *[k.split(":", 2)[2] for k in plan.keys[3:]]]
+    assert len(plan.keys) == 8
+    assert all(k.startswith("{fastgw}:") for k in plan.keys)
+    assert plan.labels == ("key", "key", "key", "model", "tier", "provider", "key", "model")
+    assert plan.keys[-1].endswith(":*:tpm")  # per: rule -> one count for everybody
+    other = rules.plan("k:team-b", "team-b", None, None, "gpt-4o-mini", ["openai"])
+    assert other is not None and other.labels == ("model", "key")
+    assert rules.plan("-", None, None, None, "llama", []) is None
+
+
+def test_bucket_names_follow_the_match_not_the_numbers() -> None:
+    a = Rules([rule(100, model="m")]).plan("k:x", "x", None, None, "m", [])
+    b = Rules([rule(999, model="m")]).plan("k:x", "x", None, None, "m", [])
+    c = Rules([rule(100, model="m"), rule(5, model="m")]).plan("k:x", "x", None, None, "m", [])
+    assert a is not None and b is not None and c is not None
+    assert a.keys == b.keys
+    assert len(set(c.keys)) == 2  # two identical matches still get two buckets
+
+
+def test_costs_are_capped_at_each_limit_and_fixed_plans_share_one_tuple() -> None:
+    spec = LimitSpec(rpm=10, tpm=1000, budget_usd=BudgetConfig(2.0))
+    plan = Rules([]).plan("k:x", "x", None, spec, "m", [])
+    assert plan is not None and plan.uses_usage
+    assert plan.costs(5000.0, 0.5) == [1.0, 1000.0, 0.5]
+    assert plan.actual(1.0, 4000.0, 3.0) == [1.0, 4000.0, 3.0]
+    fixed = Rules([]).plan("k:x", "x", None, LimitSpec(rpm=10, max_inflight=2), "m", [])
+    assert fixed is not None and not fixed.uses_usage
+    assert fixed.costs(1.0, 1.0) is fixed.costs(9.0, 9.0) == (1.0, 1.0)
+
+
+def test_too_many_scopes_for_one_request_is_an_error() -> None:
+    rules = Rules([LimitRule(match=LimitMatch(model=g), rpm=1, tpm=1, max_inflight=1)
+                   for g in ("m", "m*", "*", "?", "[m]", "m**")])
+    with pytest.raises(ValueError, match="at most 16"):
+        rules.plan("k:x", "x", None, None, "m", [])
+
+
+def test_headers_count_the_current_request() -> None:
+    plan = Rules([]).plan("k:x", "x", None, LimitSpec(rpm=3, tpm=100), "m", [])
+    assert plan is not None
+    lim = LocalLimiter(LimiterTable())
+    seen = [lim.reserve(plan, plan.costs(10.0, 0.0)) for _ in range(4)]
+    heads = [plan.headers(res) for res in seen]
+    assert [res.admitted for res in seen] == [True, True, True, False]
+    assert [h.split(b"x-ratelimit-remaining-requests: ")[1][:1] for h in heads] == [
+        b"2", b"1", b"0", b"0"]
+    assert b"x-ratelimit-limit-tokens: 100\r\nx-ratelimit-remaining-tokens: 70\r\n" in heads[2]
+    message, retry_after = plan.refusal(seen[3])
+    assert retry_after == b"20" and "requests per minute (3)" in message
+
+
+def test_redis_scripts_agree_with_the_native_table(redis_srv: RedisServer) -> None:
+    spec = LimitSpec(rpm=5, tpm=1000, max_inflight=2, budget_usd=BudgetConfig(3.0, "month"))
+    plan = Rules([]).plan("k:x", "x", None, spec, "m", [])
+    assert plan is not None
+    local = LocalLimiter(LimiterTable())
+
+    async def scenario() -> list[tuple[bool, tuple[float, ...]]]:
+        remote = RedisLimiter(RedisConfig(url=redis_srv.url, on_error="deny"), local)
+        out = []
+        try:
+            # (costs, settle with) per step: tokens and USD vary, settle refunds or charges
+            steps = [((1, 300, 1, 1.0), (1, 100, 0, 0.5)), ((1, 500, 1, 1.0), None),
+                     ((1, 100, 1, 1.0), (1, 50, 0, 2.0)), ((1, 10, 1, 0.5), (1, 10, 0, 0.1)),
+                     ((1, 10, 1, 0.2), (1, 10, 0, 0.2)), ((1, 10, 1, 0.1), None)]
+            native = LocalLimiter(LimiterTable())
+            held = []
+            for costs, settle in steps:
+                a = native.reserve(plan, costs)
+                b = await remote.reserve(plan, costs)
+                assert isinstance(b, RedisReservation)
+                # Two clocks (ours, Redis's TIME) a few ms apart: refills differ a little.
+                assert a.admitted == b.admitted, (costs, a.remaining, b.remaining)
+                assert b.remaining == pytest.approx(a.remaining, abs=0.5)
+                assert a.denied_index == b.denied_index
+                out.append((a.admitted, a.remaining))
+                if a.admitted and settle is not None:
+                    native.settle(a, settle)
+                    remote.settle(b, settle)
+                    await asyncio.sleep(0.05)
+                elif a.admitted:
+                    held.append((a, b))
+            for a, b in held:  # in flight until now: release both
+                native.release(a)
+                remote.settle(b, [0.0] * 4)
+            await asyncio.sleep(0.05)
+            a = native.reserve(plan, (1, 1, 1, 0.0))
+            b = await remote.reserve(plan, (1, 1, 1, 0.0))
+            assert a.admitted and b.admitted
+            assert b.remaining == pytest.approx(a.remaining, abs=0.5)
+        finally:
+            await remote.close()
+        return out
+
+    t0 = time.monotonic()
+    out = asyncio.run(scenario())
+    assert time.monotonic() - t0 < 5
+    # admitted, admitted and held, admitted then over-charged, refused by the budget...
+    assert [a for a, _ in out] == [True, True, True, False, False, False]
