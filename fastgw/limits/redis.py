@@ -5,9 +5,11 @@ rate, concurrency and budget buckets, all-or-none admission, settle with
 refund or extra debit), run by two Lua scripts: one ``EVALSHA`` per
 admission, one per settle; nothing else goes to Redis on the request path.
 Time is Redis's own clock (``TIME``), so instances with drifting clocks still
-agree on refills; calendar-month windows come from the caller. Every bucket
-name carries the ``{prefix}`` hash tag, so one admission's keys live in one
-slot and the script stays atomic on Redis Cluster. Buckets expire once they
+agree on refills; calendar-month windows come from the caller. A bucket is
+one string, ``"level stamp"``, read for all scopes with one ``MGET`` and
+written with ``SET ... EX``. Every bucket name carries the ``{prefix}`` hash
+tag, so one admission's keys live in one slot and the script stays atomic on
+Redis Cluster. Buckets expire once they
 are back to their fresh state (rate: refilled; budget: after the window;
 concurrency: an hour after their last use, which bounds what a crashed
 instance can leak).
@@ -48,7 +50,7 @@ RETRY_S = 1.0  # after a failure, Redis is left alone this long (then one reques
 LOG_EVERY_S = 10.0
 
 RESERVE_LUA = """
--- KEYS[i]: bucket i, a hash {l = level, s = stamp}.
+-- KEYS[i]: bucket i, a string "level stamp".
 -- ARGV[1], ARGV[2]: the calendar month's start and end (for month budgets);
 -- then per bucket: kind (1 rate, 2 concurrency, 3 budget), p1, p2, cost.
 -- Answer: {admitted, retry_after, denied (0-based, -1 = none),
@@ -59,16 +61,20 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local month_start, month_end = tonumber(ARGV[1]), tonumber(ARGV[2])
 local function f(x) return string.format('%.17g', x) end
 local n = #KEYS
+local cur = redis.call('MGET', unpack(KEYS))
 local admitted, retry, denied = true, 0, -1
-local levels, stamps, ends = {}, {}, {}
+local levels, stamps, ttls = {}, {}, {}
 local out = {}
 for i = 1, n do
   local a = 3 + (i - 1) * 4
   local kind, p1, p2 = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local cost = tonumber(ARGV[a + 3])
-  local cur = redis.call('HMGET', KEYS[i], 'l', 's')
-  local level, stamp = tonumber(cur[1]), tonumber(cur[2])
-  local wait, took, remaining, reset, wend = nil, nil, 0, 0, 0
+  local level, stamp
+  if cur[i] then
+    local l, s = string.match(cur[i], '^(%S+) (%S+)$')
+    level, stamp = tonumber(l), tonumber(s)
+  end
+  local wait, took, remaining, reset, ttl = nil, nil, 0, 0, 3600
   if kind == 1 then
     if level == nil or stamp == nil then level, stamp = p1, now end
     if now > stamp then
@@ -81,6 +87,7 @@ for i = 1, n do
     local shown = took or level
     remaining = math.max(shown, 0)
     reset = (p1 - shown) / p2
+    ttl = math.ceil(reset) + 1
   elseif kind == 2 then
     if level == nil then level = 0 end
     stamp = 0
@@ -89,7 +96,7 @@ for i = 1, n do
     else wait = 1 end
     remaining = math.max(p1 - (took or level), 0)
   else
-    local ws
+    local ws, wend
     if p2 > 0 then
       ws = math.floor(now / p2) * p2
       wend = ws + p2
@@ -102,27 +109,22 @@ for i = 1, n do
     else wait = wend - now end
     remaining = math.max(p1 - (took or level), 0)
     reset = wend - now
+    ttl = math.ceil(reset) + 60
   end
   if wait ~= nil then
     if admitted or wait > retry then retry, denied = wait, i - 1 end
     admitted = false
   end
-  levels[i], stamps[i], ends[i] = took, stamp, wend
+  levels[i], stamps[i], ttls[i] = took, stamp, ttl
   out[#out + 1] = f(remaining)
   out[#out + 1] = f(reset)
   out[#out + 1] = f(stamp)
 end
 if admitted then
   for i = 1, n do
-    local a = 3 + (i - 1) * 4
-    local kind, p1, p2 = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    redis.call('HSET', KEYS[i], 'l', f(levels[i]), 's', f(stamps[i]))
-    local ttl
-    if kind == 1 then ttl = math.ceil((p1 - levels[i]) / p2) + 1
-    elseif kind == 2 then ttl = 3600
-    else ttl = math.ceil(ends[i] - now) + 60 end
+    local ttl = ttls[i]
     if ttl < 1 then ttl = 1 end
-    redis.call('EXPIRE', KEYS[i], ttl)
+    redis.call('SET', KEYS[i], f(levels[i]) .. ' ' .. f(stamps[i]), 'EX', ttl)
   end
 end
 local answer = {admitted and 1 or 0, f(retry), denied}
@@ -137,16 +139,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local month_start, month_end = tonumber(ARGV[1]), tonumber(ARGV[2])
 local function f(x) return string.format('%.17g', x) end
+local cur = redis.call('MGET', unpack(KEYS))
 for i = 1, #KEYS do
   local a = 3 + (i - 1) * 6
   local kind, p1, p2 = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local reserved, actual = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local window = tonumber(ARGV[a + 5])
-  local cur = redis.call('HMGET', KEYS[i], 'l', 's')
-  local level, stamp = tonumber(cur[1]), tonumber(cur[2])
+  local level, stamp
+  if cur[i] then
+    local l, s = string.match(cur[i], '^(%S+) (%S+)$')
+    level, stamp = tonumber(l), tonumber(s)
+  end
   if kind == 1 then
     local delta = actual - reserved
-    if (level == nil or stamp == nil) then
+    if level == nil or stamp == nil then
       -- a missing bucket is full: a refund changes nothing
       if delta > 0 then level, stamp = p1, now else level = nil end
     end
@@ -156,16 +162,15 @@ for i = 1, #KEYS do
         stamp = now
       end
       level = math.min(p1, level - delta)
-      redis.call('HSET', KEYS[i], 'l', f(level), 's', f(stamp))
       local ttl = math.ceil((p1 - level) / p2) + 1
       if ttl < 1 then ttl = 1 end
-      redis.call('EXPIRE', KEYS[i], ttl)
+      redis.call('SET', KEYS[i], f(level) .. ' ' .. f(stamp), 'EX', ttl)
     end
   elseif kind == 2 then
     if level ~= nil then
       level = math.max(level - reserved, 0)
       if level <= 0 then redis.call('DEL', KEYS[i])
-      else redis.call('HSET', KEYS[i], 'l', f(level)) end
+      else redis.call('SET', KEYS[i], f(level) .. ' 0', 'EX', 3600) end
     end
   else
     local delta = actual - reserved
@@ -184,10 +189,9 @@ for i = 1, #KEYS do
     -- a correction to a window that has ended is dropped
     if level ~= nil and math.abs(stamp - window) < 0.5 then
       level = math.max(level + delta, 0)
-      redis.call('HSET', KEYS[i], 'l', f(level), 's', f(stamp))
       local ttl = math.ceil(wend - now) + 60
       if ttl < 1 then ttl = 1 end
-      redis.call('EXPIRE', KEYS[i], ttl)
+      redis.call('SET', KEYS[i], f(level) .. ' ' .. f(stamp), 'EX', ttl)
     end
   end
 end
