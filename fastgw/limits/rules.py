@@ -68,8 +68,8 @@ class ScopeSpec:
 class Plan:
     """The limits one (caller, model) reserves on every request."""
 
-    __slots__ = ("_fixed", "caps", "counters", "dims", "keys", "labels", "lines", "month", "req",
-                 "scopes", "specs", "tok")
+    __slots__ = ("_base", "_fixed", "_tok_at", "_usd_at", "caps", "counters", "dims", "keys",
+                 "labels", "lines", "month", "req", "scopes", "specs", "tok", "uses_usage")
 
     def __init__(self, specs: Sequence[ScopeSpec]) -> None:
         self.specs = tuple(specs)
@@ -86,24 +86,27 @@ class Plan:
         self._fixed: tuple[float, ...] | None = (
             tuple(1.0 for _ in self.specs)
             if all(d in (REQUESTS, INFLIGHT) for d in self.dims) else None)
+        self.uses_usage = self._fixed is None  # the costs depend on the body
+        self._base = [1.0] * len(self.specs)
+        self._tok_at = tuple((i, s.p1) for i, s in enumerate(self.specs) if s.dim == TOKENS)
+        self._usd_at = tuple((i, s.p1) for i, s in enumerate(self.specs) if s.dim == USD)
         self.req = tuple(i for i, s in enumerate(self.specs) if s.dim == REQUESTS)
         self.tok = tuple(i for i, s in enumerate(self.specs) if s.dim == TOKENS)
         self.lines = tuple(
             (b"x-ratelimit-limit-requests: %d\r\n" if s.dim == REQUESTS
              else b"x-ratelimit-limit-tokens: %d\r\n") % s.p1 for s in self.specs)
 
-    @property
-    def uses_usage(self) -> bool:
-        """True when some scope counts tokens or USD (the costs depend on the body)."""
-        return self._fixed is None
-
     def costs(self, tokens: float, usd: float) -> Sequence[float]:
         """The reservation: 1 per request and in-flight slot, the estimates otherwise."""
         fixed = self._fixed
         if fixed is not None:
             return fixed
-        vals = (1.0, tokens, 1.0, usd)
-        return [min(vals[d], c) for d, c in zip(self.dims, self.caps, strict=True)]
+        out = self._base.copy()
+        for i, cap in self._tok_at:
+            out[i] = tokens if tokens < cap else cap
+        for i, cap in self._usd_at:
+            out[i] = usd if usd < cap else cap
+        return out
 
     def actual(self, requests: float, tokens: float, usd: float) -> list[float]:
         """The settlement (in-flight slots are always given back, whatever is passed)."""
@@ -163,7 +166,7 @@ def duration(seconds: float) -> bytes:
     if seconds < 1.0:
         return b"%dms" % math.ceil(seconds * 1000.0)
     if seconds < 60.0:
-        return (b"%.3f" % seconds).rstrip(b"0").rstrip(b".") + b"s"
+        return b"%gs" % round(seconds, 3)
     if not math.isfinite(seconds):
         return b"0s"
     m, s = divmod(math.ceil(seconds), 60)
