@@ -35,7 +35,6 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from fastgw.config import RedisConfig
@@ -233,13 +232,20 @@ ALLOWED = _Allowed()
 
 
 def make_client(cfg: RedisConfig) -> Redis | RedisCluster:
-    """A redis-py asyncio client with bounded timeouts and one quick reconnect."""
+    """A redis-py asyncio client with bounded timeouts and one quick reconnect.
+
+    Requests wait at most ``timeout_s`` (``asyncio.timeout`` around each call);
+    the socket itself waits longer, so that a reply arriving late (a stalled
+    Redis that resumes) is still read and the reservation it made given back,
+    instead of being lost on a closed connection. A timed-out call is never
+    retried: the script may have run.
+    """
     opts: dict[str, Any] = {
-        "socket_timeout": cfg.timeout_s,
+        "socket_timeout": max(2.0, 10.0 * cfg.timeout_s),
         "socket_connect_timeout": cfg.timeout_s,
         # one immediate retry on a dead pooled connection (Redis restarted); never a backoff
         "retry": Retry(NoBackoff(), 1),
-        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "retry_on_error": [RedisConnectionError],
     }
     if cfg.cluster:
         return RedisCluster.from_url(cfg.url, **opts)
@@ -386,8 +392,9 @@ class RedisLimiter:
             self.local.settle(res, actual)
 
     async def _settle_redis(self, res: RedisReservation, actual: Sequence[float]) -> None:
-        if self._down and time.monotonic() < self._down_until:
-            return  # unreachable: the correction is lost (bucket TTLs bound the error)
+        # Tried even while Redis looks down: only reservations made in Redis get here
+        # (a bounded number), nobody waits for it, and a late reply to a timed-out
+        # admission must still be given back once Redis answers again.
         plan = res.plan
         ms, me = self._month.window() if plan.month else (0.0, 0.0)
         args: list[float] = [ms, me]
@@ -395,15 +402,16 @@ class RedisLimiter:
             args += (s.kind, s.p1, s.p2, r, a, w)
         self.calls += 1
         try:
-            async with asyncio.timeout(self.cfg.timeout_s):
-                await self._settle(keys=plan.keys, args=args)
-        except Exception as exc:  # Redis down: the correction is lost
+            # No asyncio timeout here: cancelling would close the connection with the
+            # script maybe unread; the socket timeout bounds it and nobody waits.
+            await self._settle(keys=plan.keys, args=args)
+        except Exception as exc:  # Redis down: the correction is lost (bucket TTLs bound it)
             self._failed(exc)
 
     async def close(self) -> None:
         """Let pending settles finish (briefly), then close the connections."""
         if self._pending:
-            await asyncio.wait(set(self._pending), timeout=self.cfg.timeout_s * 2)
+            await asyncio.wait(set(self._pending), timeout=max(1.0, self.cfg.timeout_s * 4))
         try:
             await self.client.aclose()
         except Exception:  # closing a broken connection pool must not fail shutdown
