@@ -259,7 +259,7 @@ def backend_throughput(n: int, url: str, concurrency: int = 32) -> dict[str, flo
                 before.get(name, {}).get("calls", 0))
 
         # Commands clients sent (the scripts' own MGET/SET/TIME are counted apart).
-        sent = sum(calls(k) for k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_script",
+        sent = sum(calls(k) for k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_script|load",
                                       "cmdstat_get", "cmdstat_mget", "cmdstat_set"))
         limiter = access.backend
         scripts = getattr(limiter, "calls", 0)

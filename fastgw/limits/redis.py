@@ -304,6 +304,18 @@ class RedisLimiter:
     def healthy(self) -> bool:
         return not self._down
 
+    async def start(self, timeout_s: float = 5.0) -> None:
+        """Connect (a cluster client learns the slots) and load both scripts, so the first
+        requests pay no set-up; a failure is logged and left to ``on_error``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                if isinstance(self.client, RedisCluster):
+                    await self.client.initialize()
+                await self.client.script_load(RESERVE_LUA)
+                await self.client.script_load(SETTLE_LUA)
+        except Exception as exc:  # Redis down at start: requests follow redis.on_error
+            self._failed(exc)
+
     # -- admission ---------------------------------------------------------------------
 
     async def reserve(self, plan: Plan, costs: Sequence[float]) -> Outcome:

@@ -321,7 +321,8 @@ class AccessState:
         backend: Limiter | None = None
         if cfg.limits or any(k.limits is not None for k in a.keys):
             rules = Rules(cfg.limits, cfg.redis.key_prefix)
-            backend = self._redis_for(cfg.redis) if cfg.limits_backend == "redis" else self.local
+            backend = (await self._redis_for(cfg.redis) if cfg.limits_backend == "redis"
+                       else self.local)
         return Access(keys=keys, jwt=jwt, ip=ip, rules=rules, backend=backend)
 
     async def _jwt_for(self, cfg: JwtConfig) -> JwtAuth:
@@ -339,14 +340,16 @@ class AccessState:
         self._jwt = jwt
         return jwt
 
-    def _redis_for(self, cfg: RedisConfig) -> RedisLimiter:
+    async def _redis_for(self, cfg: RedisConfig) -> RedisLimiter:
         old = self._redis
         if old is not None and old.cfg == cfg:
             return old
-        self._redis = RedisLimiter(cfg, self.local)
+        limiter = RedisLimiter(cfg, self.local)
+        await limiter.start()
+        self._redis = limiter
         if old is not None:
             self._retire(old)
-        return self._redis
+        return limiter
 
     def _retire(self, old: RedisLimiter) -> None:
         task = asyncio.get_running_loop().create_task(old.close())

@@ -55,10 +55,13 @@ def test_one_script_call_per_admission_and_per_settle(redis_srv: RedisServer) ->
     extra = keys_yaml(a_limits="rpm: 4, tpm: 100000, max_inflight: 5") + redis_extra(
         redis_srv.url)
     with running(lambda p: gw_yaml(p, extra)) as gw:
-        assert post(gw.port).status == 200  # loads the scripts (NOSCRIPT once each)
+        assert post(gw.port).status == 200
         assert wait_for(lambda: redis_srv.evalsha_calls() >= 2)
         time.sleep(0.1)
         base = redis_srv.evalsha_calls()
+        stats = redis_srv.client().info("commandstats")
+        loads = stats.get("cmdstat_script|load", stats.get("cmdstat_script", {})).get("calls")
+        assert loads == 2  # both scripts loaded at start, never again
         r = [post(gw.port) for _ in range(4)]
         assert [x.status for x in r] == [200, 200, 200, 429]
         assert [x.headers["x-ratelimit-remaining-requests"] for x in r] == ["2", "1", "0", "0"]
@@ -219,7 +222,7 @@ def test_redis_cluster_client_and_hash_tags(tmp_path: Path) -> None:
     with redis_server(cluster=True, workdir=tmp_path) as srv:
         extra = keys_yaml(a_limits="rpm: 2, tpm: 10000") + """limits:
   - {match: {model: gpt-test}, per: rule, rpm: 100, max_inflight: 10}
-""" + redis_extra(srv.url, on_error="deny", cluster=True)
+""" + redis_extra(srv.url, on_error="deny", cluster=True, timeout_s=1.0)
         with running(lambda p: gw_yaml(p, extra)) as gw:
             # four keys in one script: they must share a slot, or Redis answers CROSSSLOT
             assert [post(gw.port).status for _ in range(3)] == [200, 200, 429]
