@@ -67,7 +67,9 @@ class App:
         snapshot = build_snapshot(cfg, self.client, int(time.time()))
         self.access_log = AccessLog(str(cfg.observability.access_log), self.loop)
         access = await self.access_state.build(cfg)
-        proxy = Proxy(self.loop, Recorder(), self.access_log, access)
+        obs = cfg.observability
+        proxy = Proxy(self.loop, Recorder(obs.key_labels, obs.max_key_labels), self.access_log,
+                      access)
         self.gateway = Gateway(GatewayState(snapshot), proxy, self.reload)
         self.prober = Prober(self.loop)
         self.prober.start(snapshot)

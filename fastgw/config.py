@@ -241,6 +241,10 @@ class ObservabilityConfig:
     access_log: str | bool = "stdout"
     log_format: Literal["json"] = "json"
     otlp_endpoint: str | None = None
+    # Per-key labels (fastgw_cost_usd_total{key}) are opt-in and capped: past
+    # max_key_labels distinct keys, the rest are counted under "_other".
+    key_labels: bool = False
+    max_key_labels: int = 100
 
     def __post_init__(self) -> None:
         if isinstance(self.access_log, bool):
@@ -529,6 +533,11 @@ def _check(cfg: Config, errors: list[tuple[str, str]]) -> None:
     log = cfg.observability
     if not log.metrics_path.startswith("/"):
         errors.append(("observability.metrics_path", "must start with '/'"))
+    if log.otlp_endpoint is not None:
+        errors.append(("observability.otlp_endpoint", "OTLP span export is not available in "
+                                                      "this version; remove the setting"))
+    if log.max_key_labels < 1:
+        errors.append(("observability.max_key_labels", "must be at least 1"))
 
 
 _HASH_KEY = re.compile(r"header:[A-Za-z0-9-]+|key|body:user|prefix")

@@ -82,9 +82,12 @@ def worker_exited(pid: int) -> None:
 class Recorder:
     """Records one finished request into all metrics, with cached label children."""
 
-    __slots__ = ("_cost", "_dur", "_req", "_tok", "_ttfb")
+    __slots__ = ("_cost", "_dur", "_keys", "_max_keys", "_req", "_tok", "_ttfb", "key_labels")
 
-    def __init__(self) -> None:
+    def __init__(self, key_labels: bool = False, max_key_labels: int = 100) -> None:
+        self.key_labels = key_labels
+        self._max_keys = max_key_labels
+        self._keys: set[str] = set()
         self._req: dict[tuple[str, str, int], Any] = {}
         self._dur: dict[str, Any] = {}
         self._ttfb: dict[str, Any] = {}
@@ -119,6 +122,18 @@ class Recorder:
             if child is None:
                 child = self._tok[(model, "output")] = TOKENS.labels(model, "output")
             child.inc(completion)
+
+    def key_label(self, key: str | None) -> str:
+        """The ``key`` label value: empty unless per-key labels are on; capped."""
+        if not self.key_labels or key is None:
+            return ""
+        keys = self._keys
+        if key in keys:
+            return key
+        if len(keys) < self._max_keys:
+            keys.add(key)
+            return key
+        return "_other"
 
     def cost(self, model: str, key: str, usd: float) -> None:
         child = self._cost.get((model, key))

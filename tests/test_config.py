@@ -122,3 +122,8 @@ def test_load_config_records_source(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     f = tmp_path / "c.yaml"
     f.write_text(GOOD)
     assert load_config(str(f)).source == str(f)
+
+
+def test_otlp_endpoint_is_refused_until_supported() -> None:
+    errs = errors_of("observability: {otlp_endpoint: 'http://collector:4318'}")
+    assert "not available" in errs["observability.otlp_endpoint"]

@@ -136,8 +136,9 @@ class Access:
         ctx.key_name = principal.name
         ctx.grant = Grant(principal)
 
-    async def admit(self, ctx: RequestCtx) -> None:
-        """Check the model is allowed (403) and reserve limits (429)."""
+    def check_model(self, ctx: RequestCtx) -> None:
+        """403 when the caller may not use the model it named. Runs before the model
+        is looked up, so a caller learns nothing about models it may not use."""
         grant: Grant | None = ctx.grant
         if grant is None:
             return
@@ -148,6 +149,14 @@ class Access:
             raise Forbidden(f"this {who} ({principal.name}) may not use the model {model!r}; "
                             "GET /v1/models lists the models it may use",
                             code="model_not_allowed", param="model")
+
+    async def admit(self, ctx: RequestCtx) -> None:
+        """Reserve every matching limit (429); the model was checked by check_model."""
+        grant: Grant | None = ctx.grant
+        if grant is None:
+            return
+        principal = grant.principal
+        model = ctx.model
         if self._rules is None:
             return
         route = ctx.route

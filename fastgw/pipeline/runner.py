@@ -84,6 +84,7 @@ class Proxy:
         try:
             self.request_filter(ctx)
             await access.authenticate(ctx)
+            access.check_model(ctx)
             self.find_route(ctx)
             controls = read_controls(ctx)
             await access.admit(ctx)
@@ -375,14 +376,14 @@ class Proxy:
             cost = (ctx.prompt_tokens * route.input_per_token
                     + ctx.completion_tokens * route.output_per_token)
             if cost:
-                rec.cost(route.name, ctx.key_name or "", cost)
+                rec.cost(route.name, rec.key_label(ctx.key_name), cost)
         if self.access_log.enabled:
             cycle = ctx.cycle
             record: dict[str, Any] = {
                 "time": time.time(),
                 "request_id": ctx.request_id.decode("latin-1"),
                 "key": ctx.key_name,
-                "client_ip": cycle.client_addr[0],
+                "client_ip": self.access.client_ip(cycle),
                 "method": cycle.method.decode("latin-1"),
                 "path": cycle.path.decode("latin-1"),
                 "model": ctx.model or None,

@@ -96,6 +96,17 @@ def test_model_outside_the_allow_list_is_403() -> None:
         assert gw.mock_stats()["requests"] == 1
 
 
+def test_unknown_model_outside_the_allow_list_is_403_not_404() -> None:
+    # A caller learns nothing about models it may not use: whether they exist or not.
+    with running(keyed) as gw:
+        status, doc = http_json(gw.port, "POST", "/v1/chat/completions", chat("no-such-model"),
+                                bearer(KEY_A))
+        assert status == 403, doc
+        status, doc = http_json(gw.port, "POST", "/v1/chat/completions", chat("gpt-nope"),
+                                bearer(KEY_A))
+        assert status == 404, doc  # inside its allow-list: plainly unknown
+
+
 def test_models_endpoint_lists_only_the_callers_models() -> None:
     with running(keyed) as gw:
         status, doc = http_json(gw.port, "GET", "/v1/models")
