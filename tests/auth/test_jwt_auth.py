@@ -56,7 +56,12 @@ def call(port: int, token: str, model: str = "gpt-test") -> tuple[int, Any]:
 
 
 def test_valid_hs256_token_passes_and_names_the_caller() -> None:
-    with running(hs_yaml) as gw:
+    def yaml(port: int) -> str:
+        # Per-key metric labels are opt-in.
+        return hs_yaml(port).replace("observability: {access_log: off}",
+                                     "observability: {access_log: off, key_labels: true}")
+
+    with running(yaml) as gw:
         status, doc = call(gw.port, hs(sub="svc-search"))
         assert status == 200, doc
         metrics = http(gw.port, "GET", "/metrics").body.decode()
