@@ -127,7 +127,7 @@ class Forwarder:
                                   provider.name, provider.timeouts.first_byte_s)
         reuse = False
         try:
-            conn.set_sink(relay.feed)
+            conn.set_sink(relay.feed, relay.flush)
             await conn.wait_done()
             if failure and not relay.committed:
                 # The whole (failed) stream had arrived before we looked at it.
@@ -160,11 +160,7 @@ class Forwarder:
         """The client left: read the rest upstream (bounded by its timeouts) only to
         count its tokens."""
 
-        class _Discard:
-            def write(self, data: bytes) -> None:
-                pass
-
-        relay._sink = _Discard()
+        relay.discard()
         conn.resume_reading()
         try:
             await conn.wait_done()

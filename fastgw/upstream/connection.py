@@ -37,6 +37,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_deadline_first",
         "_deadline_total",
         "_done_waiter",
+        "_flush",
         "_head_waiter",
         "_idle_s",
         "_last_rx",
@@ -79,6 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.error: UpstreamError | None = None
         self._body: list[bytes] = []
         self._sink: BodySink | None = None
+        self._flush: Callable[[], None] | None = None
         self._close_delimited = False
         self._head_waiter: asyncio.Future[None] | None = None
         self._done_waiter: asyncio.Future[None] | None = None
@@ -114,7 +116,12 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamProtocolError(
                 f"upstream {self.peer_name} sent a malformed HTTP response: {exc}", sent=True))
+            if self._flush is not None:
+                self._flush()
             return
+        if self._flush is not None:
+            # Everything this read carried goes to the client in one write.
+            self._flush()
         if state == _WAIT_HEAD:
             if self._state == _WAIT_HEAD:
                 self._state = _HEAD
@@ -209,6 +216,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers = []
         self._body = []
         self._sink = None
+        self._flush = None
         self.received_any = False
         self.error = None
         self._head_waiter = None
@@ -246,13 +254,17 @@ class UpstreamConnection(asyncio.Protocol):
             return b""
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def set_sink(self, sink: BodySink) -> None:
-        """Send body bytes (already received ones first) to ``sink`` as they arrive."""
+    def set_sink(self, sink: BodySink, flush: Callable[[], None] | None = None) -> None:
+        """Send body bytes (already received ones first) to ``sink`` as they arrive;
+        ``flush`` is called after each read, once the read's bytes are all sunk."""
         pending = self._body
         self._body = []
         self._sink = sink
+        self._flush = flush
         for part in pending:
             sink(part)
+        if pending and flush is not None:
+            flush()
 
     def pause_reading(self) -> None:
         if self.transport is not None:
@@ -273,6 +285,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Back to idle after a completed exchange (before returning to the pool)."""
         self._state = _IDLE
         self._sink = None
+        self._flush = None
         self._body = []
         self._head_waiter = None
         self._done_waiter = None

@@ -241,3 +241,27 @@ def test_stream_stalling_before_first_content_fails_over_then_504() -> None:
         assert r.status == 504
         assert r.headers["x-fastgw-attempts"] == "2"
         assert b"idle_s" in r.body
+
+
+def test_drain_for_usage_reads_the_rest_only_to_count_tokens() -> None:
+    def yaml(port: int) -> str:
+        return minimal_yaml(port).replace(
+            "  - name: same-name", "    on_disconnect: drain_for_usage\n  - name: same-name")
+
+    from fastgw import metrics
+
+    with running(yaml, mock=MockOptions(chunks=30, chunk_interval_ms=20)) as gw:
+        before = metrics.TOKENS.labels("gpt-test", "output")._value.get()
+        s = connect(gw.port)
+        data = orjson.dumps(chat(stream=True))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                  b"content-length: %d\r\n\r\n%s" % (len(data), data))
+        s.settimeout(5)
+        got = b""
+        while got.count(b"data: ") < 3:
+            got += s.recv(65536)
+        s.close()
+        # The upstream stream runs to its end; its 30 completion tokens are counted.
+        assert wait_for(lambda: metrics.TOKENS.labels("gpt-test", "output")._value.get()
+                        - before == 30, timeout=3)
+        assert gw.mock_stats()["aborted_streams"] == 0
