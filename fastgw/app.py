@@ -34,6 +34,8 @@ from fastgw.upstream.client import UpstreamClient
 
 log = logging.getLogger("fastgw")
 
+METRICS_FLUSH_S = 1.0  # how stale /metrics of other workers may be
+
 
 class App:
     """One worker: its server, upstream pools and current routing snapshot."""
@@ -73,6 +75,8 @@ class App:
         self.gateway = Gateway(GatewayState(snapshot), proxy, self.reload)
         self.prober = Prober(self.loop)
         self.prober.start(snapshot)
+        self._recorder = proxy.recorder
+        self._flusher = self.loop.call_later(METRICS_FLUSH_S, self._flush_metrics)
         s = cfg.server
         settings = ServerSettings(max_body_bytes=s.max_body_bytes,
                                   max_header_bytes=s.max_header_bytes,
@@ -83,6 +87,11 @@ class App:
             sock = listen_socket(s.host, s.port, reuse_port=s.workers > 1, backlog=s.backlog)
         self.server = await start_server(self.gateway, settings, self.server_state, sock,
                                          s.backlog)
+
+    def _flush_metrics(self) -> None:
+        """Push what requests recorded into the metrics (shared files with workers)."""
+        self._recorder.flush()
+        self._flusher = self.loop.call_later(METRICS_FLUSH_S, self._flush_metrics)
 
     @property
     def port(self) -> int:
@@ -128,6 +137,8 @@ class App:
         await self.access_state.close()
         if self.gateway is not None:
             self.prober.stop()
+            self._flusher.cancel()
+            self._recorder.flush()
         self.client.close()
         if self.mock is not None:
             self.mock.close()

@@ -12,6 +12,7 @@ statuses come from the configuration; per-key labels are opt-in and capped).
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -79,49 +80,80 @@ def worker_exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-class Recorder:
-    """Records one finished request into all metrics, with cached label children."""
+class _Hist:
+    """Observations of one histogram child, counted per bucket until flushed."""
 
-    __slots__ = ("_cost", "_dur", "_keys", "_max_keys", "_req", "_tok", "_ttfb", "key_labels")
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds: list[float] = list(child._upper_bounds)  # internals of the child
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # prometheus-client counts each observation in the first bucket whose upper
+        # bound holds it (buckets are made cumulative when exposed): the same here.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def flush(self) -> None:
+        buckets = self.child._buckets  # one inc per bucket, not per request
+        counts = self.counts
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+                counts[i] = 0
+        if self.total:
+            self.child._sum.inc(self.total)
+            self.total = 0.0
+
+
+class Recorder:
+    """Records finished requests into the metrics without touching prometheus-client
+    on the request path: plain counters and bucket counts here, pushed into the
+    prometheus metrics by :meth:`flush` (every second, and before each scrape)."""
+
+    __slots__ = ("_counts", "_hists", "_inflight_seen", "_keys", "_max_keys", "inflight",
+                 "key_labels")
 
     def __init__(self, key_labels: bool = False, max_key_labels: int = 100) -> None:
         self.key_labels = key_labels
         self._max_keys = max_key_labels
         self._keys: set[str] = set()
-        self._req: dict[tuple[str, str, int], Any] = {}
-        self._dur: dict[str, Any] = {}
-        self._ttfb: dict[str, Any] = {}
-        self._tok: dict[tuple[str, str], Any] = {}
-        self._cost: dict[tuple[str, str], Any] = {}
+        # (metric, label values) -> pending amount / histogram accumulator
+        self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}
+        self._hists: dict[tuple[Any, tuple[str, ...]], _Hist] = {}
+        self.inflight = 0  # requests being answered now (a gauge, set on flush)
+        self._inflight_seen = -1
+
+    def _hist(self, metric: Any, labels: tuple[str, ...]) -> _Hist:
+        h = self._hists.get((metric, labels))
+        if h is None:
+            h = self._hists[(metric, labels)] = _Hist(metric.labels(*labels) if labels
+                                                      else metric)
+        return h
 
     def request(self, model: str, provider: str, status: int, duration: float) -> None:
-        key = (model, provider, status)
-        child = self._req.get(key)
-        if child is None:
-            child = self._req[key] = REQUESTS.labels(model, provider, str(status))
-        child.inc()
-        d = self._dur.get(model)
-        if d is None:
-            d = self._dur[model] = DURATION.labels(model)
-        d.observe(duration)
+        counts = self._counts
+        key = (REQUESTS, (model, provider, str(status)))
+        counts[key] = counts.get(key, 0.0) + 1.0
+        self._hist(DURATION, (model,)).observe(duration)
 
     def ttfb(self, provider: str, seconds: float) -> None:
-        child = self._ttfb.get(provider)
-        if child is None:
-            child = self._ttfb[provider] = UPSTREAM_TTFB.labels(provider)
-        child.observe(seconds)
+        self._hist(UPSTREAM_TTFB, (provider,)).observe(seconds)
+
+    def overhead(self, seconds: float) -> None:
+        self._hist(OVERHEAD, ()).observe(seconds)
 
     def tokens(self, model: str, prompt: int, completion: int) -> None:
+        counts = self._counts
         if prompt:
-            child = self._tok.get((model, "input"))
-            if child is None:
-                child = self._tok[(model, "input")] = TOKENS.labels(model, "input")
-            child.inc(prompt)
+            key = (TOKENS, (model, "input"))
+            counts[key] = counts.get(key, 0.0) + prompt
         if completion:
-            child = self._tok.get((model, "output"))
-            if child is None:
-                child = self._tok[(model, "output")] = TOKENS.labels(model, "output")
-            child.inc(completion)
+            key = (TOKENS, (model, "output"))
+            counts[key] = counts.get(key, 0.0) + completion
 
     def key_label(self, key: str | None) -> str:
         """The ``key`` label value: empty unless per-key labels are on; capped."""
@@ -136,15 +168,23 @@ class Recorder:
         return "_other"
 
     def cost(self, model: str, key: str, usd: float) -> None:
-        child = self._cost.get((model, key))
-        if child is None:
-            child = self._cost[(model, key)] = COST.labels(model, key)
-        child.inc(usd)
-
-    @staticmethod
-    def overhead(seconds: float) -> None:
-        OVERHEAD.observe(seconds)
+        counts = self._counts
+        k = (COST, (model, key))
+        counts[k] = counts.get(k, 0.0) + usd
 
     @staticmethod
     def upstream_error(provider: str, reason: str) -> None:
         UPSTREAM_ERRORS.labels(provider, reason).inc()
+
+    def flush(self) -> None:
+        """Push everything recorded since the last flush into prometheus-client."""
+        counts = self._counts
+        if counts:
+            self._counts = {}
+            for (metric, labels), amount in counts.items():
+                metric.labels(*labels).inc(amount)
+        for h in self._hists.values():
+            h.flush()
+        if self.inflight != self._inflight_seen:
+            self._inflight_seen = self.inflight
+            INFLIGHT.set(self.inflight)

@@ -99,6 +99,18 @@ class Gateway:
 
         self.lt.call(swap)
 
+    def metric(self, metric: Any, *labels: str) -> float:
+        """A metric's value in this process, after the recorder flushed."""
+        app = self.app
+
+        def read() -> float:
+            assert app.gateway is not None
+            app.gateway.proxy.recorder.flush()
+            child = metric.labels(*labels) if labels else metric
+            return float(child._value.get())
+
+        return self.lt.call(read)
+
     def mock_stats(self, i: int = 0) -> dict[str, int]:
         stats: dict[str, int] = http_json(self.mocks[i].port, "GET", "/mock/stats")[1]
         return stats

@@ -16,3 +16,42 @@ def test_key_labels_are_capped() -> None:
     assert rec.key_label("c") == "_other"
     assert rec.key_label("a") == "a"
     assert rec.key_label(None) == ""
+
+
+def _samples(metric: object, labels: dict[str, str]) -> dict[tuple[str, str], float]:
+    out = {}
+    for fam in metric.collect():  # type: ignore[attr-defined]
+        for s in fam.samples:
+            if all(s.labels.get(k) == v for k, v in labels.items()):
+                out[(s.name, s.labels.get("le", ""))] = s.value
+    return out
+
+
+def test_batched_histograms_and_counters_equal_direct_observation() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from fastgw import metrics
+
+    values = [0.0, 0.003, 0.005, 0.0051, 0.7, 1.0, 59.0, 1000.0, 0.01]
+    direct = Histogram("direct_check", "x", ["model"], buckets=metrics.DURATION._upper_bounds[:-1],
+                       registry=CollectorRegistry())
+    for v in values:
+        direct.labels("m").observe(v)
+    before = _samples(metrics.DURATION, {"model": "batch-check"})
+    rec = Recorder()
+    for v in values:
+        rec.request("batch-check", "p", 200, v)
+    rec.tokens("batch-check", 5, 7)
+    pending = _samples(metrics.DURATION, {"model": "batch-check"})
+    assert all(v == before.get(k, 0.0) for k, v in pending.items()
+               if not k[0].endswith("_created"))  # nothing reaches prometheus before flush
+    rec.flush()
+    after = _samples(metrics.DURATION, {"model": "batch-check"})
+    expect = {(n.replace("direct_check", "fastgw_request_duration_seconds"), le): v
+              for (n, le), v in _samples(direct, {"model": "m"}).items()}
+    for key, value in expect.items():
+        if key[0].endswith("_created"):
+            continue
+        assert after[key] - before.get(key, 0.0) == value, key
+    assert metrics.TOKENS.labels("batch-check", "output")._value.get() == 7
+    assert metrics.REQUESTS.labels("batch-check", "p", "200")._value.get() == len(values)

@@ -133,6 +133,7 @@ class Gateway:
 
     async def metrics(self, cycle: Cycle) -> None:
         self._admin(cycle)
+        self.proxy.recorder.flush()
         ctype, body = metrics.render()
         cycle.send(200, b"content-type: " + ctype + b"\r\n" + _rid(cycle), body)
 

@@ -46,7 +46,7 @@ from fastgw.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
 )
-from fastgw.metrics import FALLBACKS, INFLIGHT, VARIANTS, Recorder
+from fastgw.metrics import FALLBACKS, VARIANTS, Recorder
 from fastgw.pipeline import headers as hdr
 from fastgw.pipeline.access import Access
 from fastgw.pipeline.controls import Controls, apply_order, choose_variant, hash_key, read_controls
@@ -77,7 +77,7 @@ class Proxy:
     async def run(self, cycle: Cycle, snapshot: Snapshot, endpoint: str) -> None:
         fwd, rid = hdr.forwarded(cycle.headers)
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id())
-        INFLIGHT.inc()
+        self.recorder.inflight += 1
         access = self.access
         budget = snapshot.retry_budget
         budget.requests += 1
@@ -97,7 +97,7 @@ class Proxy:
             raise
         finally:
             budget.requests -= 1
-            INFLIGHT.dec()
+            self.recorder.inflight -= 1
             access.settle(ctx)
             self.logging(ctx)
 

@@ -112,9 +112,9 @@ def test_stream_usage_is_recorded_even_when_dropped(fixed: tuple[Gateway, FixedS
     gw, _ = fixed
     from fastgw import metrics
 
-    before = metrics.TOKENS.labels("gpt-test", "output")._value.get()
+    before = gw.metric(metrics.TOKENS, "gpt-test", "output")
     _stream(gw, chat(stream=True))
-    after = metrics.TOKENS.labels("gpt-test", "output")._value.get()
+    after = gw.metric(metrics.TOKENS, "gpt-test", "output")
     assert after - before == 20
 
 
@@ -251,7 +251,7 @@ def test_drain_for_usage_reads_the_rest_only_to_count_tokens() -> None:
     from fastgw import metrics
 
     with running(yaml, mock=MockOptions(chunks=30, chunk_interval_ms=20)) as gw:
-        before = metrics.TOKENS.labels("gpt-test", "output")._value.get()
+        before = gw.metric(metrics.TOKENS, "gpt-test", "output")
         s = connect(gw.port)
         data = orjson.dumps(chat(stream=True))
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
@@ -262,6 +262,6 @@ def test_drain_for_usage_reads_the_rest_only_to_count_tokens() -> None:
             got += s.recv(65536)
         s.close()
         # The upstream stream runs to its end; its 30 completion tokens are counted.
-        assert wait_for(lambda: metrics.TOKENS.labels("gpt-test", "output")._value.get()
-                        - before == 30, timeout=3)
+        assert wait_for(lambda: gw.metric(metrics.TOKENS, "gpt-test", "output") - before == 30,
+                        timeout=3)
         assert gw.mock_stats()["aborted_streams"] == 0
