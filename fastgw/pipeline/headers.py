@@ -32,22 +32,27 @@ PASS_RESPONSE = {
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
-def forwarded(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None]:
-    """(header block to send upstream, the client's x-request-id if usable)."""
+def forwarded(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None, bool]:
+    """(header block to send upstream, the client's x-request-id if usable, whether
+    any ``x-fastgw-*`` control header is present)."""
     out: list[bytes] = []
     rid: bytes | None = None
     hop: list[bytes] = []
+    controls = False
     for name, value in headers:
-        if name in _DROP_REQUEST or name.startswith(b"x-fastgw-"):
+        if name in _DROP_REQUEST:
             if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
                 rid = value
             elif name == b"connection":
                 hop.extend(v.strip().lower() for v in value.split(b","))
             continue
+        if name.startswith(b"x-fastgw-"):
+            controls = True
+            continue
         out.append(name + b": " + value + b"\r\n")
     if hop:
         out = [line for line in out if line.split(b":", 1)[0] not in hop]
-    return b"".join(out), rid
+    return b"".join(out), rid, controls
 
 
 def request_id_for(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -49,7 +49,14 @@ from fastgw.errors import (
 from fastgw.metrics import FALLBACKS, VARIANTS, Recorder
 from fastgw.pipeline import headers as hdr
 from fastgw.pipeline.access import Access
-from fastgw.pipeline.controls import Controls, apply_order, choose_variant, hash_key, read_controls
+from fastgw.pipeline.controls import (
+    NO_CONTROLS,
+    Controls,
+    apply_order,
+    choose_variant,
+    hash_key,
+    read_controls,
+)
 from fastgw.pipeline.ctx import RequestCtx
 from fastgw.pipeline.forward import Forwarder
 from fastgw.pipeline.snapshot import ModelRoute, Snapshot, TargetRuntime
@@ -75,7 +82,7 @@ class Proxy:
         self._rng = random.Random()
 
     async def run(self, cycle: Cycle, snapshot: Snapshot, endpoint: str) -> None:
-        fwd, rid = hdr.forwarded(cycle.headers)
+        fwd, rid, has_controls = hdr.forwarded(cycle.headers)
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id())
         self.recorder.inflight += 1
         access = self.access
@@ -86,7 +93,8 @@ class Proxy:
             await access.authenticate(ctx)
             access.check_model(ctx)
             self.find_route(ctx)
-            controls = read_controls(ctx)
+            controls = read_controls(ctx) if has_controls or "fastgw" in ctx.doc \
+                else NO_CONTROLS
             await access.admit(ctx)
             await self.forward(ctx, fwd, controls)
         except GatewayError as exc:

@@ -63,6 +63,16 @@ def rewrite_model(body: bytes, doc: dict[str, Any], asked: str, deployment: str)
     """
     if asked == deployment:
         return body
+    value = orjson.dumps(asked)
+    new = orjson.dumps(deployment)
+    # Fast path: the two spellings JSON encoders produce, found exactly once.
+    for sep in (b'"model":', b'"model": '):
+        needle = sep + value
+        i = body.find(needle)
+        if i >= 0:
+            if body.find(b'"model"', i + len(needle)) < 0 and body.rfind(b'"model"', 0, i) < 0:
+                return body[:i] + sep + new + body[i + len(needle):]
+            break
     pat = _PATTERNS.get(asked)
     if pat is None:
         if len(_PATTERNS) > 4096:

@@ -58,7 +58,11 @@ async def exchange(pool: Pool, request: bytes, timeouts: Timeouts, *,
     if conn is None:
         conn = await pool.acquire()
     try:
-        return await _send(conn, request, timeouts, whole)
+        conn.send(request, timeouts.first_byte_s, timeouts.idle_s, timeouts.total_s)
+        fut = conn.waiter(whole)
+        if fut is not None:
+            await fut
+        return conn
     except UpstreamProtocolError:
         stale = conn.exchanges > 1 and not conn.received_any
         pool.release(conn, reuse=False)
@@ -70,20 +74,14 @@ async def exchange(pool: Pool, request: bytes, timeouts: Timeouts, *,
     # The pooled connection was dead before answering: once more, on a fresh one.
     conn = await pool.connect()
     try:
-        return await _send(conn, request, timeouts, whole)
+        conn.send(request, timeouts.first_byte_s, timeouts.idle_s, timeouts.total_s)
+        fut = conn.waiter(whole)
+        if fut is not None:
+            await fut
+        return conn
     except BaseException:
         pool.release(conn, reuse=False)
         raise
-
-
-async def _send(conn: UpstreamConnection, request: bytes, timeouts: Timeouts,
-                whole: bool) -> UpstreamConnection:
-    conn.send(request, timeouts.first_byte_s, timeouts.idle_s, timeouts.total_s)
-    if whole:
-        await conn.wait_done()
-    else:
-        await conn.wait_head()
-    return conn
 
 
 class UpstreamClient:

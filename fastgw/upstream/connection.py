@@ -103,7 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes nobody asked for: the connection cannot be trusted any more.
             self._close()
             return
-        self._last_rx = now = self.loop.time()
+        self._last_rx = self.loop.time()
         # Set before parsing: a malformed answer is still an answer (never retried).
         self.received_any = True
         try:
@@ -122,12 +122,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._flush is not None:
             # Everything this read carried goes to the client in one write.
             self._flush()
-        if state == _WAIT_HEAD:
-            if self._state == _WAIT_HEAD:
-                self._state = _HEAD
-            if self._state < _DONE:
-                # From now on the idle clock applies, which is usually shorter.
-                self._arm(min(now + self._idle_s, self._deadline_total))
+        if state == _WAIT_HEAD and self._state == _WAIT_HEAD:
+            self._state = _HEAD
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -196,8 +192,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._message_complete()
 
     def _message_complete(self) -> None:
+        # The timer stays armed: it finds the connection idle or busy with a later
+        # exchange when it fires, so the next exchange needs no timer operation.
         self._state = _DONE
-        self._cancel_timer()
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -225,28 +222,40 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline_first = now + first_byte_s
         self._deadline_total = now + total_s
         self._idle_s = idle_s
-        self._arm(min(self._deadline_first, self._deadline_total))
+        # One timer serves every deadline (first byte, idle, total): armed no later
+        # than the earliest of them, re-armed lazily when it fires early. A timer
+        # left from a previous exchange is usually earlier already: no timer call.
+        self._arm(now + min(first_byte_s, idle_s, total_s))
         self.transport.write(data)
+
+    def waiter(self, whole: bool) -> asyncio.Future[None] | None:
+        """A future done when the head (or, with ``whole``, the whole response) is
+        in; None when it already is. Raises the exchange's error if it failed. A
+        plain future, not a coroutine: awaiting it costs no extra frame."""
+        state = self._state
+        if state >= (_DONE if whole else _BODY):
+            if state == _FAILED:
+                assert self.error is not None
+                raise self.error
+            return None
+        fut: asyncio.Future[None] = self.loop.create_future()
+        if whole:
+            self._done_waiter = fut
+        else:
+            self._head_waiter = fut
+        return fut
 
     async def wait_head(self) -> None:
         """Wait until the response head (status, headers) is complete."""
-        if self._state >= _BODY:
-            if self._state == _FAILED:
-                assert self.error is not None
-                raise self.error
-            return
-        waiter = self._head_waiter = self.loop.create_future()
-        await waiter
+        fut = self.waiter(False)
+        if fut is not None:
+            await fut
 
     async def wait_done(self) -> None:
         """Wait until the whole response has been read (or handed to the sink)."""
-        if self._state >= _DONE:
-            if self._state == _FAILED:
-                assert self.error is not None
-                raise self.error
-            return
-        waiter = self._done_waiter = self.loop.create_future()
-        await waiter
+        fut = self.waiter(True)
+        if fut is not None:
+            await fut
 
     def body(self) -> bytes:
         parts = self._body
@@ -289,7 +298,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._body = []
         self._head_waiter = None
         self._done_waiter = None
-        self._cancel_timer()
 
     def abort(self) -> None:
         """Close now (cancel, timeout, error): never reused. Anyone waiting on the
@@ -337,7 +345,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._timer = None
         state = self._state
         if state >= _DONE or state == _IDLE:
-            return
+            return  # between exchanges: the next one arms it again
         now = self.loop.time()
         if now >= self._deadline_total:
             self._fail(UpstreamTimeout(
@@ -350,6 +358,7 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self._arm(min(self._deadline_first, self._deadline_total))
             return
+        # Response bytes came: the idle clock runs from the last of them.
         idle_deadline = self._last_rx + self._idle_s
         if self.transport is not None and not self.transport.is_reading():
             # Paused by a slow client: not the upstream's fault.

@@ -191,11 +191,15 @@ def test_workers_share_port_aggregate_metrics_and_restart(tmp_path: Path) -> Non
             n = 40
             for _ in range(n):
                 assert http(port, "POST", "/v1/chat/completions", chat()).status == 200
-            body = http(port, "GET", "/metrics").body.decode()
-            total = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-                        if line.startswith("fastgw_requests_total{")
-                        and 'model="gpt-test"' in line)
-            assert total == n
+
+            def total() -> float:
+                body = http(port, "GET", "/metrics").body.decode()
+                return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+                           if line.startswith("fastgw_requests_total{")
+                           and 'model="gpt-test"' in line)
+
+            # Each worker pushes its figures into the shared store every second.
+            assert wait_for(lambda: total() == n, timeout=3), total()
             pids = _children(proc.pid)
             assert len(pids) == 2
             os.kill(pids[0], signal.SIGKILL)
