@@ -27,7 +27,7 @@ from fastgw.pipeline.snapshot import TargetRuntime
 from fastgw.providers import openai
 from fastgw.streaming.relay import StreamRelay, error_message
 from fastgw.types import StreamSink
-from fastgw.upstream.client import exchange
+from fastgw.upstream.client import exchange, recover, start_pooled
 from fastgw.upstream.connection import UpstreamConnection
 
 _JSON = b"application/json"
@@ -47,9 +47,20 @@ class Forwarder:
 
     async def whole(self, ctx: RequestCtx, target: TargetRuntime, request: bytes) -> None:
         provider = target.provider
+        pool = provider.pool
         sent = perf_counter()
         try:
-            conn = await exchange(provider.pool, request, provider.timeouts, whole=True)
+            started = start_pooled(pool, request, provider.timeouts, whole=True)
+            if started is None:
+                conn = await exchange(pool, request, provider.timeouts, whole=True)
+            else:
+                conn, fut = started
+                if fut is not None:
+                    try:
+                        await fut
+                    except BaseException as exc:
+                        conn = await recover(pool, conn, exc, request, provider.timeouts,
+                                             whole=True)
         except UpstreamError:
             ctx.upstream_s += perf_counter() - sent
             raise

@@ -66,15 +66,19 @@ class Gateway:
             b"/admin/reload": self.admin_reload,
         }
 
-    async def __call__(self, cycle: Cycle) -> None:
+    def __call__(self, cycle: Cycle) -> Awaitable[None]:
+        endpoint = PROXY_PATHS.get(cycle.path)
+        if endpoint is not None and cycle.method == b"POST":
+            # The proxy answers every error itself: its coroutine goes straight to the
+            # server, one coroutine frame less on every request.
+            return self.proxy.run(cycle, self.state.snapshot, endpoint)
+        return self._builtin(cycle, endpoint)
+
+    async def _builtin(self, cycle: Cycle, endpoint: str | None) -> None:
         path = cycle.path
-        endpoint = PROXY_PATHS.get(path)
         try:
             if endpoint is not None:
-                if cycle.method != b"POST":
-                    raise self._method(path, b"POST")
-                await self.proxy.run(cycle, self.state.snapshot, endpoint)
-                return
+                raise self._method(path, b"POST")
             method = cycle.method
             if method in (b"GET", b"HEAD"):
                 handler = self._get.get(path)
