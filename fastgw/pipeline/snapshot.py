@@ -143,7 +143,7 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
                 ProviderQuota(pc.limits, loop)
         providers[pc.name] = ProviderRuntime(
             cfg=pc, name=pc.name, endpoint=ep, pool=pool,
-            timeouts=Timeouts(to.connect_s, to.first_byte_s, to.idle_s, to.total_s),
+            timeouts=to,
             secrets=secrets, quota=quota)
     models: dict[str, ModelRoute] = {}
     for mc in config.models:

@@ -15,17 +15,13 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from fastgw.config import TimeoutsConfig
 from fastgw.errors import UpstreamProtocolError
 from fastgw.upstream.connection import UpstreamConnection
 from fastgw.upstream.pool import PeerKey, Pool
 
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    connect_s: float = 5.0
-    first_byte_s: float = 60.0
-    idle_s: float = 30.0
-    total_s: float = 600.0
+# The upstream client takes the provider's timeouts as configured.
+Timeouts = TimeoutsConfig
 
 
 @dataclass(frozen=True, slots=True)
