@@ -126,13 +126,7 @@ class Access:
             if self._rules is not None:
                 ctx.grant = Grant(self._anonymous)
             return
-        token = credential(ctx.cycle)
-        if token is None:
-            raise Unauthorized(_MISSING_CREDENTIALS)
-        keys = self._keys
-        principal = keys.lookup(token) if keys is not None else None
-        if principal is None:
-            principal = await self._from_token(token)
+        principal = await self._principal(ctx.cycle)
         ctx.key_name = principal.name
         ctx.grant = Grant(principal)
 
@@ -228,13 +222,7 @@ class Access:
             self._check_ip(cycle)
         if self._open:
             return None
-        token = credential(cycle)
-        if token is None:
-            raise Unauthorized(_MISSING_CREDENTIALS)
-        keys = self._keys
-        principal = keys.lookup(token) if keys is not None else None
-        if principal is None:
-            principal = await self._from_token(token)
+        principal = await self._principal(cycle)
         return [name for name in snapshot.models if principal.allows(name)]
 
     # -- helpers -------------------------------------------------------------------------
@@ -253,6 +241,17 @@ class Access:
         why = ip.refusal(self.client_ip(cycle))
         if why is not None:
             raise Forbidden(why, code="ip_not_allowed")
+
+    async def _principal(self, cycle: Cycle) -> Principal:
+        """The caller behind the request's API key or token; 401 without one."""
+        token = credential(cycle)
+        if token is None:
+            raise Unauthorized(_MISSING_CREDENTIALS)
+        keys = self._keys
+        principal = keys.lookup(token) if keys is not None else None
+        if principal is None:
+            principal = await self._from_token(token)
+        return principal
 
     async def _from_token(self, token: bytes) -> Principal:
         jwt = self._jwt

@@ -103,19 +103,13 @@ class Weighted(Balancer):
         return [best, *(i for i in self._by_weight if i != best)]
 
 
-class LeastInflight(Balancer):
-    __slots__ = ("_counter",)
-
-    def __init__(self, states: Sequence[TargetState]) -> None:
-        super().__init__(states)
-        self._counter = count()
+class LeastInflight(RoundRobin):
+    __slots__ = ()
 
     def order(self, key: bytes | None) -> list[int]:
-        n = self.n
-        if n == 1:
+        if self.n == 1:
             return [0]
-        start = next(self._counter) % n  # rotate so ties are spread evenly
-        idx = [*range(start, n), *range(start)]
+        idx = super().order(key)  # rotated, so ties are spread evenly
         states = self.states
         # Fewest in flight relative to weight first.
         idx.sort(key=lambda i: states[i].inflight / states[i].weight)
