@@ -16,8 +16,10 @@ Two modes:
   connection is opened whenever none is idle, so requests do not queue
   behind each other. ``lag`` reports how late the generator itself sent them.
 
-Streams (``stream=True``): time to the first complete SSE event,
-time to the last byte, and events (``\\n\\n``-terminated) per second.
+Streams (``stream=True``): time to the first complete SSE event, time to
+the first event carrying content (a non-empty ``"content":"..."`` delta: a
+gateway may hold a role-only first event until then), time to the last
+byte, and events (``\\n\\n``-terminated) per second.
 
 Library: ``await run_load(LoadSpec(...)) -> LoadResult``.
 CLI: ``python benchmarks/loadgen.py URL [-c 32] [-d 10] [--rate R] [--stream] [--json]``.
@@ -103,7 +105,8 @@ class LoadResult:
     errors: dict[str, int]  # connect | reset | timeout | parse
     rps: float
     latency_ms: Percentiles | None  # to the last byte
-    ttfb_ms: Percentiles | None = None  # streams: to the first body byte
+    ttfb_ms: Percentiles | None = None  # streams: to the first complete SSE event
+    ttfc_ms: Percentiles | None = None  # streams: to the first event carrying content
     events: int = 0
     events_per_s: float = 0.0
     events_per_stream: float = 0.0
@@ -126,7 +129,9 @@ class LoadResult:
                 f"p99.9 {lat.p999:.3f} max {lat.max:.3f} ms"
             )
         if self.ttfb_ms is not None:
-            parts.append(f"ttfb p50 {self.ttfb_ms.p50:.3f} p99 {self.ttfb_ms.p99:.3f} ms")
+            parts.append(f"ttfe p50 {self.ttfb_ms.p50:.3f} p99 {self.ttfb_ms.p99:.3f} ms")
+        if self.ttfc_ms is not None:
+            parts.append(f"ttfc p50 {self.ttfc_ms.p50:.3f} p99 {self.ttfc_ms.p99:.3f} ms")
             parts.append(f"{self.events_per_s:,.0f} events/s ({self.events_per_stream:.1f}/stream)")
         if self.lag_ms is not None:
             parts.append(f"lag p99 {self.lag_ms.p99:.3f} ms")
@@ -191,32 +196,69 @@ class _Conn(asyncio.Protocol):
         self.run.done(self, perf_counter())
 
 
+_CONTENT = b'"content":"'
+
+
+def _find_content(buf: bytes) -> int:
+    """End offset of the first non-empty ``"content":"...`` in buf, or -1.
+
+    A role-only first event carries ``"content":""``; the first real token
+    is the first content string that does not close at once.
+    """
+    i = buf.find(_CONTENT)
+    while i >= 0:
+        j = i + len(_CONTENT)
+        if j >= len(buf):
+            return -1  # the value is in the next read
+        if buf[j] != 0x22:  # '"'
+            return j
+        i = buf.find(_CONTENT, j)
+    return -1
+
+
 class _StreamConn(_Conn):
-    """A connection that also times the first SSE event and counts events.
+    """A connection that also times the first SSE event and the first content
+    event, and counts events.
 
     Events are counted on the raw bytes (every event ends with a blank line,
     and chunked framing never makes one), so httptools needs no ``on_body``
-    callback: one Python call per read, not one per chunk.
+    callback: one Python call per read, not one per chunk. The content search
+    runs only until the first token is seen (usually within the first read).
     """
 
-    __slots__ = ("events", "first", "last_nl")
+    __slots__ = ("content", "events", "first", "last_nl", "tail")
 
     def __init__(self, run: _Run) -> None:
         super().__init__(run)
         self.first = 0.0
+        self.content = 0.0
         self.events = 0
         self.last_nl = False
+        self.tail = b""  # the end of the previous read, while content is unseen
 
     def send(self, t0: float, now: float) -> None:
         self.first = 0.0
+        self.content = 0.0
         self.events = 0
         self.last_nl = False
+        self.tail = b""
         super().send(t0, now)
 
     def data_received(self, data: bytes) -> None:
         # An event may straddle two reads: "\n" | "\n".
         n = data.count(b"\n\n") + (self.last_nl and data[:1] == b"\n")
         self.last_nl = data[-1:] == b"\n"
+        if not self.content:
+            # The content event is timed when it is complete (its blank line
+            # has arrived), like the first event.
+            buf = self.tail + data
+            at = _find_content(buf)
+            if at >= 0 and buf.find(b"\n\n", at) >= 0:
+                self.content = perf_counter()
+            else:
+                # Keep the start of an event that is not complete yet.
+                start = buf.rfind(b"\n\n", 0, at) if at >= 0 else len(buf) - 32
+                self.tail = buf[max(start, 0) :]
         if n:
             if not self.events:
                 self.first = perf_counter()
@@ -249,6 +291,7 @@ class _Run:
         # samples
         self.lat: list[float] = []
         self.ttfb: list[float] = []
+        self.ttfc: list[float] = []
         self.lag: list[float] = []
         self.events = 0
         self.ok = 0
@@ -349,6 +392,8 @@ class _Run:
                 self.events += conn.events
                 if conn.first:
                     self.ttfb.append(conn.first - conn.t0)
+                if conn.content:
+                    self.ttfc.append(conn.content - conn.t0)
         if not conn.parser.should_keep_alive():
             conn.dead = True
             if conn.transport is not None:
@@ -477,6 +522,7 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         rps=n / elapsed,
         latency_ms=Percentiles.of(run.lat),
         ttfb_ms=Percentiles.of(run.ttfb) if spec.stream else None,
+        ttfc_ms=Percentiles.of(run.ttfc) if spec.stream else None,
         events=run.events,
         events_per_s=run.events / elapsed,
         events_per_stream=run.events / n if n else 0.0,
