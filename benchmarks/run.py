@@ -1,18 +1,23 @@
 """The fastgw benchmark driver: one command, one run, every row side by side.
 
-    python benchmarks/run.py [--quick] [--json out.json] [--duration S] [--rows direct,nginx,fastgw]
+    python benchmarks/run.py [--quick] [--json out.json] [--duration S]
+                             [--rows direct,nginx,fastgw,fastgw-full] [--soak]
+    python benchmarks/run.py --soak-only [--soak-requests N]   # gateway RSS under load
     python benchmarks/run.py --upstream-check     # is the mock fast enough to be the upstream?
 
 It starts the mock upstream (``python -m fastgw.mock``, unpaced), nginx as a
 plain reverse proxy in front of it (benchmarks/nginx.conf.tmpl) and fastgw
-(``python -m fastgw serve``) with a generated config, pins nginx and the
-gateway to CPU 0 and the load generator and the mock to CPU 1, waits until
-each answers, then measures every scenario on every row in turn (rows
+(``python -m fastgw serve``) with a generated config per row, pins nginx and
+the gateway to CPU 0 and the load generator and the mock to CPU 1, waits
+until each answers, then measures every scenario on every row in turn (rows
 interleaved per scenario, so drift hits them alike) and prints one table per
-scenario: rate, p50, p99, ratio to nginx, latency added over direct.
+scenario: rate, p50, p99, ratio to nginx, latency added over direct, server
+CPU. Then the soak (``--soak``: the minimal row's RSS after 10,000 and after
+1,000,000 requests) and one table checking every SPEC section 6 row the
+driver can measure (ok / MISS).
 
-Rows and scenarios are tables (TARGETS, SCENARIOS): a "fastgw full policy"
-row is one more Target with its own config and headers.
+Rows and scenarios are tables (TARGETS, SCENARIOS): a row is one Target with
+its own config builder and request headers.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import asyncio
 import dataclasses
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -50,6 +56,8 @@ PROMPT = "Say hello to the benchmark, in one short sentence please."
 STREAM_CHUNKS = 48  # + role chunk + finish chunk = 50 SSE events (then [DONE])
 PACED_INTERVAL_MS = 20
 PACED_CHUNKS = 3
+SOAK_FIRST = 10_000  # SPEC 6: RSS after 1,000,000 requests within 10 % of after 10,000
+SOAK_CHECKPOINTS = 10  # RSS read this many times between the first and the last figure
 
 
 # -- processes -------------------------------------------------------------------------
@@ -204,7 +212,7 @@ def cpu_seconds(pids: list[int]) -> float:
 # -- rows ------------------------------------------------------------------------------
 
 
-def minimal_config(mock_port: int, port: int) -> dict[str, Any]:
+def minimal_config(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
     """Minimal policy: one provider, one model with one target, no access log."""
     return {
         "server": {"host": "127.0.0.1", "port": port, "workers": 1},
@@ -221,13 +229,74 @@ def minimal_config(mock_port: int, port: int) -> dict[str, Any]:
     }
 
 
+# The full-policy row's client key; the gateway knows only its SHA-256.
+BENCH_KEY = "sk-fastgw-bench-full-policy-0001"
+# Limits that apply but never refuse within a run: an rpm bucket holds a burst
+# of rpm and refills at rpm/60 per second; tpm reserves ~300 tokens per request.
+NEVER_REFUSE = {"rpm": 100_000_000, "tpm": 1_000_000_000_000}
+
+
+def sha256_hex(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def full_config(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
+    """Full policy (SPEC 6): key auth, 3 limit scopes on the benchmark key (its
+    own limits, a model rule and a tier rule), consistent hashing on the key
+    over 2 targets (two deployment names on the one mock), prices (cost in
+    metrics and log), metrics, and the JSON access log written to a file."""
+    cfg = minimal_config(mock_port, port, workdir)
+    keys: list[dict[str, Any]] = [
+        {
+            "name": "bench",
+            "key_sha256": sha256_hex(BENCH_KEY),
+            "models": ["mock-*"],
+            "tier": "bench",
+            "limits": dict(NEVER_REFUSE),
+        }
+    ]
+    # Other callers, so that the key table is not a table of one.
+    keys += [
+        {
+            "name": f"team-{i}",
+            "key_sha256": sha256_hex(f"sk-fastgw-bench-other-{i}"),
+            "tier": "free",
+            "limits": {"rpm": 600},
+        }
+        for i in range(15)
+    ]
+    cfg["auth"] = {"keys": keys}
+    cfg["limits"] = [
+        {"match": {"model": "mock-*"}, **NEVER_REFUSE},
+        {"match": {"tier": "bench"}, **NEVER_REFUSE},
+        {"match": {"tier": "free"}, "rpm": 20},  # does not match the benchmark key
+    ]
+    cfg["models"] = [
+        {
+            "name": MODEL,
+            "targets": [
+                {"provider": "mock", "model": f"{MODEL}-a"},
+                {"provider": "mock", "model": f"{MODEL}-b"},
+            ],
+            "balance": "consistent-hash",
+            "hash_key": "key",
+            "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.60},
+        }
+    ]
+    cfg["observability"] = {"access_log": str(workdir / "fastgw-full.access.log")}
+    return cfg
+
+
+ConfigBuilder = Callable[[int, int, Path], dict[str, Any]]  # (mock port, port, work dir)
+
+
 @dataclass
 class Target:
     """A row of the tables: where the load generator sends its requests."""
 
     name: str
     kind: str  # direct | nginx | fastgw
-    config: Callable[[int, int], dict[str, Any]] | None = None  # fastgw: (mock, port) -> YAML
+    config: ConfigBuilder | None = None  # fastgw: its generated YAML
     headers: dict[str, str] = field(default_factory=dict)  # e.g. the client's API key
     description: str = ""
 
@@ -243,11 +312,19 @@ TARGETS: dict[str, Target] = {
             minimal_config,
             description="fastgw, minimal policy (one provider, one target), 1 worker",
         ),
-        # A "fastgw-full" row (keys + 3 limit scopes + consistent hash + metrics +
-        # access log) is one more entry: Target("fastgw-full", "fastgw", full_config,
-        # headers={"Authorization": "Bearer ..."}).
+        Target(
+            "fastgw-full",
+            "fastgw",
+            full_config,
+            headers={"Authorization": f"Bearer {BENCH_KEY}"},
+            description=(
+                "fastgw, full policy (key auth, 3 limit scopes, consistent hash on the key "
+                "over 2 targets, metrics, access log to a file), 1 worker"
+            ),
+        ),
     )
 }
+FASTGW_ROWS = [n for n, t in TARGETS.items() if t.kind == "fastgw"]
 
 
 def start_fastgw(
@@ -257,7 +334,7 @@ def start_fastgw(
     assert target.config is not None
     port = free_port()
     cfg = workdir / f"{target.name}.yaml"
-    cfg.write_text(yaml.safe_dump(target.config(mock_port, port), sort_keys=False))
+    cfg.write_text(yaml.safe_dump(target.config(mock_port, port, workdir), sort_keys=False))
     cmd = [sys.executable, "-m", "fastgw", "serve", "--config", str(cfg)]
     cmd += ["--port", str(port), "--workers", "1"]
     proc = procs.start(target.name, pinned(cmd, cpu))
@@ -402,7 +479,19 @@ def derive(scenario: Scenario, measured: dict[str, Measured]) -> dict[str, dict[
             row["added_p99_ms"] = mine[1] - d[1]
         else:
             row["added_p50_ms"] = row["added_p99_ms"] = None
+        if scenario.ttfe:
+            # Time to the first event carrying content, beside the first event: a
+            # gateway holds the role-only first event until its commit point.
+            c = (r.ttfc_ms.p50, r.ttfc_ms.p99) if r.ttfc_ms is not None else None
+            dc = direct.ttfc_ms if direct is not None else None
+            row["ttfc_p50_ms"], row["ttfc_p99_ms"] = c if c is not None else (None, None)
+            if c is not None and dc is not None:
+                row["added_ttfc_p50_ms"] = c[0] - dc.p50
+                row["added_ttfc_p99_ms"] = c[1] - dc.p99
+            else:
+                row["added_ttfc_p50_ms"] = row["added_ttfc_p99_ms"] = None
         row["errors"] = sum(r.errors.values()) + sum(r.non_2xx.values())
+        row["error_kinds"] = {**r.errors, **{str(k): v for k, v in r.non_2xx.items()}}
         m = measured[name]
         row["server_cpu"] = m.cpu_util
         row["cpu_us_per_req"] = m.cpu_us_per_req
@@ -446,6 +535,19 @@ def print_table(scenario: Scenario, rows: dict[str, dict[str, Any]], s: Settings
             f"{fmt(r['server_cpu'], '.0%'):>7}{fmt(r['cpu_us_per_req'], '.1f'):>8}"
             f"{fmt(r['cpu_vs_nginx'], '.2f'):>14}"
         )
+    if scenario.ttfe:
+        print("  time to the first content event (the first token):")
+        print(
+            f"  {'row':<14}{'':>12}{'p50 ms':>10}{'p99 ms':>10}{'':>10}"
+            f"{'+p50 ms':>10}{'+p99 ms':>10}"
+        )
+        for name, r in rows.items():
+            print(
+                f"  {name:<14}{'':>12}{fmt(r['ttfc_p50_ms'], '.3f'):>10}"
+                f"{fmt(r['ttfc_p99_ms'], '.3f'):>10}{'':>10}"
+                f"{fmt(r['added_ttfc_p50_ms'], '+.3f'):>10}"
+                f"{fmt(r['added_ttfc_p99_ms'], '+.3f'):>10}"
+            )
 
 
 def machine_info() -> dict[str, Any]:
@@ -511,6 +613,7 @@ def run_rows(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, 
     urls: dict[str, str] = {}
     server_pid: dict[str, int] = {}  # whose CPU time a row measures
     failed: dict[str, str] = {}
+    results: dict[str, Any] = {}
     try:
         mock_port, mock_pid = start_mock(procs, client_cpu)
         for name in args.rows:
@@ -540,7 +643,6 @@ def run_rows(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, 
                 urls.pop(name, None)
                 print(f"row {name} skipped: {e}", file=sys.stderr)
         pin_self(client_cpu)
-        results: dict[str, Any] = {}
         for scenario in SCENARIOS:
             if args.scenarios and scenario.name not in args.scenarios:
                 continue
@@ -557,9 +659,260 @@ def run_rows(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, 
                 "rows": rows,
                 "raw": {k: v.result.as_dict() for k, v in by_row.items()},
             }
-        return {"results": results, "skipped_rows": failed}
     finally:
         procs.stop()
+    return {"results": results, "skipped_rows": failed, "access_logs": access_logs(workdir)}
+
+
+def access_logs(workdir: Path) -> dict[str, dict[str, int]]:
+    """Lines written by each row's file access log (read after the gateways
+    stopped, so every line is flushed), and lines the logger dropped."""
+    out: dict[str, dict[str, int]] = {}
+    for path in sorted(workdir.glob("*.access.log")):
+        name = path.name.removesuffix(".access.log")
+        lines = dropped = 0
+        with path.open("rb") as f:
+            for line in f:
+                lines += 1
+                if b'"access_log_dropped"' in line:
+                    dropped += json.loads(line).get("lines", 0)
+        size = path.stat().st_size
+        out[name] = {"lines": lines, "dropped": dropped, "bytes": size}
+        print(
+            f"\naccess log of {name}: {lines:,} lines ({size / 2**20:,.0f} MiB), "
+            f"{dropped:,} dropped"
+        )
+    return out
+
+
+# -- soak ------------------------------------------------------------------------------
+
+
+def rss_kib(pids: list[int]) -> tuple[int, int]:
+    """(VmRSS, VmHWM) in KiB, summed over these processes."""
+    rss = hwm = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1])
+            elif line.startswith("VmHWM:"):
+                hwm += int(line.split()[1])
+    return rss, hwm
+
+
+async def _soak(
+    url: str, headers: dict[str, str], pids: list[int], total: int, connections: int
+) -> dict[str, Any]:
+    """Closed-loop load in legs: the RSS read after each leg, and sampled during it."""
+    first = min(SOAK_FIRST, total)
+    rest = total - first
+    stops = sorted(
+        {first, *(first + rest * i // SOAK_CHECKPOINTS for i in range(1, SOAK_CHECKPOINTS + 1))}
+    )
+    points: list[dict[str, float]] = []
+    peak_kib = 0
+    done = 0
+    errors: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for stop in stops:
+        spec = LoadSpec(
+            url=url,
+            body=chat_body(False),
+            headers=headers,
+            connections=connections,
+            duration=None,
+            requests=stop - done,
+            timeout=10.0,
+        )
+        task = asyncio.ensure_future(run_load(spec))
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            peak_kib = max(peak_kib, rss_kib(pids)[0])
+        r = task.result()
+        for k, v in [*r.errors.items(), *((str(k), v) for k, v in r.non_2xx.items())]:
+            errors[k] = errors.get(k, 0) + v
+        done = stop
+        rss = rss_kib(pids)[0]
+        peak_kib = max(peak_kib, rss)
+        points.append({"requests": done, "rss_mib": rss / 1024, "rps": r.rps})
+        print(f"  {done:>12,} requests   RSS {rss / 1024:6.1f} MiB   {r.rps:>9,.0f} req/s")
+    return {
+        "requests": done,
+        "connections": connections,
+        "seconds": time.perf_counter() - t0,
+        "points": points,
+        "rss_first_requests": points[0]["requests"],
+        "rss_first_mib": points[0]["rss_mib"],
+        "rss_last_mib": points[-1]["rss_mib"],
+        "ratio": points[-1]["rss_mib"] / points[0]["rss_mib"],
+        "peak_under_load_mib": peak_kib / 1024,  # the largest RSS sampled every 0.5 s
+        "vm_hwm_mib": rss_kib(pids)[1] / 1024,  # the kernel's high-water mark, start-up included
+        "errors": errors,
+    }
+
+
+def run_soak(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, Any]:
+    """A fresh mock and minimal-policy gateway; RSS after 10,000 requests and
+    after --soak-requests (SPEC 6: <= 60 MiB under load; growth <= 10 %)."""
+    import uvloop
+
+    gw_cpu, client_cpu = cpus(args)
+    soakdir = workdir / "soak"
+    soakdir.mkdir(exist_ok=True)
+    procs = Processes(soakdir)
+    target = TARGETS["fastgw"]
+    try:
+        mock_port, _ = start_mock(procs, client_cpu)
+        port, pid = start_fastgw(procs, target, soakdir, mock_port, gw_cpu)
+        pin_self(client_cpu)
+        total = args.soak_requests
+        print(
+            f"\nsoak: {target.name} ({target.description}); closed loop, "
+            f"{s.connections} connections, {total:,} requests"
+        )
+        gc.collect()
+        gc.disable()  # the load generator's own pauses stay out of the gateway's figures
+        try:
+            out = uvloop.run(
+                _soak(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    target.headers,
+                    tree_pids(pid),
+                    total,
+                    s.connections,
+                )
+            )
+        finally:
+            gc.enable()
+    finally:
+        procs.stop()
+    out["row"] = target.name
+    print(
+        f"  RSS after {out['rss_first_requests']:,} requests {out['rss_first_mib']:.1f} MiB, "
+        f"after {out['requests']:,} {out['rss_last_mib']:.1f} MiB (x{out['ratio']:.3f}); "
+        f"peak under load {out['peak_under_load_mib']:.1f} MiB; "
+        f"errors {out['errors'] or 0}; {out['seconds']:.0f} s"
+    )
+    return out
+
+
+# -- SPEC section 6 --------------------------------------------------------------------
+
+
+def spec_checks(results: dict[str, Any], soak: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every SPEC 6 row the driver can measure: the figure, its target, ok or MISS."""
+    checks: list[dict[str, Any]] = []
+
+    def row(scenario: str, name: str) -> dict[str, Any] | None:
+        rows: dict[str, dict[str, Any]] | None = results.get(scenario, {}).get("rows")
+        return rows.get(name) if rows else None
+
+    def get(r: dict[str, Any] | None, key: str) -> float | None:
+        return None if r is None else r.get(key)
+
+    def plus(v: float | None, k: float = 1.0, d: float = 0.0) -> float | None:
+        return None if v is None else v * k + d
+
+    def add(
+        what: str, name: str, value: float | None, op: str, target: float | None, unit: str
+    ) -> None:
+        ok = None
+        if value is not None and target is not None:
+            ok = value >= target if op == ">=" else value <= target
+        checks.append(
+            {
+                "what": what,
+                "row": name,
+                "value": value,
+                "op": op,
+                "target": target,
+                "unit": unit,
+                "ok": ok,
+            }
+        )
+
+    for name, policy, share in (("fastgw-full", "full policy", 0.50), ("fastgw", "minimal", 0.65)):
+        r = row("max_rps", name)
+        if r is not None:
+            add(f"max req/s, {policy}, vs nginx", name, r["vs_nginx"], ">=", share, "x")
+            add("  the same per core (CPU/request)", name, r["cpu_vs_nginx"], ">=", share, "x")
+    for name in FASTGW_ROWS:
+        for scenario in ("open_low", "open_high"):
+            r, n = row(scenario, name), row(scenario, "nginx")
+            if r is None:
+                continue
+            rate = results[scenario]["raw"][name]["target_rate"]
+            add(
+                f"added p50 at {rate:g} req/s",
+                name,
+                r["added_p50_ms"],
+                "<=",
+                get(n, "added_p50_ms"),
+                "ms",
+            )
+            add(
+                f"added p99 at {rate:g} req/s",
+                name,
+                r["added_p99_ms"],
+                "<=",
+                plus(get(n, "added_p99_ms"), 2.0),
+                "ms",
+            )
+        r = row("streams", name)
+        if r is not None:
+            add("streams/s vs nginx", name, r["vs_nginx"], ">=", 0.50, "x")
+            add("  the same per core (CPU/stream)", name, r["cpu_vs_nginx"], ">=", 0.50, "x")
+            per_event = plus(r["cpu_us_per_req"], 1 / (STREAM_CHUNKS + 2))
+            add("CPU per relayed SSE event", name, per_event, "<=", 3.0, "us")
+        r, n = row("paced_ttfe", name), row("paced_ttfe", "nginx")
+        if r is not None:
+            add(
+                "added time to first event, paced, p50",
+                name,
+                r["added_p50_ms"],
+                "<=",
+                plus(get(n, "added_p50_ms"), d=0.1),
+                "ms",
+            )
+            add(
+                "  to the first content event, p50",
+                name,
+                r["added_ttfc_p50_ms"],
+                "<=",
+                plus(get(n, "added_ttfc_p50_ms"), d=0.1),
+                "ms",
+            )
+    if soak is not None:
+        name = soak["row"]
+        add("RSS under load (peak sampled)", name, soak["peak_under_load_mib"], "<=", 60.0, "MiB")
+        add(
+            f"RSS after {soak['requests']:,} / after {soak['rss_first_requests']:,}",
+            name,
+            soak["ratio"],
+            "<=",
+            1.10,
+            "x",
+        )
+    return checks
+
+
+def print_checks(checks: list[dict[str, Any]]) -> None:
+    print("\nSPEC section 6 (one worker, one core)")
+    print(f"  {'what':<42}{'row':<13}{'measured':>12}{'target':>15}  result")
+    for c in checks:
+        unit = "" if c["unit"] == "x" else f" {c['unit']}"
+        spec = ".1f" if c["unit"] == "MiB" else ".2f" if c["unit"] in ("x", "us") else "+.3f"
+        value = "-" if c["value"] is None else format(c["value"], spec) + unit
+        target = "-" if c["target"] is None else f"{c['op']} {format(c['target'], spec)}{unit}"
+        verdict = "n/a" if c["ok"] is None else "ok" if c["ok"] else "MISS"
+        print(f"  {c['what']:<42}{c['row']:<13}{value:>12}{target:>15}  {verdict}")
+    print(
+        f"  {'--workers N on N free cores':<42}{'':<13}{'-':>12}{'>= 0.85 x N':>15}  not measured"
+    )
 
 
 def run_upstream_check(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, Any]:
@@ -624,8 +977,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the results to this file")
     p.add_argument(
         "--rows",
-        default="direct,nginx,fastgw",
-        help=f"comma-separated rows, from: {', '.join(TARGETS)}",
+        default=",".join(TARGETS),
+        help=f"comma-separated rows, from: {', '.join(TARGETS)} (default: all)",
     )
     p.add_argument(
         "--scenarios",
@@ -639,6 +992,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-cpu", type=int, default=1, help="CPU of the load generator and mock")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--upstream-check", action="store_true", help="mock vs nginx static only")
+    p.add_argument(
+        "--soak",
+        action="store_true",
+        help="after the scenarios, the memory soak: minimal row's RSS after 10,000 and N requests",
+    )
+    p.add_argument("--soak-only", action="store_true", help="the memory soak alone")
+    p.add_argument(
+        "--soak-requests",
+        type=int,
+        default=1_000_000,
+        help="requests in the soak (default 1,000,000; at least 10,000 for the SPEC ratio)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every measurement")
     args = p.parse_args(argv)
@@ -661,14 +1026,20 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fastgw-bench-"))
     started = time.time()
     try:
+        rows = "none (soak only)" if args.soak_only else ", ".join(args.rows)
         print(
-            f"fastgw benchmarks: rows {', '.join(args.rows)}; {duration:g}s per measurement; "
+            f"fastgw benchmarks: rows {rows}; {duration:g}s per measurement; "
             f"gateway CPU {cpus(args)[0]}, load generator + mock CPU {cpus(args)[1]}"
         )
         if args.upstream_check:
             report = run_upstream_check(args, s, workdir)
         else:
-            report = run_rows(args, s, workdir)
+            report = {} if args.soak_only else run_rows(args, s, workdir)
+            soak = run_soak(args, s, workdir) if args.soak or args.soak_only else None
+            if soak is not None:
+                report["soak"] = soak
+            report["spec"] = spec_checks(report.get("results", {}), soak)
+            print_checks(report["spec"])
     finally:
         if args.keep:
             print(f"work dir kept: {workdir}")
