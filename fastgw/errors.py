@@ -124,13 +124,6 @@ class RequestTimeout(ClientError, TimeoutError):
     default_code = "request_timeout"
 
 
-class LengthRequired(ClientError):
-    """A body was expected but its length was not given."""
-
-    status = 411
-    default_code = "length_required"
-
-
 class PayloadTooLarge(ClientError):
     """The body is larger than ``server.max_body_bytes``."""
 

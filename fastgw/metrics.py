@@ -74,12 +74,6 @@ def render() -> tuple[bytes, bytes]:
     return CONTENT_TYPE.encode(), generate_latest(REGISTRY)
 
 
-def worker_exited(pid: int) -> None:
-    """Tell the multiprocess store a worker is gone (its live gauges drop)."""
-    if MULTIPROCESS:
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
 class _Hist:
     """Observations of one histogram child, counted per bucket until flushed."""
 

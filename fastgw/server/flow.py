@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import Callable
 
 READ_PIPELINE = 1  # too many pipelined requests queued behind the active one
-READ_BODY = 2  # a large request body waits for the handler (unused reason kept for clarity)
 
 HIGH_WATER = 64 * 1024
 LOW_WATER = HIGH_WATER // 4

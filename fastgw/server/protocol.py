@@ -62,7 +62,6 @@ class ServerState:
 
     connections: set[HttpProtocol] = field(default_factory=set)
     draining: bool = False
-    active_requests: int = 0
 
 
 class _Reject(Exception):
@@ -135,10 +134,6 @@ class Cycle:
             if n == name:
                 return v
         return None
-
-    @property
-    def disconnected(self) -> bool:
-        return self._proto.transport is None
 
     @property
     def flow(self) -> FlowControl:
@@ -488,7 +483,6 @@ class HttpProtocol(asyncio.Protocol):
             cycle.keep_alive = False
             cycle.send_error(cycle.preset_error)
             return
-        self.state.active_requests += 1
         cycle.task = self.loop.create_task(self._handle(cycle))
 
     async def _handle(self, cycle: Cycle) -> None:
@@ -509,8 +503,6 @@ class HttpProtocol(asyncio.Protocol):
             log.exception("unhandled error in request handler")
             self._fail(cycle, InternalError("internal error; the request id identifies it "
                                             "in the gateway's logs"))
-        finally:
-            self.state.active_requests -= 1
         if not cycle.finished:
             if cycle.started:
                 cycle.end()
