@@ -10,6 +10,7 @@ multiprocess mode, set up here before any worker imports it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -55,6 +56,7 @@ def supervise(cfg: Config) -> int:
           file=sys.stderr, flush=True)
 
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    parent = os.getpid()
     children: dict[int, int] = {}
     crashes = [0] * s.workers
     started_at = [0.0] * s.workers
@@ -64,6 +66,7 @@ def supervise(cfg: Config) -> int:
         pid = os.fork()
         if pid == 0:
             holder.close()
+            _die_with_parent(parent)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
             code = 1
             try:
@@ -129,6 +132,21 @@ def supervise(cfg: Config) -> int:
         except OSError:
             pass
     return 0
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker gets SIGTERM (and drains) if the supervisor dies, even by SIGKILL,
+    instead of serving on as an orphan nobody supervises."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent check below still runs
+        pass
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os._exit(0)
 
 
 def _send(children: dict[int, int], sig: signal.Signals) -> None:

@@ -214,3 +214,29 @@ def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
                          text=True, check=False).stdout
     return [int(x) for x in out.split()]
+
+
+def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    port = free_port()
+    with mock_upstream() as mport:
+        cfg.write_text(config_text(mport, extra="observability: {access_log: off}\n"))
+        with gateway_process(["--config", str(cfg), "--workers", "2"], port) as proc:
+            pids = _children(proc.pid)
+            assert len(pids) == 2
+            proc.kill()
+            proc.wait(timeout=5)
+
+            def gone() -> bool:
+                alive = []
+                for pid in pids:
+                    try:
+                        os.kill(pid, 0)
+                        with open(f"/proc/{pid}/stat") as fh:
+                            if fh.read().split()[2] != "Z":
+                                alive.append(pid)
+                    except (ProcessLookupError, FileNotFoundError):
+                        pass
+                return not alive
+
+            assert wait_for(gone, timeout=10)
