@@ -253,7 +253,11 @@ class Proxy:
             finally:
                 if booked:
                     budget.release()
-        assert last is not None
+        if last is None:
+            # Every pick was taken meanwhile (another request holds the half-open
+            # probe of an ejected target): nothing was tried.
+            raise NoHealthyTarget(f"every target of model {route.name!r} is unhealthy; "
+                                  "try again shortly")
         raise last
 
     def _next_target(self, live: list[int], states: list[TargetState], tried: set[int],

@@ -619,3 +619,31 @@ health: {{probe_interval_s: 0.1, consecutive_failures: 2, base_ejection_s: 30}}
         assert wait_for(lambda: gauge._value.get() == 1, timeout=3)
         assert http(gw.port, "POST", "/v1/chat/completions", chat("m")).status == 200
         lt.call(srv.close)
+
+
+def test_while_another_request_holds_the_half_open_probe_the_answer_is_503() -> None:
+    """One request at a time probes an ejected target after its cooldown; meanwhile
+    others get 503 (no healthy target), not a second probe."""
+    dead = closed_port()
+
+    def yaml(port: int) -> str:
+        return providers_yaml({"bad": dead}) + """
+models:
+  - name: m
+    retry: {attempts: 1}
+    targets: [{provider: bad, model: x}]
+health: {consecutive_failures: 1, base_ejection_s: 0.2}
+""" + OFF
+
+    with side_loop() as lt, running(yaml, lt=lt) as gw:
+        assert http(gw.port, "POST", "/v1/chat/completions", chat("m")).status == 502
+        time.sleep(0.25)  # the cooldown is over: the next request is the probe
+
+        def take_probe() -> bool:
+            snap = gw.app.gateway.state.snapshot  # type: ignore[union-attr]
+            health = snap.models["m"].targets[0].state.health
+            return health.available(gw.app.loop.time())
+
+        assert gw.lt.call(take_probe)  # this "request" holds the probe now
+        r = http(gw.port, "POST", "/v1/chat/completions", chat("m"))
+        assert r.status == 503, r.body
