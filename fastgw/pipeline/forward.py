@@ -26,7 +26,6 @@ from fastgw.pipeline.ctx import RequestCtx
 from fastgw.pipeline.snapshot import TargetRuntime
 from fastgw.providers import openai
 from fastgw.streaming.relay import StreamRelay, error_message
-from fastgw.types import StreamSink
 from fastgw.upstream.client import exchange, recover, start_pooled
 from fastgw.upstream.connection import UpstreamConnection
 
@@ -106,22 +105,14 @@ class Forwarder:
             raise self.status_error(target, conn.status, body, conn.headers)
         cycle = ctx.cycle
         flow = cycle.flow
-        ctype = hdr.content_type(conn.headers, _SSE)
-        status = conn.status
-        up_headers = conn.headers
-        holding_since = perf_counter()
-
-        def on_commit() -> StreamSink:
-            # The commit point: only now does the client get a head.
-            ctx.status = status
-            ctx.upstream_s += perf_counter() - holding_since
-            cycle.start(status, self.response_head(ctx, target, up_headers, ctype)
+        # A failover before the commit point finds the head already sent.
+        resumed = cycle.started
+        if not resumed:
+            ctx.status = conn.status
+            cycle.start(conn.status,
+                        self.response_head(ctx, target, conn.headers,
+                                           hdr.content_type(conn.headers, _SSE))
                         + _STREAM_HEADERS)
-            flow.listener = (conn.pause_reading, conn.resume_reading)
-            if flow.write_paused:
-                conn.pause_reading()
-            return cycle
-
         failure: list[UpstreamError] = []
 
         def on_error() -> None:
@@ -131,8 +122,11 @@ class Forwarder:
                 f"{error_message(relay.error_payload)}", sent=True))
             conn.abort()
 
-        relay = StreamRelay(drop_usage=not ctx.client_usage, on_commit=on_commit,
+        relay = StreamRelay(cycle, drop_usage=not ctx.client_usage, resumed=resumed,
                             on_error=on_error)
+        flow.listener = (conn.pause_reading, conn.resume_reading)
+        if flow.write_paused:
+            conn.pause_reading()
         timer = self.loop.call_at(self.loop.time() + provider.timeouts.first_byte_s
                                   - (perf_counter() - sent), _no_content, conn, relay, failure,
                                   provider.name, provider.timeouts.first_byte_s)
@@ -147,6 +141,7 @@ class Forwarder:
             reuse = True
         except UpstreamError as exc:
             if not relay.committed:
+                # Before the commit point: the runner may fail over (and resume).
                 raise (failure[0] if failure else exc) from None
             # Past the commit point: end the stream with a typed error event.
             self.recorder.upstream_error(provider.name, exc.reason)

@@ -64,6 +64,7 @@ from fastgw.providers import openai
 from fastgw.routing.balancer import TargetState, usable
 from fastgw.routing.quota import QuotaExceeded
 from fastgw.server.protocol import Cycle
+from fastgw.streaming.sse import error_event
 
 _USAGE_ENDPOINTS = frozenset({"chat", "completions"})
 _DEFAULT_COMPLETION_TOKENS = 256  # quota estimate when the request sets no max_tokens
@@ -348,7 +349,13 @@ class Proxy:
         if cycle.started:
             ctx.status = exc.status
             if not cycle.finished:
-                cycle.abort()
+                if ctx.stream:
+                    # A stream whose head went out (every failover before its first
+                    # content failed): end it with a typed SSE error event.
+                    cycle.write(error_event(exc))
+                    cycle.end()
+                else:
+                    cycle.abort()
             return
         extra = b"x-request-id: " + ctx.request_id + b"\r\n" + ctx.extra_headers
         if ctx.attempts:

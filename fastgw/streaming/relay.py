@@ -2,20 +2,17 @@
 
 The upstream connection calls :meth:`StreamRelay.feed` with body bytes as they
 arrive and :meth:`StreamRelay.flush` after each read, so what one read carried
-goes to the client in one write. The native :class:`~fastgw._native.SseScanner`
-looks at the bytes without decoding them: it finds events across chunk
+goes to the client in one write, unmodified and undecoded (only when the
+gateway asked for the usage chunk, and the client did not, is that one event
+cut out). The native :class:`~fastgw._native.SseScanner` finds, across chunk
 boundaries, the usage, ``[DONE]``, error events and the first content.
 
-Two modes:
-
-* **holding** (before the commit point): bytes are kept back until the first
-  content (a text or tool-call delta) or the end of the stream. Then
-  ``on_commit()`` sends the response head and returns the sink, and what was
-  held goes out. An in-band error event before that calls ``on_error``
-  instead, so the caller can fail over with nothing sent.
-* **passing**: bytes go to the client unmodified (the chunk object itself);
-  only when the gateway asked for the usage chunk (the client did not) does
-  the scanner cut that one event out.
+The first content (a text or tool-call delta, or the end of the stream) is the
+**commit point**. Before it, an in-band error event is not passed on: the relay
+calls ``on_error`` so the caller can fail over to another target. A relay that
+``resumes`` such a failed-over stream (the client already has the head and the
+first upstream's role event) drops the new upstream's events before its first
+content, so the client sees one coherent stream.
 """
 
 from __future__ import annotations
@@ -29,31 +26,24 @@ from fastgw.errors import GatewayError
 from fastgw.streaming.sse import error_event
 from fastgw.types import StreamSink, usage_numbers
 
-MAX_HELD = 256 * 1024  # past this much held back, commit anyway
-
 _COMMIT_OR_DONE = SseScanner.COMMIT | SseScanner.DONE
 _ERROR = SseScanner.ERROR
 
 
 class StreamRelay:
-    __slots__ = ("_held", "_held_size", "_on_commit", "_on_error", "_out", "_scanner",
-                 "_sink", "error_payload", "failed")
+    __slots__ = ("_on_error", "_out", "_resumed", "_scanner", "_sink", "committed",
+                 "error_payload", "failed")
 
-    def __init__(self, *, drop_usage: bool, on_commit: Callable[[], StreamSink],
+    def __init__(self, sink: StreamSink, *, drop_usage: bool, resumed: bool,
                  on_error: Callable[[], None]) -> None:
         self._scanner = SseScanner(drop_usage=drop_usage)
-        self._on_commit = on_commit
+        self._sink = sink
+        self._resumed = resumed
         self._on_error = on_error
-        self._sink: StreamSink | None = None  # None while holding
         self._out: list[bytes] = []  # bytes of the current read, written by flush()
-        self._held: list[bytes] = []
-        self._held_size = 0
+        self.committed = False
         self.failed = False
         self.error_payload: bytes | None = None
-
-    @property
-    def committed(self) -> bool:
-        return self._sink is not None
 
     @property
     def usage(self) -> tuple[int, int] | None:
@@ -67,44 +57,29 @@ class StreamRelay:
         if self.failed:
             return  # failed before the commit point: the rest is of no use
         out, flags = self._scanner.feed(chunk)
-        if self._sink is not None:
-            if out:
-                self._out.append(out)
-            return
-        if flags & _ERROR:
-            self.failed = True
-            self.error_payload = b"".join(self._held) + out
-            self._held = []
-            self._on_error()
-            return
+        if not self.committed:
+            if flags & _ERROR:
+                self.failed = True
+                self.error_payload = out
+                self._on_error()
+                return
+            if flags & _COMMIT_OR_DONE:
+                self.committed = True
+            elif self._resumed:
+                return  # the client has had a role event already
         if out:
-            self._held.append(out)
-            self._held_size += len(out)
-        if flags & _COMMIT_OR_DONE or self._held_size > MAX_HELD:
-            self.commit()
+            self._out.append(out)
 
     def flush(self) -> None:
         """Write what the last read carried, in one write."""
         out = self._out
         if out:
             self._out = []
-            sink = self._sink
-            if sink is not None:
-                sink.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def commit(self) -> None:
-        """Send the head; what was held back goes out with the next flush."""
-        if self._sink is not None:
-            return
-        self._sink = self._on_commit()
-        if self._held:
-            self._out[:0] = self._held
-            self._held = []
+            self._sink.write(out[0] if len(out) == 1 else b"".join(out))
 
     def finish(self) -> None:
-        """The upstream ended cleanly: commit if still holding, send any tail."""
-        if self._sink is None:
-            self.commit()
+        """The upstream ended cleanly: send any tail."""
+        self.committed = True
         tail = self._scanner.finish()
         if tail:
             self._out.append(tail)
@@ -116,10 +91,9 @@ class StreamRelay:
         self._out = []
 
     def fail(self, exc: GatewayError) -> None:
-        """End a committed stream with a typed SSE error event (no fake [DONE])."""
-        if self._sink is not None:
-            self._out.append(error_event(exc))
-            self.flush()
+        """End the stream with a typed SSE error event (no fake [DONE])."""
+        self._out.append(error_event(exc))
+        self.flush()
 
 
 class _Discard:

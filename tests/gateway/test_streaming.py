@@ -232,15 +232,82 @@ def test_stream_idle_after_content_ends_with_error_event() -> None:
         lt.close()
 
 
-def test_stream_stalling_before_first_content_fails_over_then_504() -> None:
+def test_stream_stalling_before_first_content_fails_over_then_ends_with_error() -> None:
     yaml = lambda p: minimal_yaml(p, provider_extra="\n    timeouts: {idle_s: 0.3}")  # noqa: E731
     with running(yaml) as gw:
         r = http(gw.port, "POST", "/v1/chat/completions", chat(stream=True),
                  headers={"x-mock-fault": "slow:2000"})
-        # Nothing was sent before the commit point: the retry ran, then a plain 504.
-        assert r.status == 504
-        assert r.headers["x-fastgw-attempts"] == "2"
-        assert b"idle_s" in r.body
+        # The head and the role event went out at once; no content came within
+        # idle_s, so the retry ran (before the commit point), and when it stalled
+        # too the stream ended with a typed timeout event and no [DONE].
+        assert r.status == 200
+        assert gw.mock_stats()["requests"] == 2
+        assert r.body.count(b'"role":"assistant"') == 1
+        last = r.body.rsplit(b"\n\n", 2)[-2]
+        assert last.startswith(b"event: error\ndata: ")
+        assert b"idle_s" in last and b"timeout_error" in last
+        assert b"[DONE]" not in r.body
+
+
+class RoleThenError:
+    """An upstream that sends the role event, then an in-band error: no content."""
+
+    def __init__(self, lt: LoopThread) -> None:
+        self.requests = 0
+        self.server = lt.run(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                self.requests += 1
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n")
+                writer.write(b"%x\r\n%s\r\n" % (len(ROLE), ROLE))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+                err = b'data: {"error":{"message":"overloaded","type":"server_error"}}\n\n'
+                writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(err), err))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            writer.close()
+
+
+def test_failover_before_first_content_resumes_the_stream_seamlessly() -> None:
+    lt = LoopThread()
+    bad = RoleThenError(lt)
+
+    def yaml(mock_port: int) -> str:
+        return f"""
+providers:
+  - {{name: bad, kind: openai-compatible, base_url: 'http://127.0.0.1:{bad.port}/v1'}}
+  - {{name: good, kind: openai-compatible, base_url: 'http://127.0.0.1:{mock_port}/v1'}}
+models:
+  - name: m
+    balance: round-robin
+    targets: [{{provider: bad, model: x}}, {{provider: good, model: y}}]
+observability: {{access_log: off}}
+"""
+
+    try:
+        with running(yaml, lt=lt) as gw:
+            bodies = [http(gw.port, "POST", "/v1/chat/completions", chat("m", stream=True))
+                      for _ in range(2)]
+            for r in bodies:
+                assert r.status == 200
+                assert r.body.endswith(b"data: [DONE]\n\n")
+                assert b"overloaded" not in r.body and b"event: error" not in r.body
+                # One role event, then the content of the target that answered.
+                assert r.body.count(b'"role":"assistant"') == 1
+                assert b'"content":"This"' in r.body
+            assert bad.requests == 1  # round robin: one of the two went there first
+    finally:
+        lt.call(bad.server.close)
+        lt.close()
 
 
 def test_drain_for_usage_reads_the_rest_only_to_count_tokens() -> None:
