@@ -482,6 +482,23 @@ pub struct Outcome {
 }
 
 /// Checks the arguments shared by reserve and settle.
+/// Checks the arguments of a settle, for every table kind.
+pub(crate) fn check_settle(
+    keys: &[&[u8]],
+    limits: &[Limit],
+    reserved: &[f64],
+    windows: &[f64],
+    actual: &[f64],
+    now: f64,
+) -> Result<(), LimitError> {
+    check_now(now)?;
+    let n = keys.len();
+    if limits.len() != n || reserved.len() != n || windows.len() != n {
+        return err("reservation fields differ in length");
+    }
+    check_costs(n, actual, "actual costs")
+}
+
 pub(crate) fn check_costs(n: usize, costs: &[f64], what: &str) -> Result<(), LimitError> {
     if costs.len() != n {
         return err(format!("{} {what} given for {n} scopes", costs.len()));
@@ -714,12 +731,7 @@ impl LocalTable {
         actual: &[f64],
         now: f64,
     ) -> Result<(), LimitError> {
-        check_now(now)?;
-        let n = keys.len();
-        if limits.len() != n || reserved.len() != n || windows.len() != n {
-            return err("reservation fields differ in length");
-        }
-        check_costs(n, actual, "actual costs")?;
+        check_settle(keys, limits, reserved, windows, actual, now)?;
         settle_in(self, keys, limits, reserved, windows, actual, now);
         Ok(())
     }

@@ -27,8 +27,8 @@ use std::ptr;
 use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 use crate::limiter::{
-    check_costs, check_now, reserve_in, settle_in, BucketState, Limit, LimitError, Outcome, Period,
-    Store, KIND_CONCURRENCY, KIND_RATE,
+    check_costs, check_now, check_settle, reserve_in, settle_in, BucketState, Limit, LimitError,
+    Outcome, Period, Store, KIND_CONCURRENCY, KIND_RATE,
 };
 
 /// Slots per set; also the most scopes one call may name.
@@ -411,12 +411,7 @@ impl ShmTable {
         actual: &[f64],
         now: f64,
     ) -> Result<(), LimitError> {
-        check_now(now)?;
-        let n = keys.len();
-        if limits.len() != n || reserved.len() != n || windows.len() != n {
-            return Err(LimitError("reservation fields differ in length".into()));
-        }
-        check_costs(n, actual, "actual costs")?;
+        check_settle(keys, limits, reserved, windows, actual, now)?;
         let mut g = self.lock().map_err(|e| LimitError(e.to_string()))?;
         g.now = now;
         settle_in(&mut g, keys, limits, reserved, windows, actual, now);
