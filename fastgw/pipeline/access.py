@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -118,15 +119,48 @@ class Access:
 
     # -- phases --------------------------------------------------------------------------
 
+    @property
+    def sync(self) -> bool:
+        """True when no phase ever waits (no JWT, no Redis): :meth:`authenticate_now`
+        and :meth:`admit_now` do the whole job."""
+        return self._jwt is None and not isinstance(self._backend, RedisLimiter)
+
     async def authenticate(self, ctx: RequestCtx) -> None:
         """Identify the caller (API key, JWT) and apply IP rules; raise 401/403."""
+        token = self._authenticate(ctx)
+        if token is not None:
+            jwt = self._jwt
+            assert jwt is not None
+            self._grant(ctx, self._token_principal(jwt.cfg, await jwt.verify(token)))
+
+    def authenticate_now(self, ctx: RequestCtx) -> None:
+        """:meth:`authenticate` without waiting; only when :attr:`sync`."""
+        if self._authenticate(ctx) is not None:
+            raise AssertionError("authenticate_now needs a configuration without JWT")
+
+    def _authenticate(self, ctx: RequestCtx) -> bytes | None:
+        """Everything but verifying a JWT: returns the token still to verify."""
+        cycle = ctx.cycle
         if self._ip is not None:
-            self._check_ip(ctx.cycle)
+            self._check_ip(cycle)
         if self._open:
             if self._rules is not None:
                 ctx.grant = Grant(self._anonymous)
-            return
-        principal = await self._principal(ctx.cycle)
+            return None
+        token = credential(cycle)
+        if token is None:
+            raise Unauthorized(_MISSING_CREDENTIALS)
+        keys = self._keys
+        principal = keys.lookup(token) if keys is not None else None
+        if principal is not None:
+            self._grant(ctx, principal)
+            return None
+        if self._jwt is None or not looks_like_jwt(token):
+            raise Unauthorized(_BAD_KEY)
+        return token
+
+    @staticmethod
+    def _grant(ctx: RequestCtx, principal: Principal) -> None:
         ctx.key_name = principal.name
         ctx.grant = Grant(principal)
 
@@ -146,13 +180,35 @@ class Access:
 
     async def admit(self, ctx: RequestCtx) -> None:
         """Reserve every matching limit (429); the model was checked by check_model."""
-        grant: Grant | None = ctx.grant
-        if grant is None:
+        planned = self._planned(ctx)
+        if planned is None:
             return
+        plan, costs = planned
+        backend = self._backend
+        if isinstance(backend, LocalLimiter):
+            res: Outcome = backend.reserve(plan, costs)
+        else:
+            assert backend is not None
+            res = await backend.reserve(plan, costs)
+        self._admitted(ctx, plan, res, backend)
+
+    def admit_now(self, ctx: RequestCtx) -> None:
+        """:meth:`admit` without waiting; only when :attr:`sync`."""
+        planned = self._planned(ctx)
+        if planned is None:
+            return
+        plan, costs = planned
+        backend = self._backend
+        assert isinstance(backend, LocalLimiter), "admit_now needs the local limiter"
+        self._admitted(ctx, plan, backend.reserve(plan, costs), backend)
+
+    def _planned(self, ctx: RequestCtx) -> tuple[Plan, Sequence[float]] | None:
+        """The request's limit plan and what it costs against it (None: no limits)."""
+        grant: Grant | None = ctx.grant
+        if grant is None or self._rules is None:
+            return None
         principal = grant.principal
         model = ctx.model
-        if self._rules is None:
-            return
         route = ctx.route
         cache_key = model if route is None or route.name == model else model + "\0" + route.name
         plans = principal.plans
@@ -160,7 +216,7 @@ class Access:
         if plan is _UNSET:
             plan = plans[cache_key] = self._plan(principal, model, route)
         if plan is None:
-            return
+            return None
         if plan.uses_usage:
             prompt, completion = estimate(len(ctx.body), ctx.doc, ctx.endpoint)
             tokens = float(prompt + completion)
@@ -168,21 +224,19 @@ class Access:
                    if route is not None else 0.0)
             grant.tokens = tokens
             grant.usd = usd
-            costs = plan.costs(tokens, usd)
-        else:
-            costs = plan.costs(0.0, 0.0)
-        backend = self._backend
-        if isinstance(backend, LocalLimiter):
-            res: Outcome = backend.reserve(plan, costs)
-        else:
-            assert backend is not None
-            res = await backend.reserve(plan, costs)
+            return plan, plan.costs(tokens, usd)
+        return plan, plan.costs(0.0, 0.0)
+
+    @staticmethod
+    def _admitted(ctx: RequestCtx, plan: Plan, res: Outcome, backend: Limiter) -> None:
+        """Apply a reservation's outcome: rate-limit headers, and 429 when refused."""
         head = plan.headers(res)
         if head:
             ctx.extra_headers += head
         if not res.admitted:
             message, retry_after = plan.refusal(res)
             raise RateLimited(message, headers=[(b"retry-after", retry_after)])
+        grant: Grant = ctx.grant
         grant.plan = plan
         grant.res = res
         grant.backend = backend
@@ -218,11 +272,12 @@ class Access:
 
     async def visible_models(self, cycle: Cycle, snapshot: Snapshot) -> list[str] | None:
         """Models the caller may list (None: all); raises 401 without credentials."""
-        if self._ip is not None:
-            self._check_ip(cycle)
-        if self._open:
+        ctx = RequestCtx(cycle, snapshot, "models", b"")
+        await self.authenticate(ctx)
+        grant: Grant | None = ctx.grant
+        if self._open or grant is None:
             return None
-        principal = await self._principal(cycle)
+        principal = grant.principal
         return [name for name in snapshot.models if principal.allows(name)]
 
     # -- helpers -------------------------------------------------------------------------
@@ -241,24 +296,6 @@ class Access:
         why = ip.refusal(self.client_ip(cycle))
         if why is not None:
             raise Forbidden(why, code="ip_not_allowed")
-
-    async def _principal(self, cycle: Cycle) -> Principal:
-        """The caller behind the request's API key or token; 401 without one."""
-        token = credential(cycle)
-        if token is None:
-            raise Unauthorized(_MISSING_CREDENTIALS)
-        keys = self._keys
-        principal = keys.lookup(token) if keys is not None else None
-        if principal is None:
-            principal = await self._from_token(token)
-        return principal
-
-    async def _from_token(self, token: bytes) -> Principal:
-        jwt = self._jwt
-        if jwt is None or not looks_like_jwt(token):
-            raise Unauthorized(_BAD_KEY)
-        claims = await jwt.verify(token)
-        return self._token_principal(jwt.cfg, claims)
 
     def _token_principal(self, cfg: JwtConfig, claims: dict[str, Any]) -> Principal:
         c = cfg.claims

@@ -6,6 +6,29 @@ from typing import Any
 
 from fastgw.pipeline.snapshot import ModelRoute, Snapshot, TargetRuntime
 from fastgw.server.protocol import Cycle
+from fastgw.upstream.connection import UpstreamConnection
+
+
+class Begun:
+    """The first model's first attempt, as the direct path (no task) began it.
+
+    ``order`` is the balancer's order for the model (computed once). ``idx`` is
+    the target tried (-1: none was). While the exchange runs, ``conn`` is its
+    connection; when it fails on the connection, ``error`` says why and the
+    task that takes over may still recover it; when it failed with an answer
+    (an error status), ``conn`` is None and ``error`` is final.
+    """
+
+    __slots__ = ("conn", "error", "fwd", "idx", "order", "request", "sent")
+
+    def __init__(self, order: list[int], fwd: bytes) -> None:
+        self.order = order
+        self.fwd = fwd  # the forwarded client headers, for further attempts
+        self.idx = -1
+        self.conn: UpstreamConnection | None = None
+        self.error: BaseException | None = None
+        self.request = b""
+        self.sent = 0.0
 
 
 class RequestCtx:
@@ -14,6 +37,7 @@ class RequestCtx:
     __slots__ = (
         "asked",
         "attempts",
+        "begun",
         "body",
         "client_usage",
         "completion_tokens",
@@ -29,6 +53,7 @@ class RequestCtx:
         "prompt_tokens",
         "request_id",
         "route",
+        "running",
         "snapshot",
         "status",
         "stream",
@@ -69,3 +94,5 @@ class RequestCtx:
         # (reservations to settle); headers added to every answer (x-ratelimit-*).
         self.grant: Any = None
         self.extra_headers = b""
+        self.begun: Begun | None = None
+        self.running = False  # a task is answering (it ends the request itself)

@@ -22,7 +22,7 @@ from fastgw.errors import (
 )
 from fastgw.metrics import Recorder
 from fastgw.pipeline import headers as hdr
-from fastgw.pipeline.ctx import RequestCtx
+from fastgw.pipeline.ctx import Begun, RequestCtx
 from fastgw.pipeline.snapshot import TargetRuntime
 from fastgw.providers import openai
 from fastgw.streaming.relay import StreamRelay, error_message
@@ -44,25 +44,40 @@ class Forwarder:
 
     # -- whole answers ----------------------------------------------------------------
 
-    async def whole(self, ctx: RequestCtx, target: TargetRuntime, request: bytes) -> None:
+    async def whole(self, ctx: RequestCtx, target: TargetRuntime, request: bytes,
+                    begun: Begun | None = None) -> None:
+        """One whole (non-streaming) exchange; with ``begun``, the rest of one begun
+        without a task whose connection failed (a stale pooled one is retried)."""
         provider = target.provider
         pool = provider.pool
-        sent = perf_counter()
+        sent = perf_counter() if begun is None else begun.sent
         try:
-            started = start_pooled(pool, request, provider.timeouts, whole=True)
-            if started is None:
-                conn = await exchange(pool, request, provider.timeouts, whole=True)
+            if begun is not None:
+                assert begun.conn is not None and begun.error is not None
+                failed, begun.conn = begun.conn, None
+                conn = await recover(pool, failed, begun.error, request, provider.timeouts,
+                                     whole=True)
             else:
-                conn, fut = started
-                if fut is not None:
-                    try:
-                        await fut
-                    except BaseException as exc:
-                        conn = await recover(pool, conn, exc, request, provider.timeouts,
-                                             whole=True)
+                started = start_pooled(pool, request, provider.timeouts, whole=True)
+                if started is None:
+                    conn = await exchange(pool, request, provider.timeouts, whole=True)
+                else:
+                    conn, fut = started
+                    if fut is not None:
+                        try:
+                            await fut
+                        except BaseException as exc:
+                            conn = await recover(pool, conn, exc, request, provider.timeouts,
+                                                 whole=True)
         except UpstreamError:
             ctx.upstream_s += perf_counter() - sent
             raise
+        self.answer_whole(ctx, target, conn, sent)
+
+    def answer_whole(self, ctx: RequestCtx, target: TargetRuntime, conn: UpstreamConnection,
+                     sent: float) -> None:
+        """A complete upstream response: release the connection, then answer the client
+        from it, or raise its error status."""
         ctx.upstream_s += perf_counter() - sent
         ttfb = conn.head_at - sent
         ctx.ttfb_s = ttfb
@@ -70,7 +85,7 @@ class Forwarder:
         status = conn.status
         body = conn.body()
         up_headers = conn.headers
-        provider.pool.release(conn, reuse=True)
+        target.provider.pool.release(conn, reuse=True)
         if status >= 300:
             raise self.status_error(target, status, body, up_headers)
         usage = openai.extract_usage(body)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -66,11 +67,10 @@ class Gateway:
             b"/admin/reload": self.admin_reload,
         }
 
-    def __call__(self, cycle: Cycle) -> Awaitable[None]:
+    def __call__(self, cycle: Cycle) -> Coroutine[Any, Any, None] | None:
         endpoint = PROXY_PATHS.get(cycle.path)
         if endpoint is not None and cycle.method == b"POST":
-            # The proxy answers every error itself: its coroutine goes straight to the
-            # server, one coroutine frame less on every request.
+            # The proxy answers every error itself, often without a task at all.
             return self.proxy.run(cycle, self.state.snapshot, endpoint)
         return self._builtin(cycle, endpoint)
 

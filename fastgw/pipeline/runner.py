@@ -24,9 +24,11 @@ commit point), so every failure before that can still fail over.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
+from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any
 
@@ -38,6 +40,7 @@ from fastgw.errors import (
     BadRequest,
     ContextLengthExceeded,
     GatewayError,
+    InternalError,
     ModelNotFound,
     NoHealthyTarget,
     RateLimited,
@@ -57,14 +60,17 @@ from fastgw.pipeline.controls import (
     hash_key,
     read_controls,
 )
-from fastgw.pipeline.ctx import RequestCtx
+from fastgw.pipeline.ctx import Begun, RequestCtx
 from fastgw.pipeline.forward import Forwarder
 from fastgw.pipeline.snapshot import ModelRoute, Snapshot, TargetRuntime
 from fastgw.providers import openai
 from fastgw.routing.balancer import TargetState, usable
+from fastgw.routing.health import Health
 from fastgw.routing.quota import QuotaExceeded
 from fastgw.server.protocol import Cycle
 from fastgw.streaming.sse import error_event
+
+log = logging.getLogger("fastgw.proxy")
 
 _USAGE_ENDPOINTS = frozenset({"chat", "completions"})
 _DEFAULT_COMPLETION_TOKENS = 256  # quota estimate when the request sets no max_tokens
@@ -82,33 +88,158 @@ class Proxy:
         self.forwarder = Forwarder(loop, recorder)
         self._rng = random.Random()
 
-    async def run(self, cycle: Cycle, snapshot: Snapshot, endpoint: str) -> None:
+    def run(self, cycle: Cycle, snapshot: Snapshot,
+            endpoint: str) -> Coroutine[Any, Any, None] | None:
+        """Handle one proxied request. With access control that never waits, the
+        phases run at once; a whole (non-streaming) answer from a pooled
+        connection then needs no task at all: the direct path. Otherwise the
+        rest runs in the coroutine returned (the server makes it a task)."""
         fwd, rid, has_controls = hdr.forwarded(cycle.headers)
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id())
         self.recorder.inflight += 1
+        snapshot.retry_budget.requests += 1
+        cycle.owner = ctx
+        cycle.on_lost = self._on_lost
         access = self.access
-        budget = snapshot.retry_budget
-        budget.requests += 1
         try:
             self.request_filter(ctx)
-            await access.authenticate(ctx)
-            access.check_model(ctx)
-            self.find_route(ctx)
-            controls = read_controls(ctx) if has_controls or "fastgw" in ctx.doc \
-                else NO_CONTROLS
-            await access.admit(ctx)
-            await self.forward(ctx, fwd, controls)
+            if not access.sync:
+                return self._proceed(ctx, fwd, has_controls, None, None)
+            access.authenticate_now(ctx)
+            controls = self.route_phase(ctx, has_controls)
+            access.admit_now(ctx)
+            begun = None
+            if not ctx.stream and controls is NO_CONTROLS:
+                begun = self._direct(ctx, fwd)
+                if begun is None:
+                    return None  # the upstream's answer completes it (_direct_done)
+            return self._proceed(ctx, fwd, has_controls, controls, begun)
+        except GatewayError as exc:
+            self.fail_to_proxy(ctx, exc)
+        except Exception:
+            log.exception("unhandled error in the proxy")
+            self.fail_to_proxy(ctx, _internal_error())
+        self._end(ctx)
+        return None
+
+    async def _proceed(self, ctx: RequestCtx, fwd: bytes, has_controls: bool,
+                       controls: Controls | None, begun: Begun | None) -> None:
+        """The rest of a request, in a task: the access phases when they may wait
+        (``controls`` None), then forwarding (resuming ``begun``)."""
+        ctx.running = True
+        access = self.access
+        try:
+            if controls is None:
+                await access.authenticate(ctx)
+                controls = self.route_phase(ctx, has_controls)
+                await access.admit(ctx)
+            await self.forward(ctx, fwd, controls, begun)
         except GatewayError as exc:
             self.fail_to_proxy(ctx, exc)
         except asyncio.CancelledError:
             ctx.status = 499  # the client went away (nginx's convention)
             ctx.error = "client disconnected"
             raise
+        except Exception:
+            log.exception("unhandled error in the proxy")
+            self.fail_to_proxy(ctx, _internal_error())
         finally:
-            budget.requests -= 1
-            self.recorder.inflight -= 1
-            access.settle(ctx)
-            self.logging(ctx)
+            self._end(ctx)
+
+    def _end(self, ctx: RequestCtx) -> None:
+        """Once per request, however it ended: counters, settlement, log line."""
+        ctx.snapshot.retry_budget.requests -= 1
+        self.recorder.inflight -= 1
+        self.access.settle(ctx)
+        self.logging(ctx)
+
+    def _on_lost(self, cycle: Cycle) -> None:
+        """The client left before its answer was complete. A running task handles
+        that itself (it is cancelled); otherwise the request ends here: a direct
+        exchange is aborted, a task that never started is accounted for."""
+        ctx: RequestCtx = cycle.owner
+        if ctx.running:
+            return
+        ctx.running = True  # ends once
+        ctx.status = 499
+        ctx.error = "client disconnected"
+        begun = ctx.begun
+        if begun is not None and begun.conn is not None:
+            conn, begun.conn = begun.conn, None
+            conn.on_done(None)
+            target = ctx.target
+            assert target is not None
+            target.provider.pool.release(conn, reuse=False)
+            target.state.inflight -= 1
+        self._end(ctx)
+
+    # -- the direct path ----------------------------------------------------------------
+
+    def _direct(self, ctx: RequestCtx, fwd: bytes) -> Begun | None:
+        """Begin the first attempt without a task: when every target is healthy, the
+        first in the balancer's order has no provider quota and its pool an idle
+        connection. None when begun; else what the task must start from."""
+        route = ctx.route
+        assert route is not None and route.balancer is not None
+        now = self.loop.time()
+        begun = Begun(self._order(ctx, route, NO_CONTROLS), fwd)
+        if not begun.order or Health.degraded or now < TargetState.cooling_until:
+            return begun
+        order = begun.order
+        idx = order[0]
+        target = route.targets[idx]
+        provider = target.provider
+        if provider.quota is not None:
+            return begun
+        conn = provider.pool.take_idle()
+        if conn is None:
+            return begun
+        begun.idx = idx
+        begun.conn = conn
+        ctx.begun = begun
+        ctx.target = target
+        ctx.attempts += 1
+        target.state.inflight += 1
+        request = begun.request = self.upstream_request(ctx, target, fwd)
+        begun.sent = perf_counter()
+        timeouts = provider.timeouts
+        conn.send(request, timeouts.first_byte_s, timeouts.idle_s, timeouts.total_s)
+        conn.on_done(self._direct_done, ctx)
+        return None
+
+    def _direct_done(self, ctx: RequestCtx) -> None:
+        """The direct exchange ended: answer from it, or hand the failure to a task
+        (which recovers a stale connection, retries and falls back as usual)."""
+        begun = ctx.begun
+        target = ctx.target
+        assert begun is not None and target is not None
+        conn = begun.conn
+        if conn is None:
+            return  # the client left first (_on_lost)
+        try:
+            if conn.error is not None:
+                begun.error = conn.error
+                ctx.running = True
+                ctx.cycle.run_task(self._proceed(ctx, begun.fwd, False, NO_CONTROLS, begun))
+                return
+            begun.conn = None
+            state = target.state
+            state.inflight -= 1
+            try:
+                self.forwarder.answer_whole(ctx, target, conn, begun.sent)
+            except UpstreamError as exc:
+                begun.error = exc
+                ctx.running = True
+                ctx.cycle.run_task(self._proceed(ctx, begun.fwd, False, NO_CONTROLS, begun))
+                return
+            state.health.success(self.loop.time())
+        except GatewayError as exc:
+            self.fail_to_proxy(ctx, exc)
+        except Exception:
+            log.exception("unhandled error in the proxy")
+            self.fail_to_proxy(ctx, _internal_error())
+        ctx.running = True
+        self._end(ctx)
 
     # -- phases -----------------------------------------------------------------------
 
@@ -138,6 +269,13 @@ class Proxy:
             raise BadRequest("'stream' must be true or false", param="stream")
         ctx.stream = stream
 
+    def route_phase(self, ctx: RequestCtx, has_controls: bool) -> Controls:
+        """The model: allowed for the caller (403), known (404), its variant; then the
+        request's routing controls."""
+        self.access.check_model(ctx)
+        self.find_route(ctx)
+        return read_controls(ctx) if has_controls or "fastgw" in ctx.doc else NO_CONTROLS
+
     def find_route(self, ctx: RequestCtx) -> None:
         model = ctx.model
         models = ctx.snapshot.models
@@ -154,8 +292,10 @@ class Proxy:
             route = models[variant.model]
         ctx.route = route
 
-    async def forward(self, ctx: RequestCtx, fwd: bytes, controls: Controls) -> None:
-        """Try the model, then its fallbacks, until one answers."""
+    async def forward(self, ctx: RequestCtx, fwd: bytes, controls: Controls,
+                      begun: Begun | None = None) -> None:
+        """Try the model, then its fallbacks, until one answers (the model's first
+        attempt maybe ``begun`` already)."""
         route = ctx.route
         assert route is not None
         models = ctx.snapshot.models
@@ -176,7 +316,7 @@ class Proxy:
                 FALLBACKS.labels(ctx.route.name, model.name).inc()
             ctx.route = model
             try:
-                await self.try_model(ctx, model, fwd, controls)
+                await self.try_model(ctx, model, fwd, controls, begun if i == 0 else None)
                 return
             except ContextLengthExceeded as exc:
                 fallbacks = [models[n] for n in model.cfg.context_fallbacks]
@@ -196,13 +336,19 @@ class Proxy:
         assert last is not None
         raise last
 
-    async def try_model(self, ctx: RequestCtx, route: ModelRoute, fwd: bytes,
-                        controls: Controls) -> None:
-        """Up to ``retry.attempts`` tries over the model's healthy targets."""
+    def _order(self, ctx: RequestCtx, route: ModelRoute, controls: Controls) -> list[int]:
+        """The model's targets in the order to try them (the balancer decides)."""
         assert route.balancer is not None
+        return apply_order(route.balancer.order(hash_key(ctx, route.cfg.hash_key)), route,
+                           controls)
+
+    async def try_model(self, ctx: RequestCtx, route: ModelRoute, fwd: bytes,
+                        controls: Controls, begun: Begun | None = None) -> None:
+        """Up to ``retry.attempts`` tries over the model's healthy targets; the first
+        maybe ``begun`` already (on the direct path)."""
         loop = self.loop
-        order = apply_order(route.balancer.order(hash_key(ctx, route.cfg.hash_key)), route,
-                            controls)
+        order = begun.order if begun is not None else self._order(ctx, route, controls)
+        resumed = begun if begun is not None and begun.idx >= 0 else None
         if not order:
             raise NoHealthyTarget(f"no target of model {route.name!r} is allowed by the "
                                   "request's only/ignore controls")
@@ -226,20 +372,28 @@ class Proxy:
                     raise last
             booked = n > 0
             try:
-                idx = self._next_target(live, states, tried, loop.time())
-                if idx is None:
-                    raise last if last is not None else NoHealthyTarget(
-                        f"every target of model {route.name!r} is unhealthy")
-                if idx in tried:
-                    # Same target again: back off (and honour its Retry-After).
-                    await asyncio.sleep(self._backoff(retry, len(tried), last))
+                if resumed is not None:
+                    idx = resumed.idx  # its target was taken (available()) already
+                else:
+                    picked = self._next_target(live, states, tried, loop.time())
+                    if picked is None:
+                        raise last if last is not None else NoHealthyTarget(
+                            f"every target of model {route.name!r} is unhealthy")
+                    idx = picked
+                    if idx in tried:
+                        # Same target again: back off (and honour its Retry-After).
+                        await asyncio.sleep(self._backoff(retry, len(tried), last))
                 tried.add(idx)
                 target = targets[idx]
                 health = target.state.health
-                if not health.available(loop.time()):
+                if resumed is None and not health.available(loop.time()):
                     continue
                 try:
-                    await self.attempt(ctx, target, fwd)
+                    if resumed is not None:
+                        r, resumed = resumed, None
+                        await self.resume_attempt(ctx, target, r)
+                    else:
+                        await self.attempt(ctx, target, fwd)
                 except UpstreamError as exc:
                     self._judge(target, exc)
                     if isinstance(exc, UpstreamStatusError) and not exc.retryable:
@@ -331,6 +485,18 @@ class Proxy:
                 quota.release()
                 if ctx.usage_known:
                     quota.settle_tokens(estimate, ctx.prompt_tokens + ctx.completion_tokens)
+
+    async def resume_attempt(self, ctx: RequestCtx, target: TargetRuntime,
+                             begun: Begun) -> None:
+        """The rest of an attempt the direct path began: its connection failed (and
+        may be recovered), or its answer was an error status (final)."""
+        if begun.conn is None:
+            assert isinstance(begun.error, UpstreamError)
+            raise begun.error
+        try:
+            await self.forwarder.whole(ctx, target, begun.request, begun)
+        finally:
+            target.state.inflight -= 1
 
     def upstream_request(self, ctx: RequestCtx, target: TargetRuntime, fwd: bytes) -> bytes:
         body = openai.rewrite_model(ctx.body, ctx.doc, ctx.model, target.model)
@@ -448,3 +614,7 @@ def _token_estimate(ctx: RequestCtx) -> int:
     limit = doc.get("max_completion_tokens", doc.get("max_tokens"))
     completion = limit if isinstance(limit, int) and limit > 0 else _DEFAULT_COMPLETION_TOKENS
     return len(ctx.body) // 4 + completion
+
+
+def _internal_error() -> InternalError:
+    return InternalError("internal error; the request id identifies it in the gateway's logs")

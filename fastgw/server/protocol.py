@@ -1,10 +1,12 @@
 """The HTTP/1.1 server: an ``asyncio.Protocol`` driving an ``httptools`` parser.
 
 One :class:`HttpProtocol` per connection, one :class:`Cycle` per request.
-Parser callbacks only buffer and signal; the handler runs in a task started
-when a request is complete. Pipelined requests queue behind the active one and
-are answered in order; reading pauses when too many wait. Every way a request
-can be malformed or too big is answered here, before any handler sees it:
+Parser callbacks only buffer and signal; the handler is called when a request
+is complete. It answers at once, or arranges to answer from callbacks (and
+returns None), or returns a coroutine the server runs as a task. Pipelined
+requests queue behind the active one and are answered in order; reading
+pauses when too many wait. Every way a request can be malformed or too big is
+answered here, before any handler sees it:
 431 (head too large), 413 (body too large, from Content-Length before reading),
 408 (slow client), 400 (bad or ambiguous framing: never forwarded).
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, cast
@@ -34,7 +36,9 @@ from fastgw.server.flow import READ_PIPELINE, FlowControl
 
 log = logging.getLogger("fastgw.server")
 
-Handler = Callable[["Cycle"], Awaitable[None]]
+# A handler answers the cycle, or returns a coroutine that will (run as a task).
+Handler = Callable[["Cycle"], Coroutine[Any, Any, None] | None]
+LostHook = Callable[["Cycle"], None]
 
 MAX_PIPELINE = 16  # queued complete requests before reading pauses
 MAX_PIPELINE_BYTES = 1024 * 1024  # queued request bodies before reading pauses
@@ -77,7 +81,9 @@ class Cycle:
     Request side: ``method``, ``path``, ``query``, ``headers`` (lowercase
     names), ``body``. Response side: either :meth:`send` (a whole response in
     one write) or :meth:`start` / :meth:`write` / :meth:`end` (streamed,
-    chunked). A handler that returns without answering gets a 500.
+    chunked). A task that ends without answering gets a 500. ``owner`` and
+    ``on_lost`` belong to the handler: ``on_lost(cycle)`` is called when the
+    client goes away before the answer is complete (a task is cancelled too).
     """
 
     __slots__ = (
@@ -92,6 +98,8 @@ class Cycle:
         "http10",
         "keep_alive",
         "method",
+        "on_lost",
+        "owner",
         "path",
         "preset_error",
         "query",
@@ -124,6 +132,8 @@ class Cycle:
         self.received_at = 0.0
         self.preset_error: GatewayError | None = None
         self.task: asyncio.Task[None] | None = None
+        self.owner: Any = None
+        self.on_lost: LostHook | None = None
         self._chunked = False
 
     # -- request helpers ------------------------------------------------------
@@ -222,6 +232,49 @@ class Cycle:
         self.finished = True
         self._proto.response_done(self)
 
+    # -- tasks ----------------------------------------------------------------------
+
+    def run_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Answer from ``coro``, run as a task (cancelled when the client leaves).
+        Whatever way it ends, the cycle is answered: an error it raises becomes
+        an error answer, and a task that answered nothing gets a 500."""
+        task = self._proto.loop.create_task(coro)
+        self.task = task
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            if not self.finished:
+                self.keep_alive = False
+                if self.started:
+                    self.abort()
+                elif self._proto.transport is not None:
+                    # Cancelled for a reason other than the client going away.
+                    self.send_error(InternalError("the request was cancelled"))
+            return
+        exc = task.exception()
+        if exc is not None:
+            if not isinstance(exc, GatewayError):
+                log.error("unhandled error in request handler", exc_info=exc)
+                exc = InternalError("internal error; the request id identifies it in the "
+                                    "gateway's logs")
+            self.fail(exc)
+        if not self.finished:
+            if self.started:
+                self.end()
+            else:
+                log.error("handler returned without a response")
+                self.send_error(InternalError("the gateway produced no response"))
+
+    def fail(self, exc: GatewayError) -> None:
+        """Answer ``exc``; a response already started is cut off instead."""
+        if self.finished:
+            return
+        if self.started:
+            self.abort()
+        else:
+            self.send_error(exc)
+
 
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
@@ -301,9 +354,12 @@ class HttpProtocol(asyncio.Protocol):
         if self.flow is not None:
             self.flow.connection_lost()
         active = self._active
-        if active is not None and not active.finished and active.task is not None:
+        if active is not None and not active.finished:
             # The client is gone: abort the handler (and with it the upstream request).
-            active.task.cancel()
+            if active.task is not None:
+                active.task.cancel()
+            if active.on_lost is not None:
+                active.on_lost(active)
         self._queue.clear()
 
     def pause_writing(self) -> None:
@@ -483,40 +539,18 @@ class HttpProtocol(asyncio.Protocol):
             cycle.keep_alive = False
             cycle.send_error(cycle.preset_error)
             return
-        cycle.task = self.loop.create_task(self._handle(cycle))
-
-    async def _handle(self, cycle: Cycle) -> None:
         try:
-            await self.handler(cycle)
-        except asyncio.CancelledError:
-            if not cycle.finished:
-                cycle.keep_alive = False
-                if cycle.started:
-                    cycle.abort()
-                elif self.transport is not None:
-                    # Cancelled for a reason other than the client going away.
-                    cycle.send_error(InternalError("the request was cancelled"))
-            raise
+            pending = self.handler(cycle)
         except GatewayError as exc:
-            self._fail(cycle, exc)
+            cycle.fail(exc)
+            return
         except Exception:
             log.exception("unhandled error in request handler")
-            self._fail(cycle, InternalError("internal error; the request id identifies it "
-                                            "in the gateway's logs"))
-        if not cycle.finished:
-            if cycle.started:
-                cycle.end()
-            else:
-                log.error("handler returned without a response")
-                cycle.send_error(InternalError("the gateway produced no response"))
-
-    def _fail(self, cycle: Cycle, exc: GatewayError) -> None:
-        if cycle.finished:
+            cycle.fail(InternalError("internal error; the request id identifies it in the "
+                                     "gateway's logs"))
             return
-        if cycle.started:
-            cycle.abort()
-        else:
-            cycle.send_error(exc)
+        if pending is not None:
+            cycle.run_task(pending)
 
     def response_done(self, cycle: Cycle) -> None:
         """Called once when a cycle's response is complete: next request or idle."""

@@ -2,7 +2,8 @@
 
 It carries one exchange at a time. The response is parsed by httptools
 (content-length, chunked and close-delimited bodies). Body bytes either
-collect in a list (``await conn.response()`` for whole answers) or go straight
+collect in a list (for whole answers: awaited with :meth:`waiter`, or reported
+to a callback set with :meth:`on_done`, with no future at all) or go straight
 to a sink callback as they arrive (streams), with no await per chunk.
 Timeouts (first byte, idle between reads, total) share one timer re-armed
 lazily. :meth:`reusable` is the single reuse decision.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from time import perf_counter
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -41,6 +42,8 @@ class UpstreamConnection(asyncio.Protocol):
         "_head_waiter",
         "_idle_s",
         "_last_rx",
+        "_on_done",
+        "_on_done_arg",
         "_parser",
         "_sink",
         "_state",
@@ -84,6 +87,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._head_waiter: asyncio.Future[None] | None = None
         self._done_waiter: asyncio.Future[None] | None = None
+        self._on_done: Callable[[Any], None] | None = None
+        self._on_done_arg: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._deadline_first = 0.0
@@ -124,6 +129,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._flush()
         if state == _WAIT_HEAD and self._state == _WAIT_HEAD:
             self._state = _HEAD
+        elif self._on_done is not None and self._state >= _DONE:
+            self._notify()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -131,6 +138,7 @@ class UpstreamConnection(asyncio.Protocol):
         state = self._state
         if state == _BODY and self._close_delimited:
             self._message_complete()
+            self._notify()
         elif _WAIT_HEAD <= state < _DONE:
             where = "before answering" if state == _WAIT_HEAD else "in the middle of the response"
             self._fail(UpstreamProtocolError(
@@ -205,8 +213,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- exchange API -------------------------------------------------------------------
 
     def send(self, data: bytes, first_byte_s: float, idle_s: float, total_s: float) -> None:
-        """Write a request and start the response clock. The connection must be idle."""
-        assert self._state == _IDLE and self.transport is not None
+        """Write a request and start the response clock. The connection must be idle;
+        one the upstream closed meanwhile fails the exchange at once."""
+        assert self._state == _IDLE
         self.exchanges += 1
         self._state = _WAIT_HEAD
         self.status = 0
@@ -218,15 +227,22 @@ class UpstreamConnection(asyncio.Protocol):
         self.error = None
         self._head_waiter = None
         self._done_waiter = None
+        self._on_done = None
         now = self.loop.time()
         self._deadline_first = now + first_byte_s
         self._deadline_total = now + total_s
         self._idle_s = idle_s
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._fail(UpstreamProtocolError(
+                f"upstream {self.peer_name} closed the connection before the request was "
+                "sent"))
+            return
         # One timer serves every deadline (first byte, idle, total): armed no later
         # than the earliest of them, re-armed lazily when it fires early. A timer
         # left from a previous exchange is usually earlier already: no timer call.
         self._arm(now + min(first_byte_s, idle_s, total_s))
-        self.transport.write(data)
+        transport.write(data)
 
     def waiter(self, whole: bool) -> asyncio.Future[None] | None:
         """A future done when the head (or, with ``whole``, the whole response) is
@@ -244,6 +260,24 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._head_waiter = fut
         return fut
+
+    def on_done(self, callback: Callable[[Any], None] | None, arg: Any = None) -> None:
+        """Call ``callback(arg)`` once, when the whole response is in or the exchange
+        failed (``error`` is set): the callback form of ``waiter(True)``, for an
+        exchange answered without a task (called at once when it already ended).
+        None removes the callback."""
+        self._on_done = callback
+        self._on_done_arg = arg
+        if callback is not None and self._state >= _DONE:
+            self._notify()
+
+    def _notify(self) -> None:
+        callback = self._on_done
+        if callback is not None:
+            arg = self._on_done_arg
+            self._on_done = None
+            self._on_done_arg = None
+            callback(arg)
 
     async def wait_head(self) -> None:
         """Wait until the response head (status, headers) is complete."""
@@ -298,6 +332,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._body = []
         self._head_waiter = None
         self._done_waiter = None
+        self._on_done = None
+        self._on_done_arg = None
 
     def abort(self) -> None:
         """Close now (cancel, timeout, error): never reused. Anyone waiting on the
@@ -327,6 +363,7 @@ class UpstreamConnection(asyncio.Protocol):
                 waiter.set_exception(error)
         self._sink = None
         self._close()
+        self._notify()
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:

@@ -485,6 +485,54 @@ def test_fresh_connection_closed_before_answering_is_not_retried() -> None:
     run(go)
 
 
+def test_connection_closed_before_the_request_is_written_fails_the_exchange() -> None:
+    # Closed by the peer between connect and send: an upstream error for the
+    # waiter and for the callback form alike (called at once), never an assertion.
+    async def go() -> None:
+        async with Scripted() as peer:
+            pool = make_pool(peer.port)
+            conn = await pool.connect()
+            assert await eventually(lambda: len(peer.conns) == 1)
+            peer.conns[0].close()
+            assert await eventually(lambda: conn.closed)
+            conn.send(get(), 1.0, 1.0, 1.0)
+            with pytest.raises(UpstreamProtocolError, match="before the request was sent"):
+                conn.waiter(True)
+            seen: list[object] = []
+            conn.on_done(seen.append, "called")
+            assert seen == ["called"] and isinstance(conn.error, UpstreamProtocolError)
+            pool.release(conn, reuse=True)
+            assert pool.total == 0 and peer.requests == 0
+            pool.close()
+
+    run(go)
+
+
+def test_callback_form_reports_the_whole_answer_once() -> None:
+    async def go() -> None:
+        async with Scripted() as peer:
+            pool = make_pool(peer.port)
+            conn = await pool.connect()
+            done = asyncio.get_running_loop().create_future()
+            calls: list[object] = []
+
+            def on_done(arg: object) -> None:
+                calls.append(arg)
+                done.set_result(None)
+
+            conn.send(get("/cb"), 1.0, 1.0, 1.0)
+            conn.on_done(on_done, "arg")
+            await asyncio.wait_for(done, 2.0)
+            await asyncio.sleep(0.01)
+            assert calls == ["arg"] and conn.error is None
+            assert conn.status == 200 and conn.body() == b"/cb"
+            pool.release(conn, reuse=True)
+            assert pool.idle_count == 1
+            pool.close()
+
+    run(go)
+
+
 def test_failure_after_response_bytes_is_not_retried() -> None:
     def answer(c: PeerConn, n: int, path: bytes) -> None:
         if n == 1:
