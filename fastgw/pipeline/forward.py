@@ -138,7 +138,7 @@ class Forwarder:
             conn.abort()
 
         relay = StreamRelay(cycle, drop_usage=not ctx.client_usage, resumed=resumed,
-                            on_error=on_error)
+                            on_error=on_error, on_commit=conn.sink_per_read)
         flow.listener = (conn.pause_reading, conn.resume_reading)
         if flow.write_paused:
             conn.pause_reading()
@@ -147,7 +147,7 @@ class Forwarder:
                                   provider.name, provider.timeouts.first_byte_s)
         reuse = False
         try:
-            conn.set_sink(relay.feed, relay.flush)
+            conn.set_sink(relay.feed, each_chunk=True)
             await conn.wait_done()
             if failure and not relay.committed:
                 # The whole (failed) stream had arrived before we looked at it.

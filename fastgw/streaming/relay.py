@@ -1,11 +1,12 @@
 """Relay of one upstream SSE stream to one client.
 
-The upstream connection calls :meth:`StreamRelay.feed` with body bytes as they
-arrive and :meth:`StreamRelay.flush` after each read, so what one read carried
-goes to the client in one write, unmodified and undecoded (only when the
-gateway asked for the usage chunk, and the client did not, is that one event
-cut out). The native :class:`~fastgw._native.SseScanner` finds, across chunk
-boundaries, the usage, ``[DONE]``, error events and the first content.
+The upstream connection calls :meth:`StreamRelay.feed` with each chunk until
+the commit point, then (``on_commit``) once per read with all the body bytes
+it carried, which go to the client in one write, unmodified and undecoded
+(only when the gateway asked for the usage chunk, and the client did not, is
+that one event cut out). The native :class:`~fastgw._native.SseScanner`
+finds, across chunk boundaries, the usage, ``[DONE]``, error events and the
+first content.
 
 The first content (a text or tool-call delta, or the end of the stream) is the
 **commit point**. Before it, an in-band error event is not passed on: the relay
@@ -26,21 +27,23 @@ from fastgw.errors import GatewayError
 from fastgw.streaming.sse import error_event
 from fastgw.types import StreamSink, usage_numbers
 
-_COMMIT_OR_DONE = SseScanner.COMMIT | SseScanner.DONE
+_COMMIT = SseScanner.COMMIT
+_DONE = SseScanner.DONE
 _ERROR = SseScanner.ERROR
 
 
 class StreamRelay:
-    __slots__ = ("_on_error", "_out", "_resumed", "_scanner", "_sink", "committed",
+    __slots__ = ("_on_commit", "_on_error", "_resumed", "_scanner", "_sink", "committed",
                  "error_payload", "failed")
 
     def __init__(self, sink: StreamSink, *, drop_usage: bool, resumed: bool,
-                 on_error: Callable[[], None]) -> None:
+                 on_error: Callable[[], None],
+                 on_commit: Callable[[], None] | None = None) -> None:
         self._scanner = SseScanner(drop_usage=drop_usage)
         self._sink = sink
         self._resumed = resumed
         self._on_error = on_error
-        self._out: list[bytes] = []  # bytes of the current read, written by flush()
+        self._on_commit = on_commit
         self.committed = False
         self.failed = False
         self.error_payload: bytes | None = None
@@ -58,42 +61,36 @@ class StreamRelay:
             return  # failed before the commit point: the rest is of no use
         out, flags = self._scanner.feed(chunk)
         if not self.committed:
-            if flags & _ERROR:
+            # Content first: an error in the same chunk comes after it, in-band. An
+            # error without content (even one that ends the stream) fails over.
+            if flags & _COMMIT or (flags & _DONE and not flags & _ERROR):
+                self.committed = True
+                if self._on_commit is not None:
+                    self._on_commit()
+            elif flags & _ERROR:
                 self.failed = True
                 self.error_payload = out
                 self._on_error()
                 return
-            if flags & _COMMIT_OR_DONE:
-                self.committed = True
             elif self._resumed:
                 return  # the client has had a role event already
         if out:
-            self._out.append(out)
-
-    def flush(self) -> None:
-        """Write what the last read carried, in one write."""
-        out = self._out
-        if out:
-            self._out = []
-            self._sink.write(out[0] if len(out) == 1 else b"".join(out))
+            self._sink.write(out)
 
     def finish(self) -> None:
         """The upstream ended cleanly: send any tail."""
         self.committed = True
         tail = self._scanner.finish()
         if tail:
-            self._out.append(tail)
-        self.flush()
+            self._sink.write(tail)
 
     def discard(self) -> None:
         """The client is gone: keep scanning (for usage) but write nothing."""
         self._sink = _DISCARD
-        self._out = []
 
     def fail(self, exc: GatewayError) -> None:
         """End the stream with a typed SSE error event (no fake [DONE])."""
-        self._out.append(error_event(exc))
-        self.flush()
+        self._sink.write(error_event(exc))
 
 
 class _Discard:

@@ -3,8 +3,8 @@
 It carries one exchange at a time. The response is parsed by httptools
 (content-length, chunked and close-delimited bodies). Body bytes either
 collect in a list (for whole answers: awaited with :meth:`waiter`, or reported
-to a callback set with :meth:`on_done`, with no future at all) or go straight
-to a sink callback as they arrive (streams), with no await per chunk.
+to a callback set with :meth:`on_done`, with no future at all) or go to a
+sink callback as they arrive (streams): one call per read, with no await.
 Timeouts (first byte, idle between reads, total) share one timer re-armed
 lazily. :meth:`reusable` is the single reuse decision.
 """
@@ -38,7 +38,6 @@ class UpstreamConnection(asyncio.Protocol):
         "_deadline_first",
         "_deadline_total",
         "_done_waiter",
-        "_flush",
         "_head_waiter",
         "_idle_s",
         "_last_rx",
@@ -46,6 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_on_done_arg",
         "_parser",
         "_sink",
+        "_sink_each",
         "_state",
         "_timer",
         "_timer_when",
@@ -83,7 +83,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.error: UpstreamError | None = None
         self._body: list[bytes] = []
         self._sink: BodySink | None = None
-        self._flush: Callable[[], None] | None = None
+        self._sink_each = False
         self._close_delimited = False
         self._head_waiter: asyncio.Future[None] | None = None
         self._done_waiter: asyncio.Future[None] | None = None
@@ -114,19 +114,19 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
+            self._deliver()
             cause = exc.__context__
             self._fail(cause if isinstance(cause, UpstreamError) else UpstreamProtocolError(
                 f"upstream {self.peer_name} sent a response the gateway could not read",
                 sent=True))
+            return
         except httptools.HttpParserError as exc:
+            self._deliver()
             self._fail(UpstreamProtocolError(
                 f"upstream {self.peer_name} sent a malformed HTTP response: {exc}", sent=True))
-            if self._flush is not None:
-                self._flush()
             return
-        if self._flush is not None:
-            # Everything this read carried goes to the client in one write.
-            self._flush()
+        if self._sink is not None and self._body:
+            self._deliver()
         if state == _WAIT_HEAD and self._state == _WAIT_HEAD:
             self._state = _HEAD
         elif self._on_done is not None and self._state >= _DONE:
@@ -190,7 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         sink = self._sink
-        if sink is not None:
+        if self._sink_each and sink is not None:
             sink(body)
         else:
             self._body.append(body)
@@ -222,7 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers = []
         self._body = []
         self._sink = None
-        self._flush = None
+        self._sink_each = False
         self.received_any = False
         self.error = None
         self._head_waiter = None
@@ -297,17 +297,34 @@ class UpstreamConnection(asyncio.Protocol):
             return b""
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def set_sink(self, sink: BodySink, flush: Callable[[], None] | None = None) -> None:
-        """Send body bytes (already received ones first) to ``sink`` as they arrive;
-        ``flush`` is called after each read, once the read's bytes are all sunk."""
-        pending = self._body
-        self._body = []
+    def set_sink(self, sink: BodySink, *, each_chunk: bool = False) -> None:
+        """Send body bytes to ``sink`` as they arrive: what was received already at
+        once, then everything one read carries in one call (however many chunks
+        of the chunked encoding it held), or with ``each_chunk`` every chunk of
+        the encoding on its own, until :meth:`sink_per_read`."""
         self._sink = sink
-        self._flush = flush
-        for part in pending:
-            sink(part)
-        if pending and flush is not None:
-            flush()
+        self._sink_each = each_chunk
+        parts = self._body
+        if parts:
+            self._body = []
+            i = 0
+            while i < len(parts) and self._sink_each and self._sink is not None:
+                sink(parts[i])
+                i += 1
+            if i < len(parts) and self._sink is not None:
+                sink(parts[i] if i == len(parts) - 1 else b"".join(parts[i:]))
+
+    def sink_per_read(self) -> None:
+        """From now on, one sink call per read (chunks of this read still to come
+        are gathered too)."""
+        self._sink_each = False
+
+    def _deliver(self) -> None:
+        sink = self._sink
+        parts = self._body
+        if sink is not None and parts:
+            self._body = []
+            sink(parts[0] if len(parts) == 1 else b"".join(parts))
 
     def pause_reading(self) -> None:
         if self.transport is not None:
@@ -328,7 +345,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Back to idle after a completed exchange (before returning to the pool)."""
         self._state = _IDLE
         self._sink = None
-        self._flush = None
+        self._sink_each = False
         self._body = []
         self._head_waiter = None
         self._done_waiter = None
@@ -362,6 +379,7 @@ class UpstreamConnection(asyncio.Protocol):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(error)
         self._sink = None
+        self._sink_each = False
         self._close()
         self._notify()
 

@@ -42,6 +42,7 @@
 //! or prompt + completion.
 
 use memchr::memmem;
+use std::sync::LazyLock;
 use serde_json::{Map, Value};
 
 /// An end-of-stream marker was seen.
@@ -188,9 +189,15 @@ fn is_json_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+// Searchers built once (building one per event costs more than the search).
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+static ERROR_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"error\""));
+
 /// True when `data` has a `"usage"` key whose value is an object.
 fn has_usage_object(data: &[u8]) -> bool {
-    for pos in memmem::find_iter(data, b"\"usage\"") {
+    for pos in USAGE_KEY.find_iter(data) {
         let mut k = pos + 7;
         while k < data.len() && is_json_ws(data[k]) {
             k += 1;
@@ -280,7 +287,7 @@ impl StreamState {
         }
         let usage_candidate = has_usage_object(data);
         let mut usage_only = false;
-        if !self.committed || usage_candidate || memmem::find(data, b"\"error\"").is_some() {
+        if !self.committed || usage_candidate || ERROR_KEY.find(data).is_some() {
             if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) {
                 if obj.get("error").is_some_and(|e| !e.is_null())
                     || obj.get("type").and_then(Value::as_str) == Some("error")

@@ -90,7 +90,7 @@ class DropSecond(asyncio.Protocol):
 
 def test_pooled_connection_the_upstream_drops_is_sent_again_on_a_fresh_one() -> None:
     lt = LoopThread()
-    server = lt.run(lt.loop.create_server(DropSecond, "127.0.0.1", 0))
+    server = cast(asyncio.Server, lt.run(lt.loop.create_server(DropSecond, "127.0.0.1", 0)))
     try:
         port = server.sockets[0].getsockname()[1]
         DropSecond.connections = 0

@@ -22,6 +22,7 @@ import uvloop
 from fastgw.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from fastgw.mock import MockOptions, start_mock
 from fastgw.upstream.client import Endpoint, Timeouts, UpstreamClient, exchange
+from fastgw.upstream.connection import UpstreamConnection
 from fastgw.upstream.pool import PeerKey, Pool
 
 T = TypeVar("T")
@@ -235,6 +236,40 @@ def test_stream_body_reaches_the_sink_as_it_arrives() -> None:
             assert got[-1][0] - got[0][0] > 0.1
             pool.release(conn, reuse=True)
             assert pool.idle_count == 1
+            pool.close()
+
+    run(go)
+
+
+def test_chunks_of_one_read_reach_the_sink_in_one_call_unless_asked_one_by_one() -> None:
+    chunks = [b"data: %d\n\n" % i for i in range(6)]
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+    def answer(c: PeerConn, n: int, path: bytes) -> None:
+        c.write(head)
+        c.later(0.05, lambda: c.write(body))  # all six chunks in one write
+        c.later(0.10, lambda: c.write(b"0\r\n\r\n"))
+
+    async def go() -> None:
+        async with Scripted(answer) as peer:
+            pool = make_pool(peer.port)
+            for each in (False, True):
+                conn = await exchange(pool, get(), FAST, whole=False)
+                got: list[bytes] = []
+
+                def sink(b: bytes, conn: UpstreamConnection = conn,
+                         got: list[bytes] = got) -> None:
+                    got.append(b)
+                    if len(got) == 2:
+                        conn.sink_per_read()  # the rest of this read: gathered
+
+                conn.set_sink(sink if each else got.append, each_chunk=each)
+                await conn.wait_done()
+                assert b"".join(got) == b"".join(chunks)
+                assert got == ([chunks[0], chunks[1], b"".join(chunks[2:])] if each
+                               else [b"".join(chunks)])
+                pool.release(conn, reuse=True)
             pool.close()
 
     run(go)

@@ -1,0 +1,240 @@
+"""The gateway's own CPU per request, without sockets: the whole request path in
+one process, fed by hand.
+
+Run: ``python benchmarks/bench_hotpath.py [--requests N] [--rows minimal,full,stream]
+[--profile ROW]``.
+
+A real :class:`~fastgw.app.App` is started with the driver's configurations
+(``run.py``: minimal and full policy). Then a client connection
+(:class:`~fastgw.server.protocol.HttpProtocol`) and a pooled upstream
+connection (:class:`~fastgw.upstream.connection.UpstreamConnection`) are given
+in-memory transports, and each request is: the client's bytes into the
+server's ``data_received``, the upstream's recorded answer (the mock's bytes)
+into the upstream's ``data_received``, until the client's answer is written.
+
+What it counts: everything the gateway's Python does (parsing, policy,
+routing, rewriting, answering, metrics, log) plus httptools and orjson; no
+system calls and no event-loop polling. That is the part of the end-to-end
+cost (``run.py``'s CPU per request) this code controls, measured without the
+noise of a shared machine: use it to compare changes, ``run.py`` for the
+SPEC figures. ``--profile ROW`` prints a cProfile of that row (call counts
+are exact; times are inflated by the profiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvloop
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import BENCH_KEY, MODEL, PROMPT, STREAM_CHUNKS, full_config, minimal_config  # noqa: E402
+
+from fastgw.app import App  # noqa: E402
+from fastgw.config import parse_config  # noqa: E402
+from fastgw.mock.bodies import Shape, chat_body, chat_events  # noqa: E402
+from fastgw.server.protocol import HttpProtocol  # noqa: E402
+from fastgw.upstream.connection import UpstreamConnection  # noqa: E402
+
+
+class MemoryTransport:
+    """Just enough of a transport: writes are kept (and counted), reading is on."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closed = False
+        self.reading = True
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def writelines(self, parts: Any) -> None:
+        self.out.append(b"".join(parts))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def take(self) -> bytes:
+        data = b"".join(self.out)
+        self.out.clear()
+        return data
+
+
+def request_bytes(stream: bool, key: str | None) -> bytes:
+    doc: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+    if stream:
+        doc["stream"] = True
+    body = orjson.dumps(doc)
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body))
+    if key is not None:
+        head += b"Authorization: Bearer " + key.encode() + b"\r\n"
+    return head + b"\r\n" + body
+
+
+def upstream_answer(stream: bool) -> bytes:
+    """What the mock upstream sends (the same generator, the same framing)."""
+    shape = Shape("chat", MODEL, STREAM_CHUNKS, False, stream, 12)
+    if not stream:
+        body = chat_body(shape, "00d8c12351d7bf22")
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n" % len(body)) + body
+    events = chat_events(shape, "00d8c12351d7bf23")
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+            b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
+            + chunks + b"0\r\n\r\n")
+
+
+ROWS: dict[str, tuple[Any, bool, str | None]] = {
+    "minimal": (minimal_config, False, None),
+    "full": (full_config, False, BENCH_KEY),
+    "stream": (minimal_config, True, None),
+}
+
+
+class Rig:
+    """One gateway, one client connection, one pooled upstream connection."""
+
+    def __init__(self, app: App, stream: bool, key: str | None) -> None:
+        assert app.gateway is not None and app.server is not None
+        self.app = app
+        loop = asyncio.get_running_loop()
+        self.client = MemoryTransport()
+        self.proto = HttpProtocol(app.gateway, app_settings(app), app.server_state, loop)
+        self.proto.connection_made(self.client)  # type: ignore[arg-type]
+        provider = next(iter(app.gateway.state.snapshot.providers.values()))
+        self.pool = provider.pool
+        self.upstream = MemoryTransport()
+        conn = UpstreamConnection(loop, self.pool.name, self.pool.generation)
+        conn.connection_made(self.upstream)  # type: ignore[arg-type]
+        self.pool.total += 1
+        self.pool._keep(conn)  # an idle pooled connection, as after an exchange
+        self.conn = conn
+        self.request = request_bytes(stream, key)
+        self.answer = upstream_answer(stream)
+        self.stream = stream
+
+    async def one(self) -> None:
+        self.proto.data_received(self.request)
+        if self.stream:  # the stream's task runs on the loop: let it
+            await settle(lambda: bool(self.upstream.out))
+        assert self.upstream.out, "the request did not reach the upstream"
+        self.upstream.out.clear()
+        self.conn.data_received(self.answer)
+        if self.stream:
+            await settle(lambda: bool(self.client.out)
+                         and self.client.out[-1].endswith(b"0\r\n\r\n"))
+        out = self.client.take()
+        if not out.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"unexpected answer: {out[:300]!r}")
+
+    async def run(self, n: int) -> float:
+        one = self.one
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await one()
+        return (time.perf_counter() - t0) / n
+
+
+async def settle(done: Any, rounds: int = 50) -> None:
+    """Let the loop run until ``done()`` (a few rounds at most)."""
+    for _ in range(rounds):
+        if done():
+            return
+        await asyncio.sleep(0)
+    raise SystemExit("the gateway did not answer within the loop rounds allowed")
+
+
+def app_settings(app: App) -> Any:
+    from fastgw.pipeline import headers as hdr
+    from fastgw.server.protocol import ServerSettings
+
+    s = app.config.server
+    return ServerSettings(max_body_bytes=s.max_body_bytes, max_header_bytes=s.max_header_bytes,
+                          keepalive_timeout_s=s.keepalive_timeout_s,
+                          header_timeout_s=s.header_timeout_s, request_id=hdr.request_id_for)
+
+
+async def loop_cost(n: int) -> float:
+    """What one ``await asyncio.sleep(0)`` costs (the stream row awaits a few)."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        await asyncio.sleep(0)
+    return (time.perf_counter() - t0) / n
+
+
+async def measure(args: argparse.Namespace) -> dict[str, float]:
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="fastgw-hotpath-") as tmp:
+        for name in args.rows.split(","):
+            builder, stream, key = ROWS[name]
+            cfg_dict = builder(1, 0, Path(tmp))  # upstream port 1: never dialled
+            cfg = parse_config(yaml.safe_dump(cfg_dict))
+            app = App(cfg)
+            await app.start()
+            try:
+                rig = Rig(app, stream, key)
+                await rig.run(min(2000, args.requests))  # warm up
+                if args.profile == name:
+                    prof = cProfile.Profile()
+                    prof.enable()
+                    await rig.run(args.requests)
+                    prof.disable()
+                    stats = pstats.Stats(prof)
+                    stats.sort_stats("tottime").print_stats(40)
+                best = min([await rig.run(args.requests) for _ in range(args.repeat)])
+                results[name] = best * 1e6
+            finally:
+                app.server_state.connections.discard(rig.proto)
+                await app.stop(drain_timeout_s=0.1)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--rows", default="minimal,full,stream")
+    ap.add_argument("--profile", default="", help="print a cProfile of this row")
+    args = ap.parse_args()
+    results = uvloop.run(measure(args))
+    for name, us in results.items():
+        print(f"{name:10s} {us:7.2f} us per request (gateway Python, no syscalls; best of "
+              f"{args.repeat} x {args.requests})")
+
+
+if __name__ == "__main__":
+    main()
