@@ -4,9 +4,11 @@ With ``--workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before
 this module is imported, so prometheus-client keeps values in shared files and
 ``/metrics`` on any worker aggregates all of them (:func:`render`).
 
-The request path never builds label tuples twice: :class:`Recorder` caches the
-labelled children it has seen (label sets are bounded: models, providers and
-statuses come from the configuration; per-key labels are opt-in and capped).
+The request path never touches prometheus-client: :class:`Recorder` adds to
+plain accumulators, found with one dict lookup per finished request, and
+pushes them into the labelled children once a second (label sets are
+bounded: models, providers and statuses come from the configuration; per-key
+labels are opt-in and capped).
 """
 
 from __future__ import annotations
@@ -103,51 +105,100 @@ class _Hist:
             self.total = 0.0
 
 
+class _Sum:
+    """An amount added to one counter child until flushed."""
+
+    __slots__ = ("child", "value")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.value = 0.0
+
+    def flush(self) -> None:
+        if self.value:
+            self.child.inc(self.value)
+            self.value = 0.0
+
+
+class _Finished:
+    """Where one kind of finished request is counted: the accumulators of every
+    metric it touches, found with one lookup per request."""
+
+    __slots__ = ("cost", "duration", "requests", "tokens_in", "tokens_out", "ttfb")
+
+    def __init__(self, rec: Recorder, model: str, provider: str, status: int, route: str,
+                 key: str) -> None:
+        self.requests = rec.sum(REQUESTS, (model, provider, str(status)))
+        self.duration = rec.hist(DURATION, (model,))
+        self.ttfb = rec.hist(UPSTREAM_TTFB, (provider,))
+        self.tokens_in = rec.sum(TOKENS, (route, "input"))
+        self.tokens_out = rec.sum(TOKENS, (route, "output"))
+        self.cost = rec.sum(COST, (route, key))
+
+
 class Recorder:
     """Records finished requests into the metrics without touching prometheus-client
-    on the request path: plain counters and bucket counts here, pushed into the
+    on the request path: plain sums and bucket counts here, pushed into the
     prometheus metrics by :meth:`flush` (every second, and before each scrape)."""
 
-    __slots__ = ("_counts", "_hists", "_inflight_seen", "_keys", "_max_keys", "inflight",
-                 "key_labels")
+    __slots__ = ("_finished", "_hists", "_inflight_seen", "_keys", "_max_keys", "_overhead",
+                 "_sums", "inflight", "key_labels")
 
     def __init__(self, key_labels: bool = False, max_key_labels: int = 100) -> None:
         self.key_labels = key_labels
         self._max_keys = max_key_labels
         self._keys: set[str] = set()
-        # (metric, label values) -> pending amount / histogram accumulator
-        self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}
+        # (metric, label values) -> accumulator; label sets are bounded (see above)
+        self._sums: dict[tuple[Any, tuple[str, ...]], _Sum] = {}
         self._hists: dict[tuple[Any, tuple[str, ...]], _Hist] = {}
+        self._finished: dict[tuple[str, str, int, str, str | None], _Finished] = {}
+        self._overhead = self.hist(OVERHEAD, ())
         self.inflight = 0  # requests being answered now (a gauge, set on flush)
         self._inflight_seen = -1
 
-    def _hist(self, metric: Any, labels: tuple[str, ...]) -> _Hist:
+    def hist(self, metric: Any, labels: tuple[str, ...]) -> _Hist:
         h = self._hists.get((metric, labels))
         if h is None:
             h = self._hists[(metric, labels)] = _Hist(metric.labels(*labels) if labels
                                                       else metric)
         return h
 
-    def request(self, model: str, provider: str, status: int, duration: float) -> None:
-        counts = self._counts
-        key = (REQUESTS, (model, provider, str(status)))
-        counts[key] = counts.get(key, 0.0) + 1.0
-        self._hist(DURATION, (model,)).observe(duration)
+    def sum(self, metric: Any, labels: tuple[str, ...]) -> _Sum:
+        c = self._sums.get((metric, labels))
+        if c is None:
+            c = self._sums[(metric, labels)] = _Sum(metric.labels(*labels))
+        return c
 
-    def ttfb(self, provider: str, seconds: float) -> None:
-        self._hist(UPSTREAM_TTFB, (provider,)).observe(seconds)
-
-    def overhead(self, seconds: float) -> None:
-        self._hist(OVERHEAD, ()).observe(seconds)
-
-    def tokens(self, model: str, prompt: int, completion: int) -> None:
-        counts = self._counts
+    def finished(self, model: str, provider: str, status: int, route: str, key: str | None,
+                 duration: float, ttfb: float, overhead: float, prompt: int, completion: int,
+                 cost: float) -> None:
+        """One finished request: ``model`` as asked, ``route`` the model that served
+        (for tokens and cost), ``ttfb`` < 0 when no upstream answered, ``overhead``
+        0 when unknown."""
+        f = self._finished.get((model, provider, status, route, key))
+        if f is None:
+            if len(self._finished) > 10_000:
+                self._finished.clear()  # bounded: sums and histograms stay in _sums/_hists
+            f = self._finished[(model, provider, status, route, key)] = _Finished(
+                self, model, provider, status, route, self.key_label(key))
+        f.requests.value += 1.0
+        h = f.duration
+        h.counts[bisect_left(h.bounds, duration)] += 1
+        h.total += duration
+        if ttfb >= 0.0:
+            h = f.ttfb
+            h.counts[bisect_left(h.bounds, ttfb)] += 1
+            h.total += ttfb
+        if overhead:
+            h = self._overhead
+            h.counts[bisect_left(h.bounds, overhead)] += 1
+            h.total += overhead
         if prompt:
-            key = (TOKENS, (model, "input"))
-            counts[key] = counts.get(key, 0.0) + prompt
+            f.tokens_in.value += prompt
         if completion:
-            key = (TOKENS, (model, "output"))
-            counts[key] = counts.get(key, 0.0) + completion
+            f.tokens_out.value += completion
+        if cost:
+            f.cost.value += cost
 
     def key_label(self, key: str | None) -> str:
         """The ``key`` label value: empty unless per-key labels are on; capped."""
@@ -161,22 +212,14 @@ class Recorder:
             return key
         return "_other"
 
-    def cost(self, model: str, key: str, usd: float) -> None:
-        counts = self._counts
-        k = (COST, (model, key))
-        counts[k] = counts.get(k, 0.0) + usd
-
     @staticmethod
     def upstream_error(provider: str, reason: str) -> None:
         UPSTREAM_ERRORS.labels(provider, reason).inc()
 
     def flush(self) -> None:
         """Push everything recorded since the last flush into prometheus-client."""
-        counts = self._counts
-        if counts:
-            self._counts = {}
-            for (metric, labels), amount in counts.items():
-                metric.labels(*labels).inc(amount)
+        for c in self._sums.values():
+            c.flush()
         for h in self._hists.values():
             h.flush()
         if self.inflight != self._inflight_seen:

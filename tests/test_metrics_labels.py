@@ -35,13 +35,14 @@ def test_batched_histograms_and_counters_equal_direct_observation() -> None:
     values = [0.0, 0.003, 0.005, 0.0051, 0.7, 1.0, 59.0, 1000.0, 0.01]
     direct = Histogram("direct_check", "x", ["model"], buckets=metrics.DURATION._upper_bounds[:-1],
                        registry=CollectorRegistry())
-    for v in values:
+    for v in [*values, 0.0]:
         direct.labels("m").observe(v)
     before = _samples(metrics.DURATION, {"model": "batch-check"})
     rec = Recorder()
     for v in values:
-        rec.request("batch-check", "p", 200, v)
-    rec.tokens("batch-check", 5, 7)
+        rec.finished("batch-check", "p", 200, "batch-check", None, v, -1.0, 0.0, 0, 0, 0.0)
+    rec.finished("batch-check", "p", 200, "batch-check", None, 0.0, -1.0, 0.0, 5, 7, 0.0)
+    values.append(0.0)
     pending = _samples(metrics.DURATION, {"model": "batch-check"})
     assert all(v == before.get(k, 0.0) for k, v in pending.items()
                if not k[0].endswith("_created"))  # nothing reaches prometheus before flush
@@ -55,3 +56,16 @@ def test_batched_histograms_and_counters_equal_direct_observation() -> None:
         assert after[key] - before.get(key, 0.0) == value, key
     assert metrics.TOKENS.labels("batch-check", "output")._value.get() == 7
     assert metrics.REQUESTS.labels("batch-check", "p", "200")._value.get() == len(values)
+
+
+def test_cost_and_tokens_go_to_the_serving_model_and_the_capped_key() -> None:
+    from fastgw import metrics
+
+    rec = Recorder(key_labels=True, max_key_labels=1)
+    rec.finished("asked-m", "p", 200, "served-m", "k1", 0.1, 0.05, 0.0001, 3, 4, 0.5)
+    rec.finished("asked-m", "p", 200, "served-m", "k2", 0.1, -1.0, 0.0, 0, 0, 0.25)
+    rec.flush()
+    assert metrics.COST.labels("served-m", "k1")._value.get() == 0.5
+    assert metrics.COST.labels("served-m", "_other")._value.get() == 0.25
+    assert metrics.TOKENS.labels("served-m", "input")._value.get() == 3
+    assert metrics.REQUESTS.labels("asked-m", "p", "200")._value.get() == 2

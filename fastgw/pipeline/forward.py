@@ -53,9 +53,10 @@ class Forwarder:
         sent = perf_counter() if begun is None else begun.sent
         try:
             if begun is not None:
-                assert begun.conn is not None and begun.error is not None
                 failed, begun.conn = begun.conn, None
-                conn = await recover(pool, failed, begun.error, request, provider.timeouts,
+                error, begun.error = begun.error, None
+                assert failed is not None and error is not None
+                conn = await recover(pool, failed, error, request, provider.timeouts,
                                      whole=True)
             else:
                 started = start_pooled(pool, request, provider.timeouts, whole=True)
@@ -170,6 +171,8 @@ class Forwarder:
             raise
         finally:
             timer.cancel()
+            relay.release()
+            failure.clear()
             flow.listener = None
             provider.pool.release(conn, reuse=reuse)
             if relay.usage is not None:

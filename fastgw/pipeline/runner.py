@@ -141,6 +141,7 @@ class Proxy:
             await self.forward(ctx, fwd, controls, begun)
         except GatewayError as exc:
             self.fail_to_proxy(ctx, exc)
+            _drop_tracebacks(exc)
         except asyncio.CancelledError:
             ctx.status = 499  # the client went away (nginx's convention)
             ctx.error = "client disconnected"
@@ -153,6 +154,10 @@ class Proxy:
 
     def _end(self, ctx: RequestCtx) -> None:
         """Once per request, however it ended: counters, settlement, log line."""
+        cycle = ctx.cycle
+        cycle.owner = None  # no reference cycle: the request is freed at once, not by GC
+        cycle.on_lost = None
+        ctx.begun = None
         ctx.snapshot.retry_budget.requests -= 1
         self.recorder.inflight -= 1
         self.access.settle(ctx)
@@ -330,12 +335,15 @@ class Proxy:
                 # Only bigger-context models can help: they replace the rest of the chain.
                 context_switched = True
                 chain = chain[:i + 1] + [r for r in fallbacks if controls.affordable(r)]
+                exc.__traceback__ = None
                 last = exc
             except UpstreamStatusError as exc:
                 if not exc.retryable:
                     raise
+                exc.__traceback__ = None
                 last = exc
             except (UpstreamError, NoHealthyTarget) as exc:
+                exc.__traceback__ = None
                 last = exc
             i += 1
         assert last is not None
@@ -400,6 +408,9 @@ class Proxy:
                     else:
                         await self.attempt(ctx, target, fwd)
                 except UpstreamError as exc:
+                    # Typed and expected: its traceback would only keep these frames
+                    # (and through their locals, itself) alive until a GC pass.
+                    exc.__traceback__ = None
                     self._judge(target, exc)
                     if isinstance(exc, UpstreamStatusError) and not exc.retryable:
                         raise
@@ -495,9 +506,11 @@ class Proxy:
                              begun: Begun) -> None:
         """The rest of an attempt the direct path began: its connection failed (and
         may be recovered), or its answer was an error status (final)."""
+        error, begun.error = begun.error, None  # raised once, then held by nobody
         if begun.conn is None:
-            assert isinstance(begun.error, UpstreamError)
-            raise begun.error
+            assert isinstance(error, UpstreamError)
+            raise error
+        begun.error = error
         try:
             await self.forwarder.whole(ctx, target, begun.request, begun)
         finally:
@@ -554,22 +567,18 @@ class Proxy:
         route = ctx.route  # the model that served (a fallback or variant maybe)
         asked = ctx.asked
         model = asked.name if asked is not None else "unknown"
-        rec = self.recorder
-        rec.request(model, provider, ctx.status, duration)
-        if ctx.ttfb_s >= 0:
-            rec.ttfb(provider, ctx.ttfb_s)
-        if ctx.overhead_s:
-            rec.overhead(ctx.overhead_s)
         cost = 0.0
-        if ctx.usage_known and route is not None:
-            rec.tokens(route.name, ctx.prompt_tokens, ctx.completion_tokens)
+        usage = ctx.usage_known and route is not None
+        if usage:
+            assert route is not None
             cost = (ctx.prompt_tokens * route.input_per_token
                     + ctx.completion_tokens * route.output_per_token)
-            if cost:
-                rec.cost(route.name, rec.key_label(ctx.key_name), cost)
+        self.recorder.finished(model, provider, ctx.status, route.name if route else model,
+                               ctx.key_name, duration, ctx.ttfb_s, ctx.overhead_s,
+                               ctx.prompt_tokens if usage else 0,
+                               ctx.completion_tokens if usage else 0, cost)
         if self.access_log.enabled:
             cycle = ctx.cycle
-            usage = ctx.usage_known
             record: dict[str, Any] = {
                 "time": time.time(),
                 "request_id": ctx.request_id.decode("latin-1"),
@@ -597,6 +606,18 @@ class Proxy:
                 record["error"] = ctx.error
             self.access_log.write(record)
 
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Forget where an answered error (and the errors before it) came from: a
+    traceback keeps its frames, whose locals keep the error, a reference cycle
+    only the GC would free."""
+    e: BaseException | None = exc
+    for _ in range(8):
+        if e is None:
+            return
+        e.__traceback__ = None
+        e = e.__context__ or e.__cause__
 
 
 def _ms(seconds: float) -> float:

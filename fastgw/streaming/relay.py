@@ -84,6 +84,11 @@ class StreamRelay:
         if tail:
             self._sink.write(tail)
 
+    def release(self) -> None:
+        """The stream is over: drop the callbacks (they refer back to the relay)."""
+        self._on_error = _nothing
+        self._on_commit = None
+
     def discard(self) -> None:
         """The client is gone: keep scanning (for usage) but write nothing."""
         self._sink = _DISCARD
@@ -91,6 +96,10 @@ class StreamRelay:
     def fail(self, exc: GatewayError) -> None:
         """End the stream with a typed SSE error event (no fake [DONE])."""
         self._sink.write(error_event(exc))
+
+
+def _nothing() -> None:
+    pass
 
 
 class _Discard:
