@@ -88,6 +88,7 @@ class Cycle:
 
     __slots__ = (
         "_chunked",
+        "_held",
         "_proto",
         "body",
         "client_addr",
@@ -135,6 +136,7 @@ class Cycle:
         self.owner: Any = None
         self.on_lost: LostHook | None = None
         self._chunked = False
+        self._held: list[bytes] | None = None  # streamed bytes of this loop turn
 
     # -- request helpers ------------------------------------------------------
 
@@ -185,7 +187,12 @@ class Cycle:
         self.send(status, header_block + extra, body)
 
     def start(self, status: int, header_block: bytes) -> None:
-        """Write the head of a streamed response (chunked; close-delimited on 1.0)."""
+        """Begin a streamed response (chunked; close-delimited on 1.0).
+
+        What a streamed response writes within one turn of the event loop (the
+        head and the events already in, or everything one upstream read
+        carried) leaves in one write, at the end of that turn or at :meth:`end`:
+        one system call where there would be one per piece."""
         if self.started:
             raise RuntimeError("response already started")
         self.started = True
@@ -196,34 +203,50 @@ class Cycle:
         else:
             self._chunked = True
             head = self._head(status, header_block) + wire.CHUNKED + wire.CRLF
-        transport = self._proto.transport
-        if transport is not None:
-            transport.write(head)
+        self._hold(head)
 
     def write(self, data: bytes) -> None:
         """Write body bytes of a streamed response (empty data is ignored)."""
-        transport = self._proto.transport
-        if not data or transport is None:
+        if not data or self._proto.transport is None:
             return
         if self._chunked:
-            transport.writelines((b"%x\r\n" % len(data), data, wire.CRLF))
+            self._hold(b"%x\r\n" % len(data) + data + wire.CRLF)
         else:
-            transport.write(data)
+            self._hold(data)
+
+    def _hold(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            self._held = [data]
+            self._proto.loop.call_soon(self.flush)
+        else:
+            held.append(data)
+
+    def flush(self) -> None:
+        """Write what the stream holds now."""
+        held = self._held
+        if held is None:
+            return
+        self._held = None
+        transport = self._proto.transport
+        if transport is not None:
+            transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def end(self, trailer: bytes = b"") -> None:
         """Finish a streamed response, optionally with last body bytes."""
         if self.finished:
             return
-        transport = self._proto.transport
-        if transport is not None:
+        if self._proto.transport is not None:
             if trailer:
                 self.write(trailer)
             if self._chunked:
-                transport.write(wire.LAST_CHUNK)
+                self._hold(wire.LAST_CHUNK)
+        self.flush()
         self._finish()
 
     def abort(self) -> None:
         """End a streamed response abnormally: close without the last chunk."""
+        self.flush()
         self.keep_alive = False
         self.finished = True
         self._proto.response_done(self)
