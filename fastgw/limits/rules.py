@@ -122,12 +122,12 @@ class Plan:
         out = b""
         idx = self.req
         if idx:
-            i = idx[0] if len(idx) == 1 else min(idx, key=remaining.__getitem__)
+            i = _tightest(idx, remaining)
             out = (self.lines[i] + b"x-ratelimit-remaining-requests: %d\r\n"
                    b"x-ratelimit-reset-requests: %s\r\n" % (remaining[i], duration(reset[i])))
         idx = self.tok
         if idx:
-            i = idx[0] if len(idx) == 1 else min(idx, key=remaining.__getitem__)
+            i = _tightest(idx, remaining)
             out += (self.lines[i] + b"x-ratelimit-remaining-tokens: %d\r\n"
                     b"x-ratelimit-reset-tokens: %s\r\n" % (remaining[i], duration(reset[i])))
         return out
@@ -152,6 +152,17 @@ class Plan:
                 b"%d" % secs)
 
 
+def _tightest(idx: tuple[int, ...], remaining: tuple[float, ...]) -> int:
+    """The index in ``idx`` with the least remaining (the first of equals)."""
+    best = idx[0]
+    least = remaining[best]
+    for i in idx[1:]:
+        if remaining[i] < least:
+            best = i
+            least = remaining[i]
+    return best
+
+
 def _period_name(seconds: float) -> str:
     for name, s in _PERIOD_S.items():
         if s == seconds:
@@ -159,12 +170,16 @@ def _period_name(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+_MS = [b"%dms" % n for n in range(1001)]
+
+
 def duration(seconds: float) -> bytes:
     """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
     if seconds <= 0.0:
         return b"0s"
     if seconds < 1.0:
-        return b"%dms" % math.ceil(seconds * 1000.0)
+        ms = int(seconds * 1000.0)
+        return _MS[ms if ms == seconds * 1000.0 else ms + 1]  # ceil
     if seconds < 60.0:
         return b"%gs" % round(seconds, 3)
     if not math.isfinite(seconds):
