@@ -229,7 +229,8 @@ class Proxy:
         try:
             if conn.error is not None:
                 begun.error = conn.error
-                ctx.running = True
+                # Not "running" until the task starts: a client leaving before
+                # that is handled by _on_lost (the task is then never run).
                 ctx.cycle.run_task(self._proceed(ctx, begun.fwd, False, NO_CONTROLS, begun))
                 return
             begun.conn = None
@@ -239,7 +240,6 @@ class Proxy:
                 self.forwarder.answer_whole(ctx, target, conn, begun.sent)
             except UpstreamError as exc:
                 begun.error = exc
-                ctx.running = True
                 ctx.cycle.run_task(self._proceed(ctx, begun.fwd, False, NO_CONTROLS, begun))
                 return
             state.health.success(self.loop.time())
