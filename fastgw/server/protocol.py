@@ -372,6 +372,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        # The parser holds this protocol's callbacks: without this, every closed
+        # connection would be a reference cycle left to the GC.
+        self._parser = _CLOSED_PARSER
         self.state.connections.discard(self)
         self._disarm()
         if self.flow is not None:
@@ -631,6 +634,13 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
             return True
         return False
+
+
+class _NoCallbacks:
+    __slots__ = ()
+
+
+_CLOSED_PARSER = httptools.HttpRequestParser(_NoCallbacks())  # never fed
 
 
 def make_factory(handler: Handler, settings: ServerSettings, state: ServerState,

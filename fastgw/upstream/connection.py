@@ -31,6 +31,13 @@ _FAILED = 5
 BodySink = Callable[[bytes], None]
 
 
+class _NoCallbacks:
+    __slots__ = ()
+
+
+_CLOSED_PARSER = httptools.HttpResponseParser(_NoCallbacks())  # never fed
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
@@ -144,6 +151,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError(
                 f"upstream {self.peer_name} closed the connection {where}", sent=True))
         self._cancel_timer()
+        # The parser holds this protocol's callbacks: drop it, or every closed
+        # connection would be a reference cycle left to the GC.
+        self._parser = _CLOSED_PARSER
 
     def pause_writing(self) -> None:  # request bodies are small; nothing to pause
         pass
