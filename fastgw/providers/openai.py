@@ -51,6 +51,17 @@ def _model_pattern(value: str) -> re.Pattern[bytes]:
 
 
 _PATTERNS: dict[str, re.Pattern[bytes]] = {}
+_STRINGS: dict[str, bytes] = {}
+
+
+def _json_string(value: str) -> bytes:
+    """``value`` as a JSON string literal (model names repeat: encoded once)."""
+    encoded = _STRINGS.get(value)
+    if encoded is None:
+        if len(_STRINGS) > 4096:
+            _STRINGS.clear()
+        encoded = _STRINGS[value] = orjson.dumps(value)
+    return encoded
 
 
 def rewrite_model(body: bytes, doc: dict[str, Any], asked: str, deployment: str) -> bytes:
@@ -63,8 +74,8 @@ def rewrite_model(body: bytes, doc: dict[str, Any], asked: str, deployment: str)
     """
     if asked == deployment:
         return body
-    value = orjson.dumps(asked)
-    new = orjson.dumps(deployment)
+    value = _json_string(asked)
+    new = _json_string(deployment)
     # Fast path: the two spellings JSON encoders produce, found exactly once.
     for sep in (b'"model":', b'"model": '):
         needle = sep + value
