@@ -98,23 +98,16 @@ class JwtAuth:
         if self._verifier is None:
             await self._refresh()
 
-    async def verify(self, token: bytes) -> dict[str, Any]:
-        """The claims of a valid token; :class:`Unauthorized` (401) with the reason
-        otherwise, :class:`ServiceUnavailable` (503) when no key could ever be loaded."""
+    def verify_now(self, token: bytes) -> dict[str, Any] | None:
+        """:meth:`verify` when it needs no JWKS fetch: the claims, or
+        :class:`Unauthorized`; None when keys must be fetched first (none loaded
+        yet, or a ``kid`` we do not know while a refresh is allowed)."""
         verifier = self._verifier
         if self.cfg.jwks_url is not None:
-            now = self._clock()
             if verifier is None:
-                if self._may_refresh(now):
-                    await self._refresh()
-                verifier = self._verifier
-                if verifier is None:
-                    wait = max(1, math.ceil(self.cfg.jwks_min_refresh_s))
-                    raise ServiceUnavailable(
-                        "cannot verify tokens: the identity provider's keys (auth.jwt.jwks_url) "
-                        "could not be fetched; try again shortly", code="jwks_unavailable",
-                        headers=[(b"retry-after", b"%d" % wait)])
-            elif now - self._loaded_at > self.cfg.jwks_cache_s and self._may_refresh(now):
+                return None
+            now = self._clock()
+            if now - self._loaded_at > self.cfg.jwks_cache_s and self._may_refresh(now):
                 self._refresh_in_background()
         assert verifier is not None
         try:
@@ -122,12 +115,25 @@ class JwtAuth:
         except _native.UnknownKeyError as exc:
             if self.cfg.jwks_url is None or not self._may_refresh(self._clock()):
                 raise _refused(exc) from None
+            return None  # the provider may have rotated its keys: fetch them
         except _native.JwtError as exc:
             raise _refused(exc) from None
-        # A kid we do not know: the provider may have rotated its keys.
-        await self._refresh()
+
+    async def verify(self, token: bytes) -> dict[str, Any]:
+        """The claims of a valid token; :class:`Unauthorized` (401) with the reason
+        otherwise, :class:`ServiceUnavailable` (503) when no key could ever be loaded."""
+        claims = self.verify_now(token)
+        if claims is not None:
+            return claims
+        if self._verifier is not None or self._may_refresh(self._clock()):
+            await self._refresh()
         verifier = self._verifier
-        assert verifier is not None
+        if verifier is None:
+            wait = max(1, math.ceil(self.cfg.jwks_min_refresh_s))
+            raise ServiceUnavailable(
+                "cannot verify tokens: the identity provider's keys (auth.jwt.jwks_url) "
+                "could not be fetched; try again shortly", code="jwks_unavailable",
+                headers=[(b"retry-after", b"%d" % wait)])
         try:
             return verifier.verify(token)
         except _native.JwtError as exc:

@@ -121,9 +121,9 @@ class Access:
 
     @property
     def sync(self) -> bool:
-        """True when no phase ever waits (no JWT, no Redis): :meth:`authenticate_now`
-        and :meth:`admit_now` do the whole job."""
-        return self._jwt is None and not isinstance(self._backend, RedisLimiter)
+        """True when admission never waits (no Redis): :meth:`authenticate_now`
+        (which may still ask to wait, for a JWKS fetch) and :meth:`admit_now`."""
+        return not isinstance(self._backend, RedisLimiter)
 
     async def authenticate(self, ctx: RequestCtx) -> None:
         """Identify the caller (API key, JWT) and apply IP rules; raise 401/403."""
@@ -133,10 +133,20 @@ class Access:
             assert jwt is not None
             self._grant(ctx, self._token_principal(jwt.cfg, await jwt.verify(token)))
 
-    def authenticate_now(self, ctx: RequestCtx) -> None:
-        """:meth:`authenticate` without waiting; only when :attr:`sync`."""
-        if self._authenticate(ctx) is not None:
-            raise AssertionError("authenticate_now needs a configuration without JWT")
+    def authenticate_now(self, ctx: RequestCtx) -> bool:
+        """:meth:`authenticate` without waiting: False when it cannot finish so (a
+        token needs the identity provider's keys fetched: await
+        :meth:`authenticate`, which does everything again)."""
+        token = self._authenticate(ctx)
+        if token is None:
+            return True
+        jwt = self._jwt
+        assert jwt is not None
+        claims = jwt.verify_now(token)
+        if claims is None:
+            return False
+        self._grant(ctx, self._token_principal(jwt.cfg, claims))
+        return True
 
     def _authenticate(self, ctx: RequestCtx) -> bytes | None:
         """Everything but verifying a JWT: returns the token still to verify."""

@@ -95,8 +95,8 @@ class Proxy:
 
     def run(self, cycle: Cycle, snapshot: Snapshot,
             endpoint: str) -> Coroutine[Any, Any, None] | None:
-        """Handle one proxied request. With access control that never waits, the
-        phases run at once; a whole (non-streaming) answer from a pooled
+        """Handle one proxied request. When access control need not wait (no Redis,
+        no JWKS to fetch), the phases run at once; a whole (non-streaming) answer from a pooled
         connection then needs no task at all: the direct path. Otherwise the
         rest runs in the coroutine returned (the server makes it a task)."""
         fwd, rid, has_controls = hdr.forwarded(cycle.headers)
@@ -108,9 +108,8 @@ class Proxy:
         access = self.access
         try:
             self.request_filter(ctx)
-            if not access.sync:
+            if not access.sync or not access.authenticate_now(ctx):
                 return self._proceed(ctx, fwd, has_controls, None, None)
-            access.authenticate_now(ctx)
             controls = self.route_phase(ctx, has_controls)
             access.admit_now(ctx)
             begun = None

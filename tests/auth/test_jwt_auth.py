@@ -263,3 +263,30 @@ def test_api_keys_and_tokens_together_and_the_openai_sdk() -> None:
             expired.chat.completions.create(model="gpt-test",
                                             messages=[{"role": "user", "content": "hi"}])
         assert "expired" in str(info.value)
+
+
+def test_tokens_with_cached_keys_need_no_task_and_a_new_kid_waits_for_the_fetch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastgw.pipeline.runner import Proxy
+
+    tasks: list[str] = []
+    proceed = Proxy._proceed
+
+    def counted(self: Proxy, *args: Any) -> Any:
+        tasks.append("task")
+        return proceed(self, *args)
+
+    monkeypatch.setattr(Proxy, "_proceed", counted)
+    k1, k2 = EcKey("k1"), EcKey("k2")
+    with JwksServer([k1.jwk(), k2.jwk()]) as idp, \
+            running(jwks_yaml(idp.url, min_refresh_s=0.0)) as gw:
+        t1 = k1.token(fastgw_models=["*"])
+        assert call(gw.port, t1)[0] == 200  # warms the upstream pool
+        tasks.clear()
+        assert [call(gw.port, t1)[0] for _ in range(5)] == [200] * 5
+        assert tasks == []  # verified from the cached keys: the direct path
+        fetched = idp.count()
+        k3 = EcKey("k3")
+        idp.set_keys([k1.jwk(), k2.jwk(), k3.jwk()])
+        assert call(gw.port, k3.token(fastgw_models=["*"]))[0] == 200
+        assert tasks == ["task"] and idp.count() == fetched + 1  # waited for the fetch
