@@ -65,7 +65,7 @@ from fastgw.pipeline.forward import Forwarder
 from fastgw.pipeline.snapshot import ModelRoute, Snapshot, TargetRuntime
 from fastgw.providers import openai
 from fastgw.routing.balancer import TargetState, usable
-from fastgw.routing.health import Health
+from fastgw.routing.health import HEALTHY
 from fastgw.routing.quota import QuotaExceeded
 from fastgw.server.protocol import Cycle
 from fastgw.streaming.sse import error_event
@@ -185,18 +185,21 @@ class Proxy:
     # -- the direct path ----------------------------------------------------------------
 
     def _direct(self, ctx: RequestCtx, fwd: bytes) -> Begun | None:
-        """Begin the first attempt without a task: when every target is healthy, the
-        first in the balancer's order has no provider quota and its pool an idle
+        """Begin the first attempt without a task: when the first target in the
+        balancer's order is healthy and not cooling down (so it is also the one
+        ``try_model`` would pick), has no provider quota and its pool an idle
         connection. None when begun; else what the task must start from."""
         route = ctx.route
         assert route is not None and route.balancer is not None
         now = self.loop.time()
         begun = Begun(self._order(ctx, route, NO_CONTROLS), fwd)
-        if not begun.order or Health.degraded or now < TargetState.cooling_until:
+        if not begun.order:
             return begun
-        order = begun.order
-        idx = order[0]
+        idx = begun.order[0]
         target = route.targets[idx]
+        state = target.state
+        if state.health.state != HEALTHY or state.not_before > now:
+            return begun  # the task picks among the others (try_model)
         provider = target.provider
         if provider.quota is not None:
             return begun
@@ -208,7 +211,7 @@ class Proxy:
         ctx.begun = begun
         ctx.target = target
         ctx.attempts += 1
-        target.state.inflight += 1
+        state.inflight += 1
         request = begun.request = self.upstream_request(ctx, target, fwd)
         begun.sent = perf_counter()
         timeouts = provider.timeouts

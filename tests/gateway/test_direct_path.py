@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-from typing import cast
+from typing import Any, cast
 
 import orjson
+import pytest
 from gwtest import (
     LoopThread,
     Reader,
@@ -161,3 +162,34 @@ def test_finished_requests_leave_no_reference_cycles_for_the_gc() -> None:
             gc.enable()
             s.close()
         assert found < 50, f"{found} objects in reference cycles after 250 requests"
+
+
+def test_direct_path_looks_at_its_own_target_not_at_process_wide_health(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Targets of a configuration replaced by a reload may stay counted as
+    # ejected process-wide; the direct path must not turn off for good then.
+    from fastgw.pipeline.runner import Proxy
+    from fastgw.routing.balancer import TargetState
+    from fastgw.routing.health import Health
+
+    tasks: list[str] = []
+    proceed = Proxy._proceed
+
+    def counted(self: Proxy, *args: Any) -> Any:
+        tasks.append("task")
+        return proceed(self, *args)
+
+    monkeypatch.setattr(Proxy, "_proceed", counted)
+    with running(lambda p: minimal_yaml(p, LIMITED)) as gw:
+        assert post(gw.port)[0] == 200  # warms the pool
+        monkeypatch.setattr(Health, "degraded", Health.degraded + 1)
+        monkeypatch.setattr(TargetState, "cooling_until", 1e18)
+        tasks.clear()
+        assert [post(gw.port)[0] for _ in range(3)] == [200] * 3
+        assert tasks == []
+        # Its own target cooling down (after a 429): the task path picks.
+        assert gw.app.gateway is not None
+        target = gw.app.gateway.state.snapshot.models["gpt-test"].targets[0]
+        monkeypatch.setattr(target.state, "not_before", 1e18)
+        assert post(gw.port)[0] == 200  # the only target: tried anyway, by the task
+        assert tasks == ["task"]
