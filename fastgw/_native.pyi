@@ -1,9 +1,10 @@
 """Type stubs for ``fastgw._native``, the Rust extension (``rust/``).
 
-Four hot paths, each with a pure-Python reference of the same API in
+Five hot paths, each with a pure-Python reference of the same API in
 ``fastgw._reference``: limiter tables (rate, concurrency and budget buckets
 reserved together atomically), a weighted consistent-hash ring, a JWT
-verifier, and an incremental SSE scanner for the relay loop.
+verifier, an incremental SSE scanner for the relay loop, and whole HTTP/1.1
+messages parsed in one call (llhttp, through httptools, reads everything else).
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,7 +35,11 @@ __all__ = [
     "UnsupportedAlgorithmError",
     "__version__",
     "build_profile",
+    "forwarded",
     "hash64",
+    "parse_request",
+    "parse_response",
+    "usage",
 ]
 
 __version__: Final[str]
@@ -306,3 +311,31 @@ class SseScanner:
     def boundaries(self) -> list[int]: ...
     @property
     def usage(self) -> dict[str, int] | None: ...
+
+# ---------------------------------------------------------------- HTTP
+
+Headers = list[tuple[bytes, bytes]]
+
+def parse_request(
+    data: bytes, max_head: int, max_body: int, /
+) -> tuple[bytes, bytes, bytes, Headers, bytes, bool, int, bytes, bytes | None, bool] | None:
+    """``data`` as exactly one whole HTTP/1.1 request with nothing unusual in it:
+    ``(method, path, query, headers, body, keep_alive, content_length,
+    forwarded_block, request_id, controls)``, names lowercase, ``content_length``
+    -1 when absent, the last three :func:`forwarded`'s answer. None otherwise
+    (incomplete, pipelined, HTTP/1.0, chunked, ``expect``, upgrade, duplicate
+    framing headers, over the limits...): leave it to llhttp."""
+
+def parse_response(data: bytes, /) -> tuple[int, Headers, bytes, bool] | None:
+    """``data`` as exactly one whole HTTP/1.1 response with a ``content-length``
+    body: ``(status, headers, body, keep_alive)``, names lowercase; None otherwise
+    (leave it to llhttp)."""
+
+def forwarded(headers: Headers, /) -> tuple[bytes, bytes | None, bool]:
+    """The request header pass over lowercase ``(name, value)`` pairs: ``(block to
+    send upstream, the client's x-request-id if usable, whether an x-fastgw-*
+    control header is present)``."""
+
+def usage(body: bytes, /) -> tuple[int, int] | None:
+    """``(prompt_tokens, completion_tokens)`` after the last ``"usage"`` key of a whole
+    JSON answer (0 for an absent count); None without the key or either count."""

@@ -8,9 +8,11 @@ read and compared against, not to serve traffic:
 - ``ring``: ``HashRing`` and ``hash64`` (XXH3-64);
 - ``jwt``: ``JwtKeySet``, ``JwtVerifier`` and the ``JwtError`` family
   (needs PyJWT and cryptography, imported when used);
-- ``sse``: ``SseScanner``.
+- ``sse``: ``SseScanner``;
+- ``http``: ``parse_request``, ``parse_response``, ``forwarded`` and ``usage``
+  (the parsers: what llhttp reads, which the native ones match or leave to it).
 """
 
 from __future__ import annotations
 
-__all__ = ["jwt", "limiter", "ring", "sse"]
+__all__ = ["http", "jwt", "limiter", "ring", "sse"]

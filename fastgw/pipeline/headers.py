@@ -2,8 +2,10 @@
 
 Requests: everything the client sent except hop-by-hop headers, framing,
 credentials (the provider's key replaces the client's) and the gateway's own
-controls. Responses: a short allow-list of upstream headers, so provider
-account details (organisation, quotas, cookies) never reach clients.
+controls (``forwarded``, native; the server's whole-request parser computes
+it already, ``Cycle.forwarded``). Responses: a short allow-list of upstream
+headers, so provider account details (organisation, quotas, cookies) never
+reach clients.
 """
 
 from __future__ import annotations
@@ -12,13 +14,11 @@ import os
 import re
 from itertools import count
 
-_DROP_REQUEST = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
-    b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host",
-    b"content-length", b"content-type", b"expect", b"authorization", b"x-api-key", b"api-key",
-    b"accept-encoding", b"cookie", b"openai-organization", b"openai-project", b"x-request-id",
-    b"x-forwarded-for", b"forwarded", b"x-real-ip", b"anthropic-version",
-})
+from fastgw._native import forwarded
+
+__all__ = ["PASS_RESPONSE", "content_type", "forwarded", "new_request_id", "request_id_for",
+           "reseed_request_ids", "response_headers", "valid_request_id"]
+
 
 # Upstream response headers passed to clients (lowercase name -> name sent).
 PASS_RESPONSE = {
@@ -30,29 +30,6 @@ PASS_RESPONSE = {
 }
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
-
-
-def forwarded(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None, bool]:
-    """(header block to send upstream, the client's x-request-id if usable, whether
-    any ``x-fastgw-*`` control header is present)."""
-    out: list[bytes] = []
-    rid: bytes | None = None
-    hop: list[bytes] = []
-    controls = False
-    for name, value in headers:
-        if name in _DROP_REQUEST:
-            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
-                rid = value
-            elif name == b"connection":
-                hop.extend(v.strip().lower() for v in value.split(b","))
-            continue
-        if name.startswith(b"x-fastgw-"):
-            controls = True
-            continue
-        out.append(name + b": " + value + b"\r\n")
-    if hop:
-        out = [line for line in out if line.split(b":", 1)[0] not in hop]
-    return b"".join(out), rid, controls
 
 
 def request_id_for(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -99,7 +99,7 @@ class Proxy:
         no JWKS to fetch), the phases run at once; a whole (non-streaming) answer from a pooled
         connection then needs no task at all: the direct path. Otherwise the
         rest runs in the coroutine returned (the server makes it a task)."""
-        fwd, rid, has_controls = hdr.forwarded(cycle.headers)
+        fwd, rid, has_controls = cycle.forwarded or hdr.forwarded(cycle.headers)
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id())
         self.recorder.inflight += 1
         snapshot.retry_budget.requests += 1

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from fastgw._native import usage
 from fastgw.config import ProviderConfig
 
 # Endpoint name -> path below the provider's base URL.
@@ -124,18 +125,7 @@ def ask_for_usage(body: bytes, doc: dict[str, Any]) -> tuple[bytes, bool]:
     return orjson.dumps(doc), False
 
 
-_PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
-_COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)')
-
-
-def extract_usage(body: bytes) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) from a complete JSON answer, cheaply:
-    the two counters are read after the last ``"usage"`` key, no full decode."""
-    i = body.rfind(b'"usage"')
-    if i < 0:
-        return None
-    p = _PROMPT.search(body, i)
-    c = _COMPLETION.search(body, i)
-    if p is None and c is None:
-        return None
-    return (int(p.group(1)) if p else 0), (int(c.group(1)) if c else 0)
+extract_usage = usage
+"""``(prompt_tokens, completion_tokens)`` from a complete JSON answer, cheaply: the
+two counters are read after the last ``"usage"`` key, no full decode (native;
+``fastgw._reference.http.usage`` is the reference)."""

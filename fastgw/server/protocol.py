@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import httptools
 
+from fastgw._native import parse_request
 from fastgw.errors import (
     BadFraming,
     GatewayError,
@@ -95,6 +96,7 @@ class Cycle:
         "content_length",
         "expect_continue",
         "finished",
+        "forwarded",
         "headers",
         "http10",
         "keep_alive",
@@ -137,6 +139,9 @@ class Cycle:
         self.on_lost: LostHook | None = None
         self._chunked = False
         self._held: list[bytes] | None = None  # streamed bytes of this loop turn
+        # The request header pass (what goes upstream, the client's request id,
+        # controls present), when the server's parser computed it already.
+        self.forwarded: tuple[bytes, bytes | None, bool] | None = None
 
     # -- request helpers ------------------------------------------------------
 
@@ -311,6 +316,7 @@ class HttpProtocol(asyncio.Protocol):
         "_head_raw",
         "_header_bytes",
         "_headers",
+        "_in_message",
         "_parser",
         "_phase",
         "_queue",
@@ -348,6 +354,7 @@ class HttpProtocol(asyncio.Protocol):
         self._phase = _IDLE
         self._reject_after = False
         # Per-request (being parsed)
+        self._in_message = False  # llhttp holds part of a request
         self._current: Cycle | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -448,6 +455,15 @@ class HttpProtocol(asyncio.Protocol):
     # -- parsing ----------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if not self._in_message and not self._reject_after:
+            # A whole request in this read (the usual case): parsed in one native
+            # call. Anything else (part of a request, several, odd framing, an
+            # error to answer) goes to llhttp below.
+            settings = self.settings
+            whole = parse_request(data, settings.max_header_bytes, settings.max_body_bytes)
+            if whole is not None:
+                self._whole(whole)
+                return
         try:
             self._parser.feed_data(data)
         except _Reject as exc:
@@ -477,7 +493,23 @@ class HttpProtocol(asyncio.Protocol):
                     if self._head_raw > self.settings.max_header_bytes:
                         self._reject(self._too_large())
 
+    def _whole(self, whole: tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes, bool,
+                                  int, bytes, bytes | None, bool]) -> None:
+        """A request :func:`~fastgw._native.parse_request` read whole: what llhttp's
+        callbacks would have done, at once."""
+        method, path, query, headers, body, keep_alive, length, fwd, rid, controls = whole
+        cycle = Cycle(self, path, headers)
+        if query:
+            cycle.query = query
+        cycle.method = method
+        cycle.keep_alive = keep_alive
+        cycle.content_length = length
+        cycle.body = body
+        cycle.forwarded = (fwd, rid, controls)
+        self._complete(cycle)
+
     def on_message_begin(self) -> None:
+        self._in_message = True
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -543,9 +575,14 @@ class HttpProtocol(asyncio.Protocol):
         cycle = self._current
         assert cycle is not None
         self._current = None
+        self._in_message = False
         parts = self._body_parts
         if parts:
             cycle.body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._complete(cycle)
+
+    def _complete(self, cycle: Cycle) -> None:
+        """A request is in: answer it now, or queue it behind the one in flight."""
         cycle.received_at = perf_counter()  # loop.time() has ms resolution on uvloop
         self._phase = _PROCESSING
         if self._active is None:
@@ -616,6 +653,7 @@ class HttpProtocol(asyncio.Protocol):
         self._disarm()
         transport.pause_reading()
         self._parser = httptools.HttpRequestParser(self)  # drop whatever state it had
+        self._in_message = False
         self._reject_after = True
         cycle = self._current or Cycle(self, self._url, self._headers)
         self._current = None

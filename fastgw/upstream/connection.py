@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import httptools
 
+from fastgw._native import parse_response
 from fastgw.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 
 # Exchange states
@@ -111,7 +112,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self._state
-        if state == _IDLE or state >= _DONE:
+        if state == _WAIT_HEAD:
+            # A whole answer in the first read (the usual case for a complete
+            # answer): parsed in one native call; anything else goes to llhttp.
+            whole = parse_response(data)
+            if whole is not None:
+                self._whole(whole)
+                return
+        elif state == _IDLE or state >= _DONE:
             # Bytes nobody asked for: the connection cannot be trusted any more.
             self._close()
             return
@@ -137,6 +145,21 @@ class UpstreamConnection(asyncio.Protocol):
         if state == _WAIT_HEAD and self._state == _WAIT_HEAD:
             self._state = _HEAD
         elif self._on_done is not None and self._state >= _DONE:
+            self._notify()
+
+    def _whole(self, whole: tuple[int, list[tuple[bytes, bytes]], bytes, bool]) -> None:
+        """An answer :func:`~fastgw._native.parse_response` read whole: what llhttp's
+        callbacks would have done, at once."""
+        self.received_any = True
+        self.status, self.headers, body, self.keep_alive = whole
+        self.head_at = perf_counter()
+        self._close_delimited = False
+        if body:
+            self._body.append(body)
+        self._message_complete()
+        if self._sink is not None:
+            self._deliver()
+        if self._on_done is not None:
             self._notify()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -6,6 +6,7 @@
 //! with the `python` feature, which maturin enables.
 #![deny(missing_docs)]
 
+pub mod http;
 pub mod jwt;
 pub mod limiter;
 pub mod ring;
@@ -24,6 +25,8 @@ mod _native {
 
     #[pymodule_export]
     use crate::py::hash64;
+    #[pymodule_export]
+    use crate::py::http::{forwarded, parse_request, parse_response, usage};
     #[pymodule_export]
     use crate::py::jwt::{JwtKeySet, JwtVerifier};
     #[pymodule_export]

@@ -1,0 +1,143 @@
+"""Pure-Python references of the native HTTP helpers (``rust/src/http.rs``).
+
+- ``parse_request`` / ``parse_response``: what llhttp (``httptools``, the
+  parser the server and the upstream client fall back to) reads of a buffer
+  holding exactly one whole message, in the native functions' tuple shapes;
+  None when llhttp refuses the bytes, or they are not exactly one message.
+  The native functions give the same answer or None: they take a strict
+  subset (see ``rust/src/http.rs``) and leave the rest to llhttp.
+- ``forwarded``: the request header pass (what goes upstream).
+- ``usage``: token counts after the last ``"usage"`` key of a JSON answer.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httptools
+
+__all__ = ["forwarded", "parse_request", "parse_response", "usage"]
+
+_DROP_REQUEST = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
+    b"proxy-authenticate", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host",
+    b"content-length", b"content-type", b"expect", b"authorization", b"x-api-key", b"api-key",
+    b"accept-encoding", b"cookie", b"openai-organization", b"openai-project", b"x-request-id",
+    b"x-forwarded-for", b"forwarded", b"x-real-ip", b"anthropic-version",
+})
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+def forwarded(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None, bool]:
+    """(header block to send upstream, the client's x-request-id if usable, whether
+    any ``x-fastgw-*`` control header is present); names are lowercase."""
+    out: list[bytes] = []
+    rid: bytes | None = None
+    hop: list[bytes] = []
+    controls = False
+    for name, value in headers:
+        if name in _DROP_REQUEST:
+            if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+                rid = value
+            elif name == b"connection":
+                hop.extend(v.strip().lower() for v in value.split(b","))
+            continue
+        if name.startswith(b"x-fastgw-"):
+            controls = True
+            continue
+        out.append(name + b": " + value + b"\r\n")
+    if hop:
+        out = [line for line in out if line.split(b":", 1)[0] not in hop]
+    return b"".join(out), rid, controls
+
+
+_PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
+_COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)')
+
+
+def usage(body: bytes) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) read after the last ``"usage"`` key (0 for
+    an absent count); None without the key or without either count."""
+    i = body.rfind(b'"usage"')
+    if i < 0:
+        return None
+    p = _PROMPT.search(body, i)
+    c = _COMPLETION.search(body, i)
+    if p is None and c is None:
+        return None
+    return (int(p.group(1)) if p else 0), (int(c.group(1)) if c else 0)
+
+
+class _Collect:
+    """httptools callbacks that keep one message (and count messages)."""
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.messages = 0
+        self.complete = 0
+        self.keep_alive = False
+        self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser | None = None
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
+def _feed(parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
+          data: bytes) -> bool:
+    try:
+        parser.feed_data(data)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        return False
+    return True
+
+
+def parse_request(data: bytes, max_head: int, max_body: int
+                  ) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int,
+                             bytes, bytes | None, bool] | None:
+    """``(method, path, query, headers, body, keep_alive, content_length,
+    forwarded_block, request_id, controls)`` as llhttp reads ``data``, or None."""
+    c = _Collect()
+    parser = httptools.HttpRequestParser(c)
+    c.parser = parser
+    if not _feed(parser, data) or c.messages != 1 or c.complete != 1:
+        return None
+    body = b"".join(c.body)
+    head_len = len(data) - len(body)
+    if head_len > max_head or len(body) > max_body:
+        return None
+    path, _, query = c.url.partition(b"?")
+    length = -1
+    for name, value in c.headers:
+        if name == b"content-length":
+            length = int(value)
+    fwd, rid, controls = forwarded(c.headers)
+    return (parser.get_method(), path, query, c.headers, body, c.keep_alive, length, fwd, rid,
+            controls)
+
+
+def parse_response(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool] | None:
+    """``(status, headers, body, keep_alive)`` as llhttp reads ``data``, or None."""
+    c = _Collect()
+    parser = httptools.HttpResponseParser(c)
+    c.parser = parser
+    if not _feed(parser, data) or c.messages != 1 or c.complete != 1:
+        return None
+    return parser.get_status_code(), c.headers, b"".join(c.body), c.keep_alive

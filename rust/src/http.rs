@@ -1,0 +1,518 @@
+//! HTTP/1.1 messages that arrive whole, parsed in one call.
+//!
+//! The server and the upstream client parse with `httptools` (llhttp), one
+//! Python callback per piece. Most requests and answers of a busy gateway
+//! arrive in one read, with a `content-length` body and nothing unusual in
+//! them. For those, [`parse_request`] and [`parse_response`] (on `httparse`)
+//! give the same result in one call. They accept a strict subset of what
+//! llhttp accepts, and answer `None` for everything else, which then goes
+//! to llhttp as before, so every error, limit and odd framing keeps one
+//! implementation. `None` means: incomplete, pipelined (more than one
+//! message), HTTP/1.0, chunked or `transfer-encoding` of any kind,
+//! `expect`, an upgrade, duplicate `content-length` or `connection`
+//! headers, a `connection` header other than plain tokens, trailing
+//! whitespace in a header value (llhttp keeps it, httparse trims it), a
+//! bare LF line end, a method llhttp does not know, a request target that
+//! is not an ASCII origin-form path, more than [`MAX_HEADERS`] headers, or a
+//! head or body over the given limits.
+//!
+//! [`forwarded`] is the request header pass (which headers go upstream) and
+//! [`usage`] reads the token counts of a whole JSON answer; both mirror the
+//! pure-Python code they replace (`fastgw/_reference/http.py`).
+
+use memchr::memchr_iter;
+use memchr::memmem;
+
+/// The most headers one message may have to be parsed here.
+pub const MAX_HEADERS: usize = 64;
+
+/// Methods llhttp accepts that the gateway sees (any other goes to llhttp).
+const METHODS: [&[u8]; 7] = [
+    b"POST", b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
+];
+
+/// One header: the name as sent (not lowercased) and the value.
+pub type Header<'a> = (&'a [u8], &'a [u8]);
+
+/// A whole request: head and `content-length` body in one buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// The method, as sent.
+    pub method: &'a [u8],
+    /// The path (before any `?`).
+    pub path: &'a [u8],
+    /// The query (after the first `?`; empty when there is none).
+    pub query: &'a [u8],
+    /// The headers, in order.
+    pub headers: Vec<Header<'a>>,
+    /// The body.
+    pub body: &'a [u8],
+    /// Whether the connection stays open after the answer.
+    pub keep_alive: bool,
+    /// The `content-length` value (-1 when absent).
+    pub content_length: i64,
+}
+
+/// A whole response: head and `content-length` body in one buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response<'a> {
+    /// The status code (200..=599, never 204 or 304).
+    pub status: u16,
+    /// The headers, in order.
+    pub headers: Vec<Header<'a>>,
+    /// The body.
+    pub body: &'a [u8],
+    /// Whether the connection may carry another exchange.
+    pub keep_alive: bool,
+}
+
+/// What the framing headers of one message said.
+struct Framing {
+    content_length: Option<usize>,
+    keep_alive: bool,
+}
+
+/// Checks the framing headers; `None` for anything to leave to llhttp.
+fn framing(headers: &[httparse::Header<'_>], head: &[u8], request: bool) -> Option<Framing> {
+    let mut content_length = None;
+    let mut keep_alive = true;
+    let mut seen_connection = false;
+    let base = head.as_ptr() as usize;
+    for h in headers {
+        let value = h.value;
+        // llhttp keeps trailing whitespace in a value, httparse drops it: the
+        // byte after the value must be the line's CR.
+        let end = value.as_ptr() as usize + value.len() - base;
+        if head.get(end) != Some(&b'\r') {
+            return None;
+        }
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some()
+                || value.is_empty()
+                || value.len() > 15
+                || !value.iter().all(u8::is_ascii_digit)
+            {
+                return None;
+            }
+            content_length = Some(
+                value
+                    .iter()
+                    .fold(0usize, |n, d| n * 10 + usize::from(d - b'0')),
+            );
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || (request && name.eq_ignore_ascii_case(b"expect"))
+        {
+            return None;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if seen_connection {
+                return None;
+            }
+            seen_connection = true;
+            for token in value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(Framing {
+        content_length,
+        keep_alive,
+    })
+}
+
+/// Every LF of the head ends a CRLF (httparse also takes a bare LF).
+fn crlf_only(head: &[u8]) -> bool {
+    memchr_iter(b'\n', head).all(|i| i > 0 && head[i - 1] == b'\r')
+}
+
+fn collect<'a>(headers: &[httparse::Header<'a>]) -> Vec<Header<'a>> {
+    headers
+        .iter()
+        .map(|h| (h.name.as_bytes(), h.value))
+        .collect()
+}
+
+/// `buf` as exactly one whole HTTP/1.1 request, or `None` (see the module).
+#[must_use]
+pub fn parse_request(buf: &[u8], max_head: usize, max_body: usize) -> Option<Request<'_>> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut storage);
+    let Ok(httparse::Status::Complete(head_len)) = req.parse(buf) else {
+        return None;
+    };
+    if head_len > max_head || req.version != Some(1) {
+        return None;
+    }
+    let head = &buf[..head_len];
+    let method = req.method?.as_bytes();
+    let target = req.path?.as_bytes();
+    if !METHODS.contains(&method)
+        || target.first() != Some(&b'/')
+        || !target.iter().all(|&b| (0x21..0x7f).contains(&b))
+        || !crlf_only(head)
+    {
+        return None;
+    }
+    let f = framing(req.headers, head, true)?;
+    let length = f.content_length.unwrap_or(0);
+    if length > max_body || buf.len() - head_len != length {
+        return None;
+    }
+    let (path, query) = match memchr::memchr(b'?', target) {
+        Some(q) => (&target[..q], &target[q + 1..]),
+        None => (target, &b""[..]),
+    };
+    Some(Request {
+        method,
+        path,
+        query,
+        headers: collect(req.headers),
+        body: &buf[head_len..],
+        keep_alive: f.keep_alive,
+        content_length: f
+            .content_length
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+    })
+}
+
+/// `buf` as exactly one whole HTTP/1.1 response with a `content-length`
+/// body, or `None` (see the module).
+#[must_use]
+pub fn parse_response(buf: &[u8]) -> Option<Response<'_>> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut storage);
+    let Ok(httparse::Status::Complete(head_len)) = resp.parse(buf) else {
+        return None;
+    };
+    let status = resp.code?;
+    if resp.version != Some(1) || !(200..600).contains(&status) || status == 204 || status == 304 {
+        return None;
+    }
+    let head = &buf[..head_len];
+    if !crlf_only(head) {
+        return None;
+    }
+    let f = framing(resp.headers, head, false)?;
+    if f.content_length? != buf.len() - head_len {
+        return None;
+    }
+    Some(Response {
+        status,
+        headers: collect(resp.headers),
+        body: &buf[head_len..],
+        keep_alive: f.keep_alive,
+    })
+}
+
+/// Request headers never forwarded upstream (lowercase names): hop-by-hop,
+/// framing, credentials, and what the gateway sets itself.
+pub const DROP_REQUEST: [&[u8]; 25] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authorization",
+    b"proxy-authenticate",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"host",
+    b"content-length",
+    b"content-type",
+    b"expect",
+    b"authorization",
+    b"x-api-key",
+    b"api-key",
+    b"accept-encoding",
+    b"cookie",
+    b"openai-organization",
+    b"openai-project",
+    b"x-request-id",
+    b"x-forwarded-for",
+    b"forwarded",
+    b"x-real-ip",
+    b"anthropic-version",
+];
+
+/// A client `x-request-id` the gateway adopts: 1 to 128 of `A-Za-z0-9._:-`.
+#[must_use]
+pub fn valid_request_id(value: &[u8]) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// What goes upstream of a request's headers (lowercase names).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Forwarded<'a> {
+    /// `name: value\r\n` lines to send upstream.
+    pub block: Vec<u8>,
+    /// The client's `x-request-id`, when usable (the last usable one).
+    pub request_id: Option<&'a [u8]>,
+    /// Whether an `x-fastgw-*` control header is present.
+    pub controls: bool,
+}
+
+/// The request header pass: drops hop-by-hop, framing, credentials, the
+/// headers `connection` names and `x-fastgw-*` controls.
+#[must_use]
+pub fn forwarded<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Forwarded<'a> {
+    let mut out = Forwarded::default();
+    let mut hop: Vec<Vec<u8>> = Vec::new();
+    let mut kept: Vec<(&[u8], &[u8])> = Vec::with_capacity(headers.len());
+    for &(name, value) in headers {
+        if DROP_REQUEST.contains(&name) {
+            if name == b"x-request-id" && valid_request_id(value) {
+                out.request_id = Some(value);
+            } else if name == b"connection" {
+                hop.extend(
+                    value
+                        .split(|&b| b == b',')
+                        .map(|v| trim_py(v).to_ascii_lowercase()),
+                );
+            }
+            continue;
+        }
+        if name.starts_with(b"x-fastgw-") {
+            out.controls = true;
+            continue;
+        }
+        kept.push((name, value));
+    }
+    for (name, value) in kept {
+        if hop.iter().any(|h| h.as_slice() == name) {
+            continue;
+        }
+        out.block.extend_from_slice(name);
+        out.block.extend_from_slice(b": ");
+        out.block.extend_from_slice(value);
+        out.block.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Python's `bytes.strip()`: ASCII whitespace, `\x0b` included.
+fn trim_py(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|&b| !is_space(b)).unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| !is_space(b))
+        .map_or(start, |i| i + 1);
+    &v[start..end]
+}
+
+/// A token count: the digits after `"<key>"`, optional whitespace, `:` and
+/// optional whitespace, for the first of `keys` found at or after `from`.
+/// The digits are returned as text (they may not fit 64 bits).
+fn count_after<'a>(body: &'a [u8], from: usize, keys: [&[u8]; 2]) -> Option<&'a [u8]> {
+    // The earliest match of either key, as one regex alternation would find.
+    let mut best: Option<&[u8]> = None;
+    let mut best_at = usize::MAX;
+    for key in keys {
+        let mut start = from;
+        while let Some(i) = memmem::find(&body[start..], key).map(|i| i + start) {
+            if i >= best_at {
+                break;
+            }
+            let mut j = i + key.len();
+            while j < body.len() && is_space(body[j]) {
+                j += 1;
+            }
+            if body.get(j) == Some(&b':') {
+                j += 1;
+                while j < body.len() && is_space(body[j]) {
+                    j += 1;
+                }
+                let digits = body[j..].iter().take_while(|b| b.is_ascii_digit()).count();
+                if digits > 0 {
+                    best = Some(&body[j..j + digits]);
+                    best_at = i;
+                    break;
+                }
+            }
+            start = i + 1;
+        }
+    }
+    best
+}
+
+/// Python's `\s` on bytes: space, `\t`, `\n`, `\r`, `\x0b`, `\x0c`.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// Prompt and completion token counts, as digit strings (either may be absent).
+pub type Counts<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// `(prompt, completion)` token counts (as digit strings, either may be
+/// absent) after the last `"usage"` key of a whole JSON answer; `None`
+/// without a `"usage"` key or without either count.
+#[must_use]
+pub fn usage(body: &[u8]) -> Option<Counts<'_>> {
+    let at = memmem::rfind(body, b"\"usage\"")?;
+    let prompt = count_after(body, at, [b"\"prompt_tokens\"", b"\"input_tokens\""]);
+    let completion = count_after(body, at, [b"\"completion_tokens\"", b"\"output_tokens\""]);
+    if prompt.is_none() && completion.is_none() {
+        return None;
+    }
+    Some((prompt, completion))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BODY: &[u8] = br#"{"model":"m","messages":[]}"#;
+
+    fn post(extra: &str) -> Vec<u8> {
+        let mut v = format!(
+            "POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: gw\r\n{extra}Content-Length: {}\r\n\r\n",
+            BODY.len()
+        )
+        .into_bytes();
+        v.extend_from_slice(BODY);
+        v
+    }
+
+    #[test]
+    fn whole_request_is_parsed() {
+        let buf = post("Authorization: Bearer k\r\n");
+        let r = parse_request(&buf, 65536, 1 << 20).unwrap();
+        assert_eq!(r.method, b"POST");
+        assert_eq!(r.path, b"/v1/chat/completions");
+        assert_eq!(r.query, b"x=1");
+        assert_eq!(r.body, BODY);
+        assert!(r.keep_alive);
+        assert_eq!(r.content_length, i64::try_from(BODY.len()).unwrap());
+        assert_eq!(r.headers[1], (&b"Authorization"[..], &b"Bearer k"[..]));
+    }
+
+    #[test]
+    fn get_without_body() {
+        let r = parse_request(
+            b"GET /healthz HTTP/1.1\r\nConnection: Close\r\n\r\n",
+            100,
+            0,
+        )
+        .unwrap();
+        assert_eq!(r.body, b"");
+        assert_eq!(r.content_length, -1);
+        assert!(!r.keep_alive);
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_llhttp() {
+        let whole = post("");
+        let cases: Vec<Vec<u8>> = vec![
+            whole[..whole.len() - 1].to_vec(),       // incomplete body
+            [whole.clone(), whole.clone()].concat(), // pipelined
+            whole.replace_first(b"HTTP/1.1", b"HTTP/1.0"),
+            post("Transfer-Encoding: chunked\r\n"),
+            post("Content-Length: 3\r\n"), // duplicate length
+            post("Expect: 100-continue\r\n"),
+            post("Connection: upgrade\r\nUpgrade: h2c\r\n"),
+            post("Connection: close\r\nConnection: close\r\n"),
+            post("X-A: trailing \r\n"),
+            post("X-A: b\n"), // bare LF
+            whole.replace_first(b"POST", b"FOO"),
+            whole.replace_first(b"/v1/chat", b"http://h/v1/chat"),
+            whole.replace_first(b"/v1/chat", b"/v1/\xc3\xa9chat"),
+            post("Content-Length: +5\r\n"),
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            assert!(parse_request(c, 65536, 1 << 20).is_none(), "case {i}");
+        }
+        assert!(
+            parse_request(&whole, 20, 1 << 20).is_none(),
+            "head over the limit"
+        );
+        assert!(
+            parse_request(&whole, 65536, 3).is_none(),
+            "body over the limit"
+        );
+    }
+
+    trait ReplaceFirst {
+        fn replace_first(&self, from: &[u8], to: &[u8]) -> Vec<u8>;
+    }
+
+    impl ReplaceFirst for Vec<u8> {
+        fn replace_first(&self, from: &[u8], to: &[u8]) -> Vec<u8> {
+            let i = memmem::find(self, from).unwrap();
+            [&self[..i], to, &self[i + from.len()..]].concat()
+        }
+    }
+
+    #[test]
+    fn whole_response_is_parsed() {
+        let buf =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        let r = parse_response(buf).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"{}");
+        assert!(r.keep_alive);
+        assert_eq!(r.headers.len(), 2);
+        let close = b"HTTP/1.1 500 x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        assert!(!parse_response(close).unwrap().keep_alive);
+    }
+
+    #[test]
+    fn unusual_responses_are_left_to_llhttp() {
+        for c in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\n\r\n{}", // close-delimited
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n{}", // incomplete
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{}", // extra bytes
+        ] {
+            assert!(
+                parse_response(c).is_none(),
+                "{}",
+                String::from_utf8_lossy(c)
+            );
+        }
+    }
+
+    #[test]
+    fn forwarded_drops_what_must_not_go_upstream() {
+        let h: Vec<(&[u8], &[u8])> = vec![
+            (b"host", b"gw"),
+            (b"authorization", b"Bearer k"),
+            (b"x-request-id", b"abc-1"),
+            (b"connection", b"X-Hop, keep-alive"),
+            (b"x-hop", b"1"),
+            (b"x-fastgw-only", b"a"),
+            (b"user-agent", b"t"),
+        ];
+        let f = forwarded(&h);
+        assert_eq!(f.block, b"user-agent: t\r\n");
+        assert_eq!(f.request_id, Some(&b"abc-1"[..]));
+        assert!(f.controls);
+        assert!(!valid_request_id(b"a b"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn usage_counts() {
+        let b = br#"{"x":{"usage":1},"usage": {"prompt_tokens" : 12, "completion_tokens":3}}"#;
+        assert_eq!(usage(b), Some((Some(&b"12"[..]), Some(&b"3"[..]))));
+        assert_eq!(
+            usage(br#"{"usage":{"input_tokens":5}}"#),
+            Some((Some(&b"5"[..]), None))
+        );
+        assert_eq!(usage(br#"{"usage":{}}"#), None);
+        assert_eq!(usage(b"{}"), None);
+        // The first count after "usage" wins, whichever key spells it.
+        let both = br#"{"usage":{"input_tokens":1,"prompt_tokens":2}}"#;
+        assert_eq!(usage(both), Some((Some(&b"1"[..]), None)));
+    }
+}

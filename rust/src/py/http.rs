@@ -1,0 +1,187 @@
+//! `parse_request`, `parse_response`, `forwarded`, `usage`: whole HTTP/1.1
+//! messages in one call (see `crate::http`).
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use crate::http as core;
+
+/// Header names common enough to be shared objects rather than new bytes
+/// per request (lowercase).
+const COMMON_NAMES: [&[u8]; 20] = [
+    b"host",
+    b"content-type",
+    b"content-length",
+    b"authorization",
+    b"user-agent",
+    b"accept",
+    b"accept-encoding",
+    b"connection",
+    b"x-api-key",
+    b"x-request-id",
+    b"date",
+    b"server",
+    b"openai-processing-ms",
+    b"openai-version",
+    b"x-stainless-lang",
+    b"x-stainless-os",
+    b"x-stainless-arch",
+    b"x-stainless-runtime",
+    b"x-stainless-package-version",
+    b"x-stainless-retry-count",
+];
+
+static NAMES: PyOnceLock<Vec<Py<PyBytes>>> = PyOnceLock::new();
+static METHODS: PyOnceLock<Vec<Py<PyBytes>>> = PyOnceLock::new();
+const METHOD_NAMES: [&[u8]; 2] = [b"POST", b"GET"];
+
+fn cached<'py>(
+    py: Python<'py>,
+    cell: &PyOnceLock<Vec<Py<PyBytes>>>,
+    table: &[&[u8]],
+    value: &[u8],
+) -> Bound<'py, PyBytes> {
+    let objects = cell.get_or_init(py, || {
+        table.iter().map(|n| PyBytes::new(py, n).unbind()).collect()
+    });
+    for (name, obj) in table.iter().zip(objects) {
+        if *name == value {
+            return obj.bind(py).clone();
+        }
+    }
+    PyBytes::new(py, value)
+}
+
+/// Lowercase names (shared objects for common ones) and values, as the
+/// server's header list holds them.
+fn header_list<'py>(
+    py: Python<'py>,
+    headers: &[core::Header<'_>],
+    lower: &mut Vec<Vec<u8>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for &(name, value) in headers {
+        let low = name.to_ascii_lowercase();
+        let obj = cached(py, &NAMES, &COMMON_NAMES, &low);
+        list.append((obj, PyBytes::new(py, value)))?;
+        lower.push(low);
+    }
+    Ok(list)
+}
+
+/// One whole request, or None (leave it to llhttp). The tuple:
+/// `(method, path, query, headers, body, keep_alive, content_length,
+/// forwarded_block, request_id, controls)`; header names are lowercase,
+/// `content_length` is -1 when absent, and the last three are
+/// [`forwarded`]'s answer for these headers.
+#[pyfunction]
+#[pyo3(signature = (data, max_head, max_body, /))]
+pub(crate) fn parse_request<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+    max_head: usize,
+    max_body: usize,
+) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    let Some(r) = core::parse_request(data.as_bytes(), max_head, max_body) else {
+        return Ok(None);
+    };
+    let mut lower = Vec::with_capacity(r.headers.len());
+    let headers = header_list(py, &r.headers, &mut lower)?;
+    let pairs: Vec<(&[u8], &[u8])> = lower
+        .iter()
+        .zip(&r.headers)
+        .map(|(n, &(_, v))| (n.as_slice(), v))
+        .collect();
+    let fwd = core::forwarded(&pairs);
+    let tuple = PyTuple::new(
+        py,
+        [
+            cached(py, &METHODS, &METHOD_NAMES, r.method).into_any(),
+            PyBytes::new(py, r.path).into_any(),
+            PyBytes::new(py, r.query).into_any(),
+            headers.into_any(),
+            PyBytes::new(py, r.body).into_any(),
+            r.keep_alive.into_pyobject(py)?.to_owned().into_any(),
+            r.content_length.into_pyobject(py)?.into_any(),
+            PyBytes::new(py, &fwd.block).into_any(),
+            match fwd.request_id {
+                Some(id) => PyBytes::new(py, id).into_any(),
+                None => py.None().into_bound(py),
+            },
+            fwd.controls.into_pyobject(py)?.to_owned().into_any(),
+        ],
+    )?;
+    Ok(Some(tuple))
+}
+
+/// `(status, headers, body, keep_alive)`.
+type WholeResponse<'py> = (u16, Bound<'py, PyList>, Bound<'py, PyBytes>, bool);
+
+/// One whole response with a `content-length` body, or None (leave it to
+/// llhttp): `(status, headers, body, keep_alive)`, header names lowercase.
+#[pyfunction]
+#[pyo3(signature = (data, /))]
+pub(crate) fn parse_response<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+) -> PyResult<Option<WholeResponse<'py>>> {
+    let Some(r) = core::parse_response(data.as_bytes()) else {
+        return Ok(None);
+    };
+    let mut lower = Vec::with_capacity(r.headers.len());
+    let headers = header_list(py, &r.headers, &mut lower)?;
+    Ok(Some((
+        r.status,
+        headers,
+        PyBytes::new(py, r.body),
+        r.keep_alive,
+    )))
+}
+
+/// `(block, request_id, controls)`: the request header pass over lowercase
+/// `(name, value)` pairs (what `parse_request` returns for its headers).
+#[pyfunction]
+#[pyo3(signature = (headers, /))]
+#[allow(clippy::needless_pass_by_value)] // PyO3 extracts arguments by value
+pub(crate) fn forwarded(
+    py: Python<'_>,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+) -> (Bound<'_, PyBytes>, Option<Bound<'_, PyBytes>>, bool) {
+    let pairs: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(n, v)| (n.as_slice(), v.as_slice()))
+        .collect();
+    let f = core::forwarded(&pairs);
+    (
+        PyBytes::new(py, &f.block),
+        f.request_id.map(|id| PyBytes::new(py, id)),
+        f.controls,
+    )
+}
+
+fn count<'py>(py: Python<'py>, digits: Option<&[u8]>) -> PyResult<Bound<'py, PyAny>> {
+    let Some(d) = digits else {
+        return Ok(0u64.into_pyobject(py)?.into_any());
+    };
+    if d.len() <= 19 {
+        let n = d.iter().fold(0u64, |n, &b| n * 10 + u64::from(b - b'0'));
+        return Ok(n.into_pyobject(py)?.into_any());
+    }
+    // Too long for 64 bits: Python's int reads it.
+    py.get_type::<pyo3::types::PyInt>()
+        .call1((PyBytes::new(py, d),))
+}
+
+/// `(prompt_tokens, completion_tokens)` after the last `"usage"` key of a
+/// whole JSON answer (0 for a count that is absent), or None.
+#[pyfunction]
+#[pyo3(signature = (body, /))]
+pub(crate) fn usage<'py>(
+    py: Python<'py>,
+    body: &[u8],
+) -> PyResult<Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)>> {
+    let Some((p, c)) = core::usage(body) else {
+        return Ok(None);
+    };
+    Ok(Some((count(py, p)?, count(py, c)?)))
+}

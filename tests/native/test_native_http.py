@@ -1,0 +1,248 @@
+"""The native whole-message parsers read what llhttp reads (or leave the bytes
+to it), and the header pass and usage reader give the reference's answers."""
+
+from __future__ import annotations
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from fastgw import _native as native
+from fastgw._reference import http as ref
+
+MAX_HEAD = 65536
+MAX_BODY = 1 << 20
+
+_NAMES = [b"Host", b"Content-Type", b"Authorization", b"User-Agent", b"Accept",
+          b"X-Request-Id", b"Connection", b"Keep-Alive", b"X-Fastgw-Only", b"Cookie",
+          b"X-Hop", b"x-custom", b"Expect", b"Transfer-Encoding", b"Upgrade", b"Te",
+          b"Content-Length", b"Bad Name", b"Bad:Name", b"\xc3\xa9"]
+_VALUE_CHARS = st.sampled_from([b"a", b"Z", b"0", b" ", b"\t", b"-", b",", b":", b"\xc3",
+                                b"\xa9", b"close", b"keep-alive", b"x-hop", b"upgrade",
+                                b"chunked", b"100-continue", b"\x0b", b"\x7f", b"\x00",
+                                b"req_1.2", b"Bearer k"])
+_value = st.lists(_VALUE_CHARS, max_size=6).map(b"".join)
+_header = st.tuples(st.sampled_from(_NAMES), _value)
+_PLAIN_NAMES = [b"Host", b"Content-Type", b"Authorization", b"User-Agent", b"Accept",
+                b"X-Request-Id", b"x-custom", b"X-Stainless-Lang", b"Accept-Encoding"]
+
+_ODDITIES = ["method", "path", "version", "name", "value", "connection", "framing", "length",
+             "eol", "cut", "pipelined"]
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    """Plain requests, each with zero, one or two of the oddities the native
+    parser must either read exactly as llhttp does or leave to it."""
+    odd = draw(st.lists(st.sampled_from(_ODDITIES), max_size=2))
+    method = b"POST"
+    if "method" in odd:
+        method = draw(st.sampled_from([b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
+                                       b"FOO", b"post", b"CONNECT", b"PRI"]))
+    path = b"/v1/chat/completions" + draw(st.sampled_from([b"", b"?a=1", b"?a=%20&b"]))
+    if "path" in odd:
+        path = draw(st.sampled_from([b"http://h/x", b"*", b"/\xc3\xa9", b"/a b", b"/a#f",
+                                     b"/a?\xc3", b"/~x", b"//x", b"/a\x7f"]))
+    version = b"HTTP/1.1"
+    if "version" in odd:
+        version = draw(st.sampled_from([b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.2", b"http/1.1"]))
+    headers = draw(st.lists(st.tuples(st.sampled_from(_PLAIN_NAMES),
+                                      st.text("abcXYZ019-_./:;=", max_size=12)
+                                      .map(str.encode)), max_size=5))
+    if "name" in odd:
+        headers.append((draw(st.sampled_from(_NAMES)), b"v"))
+    if "value" in odd:
+        headers.append((b"X-A", draw(_value)))
+    if "connection" in odd:
+        headers += draw(st.sampled_from([
+            [(b"Connection", b"close")], [(b"Connection", b"keep-alive")],
+            [(b"Connection", b"Upgrade"), (b"Upgrade", b"h2c")], [(b"Connection", b"x, close")],
+            [(b"Connection", b"close"), (b"Connection", b"keep-alive")],
+            [(b"Connection", b"x-hop"), (b"X-Hop", b"1")], [(b"Connection", b" CLOSE ")]]))
+    if "framing" in odd:
+        headers += draw(st.sampled_from([
+            [(b"Transfer-Encoding", b"chunked")], [(b"Expect", b"100-continue")],
+            [(b"Upgrade", b"websocket")], [(b"Transfer-Encoding", b"gzip")]]))
+    body = draw(st.binary(max_size=40))
+    length = draw(st.sampled_from(["none", "short", "long", "twice", "leading-zero", "plus",
+                                   "space"])) if "length" in odd else "right"
+    if length == "right" or (length == "none" and body):
+        headers.append((b"Content-Length", b"%d" % len(body)))
+    if length == "none":
+        body = b""
+    elif length == "short" and body:
+        headers.append((b"Content-Length", b"%d" % (len(body) - 1)))
+    elif length == "long":
+        headers.append((b"Content-Length", b"%d" % (len(body) + 1)))
+    elif length == "twice":
+        headers += [(b"Content-Length", b"%d" % len(body))] * 2
+    elif length == "leading-zero":
+        headers.append((b"Content-Length", b"0%d" % len(body)))
+    elif length == "plus":
+        headers.append((b"Content-Length", b"+%d" % len(body)))
+    elif length == "space":
+        headers.append((b"Content-Length", b"%d " % len(body)))
+    headers = list(draw(st.permutations(headers)))
+    lines = [method + b" " + path + b" " + version] + [n + b": " + v for n, v in headers] + [b""]
+    ends = [b"\r\n"] * len(lines)
+    if "eol" in odd:
+        ends[draw(st.integers(0, len(ends) - 1))] = draw(st.sampled_from([b"\n", b"\r", b"\n\r"]))
+    data = b"".join(line + end for line, end in zip(lines, ends, strict=True)) + body
+    if "cut" in odd:
+        data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
+    if "pipelined" in odd:
+        data += data
+    return data
+
+
+@settings(max_examples=1500, deadline=None)
+@given(requests())
+@example(b"POST /v1/chat/completions HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
+@example(b"POST /a HTTP/1.1\r\nX-A: trailing \r\nContent-Length: 0\r\n\r\n")
+@example(b"GET /a HTTP/1.1\r\nConnection: close, upgrade\r\n\r\n")
+@example(b"GET /a HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n")
+def test_a_request_parsed_whole_is_what_llhttp_reads(data: bytes) -> None:
+    got = native.parse_request(data, MAX_HEAD, MAX_BODY)
+    if got is not None:
+        assert got == ref.parse_request(data, MAX_HEAD, MAX_BODY)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=st.sampled_from([b"POST", b"GET"]),
+    query=st.sampled_from([b"", b"?a=1", b"?a=1&b=%20"]),
+    headers=st.lists(st.tuples(st.sampled_from(_PLAIN_NAMES),
+                               st.text("abcXYZ019-_./ :;=", max_size=20)
+                               .map(lambda t: t.strip().encode())), max_size=8),
+    body=st.binary(max_size=200),
+    close=st.booleans(),
+)
+def test_plain_requests_are_parsed_natively(method: bytes, query: bytes,
+                                            headers: list[tuple[bytes, bytes]], body: bytes,
+                                            close: bool) -> None:
+    """What clients send every time is never left to llhttp (it would be correct,
+    but slow)."""
+    head = b"%s /v1/chat/completions%s HTTP/1.1\r\n" % (method, query)
+    if close:
+        headers = [*headers, (b"Connection", b"close")]
+    head += b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+    data = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    got = native.parse_request(data, MAX_HEAD, MAX_BODY)
+    assert got is not None
+    assert got == ref.parse_request(data, MAX_HEAD, MAX_BODY)
+    assert got[5] is (not close)
+    assert got[4] == body
+
+
+def test_limits_leave_the_request_to_llhttp() -> None:
+    data = b"POST /a HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd"
+    assert native.parse_request(data, len(data) - 4, 4) is not None
+    assert native.parse_request(data, len(data) - 5, 4) is None  # head too large
+    assert native.parse_request(data, MAX_HEAD, 3) is None  # body too large
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> bytes:
+    """Plain answers, each with zero, one or two oddities."""
+    odd = draw(st.lists(st.sampled_from(["status", "version", "name", "value", "connection",
+                                         "framing", "length", "eol", "cut", "extra"]),
+                        max_size=2))
+    status = draw(st.sampled_from([200, 201, 400, 429, 500, 503]))
+    if "status" in odd:
+        status = draw(st.sampled_from([100, 101, 103, 204, 304, 199, 600, 999]))
+    version = b"HTTP/1.0" if "version" in odd else b"HTTP/1.1"
+    reason = draw(st.sampled_from([b"OK", b"", b"Too Many Requests", b"x\ty"]))
+    headers = draw(st.lists(st.tuples(st.sampled_from([b"content-type", b"openai-version",
+                                                       b"x-request-id", b"date", b"Server"]),
+                                      st.text("abcXYZ019-_./:;= ", max_size=12)
+                                      .map(lambda t: t.strip().encode())), max_size=5))
+    if "name" in odd:
+        headers.append((draw(st.sampled_from(_NAMES)), b"v"))
+    if "value" in odd:
+        headers.append((b"x-a", draw(_value)))
+    if "connection" in odd:
+        headers.append((b"connection", draw(st.sampled_from([b"close", b"keep-alive",
+                                                             b"upgrade", b"x, Close"]))))
+    if "framing" in odd:
+        headers.append(draw(st.sampled_from([(b"transfer-encoding", b"chunked"),
+                                             (b"upgrade", b"h2c")])))
+    body = draw(st.binary(max_size=40))
+    length = draw(st.sampled_from(["none", "short", "twice", "space"])) if "length" in odd \
+        else "right"
+    if length == "right":
+        headers.append((b"content-length", b"%d" % len(body)))
+    elif length == "short" and body:
+        headers.append((b"content-length", b"%d" % (len(body) - 1)))
+    elif length == "twice":
+        headers += [(b"content-length", b"%d" % len(body))] * 2
+    elif length == "space":
+        headers.append((b"content-length", b" %d " % len(body)))
+    lines = [b"%s %d %s" % (version, status, reason)] + [n + b": " + v for n, v in headers]
+    lines.append(b"")
+    ends = [b"\r\n"] * len(lines)
+    if "eol" in odd:
+        ends[draw(st.integers(0, len(ends) - 1))] = b"\n"
+    data = b"".join(line + end for line, end in zip(lines, ends, strict=True)) + body
+    if "cut" in odd:
+        data = data[: draw(st.integers(0, max(0, len(data) - 1)))]
+    if "extra" in odd:
+        data += b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    return data
+
+
+@settings(max_examples=1000, deadline=None)
+@given(responses())
+@example(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+def test_a_response_parsed_whole_is_what_llhttp_reads(data: bytes) -> None:
+    got = native.parse_response(data)
+    if got is not None:
+        assert got == ref.parse_response(data)
+
+
+def test_a_plain_answer_is_parsed_natively() -> None:
+    body = b'{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":5}}'
+    data = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nopenai-version: 1\r\n"
+            b"content-length: %d\r\n\r\n" % len(body) + body)
+    got = native.parse_response(data)
+    assert got == (200, [(b"content-type", b"application/json"), (b"openai-version", b"1"),
+                         (b"content-length", b"%d" % len(body))], body, True)
+    assert got == ref.parse_response(data)
+
+
+_FWD_NAMES = [b"host", b"authorization", b"x-request-id", b"connection", b"keep-alive",
+              b"x-hop", b"x-other", b"x-fastgw-only", b"x-fastgw-order", b"user-agent",
+              b"te", b"cookie", b"accept"]
+_FWD_VALUES = st.lists(st.sampled_from([b"a", b" ", b"\t", b",", b"x-hop", b"X-Other", b"\x0b",
+                                        b"keep-alive", b"req-1", b"!", b"\xc3"]),
+                       max_size=5).map(b"".join)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_FWD_NAMES), _FWD_VALUES), max_size=8))
+def test_forwarded_matches_the_reference(headers: list[tuple[bytes, bytes]]) -> None:
+    assert native.forwarded(headers) == ref.forwarded(headers)
+
+
+def test_forwarded_drops_hop_by_hop_credentials_and_controls() -> None:
+    block, rid, controls = native.forwarded([
+        (b"host", b"gw"), (b"authorization", b"Bearer sk-secret"), (b"x-api-key", b"k"),
+        (b"connection", b"X-Hop"), (b"x-hop", b"1"), (b"x-fastgw-only", b"a"),
+        (b"x-request-id", b"bad id"), (b"user-agent", b"t"),
+    ])
+    assert block == b"user-agent: t\r\n"
+    assert rid is None  # not a usable id: the gateway makes its own
+    assert controls is True
+
+
+_USAGE_PARTS = st.sampled_from([
+    b'"usage"', b":", b" ", b"\n", b"{", b"}", b",", b'"prompt_tokens"', b'"input_tokens"',
+    b'"completion_tokens"', b'"output_tokens"', b"12", b"0", b"99999999999999999999999", b'"x"',
+    b"-1", b"null",
+])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_USAGE_PARTS, max_size=20).map(b"".join))
+@example(b'{"usage":{"prompt_tokens": 12, "completion_tokens" :\t3}}')
+@example(b'{"usage":{"input_tokens":1,"prompt_tokens":2}}')
+def test_usage_matches_the_reference(body: bytes) -> None:
+    assert native.usage(body) == ref.usage(body)
