@@ -144,6 +144,45 @@ def test_pipelined_requests_are_answered_in_request_order(gw: Gateway) -> None:
     assert orjson.loads(got[3].body)["object"] == "chat.completion"
 
 
+def test_whole_and_split_requests_alternate_on_one_connection(gw: Gateway) -> None:
+    """A request in one read is parsed natively, one in pieces by llhttp: on one
+    connection, in any order, each is read exactly (what reaches the upstream
+    shows it), including a piece that ends a request and begins the next."""
+    def echo(i: int) -> bytes:
+        return chat_request({"x-request-id": f"r{i}", "x-mock-echo": "1", "x-tag": f"t{i}"},
+                            user=f"u{i}")
+
+    with connect(gw.port) as s:
+        reader = Reader(s)
+        got = []
+        s.sendall(echo(0))  # whole
+        got.append(reader.next())
+        raw = echo(1)
+        for piece in (raw[:17], raw[17:len(raw) // 2], raw[len(raw) // 2:]):  # in pieces
+            s.sendall(piece)
+            time.sleep(0.05)
+        got.append(reader.next())
+        s.sendall(echo(2))  # whole again
+        got.append(reader.next())
+        nxt = echo(4)
+        s.sendall(echo(3) + nxt[:20])  # one whole request and the start of another
+        got.append(reader.next())
+        time.sleep(0.05)
+        s.sendall(nxt[20:])
+        got.append(reader.next())
+        s.sendall(echo(5))
+        got.append(reader.next())
+    assert [r.status for r in got] == [200] * 6
+    for i, r in enumerate(got):
+        assert r.headers["x-request-id"] == f"r{i}"
+        echoed = orjson.loads(r.body)["echo"]
+        assert echoed["headers"]["x-tag"] == f"t{i}"
+        assert echoed["headers"]["x-request-id"] == f"r{i}"
+        assert "x-mock-echo" in echoed["headers"]
+        assert echoed["body"]["user"] == f"u{i}"
+    assert upstream_requests(gw) == 6
+
+
 def test_pipeline_longer_than_the_queue_limit_is_answered_completely_in_order(
         gw: Gateway) -> None:
     n = 60  # well past the queue size at which the server stops reading
