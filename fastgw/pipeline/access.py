@@ -91,7 +91,7 @@ class Access:
     no limits."""
 
     __slots__ = ("_anonymous", "_backend", "_ip", "_jwt", "_keys", "_open", "_rules",
-                 "_token_principals", "_trust_xff")
+                 "_token_principals", "_trust_xff", "passthrough", "sync")
 
     def __init__(self, *, keys: KeyStore | None = None, jwt: JwtAuth | None = None,
                  ip: IpRules | None = None, rules: Rules | None = None,
@@ -107,6 +107,11 @@ class Access:
         self._backend = backend
         self._anonymous = Principal("anonymous", None, ModelGlobs(("*",)))
         self._token_principals: dict[tuple[str, str | None, tuple[str, ...]], Principal] = {}
+        # True when admission never waits (no Redis): authenticate_now (which may
+        # still ask to wait, for a JWKS fetch) and admit_now.
+        self.sync = not isinstance(backend, RedisLimiter)
+        # True when every phase is a no-op (open, no IP rules, no limits).
+        self.passthrough = self._open and ip is None and rules is None
 
     @property
     def open(self) -> bool:
@@ -118,12 +123,6 @@ class Access:
         return self._backend
 
     # -- phases --------------------------------------------------------------------------
-
-    @property
-    def sync(self) -> bool:
-        """True when admission never waits (no Redis): :meth:`authenticate_now`
-        (which may still ask to wait, for a JWKS fetch) and :meth:`admit_now`."""
-        return not isinstance(self._backend, RedisLimiter)
 
     async def authenticate(self, ctx: RequestCtx) -> None:
         """Identify the caller (API key, JWT) and apply IP rules; raise 401/403."""

@@ -82,7 +82,7 @@ _DEFAULT_COMPLETION_TOKENS = 256  # quota estimate when the request sets no max_
 
 
 class Proxy:
-    __slots__ = ("_rng", "access", "access_log", "forwarder", "loop", "recorder")
+    __slots__ = ("_lost", "_rng", "access", "access_log", "forwarder", "loop", "recorder")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, recorder: Recorder,
                  access_log: AccessLog, access: Access | None = None) -> None:
@@ -92,6 +92,7 @@ class Proxy:
         self.access = access if access is not None else Access()
         self.forwarder = Forwarder(loop, recorder)
         self._rng = random.Random()
+        self._lost = self._on_lost  # bound once, not per request
 
     def run(self, cycle: Cycle, snapshot: Snapshot,
             endpoint: str) -> Coroutine[Any, Any, None] | None:
@@ -104,14 +105,19 @@ class Proxy:
         self.recorder.inflight += 1
         snapshot.retry_budget.requests += 1
         cycle.owner = ctx
-        cycle.on_lost = self._on_lost
+        cycle.on_lost = self._lost
         access = self.access
         try:
             self.request_filter(ctx)
-            if not access.sync or not access.authenticate_now(ctx):
-                return self._proceed(ctx, fwd, has_controls, None, None)
-            controls = self.route_phase(ctx, has_controls)
-            access.admit_now(ctx)
+            if access.passthrough:  # open: no credentials, IP rules nor limits
+                self.find_route(ctx)
+                controls = (read_controls(ctx) if has_controls or "fastgw" in ctx.doc
+                            else NO_CONTROLS)
+            else:
+                if not access.sync or not access.authenticate_now(ctx):
+                    return self._proceed(ctx, fwd, has_controls, None, None)
+                controls = self.route_phase(ctx, has_controls)
+                access.admit_now(ctx)
             begun = None
             if not ctx.stream and controls is NO_CONTROLS:
                 begun = self._direct(ctx, fwd)

@@ -21,7 +21,8 @@
 //! pure-Python code they replace (`fastgw/_reference/http.py`).
 
 use memchr::memchr_iter;
-use memchr::memmem;
+use memchr::memmem::{Finder, FinderRev};
+use std::sync::LazyLock;
 
 /// The most headers one message may have to be parsed here.
 pub const MAX_HEADERS: usize = 64;
@@ -308,20 +309,39 @@ fn trim_py(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
+/// The searchers of [`usage`], built once.
+struct UsageKeys {
+    usage: FinderRev<'static>,
+    prompt: [Finder<'static>; 2],
+    completion: [Finder<'static>; 2],
+}
+
+static USAGE_KEYS: LazyLock<UsageKeys> = LazyLock::new(|| UsageKeys {
+    usage: FinderRev::new(b"\"usage\""),
+    prompt: [
+        Finder::new(b"\"prompt_tokens\""),
+        Finder::new(b"\"input_tokens\""),
+    ],
+    completion: [
+        Finder::new(b"\"completion_tokens\""),
+        Finder::new(b"\"output_tokens\""),
+    ],
+});
+
 /// A token count: the digits after `"<key>"`, optional whitespace, `:` and
 /// optional whitespace, for the first of `keys` found at or after `from`.
 /// The digits are returned as text (they may not fit 64 bits).
-fn count_after<'a>(body: &'a [u8], from: usize, keys: [&[u8]; 2]) -> Option<&'a [u8]> {
+fn count_after<'a>(body: &'a [u8], from: usize, keys: &[Finder<'static>; 2]) -> Option<&'a [u8]> {
     // The earliest match of either key, as one regex alternation would find.
     let mut best: Option<&[u8]> = None;
     let mut best_at = usize::MAX;
     for key in keys {
         let mut start = from;
-        while let Some(i) = memmem::find(&body[start..], key).map(|i| i + start) {
+        while let Some(i) = key.find(&body[start..]).map(|i| i + start) {
             if i >= best_at {
                 break;
             }
-            let mut j = i + key.len();
+            let mut j = i + key.needle().len();
             while j < body.len() && is_space(body[j]) {
                 j += 1;
             }
@@ -356,9 +376,10 @@ pub type Counts<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 /// without a `"usage"` key or without either count.
 #[must_use]
 pub fn usage(body: &[u8]) -> Option<Counts<'_>> {
-    let at = memmem::rfind(body, b"\"usage\"")?;
-    let prompt = count_after(body, at, [b"\"prompt_tokens\"", b"\"input_tokens\""]);
-    let completion = count_after(body, at, [b"\"completion_tokens\"", b"\"output_tokens\""]);
+    let keys = &*USAGE_KEYS;
+    let at = keys.usage.rfind(body)?;
+    let prompt = count_after(body, at, &keys.prompt);
+    let completion = count_after(body, at, &keys.completion);
     if prompt.is_none() && completion.is_none() {
         return None;
     }
@@ -445,7 +466,7 @@ mod tests {
 
     impl ReplaceFirst for Vec<u8> {
         fn replace_first(&self, from: &[u8], to: &[u8]) -> Vec<u8> {
-            let i = memmem::find(self, from).unwrap();
+            let i = memchr::memmem::find(self, from).unwrap();
             [&self[..i], to, &self[i + from.len()..]].concat()
         }
     }
