@@ -82,7 +82,8 @@ _DEFAULT_COMPLETION_TOKENS = 256  # quota estimate when the request sets no max_
 
 
 class Proxy:
-    __slots__ = ("_lost", "_rng", "access", "access_log", "forwarder", "loop", "recorder")
+    __slots__ = ("_done", "_lost", "_rng", "access", "access_log", "forwarder", "loop",
+                 "recorder")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, recorder: Recorder,
                  access_log: AccessLog, access: Access | None = None) -> None:
@@ -93,6 +94,7 @@ class Proxy:
         self.forwarder = Forwarder(loop, recorder)
         self._rng = random.Random()
         self._lost = self._on_lost  # bound once, not per request
+        self._done = self._direct_done
 
     def run(self, cycle: Cycle, snapshot: Snapshot,
             endpoint: str) -> Coroutine[Any, Any, None] | None:
@@ -165,7 +167,8 @@ class Proxy:
         ctx.begun = None
         ctx.snapshot.retry_budget.requests -= 1
         self.recorder.inflight -= 1
-        self.access.settle(ctx)
+        if ctx.grant is not None:
+            self.access.settle(ctx)
         self.logging(ctx)
 
     def _on_lost(self, cycle: Cycle) -> None:
@@ -198,7 +201,9 @@ class Proxy:
         route = ctx.route
         assert route is not None and route.balancer is not None
         now = self.loop.time()
-        begun = Begun(self._order(ctx, route, NO_CONTROLS), fwd)
+        spec = route.cfg.hash_key
+        # The balancer's order (apply_order leaves it as it is without controls).
+        begun = Begun(route.balancer.order(None if spec is None else hash_key(ctx, spec)), fwd)
         if not begun.order:
             return begun
         idx = begun.order[0]
@@ -221,8 +226,8 @@ class Proxy:
         request = begun.request = self.upstream_request(ctx, target, fwd)
         begun.sent = perf_counter()
         timeouts = provider.timeouts
-        conn.send(request, timeouts.first_byte_s, timeouts.idle_s, timeouts.total_s)
-        conn.on_done(self._direct_done, ctx)
+        conn.send(request, timeouts.first_byte_s, timeouts.idle_s, timeouts.total_s,
+                  self._done, ctx)
         return None
 
     def _direct_done(self, ctx: RequestCtx) -> None:

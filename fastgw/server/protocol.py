@@ -182,7 +182,8 @@ class Cycle:
                 + b"content-length: %d\r\n\r\n" % len(body)
                 + (b"" if self.method == b"HEAD" else body)
             )
-        self._finish()
+        self.finished = True
+        self._proto.response_done(self)
 
     def send_error(self, exc: GatewayError, header_block: bytes | None = None) -> None:
         if header_block is None:

@@ -156,7 +156,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         if body:
             self._body.append(body)
-        self._message_complete()
+        if self._head_waiter is None and self._done_waiter is None:
+            self._state = _DONE  # what _message_complete does, with no one waiting
+        else:
+            self._message_complete()
         if self._sink is not None:
             self._deliver()
         if self._on_done is not None:
@@ -245,22 +248,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- exchange API -------------------------------------------------------------------
 
-    def send(self, data: bytes, first_byte_s: float, idle_s: float, total_s: float) -> None:
-        """Write a request and start the response clock. The connection must be idle;
-        one the upstream closed meanwhile fails the exchange at once."""
+    def send(self, data: bytes, first_byte_s: float, idle_s: float, total_s: float,
+             on_done: Callable[[Any], None] | None = None, arg: Any = None) -> None:
+        """Write a request and start the response clock. The connection must be idle
+        (new, or recycled); one the upstream closed meanwhile fails the exchange
+        at once. ``on_done``: as :meth:`on_done`, set before anything can end."""
         assert self._state == _IDLE
         self.exchanges += 1
         self._state = _WAIT_HEAD
         self.status = 0
         self.headers = []
-        self._body = []
-        self._sink = None
-        self._sink_each = False
         self.received_any = False
         self.error = None
-        self._head_waiter = None
-        self._done_waiter = None
-        self._on_done = None
+        if on_done is not None:
+            self._on_done = on_done
+            self._on_done_arg = arg
         now = self.loop.time()
         self._deadline_first = now + first_byte_s
         self._deadline_total = now + total_s
@@ -274,7 +276,9 @@ class UpstreamConnection(asyncio.Protocol):
         # One timer serves every deadline (first byte, idle, total): armed no later
         # than the earliest of them, re-armed lazily when it fires early. A timer
         # left from a previous exchange is usually earlier already: no timer call.
-        self._arm(now + min(first_byte_s, idle_s, total_s))
+        when = now + min(first_byte_s, idle_s, total_s)
+        if self._timer is None or self._timer_when > when:
+            self._arm(when)
         transport.write(data)
 
     def waiter(self, whole: bool) -> asyncio.Future[None] | None:
@@ -374,8 +378,10 @@ class UpstreamConnection(asyncio.Protocol):
         return (self._state == _DONE and self.keep_alive and not self.closed
                 and self.transport is not None and not self.transport.is_closing())
 
-    def reset(self) -> None:
-        """Back to idle after a completed exchange (before returning to the pool)."""
+    def recycle(self) -> bool:
+        """When :meth:`reusable`: back to idle (before returning to the pool), True."""
+        if not self.reusable():
+            return False
         self._state = _IDLE
         self._sink = None
         self._sink_each = False
@@ -384,6 +390,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._done_waiter = None
         self._on_done = None
         self._on_done_arg = None
+        return True
 
     def abort(self) -> None:
         """Close now (cancel, timeout, error): never reused. Anyone waiting on the

@@ -155,8 +155,7 @@ class Pool:
 
     def release(self, conn: UpstreamConnection, reuse: bool) -> None:
         """Return a connection after an exchange; it is closed unless reusable."""
-        if reuse and conn.reusable():
-            conn.reset()
+        if reuse and conn.recycle():
             self._keep(conn)
             return
         self._discard(conn)
