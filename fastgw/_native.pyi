@@ -16,6 +16,7 @@ __all__ = [
     "BadAudienceError",
     "BadIssuerError",
     "BadSignatureError",
+    "ChunkedDecoder",
     "ExpiredTokenError",
     "HashRing",
     "JwtError",
@@ -326,10 +327,25 @@ def parse_request(
     (incomplete, pipelined, HTTP/1.0, chunked, ``expect``, upgrade, duplicate
     framing headers, over the limits...): leave it to llhttp."""
 
-def parse_response(data: bytes, /) -> tuple[int, Headers, bytes, bool] | None:
-    """``data`` as exactly one whole HTTP/1.1 response with a ``content-length``
-    body: ``(status, headers, body, keep_alive)``, names lowercase; None otherwise
-    (leave it to llhttp)."""
+def parse_response(data: bytes, /) -> tuple[int, Headers, bool, int, bytes | None] | None:
+    """The head of an HTTP/1.1 response at the start of ``data``: ``(status, headers,
+    keep_alive, head_len, body)``, names lowercase. ``body`` is the whole body of a
+    ``content-length`` answer (``data`` must hold exactly head and body), None for a
+    chunked one (read ``data[head_len:]`` and what follows with a
+    :class:`ChunkedDecoder`). None for anything else (leave it to llhttp)."""
+
+@final
+class ChunkedDecoder:
+    """Reads a chunked response body read by read, as llhttp does."""
+
+    def __new__(cls) -> Self: ...
+    def feed(self, data: bytes, start: int = 0, *, join: bool = False) -> list[bytes]:
+        """The chunk data in ``data[start:]``: one piece per chunk (a chunk cut by the
+        end of the read gives what was read of it), or with ``join`` at most one
+        piece. ValueError when the body is malformed or bytes follow its end."""
+    @property
+    def done(self) -> bool:
+        """The last chunk and the trailer have been read."""
 
 def forwarded(headers: Headers, /) -> tuple[bytes, bytes | None, bool]:
     """The request header pass over lowercase ``(name, value)`` pairs: ``(block to

@@ -2,8 +2,9 @@
 
 - ``parse_request`` / ``parse_response``: what llhttp (``httptools``, the
   parser the server and the upstream client fall back to) reads of a buffer
-  holding exactly one whole message, in the native functions' tuple shapes;
-  None when llhttp refuses the bytes, or they are not exactly one message.
+  holding exactly one whole message (or, for a chunked answer, its head), in
+  the native functions' tuple shapes; None when llhttp refuses the bytes.
+- ``ChunkedDecoder``: a chunked body, read by llhttp.
   The native functions give the same answer or None: they take a strict
   subset (see ``rust/src/http.rs``) and leave the rest to llhttp.
 - ``forwarded``: the request header pass (what goes upstream).
@@ -16,7 +17,7 @@ import re
 
 import httptools
 
-__all__ = ["forwarded", "parse_request", "parse_response", "usage"]
+__all__ = ["ChunkedDecoder", "forwarded", "parse_request", "parse_response", "usage"]
 
 _DROP_REQUEST = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
@@ -77,7 +78,7 @@ class _Collect:
         self.body: list[bytes] = []
         self.messages = 0
         self.complete = 0
-        self.keep_alive = False
+        self.keep_alive: bool | None = None
         self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser | None = None
 
     def on_message_begin(self) -> None:
@@ -129,15 +130,63 @@ def parse_request(data: bytes, max_head: int, max_body: int
         if name == b"content-length":
             length = int(value)
     fwd, rid, controls = forwarded(c.headers)
-    return (parser.get_method(), path, query, c.headers, body, c.keep_alive, length, fwd, rid,
+    return (parser.get_method(), path, query, c.headers, body, bool(c.keep_alive), length, fwd, rid,
             controls)
 
 
-def parse_response(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool] | None:
-    """``(status, headers, body, keep_alive)`` as llhttp reads ``data``, or None."""
+def parse_response(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bool, int,
+                                         bytes | None] | None:
+    """``(status, headers, keep_alive, head_len, body)`` as llhttp reads ``data``: the
+    whole body of a content-length answer that ``data`` holds exactly, or None for
+    a chunked answer (whose head ``data`` holds; its body is the decoder's); None
+    otherwise."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head_len = end + 4
     c = _Collect()
     parser = httptools.HttpResponseParser(c)
     c.parser = parser
-    if not _feed(parser, data) or c.messages != 1 or c.complete != 1:
+    if not _feed(parser, data[:head_len]) or c.keep_alive is None:
         return None
-    return parser.get_status_code(), c.headers, b"".join(c.body), c.keep_alive
+    status = parser.get_status_code()
+    if any(n == b"transfer-encoding" for n, _ in c.headers):
+        return status, c.headers, c.keep_alive, head_len, None
+    if not _feed(parser, data[head_len:]) or c.messages != 1 or c.complete != 1:
+        return None
+    return status, c.headers, c.keep_alive, head_len, b"".join(c.body)
+
+
+class ChunkedDecoder:
+    """A chunked body, read by llhttp behind a head it is given."""
+
+    _HEAD = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+    def __init__(self) -> None:
+        self._c = _Collect()
+        self._parser = httptools.HttpResponseParser(self._c)
+        self._c.parser = self._parser
+        self._parser.feed_data(self._HEAD)
+        self._failed = False
+
+    @property
+    def done(self) -> bool:
+        return self._c.complete == 1
+
+    def feed(self, data: bytes, start: int = 0, *, join: bool = False) -> list[bytes]:
+        if self._failed:
+            raise ValueError("the body failed already")
+        if self.done and data[start:]:
+            self._failed = True
+            raise ValueError("bytes after the end of the response")
+        self._c.body = []
+        try:
+            self._parser.feed_data(data[start:])
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._failed = True
+            raise ValueError(str(exc)) from None
+        if self._c.messages > 1:
+            self._failed = True
+            raise ValueError("bytes after the end of the response")
+        pieces = [p for p in self._c.body if p]
+        return [b"".join(pieces)] if join and len(pieces) > 1 else pieces

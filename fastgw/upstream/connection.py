@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import httptools
 
-from fastgw._native import parse_response
+from fastgw._native import ChunkedDecoder, parse_response
 from fastgw.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 
 # Exchange states
@@ -42,6 +42,7 @@ _CLOSED_PARSER = httptools.HttpResponseParser(_NoCallbacks())  # never fed
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
+        "_chunks",
         "_close_delimited",
         "_deadline_first",
         "_deadline_total",
@@ -90,6 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_at = 0.0
         self.error: UpstreamError | None = None
         self._body: list[bytes] = []
+        self._chunks: ChunkedDecoder | None = None  # a chunked body read natively
         self._sink: BodySink | None = None
         self._sink_each = False
         self._close_delimited = False
@@ -113,12 +115,16 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self._state
         if state == _WAIT_HEAD:
-            # A whole answer in the first read (the usual case for a complete
-            # answer): parsed in one native call; anything else goes to llhttp.
-            whole = parse_response(data)
-            if whole is not None:
-                self._whole(whole)
+            # The usual answers, whole or chunked, with the head in the first read:
+            # the head (and a whole body) in one native call, a chunked body read
+            # natively too. Anything else goes to llhttp.
+            head = parse_response(data)
+            if head is not None:
+                self._native_head(head, data)
                 return
+        elif state == _BODY and self._chunks is not None:
+            self._native_body(self._chunks, data, 0)
+            return
         elif state == _IDLE or state >= _DONE:
             # Bytes nobody asked for: the connection cannot be trusted any more.
             self._close()
@@ -130,10 +136,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             self._deliver()
-            cause = exc.__context__
-            self._fail(cause if isinstance(cause, UpstreamError) else UpstreamProtocolError(
-                f"upstream {self.peer_name} sent a response the gateway could not read",
-                sent=True))
+            self._fail(self._callback_error(exc.__context__))
             return
         except httptools.HttpParserError as exc:
             self._deliver()
@@ -147,23 +150,76 @@ class UpstreamConnection(asyncio.Protocol):
         elif self._on_done is not None and self._state >= _DONE:
             self._notify()
 
-    def _whole(self, whole: tuple[int, list[tuple[bytes, bytes]], bytes, bool]) -> None:
-        """An answer :func:`~fastgw._native.parse_response` read whole: what llhttp's
-        callbacks would have done, at once."""
+    def _callback_error(self, cause: BaseException | None) -> UpstreamError:
+        """What failed the exchange when reading a body raised ``cause``."""
+        if isinstance(cause, UpstreamError):
+            return cause
+        return UpstreamProtocolError(
+            f"upstream {self.peer_name} sent a response the gateway could not read", sent=True)
+
+    def _native_head(self, head: tuple[int, list[tuple[bytes, bytes]], bool, int, bytes | None],
+                     data: bytes) -> None:
+        """A head :func:`~fastgw._native.parse_response` read (with the whole body
+        of a content-length answer): what llhttp's callbacks would have done."""
         self.received_any = True
-        self.status, self.headers, body, self.keep_alive = whole
+        self.status, self.headers, self.keep_alive, head_len, body = head
         self.head_at = perf_counter()
         self._close_delimited = False
-        if body:
-            self._body.append(body)
-        if self._head_waiter is None and self._done_waiter is None:
-            self._state = _DONE  # what _message_complete does, with no one waiting
-        else:
-            self._message_complete()
-        if self._sink is not None:
+        if body is not None:
+            if body:
+                self._body.append(body)
+            if self._head_waiter is None and self._done_waiter is None:
+                self._state = _DONE  # what _message_complete does, with no one waiting
+            else:
+                self._message_complete()
+            if self._sink is not None:
+                self._deliver()
+            if self._on_done is not None:
+                self._notify()
+            return
+        chunks = self._chunks = ChunkedDecoder()
+        self._state = _BODY
+        self._last_rx = self.loop.time()
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if len(data) > head_len:
+            self._native_body(chunks, data, head_len)
+
+    def _native_body(self, chunks: ChunkedDecoder, data: bytes, start: int) -> None:
+        """Chunked body bytes, read natively: to the sink chunk by chunk or read by
+        read, as with llhttp."""
+        self._last_rx = self.loop.time()
+        sink = self._sink
+        each = self._sink_each and sink is not None
+        try:
+            # Joined only for a sink that takes a read at once: kept apart for one
+            # that takes them chunk by chunk, now or when it is set (set_sink).
+            pieces = chunks.feed(data, start, join=sink is not None and not each)
+        except ValueError as exc:
             self._deliver()
-        if self._on_done is not None:
-            self._notify()
+            self._fail(UpstreamProtocolError(
+                f"upstream {self.peer_name} sent a malformed chunked body: {exc}", sent=True))
+            return
+        if each:
+            try:
+                for piece in pieces:
+                    sink = self._sink
+                    if self._sink_each and sink is not None:
+                        sink(piece)  # may switch to one call per read, or abort
+                    else:
+                        self._body.append(piece)
+            except Exception as exc:  # as a failing llhttp callback
+                self._fail(self._callback_error(exc))
+                return
+        else:
+            self._body += pieces
+        if self._sink is not None and self._body:
+            self._deliver()
+        if chunks.done and self._state == _BODY:
+            self._message_complete()
+            if self._on_done is not None:
+                self._notify()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -383,6 +439,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.reusable():
             return False
         self._state = _IDLE
+        self._chunks = None
         self._sink = None
         self._sink_each = False
         self._body = []

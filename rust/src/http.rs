@@ -54,28 +54,41 @@ pub struct Request<'a> {
     pub content_length: i64,
 }
 
-/// A whole response: head and `content-length` body in one buffer.
+/// How a response's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// `content-length` bytes.
+    Length(usize),
+    /// The chunked encoding (read with [`Chunked`]).
+    Chunked,
+}
+
+/// A response head.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response<'a> {
+pub struct ResponseHead<'a> {
     /// The status code (200..=599, never 204 or 304).
     pub status: u16,
     /// The headers, in order.
     pub headers: Vec<Header<'a>>,
-    /// The body.
-    pub body: &'a [u8],
     /// Whether the connection may carry another exchange.
     pub keep_alive: bool,
+    /// The length of the head (the body starts there).
+    pub head_len: usize,
+    /// The body's framing.
+    pub body: Body,
 }
 
 /// What the framing headers of one message said.
 struct Framing {
     content_length: Option<usize>,
+    chunked: bool,
     keep_alive: bool,
 }
 
 /// Checks the framing headers; `None` for anything to leave to llhttp.
 fn framing(headers: &[httparse::Header<'_>], head: &[u8], request: bool) -> Option<Framing> {
     let mut content_length = None;
+    let mut chunked = false;
     let mut keep_alive = true;
     let mut seen_connection = false;
     let base = head.as_ptr() as usize;
@@ -101,8 +114,13 @@ fn framing(headers: &[httparse::Header<'_>], head: &[u8], request: bool) -> Opti
                     .iter()
                     .fold(0usize, |n, d| n * 10 + usize::from(d - b'0')),
             );
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // A response may be chunked (and nothing else); a request goes to llhttp.
+            if request || chunked || !value.eq_ignore_ascii_case(b"chunked") {
+                return None;
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade")
             || (request && name.eq_ignore_ascii_case(b"expect"))
         {
             return None;
@@ -121,8 +139,12 @@ fn framing(headers: &[httparse::Header<'_>], head: &[u8], request: bool) -> Opti
             }
         }
     }
+    if chunked && content_length.is_some() {
+        return None;
+    }
     Some(Framing {
         content_length,
+        chunked,
         keep_alive,
     })
 }
@@ -182,10 +204,12 @@ pub fn parse_request(buf: &[u8], max_head: usize, max_body: usize) -> Option<Req
     })
 }
 
-/// `buf` as exactly one whole HTTP/1.1 response with a `content-length`
-/// body, or `None` (see the module).
+/// The head of an HTTP/1.1 response at the start of `buf`, or `None` (see
+/// the module): with a `content-length` body, `buf` must hold exactly the
+/// head and the whole body; with a chunked body, the head and any part of
+/// the body. A close-delimited body is left to llhttp.
 #[must_use]
-pub fn parse_response(buf: &[u8]) -> Option<Response<'_>> {
+pub fn parse_response(buf: &[u8]) -> Option<ResponseHead<'_>> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
     let Ok(httparse::Status::Complete(head_len)) = resp.parse(buf) else {
@@ -200,15 +224,247 @@ pub fn parse_response(buf: &[u8]) -> Option<Response<'_>> {
         return None;
     }
     let f = framing(resp.headers, head, false)?;
-    if f.content_length? != buf.len() - head_len {
-        return None;
-    }
-    Some(Response {
+    let body = if f.chunked {
+        Body::Chunked
+    } else {
+        let length = f.content_length?;
+        if length != buf.len() - head_len {
+            return None;
+        }
+        Body::Length(length)
+    };
+    Some(ResponseHead {
         status,
         headers: collect(resp.headers),
-        body: &buf[head_len..],
         keep_alive: f.keep_alive,
+        head_len,
+        body,
     })
+}
+
+/// A malformed chunked body (or bytes after its end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkError(pub &'static str);
+
+impl std::fmt::Display for ChunkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ChunkError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    ExtStart,
+    ExtName,
+    ExtValueStart,
+    ExtValue,
+    ExtQuoted,
+    ExtQuotedPair,
+    ExtQuotedEnd,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerName,
+    TrailerValue,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// An incremental reader of the chunked transfer coding, as llhttp reads it:
+/// hex sizes (leading zeros allowed, no whitespace), extensions of token
+/// characters and `=` after `;`, CRLF line ends only, trailer fields after
+/// the last chunk; any byte after the end is an error.
+#[derive(Debug, Clone)]
+pub struct Chunked {
+    state: ChunkState,
+    size: u64,
+    digits: u32,
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn hex_value(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+/// The next state of a chunk extension (`;name=value` or `;name="quoted"`,
+/// several allowed) after byte `b`, as llhttp moves.
+fn extension(state: ChunkState, b: u8) -> Result<ChunkState, ChunkError> {
+    use ChunkState::{
+        ExtName, ExtQuoted, ExtQuotedEnd, ExtQuotedPair, ExtStart, ExtValue, ExtValueStart, SizeLf,
+    };
+    let text = b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80;
+    let next = match (state, b) {
+        (ExtStart | ExtName | ExtValueStart | ExtValue | ExtQuotedEnd, b';') => ExtStart,
+        (ExtName | ExtValueStart | ExtValue | ExtQuotedEnd, b'\r') => SizeLf,
+        (ExtStart | ExtName, b'=') => ExtValueStart,
+        (ExtStart | ExtName, _) if is_token(b) => ExtName,
+        (ExtValueStart, b'"') => ExtQuoted,
+        (ExtValueStart | ExtValue, _) if is_token(b) => ExtValue,
+        (ExtQuoted, b'"') => ExtQuotedEnd,
+        (ExtQuoted, b'\\') => ExtQuotedPair,
+        (ExtQuoted | ExtQuotedPair, _) if text => ExtQuoted,
+        _ => return Err(ChunkError("invalid character in chunk extensions")),
+    };
+    Ok(next)
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+impl Chunked {
+    /// A reader at the start of a body.
+    #[must_use]
+    pub fn new() -> Self {
+        Chunked {
+            state: ChunkState::Size,
+            size: 0,
+            digits: 0,
+        }
+    }
+
+    /// Whether the last chunk and the trailer have been read.
+    #[must_use]
+    pub fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Reads `data`; the chunk data it holds is pushed to `out` (a chunk cut
+    /// by the end of `data` gives the part read so far).
+    ///
+    /// # Errors
+    /// A malformed body, or bytes after its end.
+    #[allow(clippy::too_many_lines)]
+    pub fn feed<'a>(&mut self, data: &'a [u8], out: &mut Vec<&'a [u8]>) -> Result<(), ChunkError> {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                ChunkState::Size => {
+                    if let Some(v) = hex_value(b) {
+                        if self.size > (u64::MAX - 16) / 16 {
+                            return Err(ChunkError("chunk size overflow"));
+                        }
+                        self.size = self.size * 16 + v;
+                        self.digits += 1;
+                    } else if self.digits == 0 {
+                        return Err(ChunkError("invalid character in chunk size"));
+                    } else if b == b';' {
+                        self.state = ChunkState::ExtStart;
+                    } else if b == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    } else {
+                        return Err(ChunkError("invalid character in chunk size"));
+                    }
+                    i += 1;
+                }
+                ChunkState::ExtStart
+                | ChunkState::ExtName
+                | ChunkState::ExtValueStart
+                | ChunkState::ExtValue
+                | ChunkState::ExtQuoted
+                | ChunkState::ExtQuotedPair
+                | ChunkState::ExtQuotedEnd => {
+                    self.state = extension(self.state, b)?;
+                    i += 1;
+                }
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("missing LF after chunk size"));
+                    }
+                    self.state = if self.size == 0 {
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data
+                    };
+                    i += 1;
+                }
+                ChunkState::Data => {
+                    let avail = data.len() - i;
+                    let n = usize::try_from(self.size).map_or(avail, |s| s.min(avail));
+                    out.push(&data[i..i + n]);
+                    i += n;
+                    self.size -= u64::try_from(n).unwrap_or(u64::MAX);
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(ChunkError("missing CR after chunk data"));
+                    }
+                    self.state = ChunkState::DataLf;
+                    i += 1;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("missing LF after chunk data"));
+                    }
+                    self.state = ChunkState::Size;
+                    self.digits = 0;
+                    i += 1;
+                }
+                ChunkState::TrailerStart => {
+                    if b == b'\r' {
+                        self.state = ChunkState::EndLf;
+                    } else if is_token(b) {
+                        self.state = ChunkState::TrailerName;
+                    } else {
+                        return Err(ChunkError("invalid trailer field"));
+                    }
+                    i += 1;
+                }
+                ChunkState::TrailerName => {
+                    if b == b':' {
+                        self.state = ChunkState::TrailerValue;
+                    } else if !is_token(b) {
+                        return Err(ChunkError("invalid trailer field"));
+                    }
+                    i += 1;
+                }
+                ChunkState::TrailerValue => {
+                    if b == b'\r' {
+                        self.state = ChunkState::TrailerLf;
+                    } else if b != b'\t' && (b < 0x20 || b == 0x7f) {
+                        return Err(ChunkError("invalid trailer field"));
+                    }
+                    i += 1;
+                }
+                ChunkState::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("missing LF after a trailer field"));
+                    }
+                    self.state = ChunkState::TrailerStart;
+                    i += 1;
+                }
+                ChunkState::EndLf => {
+                    if b != b'\n' {
+                        return Err(ChunkError("missing LF at the end of the body"));
+                    }
+                    self.state = ChunkState::Done;
+                    i += 1;
+                }
+                ChunkState::Done => return Err(ChunkError("bytes after the end of the response")),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Request headers never forwarded upstream (lowercase names): hop-by-hop,
@@ -477,7 +733,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
         let r = parse_response(buf).unwrap();
         assert_eq!(r.status, 200);
-        assert_eq!(r.body, b"{}");
+        assert_eq!(&buf[r.head_len..], b"{}");
+        assert_eq!(r.body, Body::Length(2));
         assert!(r.keep_alive);
         assert_eq!(r.headers.len(), 2);
         let close = b"HTTP/1.1 500 x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
@@ -487,7 +744,8 @@ mod tests {
     #[test]
     fn unusual_responses_are_left_to_llhttp() {
         for c in [
-            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\n\r\n",
             b"HTTP/1.1 200 OK\r\n\r\n{}", // close-delimited
             b"HTTP/1.1 100 Continue\r\n\r\n",
             b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
@@ -535,5 +793,51 @@ mod tests {
         // The first count after "usage" wins, whichever key spells it.
         let both = br#"{"usage":{"input_tokens":1,"prompt_tokens":2}}"#;
         assert_eq!(usage(both), Some((Some(&b"1"[..]), None)));
+    }
+
+    fn chunks(parts: &[&[u8]]) -> Result<(Vec<u8>, bool), ChunkError> {
+        let mut c = Chunked::new();
+        let mut got = Vec::new();
+        for p in parts {
+            let mut out = Vec::new();
+            c.feed(p, &mut out)?;
+            for o in out {
+                got.extend_from_slice(o);
+            }
+        }
+        Ok((got, c.done()))
+    }
+
+    #[test]
+    fn chunked_body_across_reads() {
+        let body: &[u8] = b"5\r\nhello\r\n6;x=1;y\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+        for cut in 0..body.len() {
+            let (got, done) = chunks(&[&body[..cut], &body[cut..]]).unwrap();
+            assert_eq!(got, b"hello world");
+            assert!(done);
+        }
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n5\r\nhel";
+        let r = parse_response(head).unwrap();
+        assert_eq!(r.body, Body::Chunked);
+        assert_eq!(&head[r.head_len..], b"5\r\nhel");
+        assert_eq!(chunks(&[b"5\r\nhel"]).unwrap(), (b"hel".to_vec(), false));
+    }
+
+    #[test]
+    fn malformed_chunks_are_errors() {
+        for bad in [
+            &b"5 \r\nhello\r\n"[..],
+            b" 5\r\n",
+            b"5\nhello",
+            b"5\r\nhelloX\r\n",
+            b"0x5\r\n",
+            b"5;\r\n",
+            b"5; a=b\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"0\r\nbad line\r\n\r\n",
+            b"0\r\n\r\nHTTP/1.1",
+        ] {
+            assert!(chunks(&[bad]).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -26,7 +26,7 @@ mod _native {
     #[pymodule_export]
     use crate::py::hash64;
     #[pymodule_export]
-    use crate::py::http::{forwarded, parse_request, parse_response, usage};
+    use crate::py::http::{forwarded, parse_request, parse_response, usage, ChunkedDecoder};
     #[pymodule_export]
     use crate::py::jwt::{JwtKeySet, JwtVerifier};
     #[pymodule_export]

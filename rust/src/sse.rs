@@ -42,8 +42,8 @@
 //! or prompt + completion.
 
 use memchr::memmem;
-use std::sync::LazyLock;
 use serde_json::{Map, Value};
+use std::sync::LazyLock;
 
 /// An end-of-stream marker was seen.
 pub const DONE: u32 = 1;

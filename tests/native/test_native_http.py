@@ -3,6 +3,8 @@ to it), and the header pass and usage reader give the reference's answers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -162,12 +164,19 @@ def responses(draw: st.DrawFn) -> bytes:
     if "connection" in odd:
         headers.append((b"connection", draw(st.sampled_from([b"close", b"keep-alive",
                                                              b"upgrade", b"x, Close"]))))
+    chunked = False
     if "framing" in odd:
-        headers.append(draw(st.sampled_from([(b"transfer-encoding", b"chunked"),
-                                             (b"upgrade", b"h2c")])))
+        header = draw(st.sampled_from([(b"transfer-encoding", b"chunked"),
+                                       (b"Transfer-Encoding", b"Chunked"),
+                                       (b"transfer-encoding", b"gzip, chunked"),
+                                       (b"upgrade", b"h2c")]))
+        headers.append(header)
+        chunked = header[0].lower() == b"transfer-encoding"
     body = draw(st.binary(max_size=40))
+    if chunked:
+        body = b"%x\r\n" % len(body) + body + b"\r\n" if body else b""
     length = draw(st.sampled_from(["none", "short", "twice", "space"])) if "length" in odd \
-        else "right"
+        else ("none" if chunked else "right")
     if length == "right":
         headers.append((b"content-length", b"%d" % len(body)))
     elif length == "short" and body:
@@ -200,12 +209,77 @@ def test_a_response_parsed_whole_is_what_llhttp_reads(data: bytes) -> None:
 
 def test_a_plain_answer_is_parsed_natively() -> None:
     body = b'{"id":"x","usage":{"prompt_tokens":3,"completion_tokens":5}}'
-    data = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nopenai-version: 1\r\n"
-            b"content-length: %d\r\n\r\n" % len(body) + body)
-    got = native.parse_response(data)
+    head = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nopenai-version: 1\r\n"
+            b"content-length: %d\r\n\r\n" % len(body))
+    got = native.parse_response(head + body)
     assert got == (200, [(b"content-type", b"application/json"), (b"openai-version", b"1"),
-                         (b"content-length", b"%d" % len(body))], body, True)
-    assert got == ref.parse_response(data)
+                         (b"content-length", b"%d" % len(body))], True, len(head), body)
+    assert got == ref.parse_response(head + body)
+    stream = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    got = native.parse_response(stream + b"5\r\nhel")
+    assert got == (200, [(b"transfer-encoding", b"chunked")], True, len(stream), None)
+    assert got == ref.parse_response(stream + b"5\r\nhel")
+
+
+@st.composite
+def chunked_bodies(draw: st.DrawFn) -> bytes:
+    """Chunked bodies as upstreams send them, with now and then one oddity."""
+    odd = draw(st.sampled_from(["none", "none", "none", "size", "ext", "eol", "data", "trailer",
+                                "after", "cut"]))
+    out = b""
+    for data in draw(st.lists(st.binary(min_size=1, max_size=30), max_size=5)):
+        size = b"%x" % len(data)
+        size = draw(st.sampled_from([size, size.upper(), b"0" + size]))
+        ext = draw(st.sampled_from([b"", b"", b";a", b";a=1", b";a=1;b", b';a="b c"', b";=",
+                                    b";;a", b';a="b\\"c";d']))
+        out += size + ext + b"\r\n" + data + b"\r\n"
+    trailer = draw(st.sampled_from([b"", b"", b"x-t: 1\r\n", b"x-a: 1\r\nx-b:\r\n"]))
+    out += b"0\r\n" + trailer + b"\r\n"
+    if odd == "size":
+        out = draw(st.sampled_from([b" 5", b"5 ", b"0x5", b"g", b"ffffffffffffffffff", b""])) \
+            + b"\r\nhello\r\n" + out
+    elif odd == "ext":
+        out = b"5" + draw(st.sampled_from([b";", b"; a", b";a b", b";==", b";a;", b";a=b=c",
+                                           b';a="b"c', b';a="\x01"', b";\x80", b";a=;b",
+                                           b';a="\t\xc3"', b";a=b;", b";=;"])) \
+            + b"\r\nhello\r\n" + out
+    elif odd == "eol":
+        i = draw(st.integers(0, len(out) - 1))
+        out = out[:i] + draw(st.sampled_from([b"\n", b"\r", b"x"])) + out[i + 1:]
+    elif odd == "data":
+        out = b"5\r\nhelloX\r\n" + out
+    elif odd == "trailer":
+        out = out[:-2] + draw(st.sampled_from([b"bad line\r\n", b": v\r\n", b"x\x01: v\r\n"])) \
+            + b"\r\n"
+    elif odd == "after":
+        out += draw(st.sampled_from([b"HTTP/1.1 200 OK\r\n", b"x"]))
+    elif odd == "cut":
+        out = out[: draw(st.integers(0, len(out)))]
+    return out
+
+
+def _read(decoder: Any, body: bytes, cuts: list[int], join: bool) -> list[Any]:
+    """What a decoder gives, read by read: pieces, or the read where it failed."""
+    got: list[Any] = []
+    prev = 0
+    for c in [*sorted(set(cuts)), len(body)]:
+        try:
+            got.append(decoder.feed(b"pad" + body[prev:c], 3, join=join))
+        except ValueError:
+            got.append("error")
+            break
+        got.append(decoder.done)
+        prev = c
+    return got
+
+
+@settings(max_examples=1500, deadline=None)
+@given(body=chunked_bodies(), data=st.data(), join=st.booleans())
+@example(body=b"5\r\nhello\r\n0\r\n\r\n", data=None, join=False)
+def test_chunked_bodies_read_as_llhttp_reads_them(body: bytes, data: Any, join: bool) -> None:
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=6)) if data else []
+    got = _read(native.ChunkedDecoder(), body, cuts, join)
+    assert got == _read(ref.ChunkedDecoder(), body, cuts, join)
 
 
 _FWD_NAMES = [b"host", b"authorization", b"x-request-id", b"connection", b"keep-alive",

@@ -1,5 +1,6 @@
 //! `parse_request`, `parse_response`, `forwarded`, `usage`: whole HTTP/1.1
 //! messages in one call (see `crate::http`).
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -114,28 +115,89 @@ pub(crate) fn parse_request<'py>(
     Ok(Some(tuple))
 }
 
-/// `(status, headers, body, keep_alive)`.
-type WholeResponse<'py> = (u16, Bound<'py, PyList>, Bound<'py, PyBytes>, bool);
+/// `(status, headers, keep_alive, head_len, body)`.
+type ResponseHead<'py> = (
+    u16,
+    Bound<'py, PyList>,
+    bool,
+    usize,
+    Option<Bound<'py, PyBytes>>,
+);
 
-/// One whole response with a `content-length` body, or None (leave it to
-/// llhttp): `(status, headers, body, keep_alive)`, header names lowercase.
+/// The head of a response at the start of `data`, or None (leave it to
+/// llhttp): `(status, headers, keep_alive, head_len, body)`, header names
+/// lowercase; `body` is the whole body of a `content-length` answer (which
+/// `data` must hold exactly), None for a chunked one (read the bytes after
+/// `head_len` with a `ChunkedDecoder`).
 #[pyfunction]
 #[pyo3(signature = (data, /))]
 pub(crate) fn parse_response<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyBytes>,
-) -> PyResult<Option<WholeResponse<'py>>> {
-    let Some(r) = core::parse_response(data.as_bytes()) else {
+) -> PyResult<Option<ResponseHead<'py>>> {
+    let buf = data.as_bytes();
+    let Some(r) = core::parse_response(buf) else {
         return Ok(None);
     };
     let mut lower = Vec::with_capacity(r.headers.len());
     let headers = header_list(py, &r.headers, &mut lower)?;
-    Ok(Some((
-        r.status,
-        headers,
-        PyBytes::new(py, r.body),
-        r.keep_alive,
-    )))
+    let body = match r.body {
+        core::Body::Length(_) => Some(PyBytes::new(py, &buf[r.head_len..])),
+        core::Body::Chunked => None,
+    };
+    Ok(Some((r.status, headers, r.keep_alive, r.head_len, body)))
+}
+
+/// Reads a chunked response body, read by read.
+#[pyclass(module = "fastgw._native")]
+pub struct ChunkedDecoder {
+    inner: core::Chunked,
+}
+
+#[pymethods]
+impl ChunkedDecoder {
+    #[new]
+    fn new() -> Self {
+        ChunkedDecoder {
+            inner: core::Chunked::new(),
+        }
+    }
+
+    /// The chunk data in `data` (from `start`): a list of pieces, one per chunk
+    /// (a chunk cut by the end of the read gives what was read of it), or with
+    /// `join` at most one piece holding them all. `ValueError` when the body is
+    /// malformed or bytes follow its end.
+    #[pyo3(signature = (data, start = 0, *, join = false))]
+    fn feed<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &Bound<'py, PyBytes>,
+        start: usize,
+        join: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let buf = data.as_bytes();
+        let mut out = Vec::new();
+        self.inner
+            .feed(buf.get(start..).unwrap_or_default(), &mut out)
+            .map_err(|e| PyValueError::new_err(e.0))?;
+        let list = PyList::empty(py);
+        if join && out.len() > 1 {
+            list.append(PyBytes::new(py, &out.concat()))?;
+        } else {
+            for piece in out {
+                if !piece.is_empty() {
+                    list.append(PyBytes::new(py, piece))?;
+                }
+            }
+        }
+        Ok(list)
+    }
+
+    /// Whether the last chunk and the trailer have been read.
+    #[getter]
+    fn done(&self) -> bool {
+        self.inner.done()
+    }
 }
 
 /// `(block, request_id, controls)`: the request header pass over lowercase
