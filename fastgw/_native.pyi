@@ -114,6 +114,14 @@ class Reservation:
     @property
     def settled(self) -> bool: ...
     def __bool__(self) -> bool: ...
+    def rate_headers(
+        self, requests: tuple[int, ...], tokens: tuple[int, ...], lines: tuple[bytes, ...], /
+    ) -> bytes | None:
+        """The ``x-ratelimit-*`` lines of the tightest requests scope among the indexes
+        ``requests`` and of the tightest tokens scope among ``tokens`` (least remaining,
+        the first of equals): ``lines[i]``, then remaining (``int()``) and reset
+        (``20ms``, ``1.5s``, ``6m0s``). None when a figure cannot be shown exactly
+        (the caller renders it: ``Plan.render`` is the reference)."""
 
 @final
 class LimiterTable:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fastgw._native import Limit, Scope
+from fastgw._native import Limit, Reservation, Scope
 from fastgw.config import BudgetConfig, LimitRule, LimitSpec
 from fastgw.metrics import RATELIMITED
 
@@ -114,7 +114,17 @@ class Plan:
         return [vals[d] for d in self.dims]
 
     def headers(self, res: Outcome) -> bytes:
-        """``x-ratelimit-*`` lines: the tightest requests scope and tokens scope."""
+        """``x-ratelimit-*`` lines: the tightest requests scope and tokens scope
+        (rendered natively for a native reservation; :meth:`render` is the
+        reference, and renders the Redis backend's outcomes)."""
+        if type(res) is Reservation:
+            head = res.rate_headers(self.req, self.tok, self.lines)
+            if head is not None:
+                return head
+        return self.render(res)
+
+    def render(self, res: Outcome) -> bytes:
+        """:meth:`headers` in Python."""
         remaining = res.remaining
         if not remaining:
             return b""

@@ -467,6 +467,39 @@ impl Chunked {
     }
 }
 
+/// OpenAI's reset format for `x-ratelimit-reset-*`, appended to `out`: `0s`
+/// for nothing to wait, whole milliseconds rounded up under a second
+/// (`20ms`), seconds to the millisecond under a minute (`1.5s`), then whole
+/// seconds rounded up (`6m0s`, `1h2m3s`). False (nothing appended) for a
+/// wait too long to show exactly.
+pub fn reset_duration(seconds: f64, out: &mut Vec<u8>) -> bool {
+    use std::io::Write;
+    if seconds <= 0.0 || seconds.is_nan() || seconds == f64::INFINITY {
+        out.extend_from_slice(b"0s");
+    } else if seconds < 1.0 {
+        #[allow(clippy::cast_possible_truncation)]
+        let ms = (seconds * 1000.0).ceil() as i64; // < 1000: exact
+        let _ = write!(out, "{ms}ms");
+    } else if seconds < 60.0 {
+        let text = format!("{seconds:.3}");
+        let text = text.trim_end_matches('0').trim_end_matches('.');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b's');
+    } else if seconds < 1e15 {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let total = seconds.ceil() as u64; // < 1e15: exact
+        let (m, s) = (total / 60, total % 60);
+        if m < 60 {
+            let _ = write!(out, "{m}m{s}s");
+        } else {
+            let _ = write!(out, "{}h{}m{s}s", m / 60, m % 60);
+        }
+    } else {
+        return false;
+    }
+    true
+}
+
 /// Request headers never forwarded upstream (lowercase names): hop-by-hop,
 /// framing, credentials, and what the gateway sets itself.
 pub const DROP_REQUEST: [&[u8]; 25] = [
@@ -656,6 +689,25 @@ mod tests {
         .into_bytes();
         v.extend_from_slice(BODY);
         v
+    }
+
+    fn dur(seconds: f64) -> String {
+        let mut out = Vec::new();
+        assert!(reset_duration(seconds, &mut out));
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn reset_durations() {
+        assert_eq!(dur(0.0), "0s");
+        assert_eq!(dur(-1.0), "0s");
+        assert_eq!(dur(0.02), "20ms");
+        assert_eq!(dur(0.0201), "21ms");
+        assert_eq!(dur(1.5), "1.5s");
+        assert_eq!(dur(59.9996), "60s");
+        assert_eq!(dur(360.0), "6m0s");
+        assert_eq!(dur(3723.2), "1h2m4s");
+        assert!(!reset_duration(1e16, &mut Vec::new()));
     }
 
     #[test]

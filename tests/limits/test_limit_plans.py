@@ -8,13 +8,24 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from limits_helpers import RedisServer, redis_server
 
-from fastgw._native import LimiterTable
+from fastgw._native import Limit, LimiterTable
 from fastgw.config import BudgetConfig, LimitMatch, LimitRule, LimitSpec, RedisConfig
 from fastgw.limits import LocalLimiter, Rules
 from fastgw.limits.redis import RedisLimiter, RedisReservation
-from fastgw.limits.rules import DEFAULT_COMPLETION_TOKENS, duration, estimate
+from fastgw.limits.rules import (
+    DEFAULT_COMPLETION_TOKENS,
+    KIND_RATE,
+    REQUESTS,
+    TOKENS,
+    Plan,
+    ScopeSpec,
+    duration,
+    estimate,
+)
 
 
 @pytest.fixture
@@ -155,3 +166,40 @@ def test_redis_scripts_agree_with_the_native_table(redis_srv: RedisServer) -> No
     assert time.monotonic() - t0 < 5
     # admitted, admitted and held, admitted then over-charged, refused by the budget...
     assert [a for a, _ in out] == [True, True, True, False, False, False]
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    scopes=st.lists(st.tuples(st.sampled_from([REQUESTS, TOKENS]),
+                              st.floats(1.0, 1e9, allow_nan=False),
+                              st.floats(0.01, 1e6, allow_nan=False),
+                              st.floats(0.0, 2e9, allow_nan=False)),
+                    min_size=1, max_size=6),
+    now=st.floats(1e6, 2e9),
+)
+def test_native_rate_limit_headers_match_the_python_rendering(
+        scopes: list[tuple[int, float, float, float]], now: float) -> None:
+    """The headers of a native reservation are rendered natively; Plan.render (the
+    Python rendering the Redis backend uses) is the reference."""
+    specs = [ScopeSpec(f"k{i}", dim, "x", KIND_RATE, amount, amount / period,
+                       Limit.rate(amount, period))
+             for i, (dim, amount, period, _) in enumerate(scopes)]
+    plan = Plan(specs)
+    table = LimiterTable()
+    # A first reservation leaves the buckets part-used: remaining and reset vary.
+    table.reserve(plan.scopes, [min(c, a) for _, a, _, c in scopes], now)
+    res = table.reserve(plan.scopes, [1.0] * len(scopes), now + 0.5)
+    native = res.rate_headers(plan.req, plan.tok, plan.lines)
+    assert native is not None
+    assert native == plan.render(res)
+    assert plan.headers(res) == native
+
+
+def test_rate_limit_headers_of_a_refusal_and_without_scopes() -> None:
+    plan = Plan([ScopeSpec("k", REQUESTS, "key", KIND_RATE, 3.0, 3 / 60, Limit.rate(3))])
+    table = LimiterTable()
+    heads = [plan.headers(table.reserve(plan.scopes, [1.0], 1000.0)) for _ in range(4)]
+    assert [h.split(b"x-ratelimit-remaining-requests: ")[1][:1] for h in heads] == \
+        [b"2", b"1", b"0", b"0"]
+    assert b"x-ratelimit-reset-requests: 1m0s\r\n" in heads[2]
+    assert heads[3] == plan.render(table.reserve(plan.scopes, [1.0], 1000.0))

@@ -5,7 +5,7 @@ use std::sync::{Mutex, PoisonError};
 
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use smallvec::SmallVec;
 
 use super::{key_bytes, now_or_clock};
@@ -219,6 +219,55 @@ impl Reservation {
     #[getter]
     fn reset_after<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(py, self.outcome.statuses.iter().map(|s| s.reset_after))
+    }
+
+    /// The `x-ratelimit-*` lines of the tightest requests scope (least
+    /// remaining, the first of equals) among the scope indexes `requests`, then
+    /// of the tightest tokens scope among `tokens`: each scope's `lines[i]`
+    /// (its limit line), then its remaining (truncated to an integer) and
+    /// reset lines. None when a figure cannot be shown exactly (the caller
+    /// renders those itself); empty without scopes.
+    #[pyo3(signature = (requests, tokens, lines, /))]
+    fn rate_headers<'py>(
+        &self,
+        py: Python<'py>,
+        requests: &Bound<'py, PyTuple>,
+        tokens: &Bound<'py, PyTuple>,
+        lines: &Bound<'py, PyTuple>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        use std::io::Write;
+        let statuses = &self.outcome.statuses;
+        let mut out = Vec::with_capacity(256);
+        if statuses.is_empty() {
+            return Ok(Some(PyBytes::new(py, &out)));
+        }
+        for (idx, what) in [(requests, "requests"), (tokens, "tokens")] {
+            let mut best: Option<usize> = None;
+            for item in idx.iter() {
+                let i: usize = item.extract()?;
+                if i >= statuses.len() {
+                    return Err(PyValueError::new_err("scope index out of range"));
+                }
+                if best.is_none_or(|b| statuses[i].remaining < statuses[b].remaining) {
+                    best = Some(i);
+                }
+            }
+            let Some(i) = best else { continue };
+            let status = &statuses[i];
+            if !status.remaining.is_finite() || status.remaining.abs() >= 1e15 {
+                return Ok(None);
+            }
+            out.extend_from_slice(lines.get_item(i)?.cast::<PyBytes>()?.as_bytes());
+            #[allow(clippy::cast_possible_truncation)]
+            let remaining = status.remaining as i64; // as Python's %d: toward zero
+            let _ = write!(out, "x-ratelimit-remaining-{what}: {remaining}\r\n");
+            let _ = write!(out, "x-ratelimit-reset-{what}: ");
+            if !crate::http::reset_duration(status.reset_after, &mut out) {
+                return Ok(None);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+        Ok(Some(PyBytes::new(py, &out)))
     }
 
     /// The costs reserved, per scope.
