@@ -1,10 +1,11 @@
 """Type stubs for ``fastgw._native``, the Rust extension (``rust/``).
 
-Five hot paths, each with a pure-Python reference of the same API in
+Six hot paths, each with a pure-Python reference of the same API in
 ``fastgw._reference``: limiter tables (rate, concurrency and budget buckets
 reserved together atomically), a weighted consistent-hash ring, a JWT
 verifier, an incremental SSE scanner for the relay loop, and whole HTTP/1.1
-messages parsed in one call (llhttp, through httptools, reads everything else).
+messages parsed in one call (llhttp, through httptools, reads everything else),
+and the access-log line.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "UnknownKeyError",
     "UnsupportedAlgorithmError",
     "__version__",
+    "access_line",
     "build_profile",
     "forwarded",
     "hash64",
@@ -363,3 +365,19 @@ def forwarded(headers: Headers, /) -> tuple[bytes, bytes | None, bool]:
 def usage(body: bytes, /) -> tuple[int, int] | None:
     """``(prompt_tokens, completion_tokens)`` after the last ``"usage"`` key of a whole
     JSON answer (0 for an absent count); None without the key or either count."""
+
+# ---------------------------------------------------------------- access log
+
+def access_line(
+    time: float, request_id: bytes, key: str | None, client_ip: str, path: bytes,
+    model: str | None, served_model: str | None, route: str | None, variant: str | None,
+    provider: str | None, status: int, stream: bool, attempts: int, latency_s: float,
+    ttfb_s: float, overhead_s: float, usage: tuple[int, int, float] | None, error: str | None, /,
+) -> bytes:
+    """One JSON access-log line, newline included: ``time``, ``request_id``, ``key``,
+    ``client_ip``, ``method``, ``path``, ``model``, ``served_model``, ``route``,
+    ``variant``, ``provider``, ``status``, ``stream``, ``attempts``, ``latency_ms``,
+    ``ttfb_ms`` (null when ``ttfb_s`` < 0), ``overhead_ms``, ``tokens_in``,
+    ``tokens_out``, ``cost_usd`` (rounded to 8 decimals; the three null without
+    ``usage``), ``cache`` (null) and ``error`` when given. Durations in seconds,
+    written in milliseconds cut to the microsecond."""

@@ -54,12 +54,17 @@ class AccessLog:
 
     def write(self, record: dict[str, Any]) -> None:
         """Queue one record (a dict of JSON-able values)."""
+        if self.enabled:
+            self.write_line(orjson.dumps(record, None, orjson.OPT_APPEND_NEWLINE))
+
+    def write_line(self, line: bytes) -> None:
+        """Queue one rendered line (a JSON object and a newline)."""
         if not self.enabled:
             return
         if self._pending >= self._max_pending:
             self._dropped += 1
             return
-        self._buf += orjson.dumps(record, None, orjson.OPT_APPEND_NEWLINE)
+        self._buf += line
         self._lines += 1
         self._pending += 1
         if self._handle is None:

@@ -9,10 +9,11 @@ read and compared against, not to serve traffic:
 - ``jwt``: ``JwtKeySet``, ``JwtVerifier`` and the ``JwtError`` family
   (needs PyJWT and cryptography, imported when used);
 - ``sse``: ``SseScanner``;
+- ``accesslog``: ``access_line`` (one JSON access-log line);
 - ``http``: ``parse_request``, ``parse_response``, ``forwarded`` and ``usage``
   (the parsers: what llhttp reads, which the native ones match or leave to it).
 """
 
 from __future__ import annotations
 
-__all__ = ["http", "jwt", "limiter", "ring", "sse"]
+__all__ = ["accesslog", "http", "jwt", "limiter", "ring", "sse"]

@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from fastgw._native import access_line
 from fastgw.accesslog import AccessLog
 from fastgw.config import RetryConfig
 from fastgw.errors import (
@@ -71,11 +72,6 @@ from fastgw.server.protocol import Cycle
 from fastgw.streaming.sse import error_event
 
 log = logging.getLogger("fastgw.proxy")
-
-# The proxied paths as the log writes them (decoded once).
-_PATH_TEXT = {p: p.decode() for p in (b"/chat/completions", b"/completions", b"/embeddings",
-                                      b"/responses")}
-_PATH_TEXT.update({b"/v1" + p: "/v1" + t for p, t in list(_PATH_TEXT.items())})
 
 _USAGE_ENDPOINTS = frozenset({"chat", "completions"})
 _DEFAULT_COMPLETION_TOKENS = 256  # quota estimate when the request sets no max_tokens
@@ -592,32 +588,12 @@ class Proxy:
                                ctx.completion_tokens if usage else 0, cost)
         if self.access_log.enabled:
             cycle = ctx.cycle
-            record: dict[str, Any] = {
-                "time": time.time(),
-                "request_id": ctx.request_id.decode("latin-1"),
-                "key": ctx.key_name,
-                "client_ip": self.access.client_ip(cycle),
-                "method": "POST",  # the proxy serves POST only
-                "path": _PATH_TEXT.get(cycle.path) or cycle.path.decode("latin-1"),
-                "model": ctx.model or None,
-                "served_model": target.model if target is not None else None,
-                "route": route.name if route is not None else None,
-                "variant": ctx.variant,
-                "provider": provider or None,
-                "status": ctx.status,
-                "stream": ctx.stream,
-                "attempts": ctx.attempts,
-                "latency_ms": _ms(duration),
-                "ttfb_ms": _ms(ctx.ttfb_s) if ctx.ttfb_s >= 0 else None,
-                "overhead_ms": _ms(ctx.overhead_s),
-                "tokens_in": ctx.prompt_tokens if usage else None,
-                "tokens_out": ctx.completion_tokens if usage else None,
-                "cost_usd": round(cost, 8) if usage else None,
-                "cache": None,
-            }
-            if ctx.error is not None:
-                record["error"] = ctx.error
-            self.access_log.write(record)
+            self.access_log.write_line(access_line(
+                time.time(), ctx.request_id, ctx.key_name, self.access.client_ip(cycle),
+                cycle.path, ctx.model or None, target.model if target is not None else None,
+                route.name if route is not None else None, ctx.variant, provider or None,
+                ctx.status, ctx.stream, ctx.attempts, duration, ctx.ttfb_s, ctx.overhead_s,
+                (ctx.prompt_tokens, ctx.completion_tokens, cost) if usage else None, ctx.error))
 
 
 
@@ -631,11 +607,6 @@ def _drop_tracebacks(exc: BaseException) -> None:
             return
         e.__traceback__ = None
         e = e.__context__ or e.__cause__
-
-
-def _ms(seconds: float) -> float:
-    """Seconds as milliseconds to the microsecond (cheaper than round())."""
-    return int(seconds * 1_000_000.0) / 1000.0
 
 
 def _retry_allowed(retry_on: tuple[str, ...], exc: UpstreamError) -> bool:

@@ -6,6 +6,7 @@
 //! with the `python` feature, which maturin enables.
 #![deny(missing_docs)]
 
+pub mod accesslog;
 pub mod http;
 pub mod jwt;
 pub mod limiter;
@@ -25,6 +26,8 @@ mod _native {
 
     #[pymodule_export]
     use crate::py::hash64;
+    #[pymodule_export]
+    use crate::py::accesslog::access_line;
     #[pymodule_export]
     use crate::py::http::{forwarded, parse_request, parse_response, usage, ChunkedDecoder};
     #[pymodule_export]

@@ -6,6 +6,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
+pub(crate) mod accesslog;
 pub(crate) mod http;
 pub(crate) mod jwt;
 pub(crate) mod limiter;

@@ -1,0 +1,208 @@
+//! One access-log line: a JSON object rendered straight into bytes.
+//!
+//! The fields, in order: `time`, `request_id`, `key`, `client_ip`, `method`
+//! (always `POST`: the proxy serves POST only), `path`, `model`,
+//! `served_model`, `route`, `variant`, `provider`, `status`, `stream`,
+//! `attempts`, `latency_ms`, `ttfb_ms`, `overhead_ms`, `tokens_in`,
+//! `tokens_out`, `cost_usd`, `cache` (always null), and `error` when there
+//! is one. Durations are given in seconds and written in milliseconds cut to
+//! the microsecond; the cost is rounded to 8 decimals (as Python's `round`);
+//! absent values are `null`. The pure-Python reference is
+//! `fastgw/_reference/accesslog.py`.
+
+use std::io::Write;
+
+/// What one line says about one request.
+#[derive(Debug, Clone, Default)]
+pub struct Line<'a> {
+    /// Seconds since the epoch.
+    pub time: f64,
+    /// The request id (bytes, read as latin-1).
+    pub request_id: &'a [u8],
+    /// The caller's key name.
+    pub key: Option<&'a str>,
+    /// The client's address.
+    pub client_ip: &'a str,
+    /// The request path (bytes, read as latin-1).
+    pub path: &'a [u8],
+    /// The model asked for (None when empty).
+    pub model: Option<&'a str>,
+    /// The deployment that served.
+    pub served_model: Option<&'a str>,
+    /// The model (route) that served.
+    pub route: Option<&'a str>,
+    /// The variant chosen.
+    pub variant: Option<&'a str>,
+    /// The provider that served.
+    pub provider: Option<&'a str>,
+    /// The status answered.
+    pub status: i64,
+    /// Whether the answer was a stream.
+    pub stream: bool,
+    /// Upstream attempts.
+    pub attempts: i64,
+    /// Seconds from request to answer's end.
+    pub latency_s: f64,
+    /// Seconds to the upstream's first byte (negative: none).
+    pub ttfb_s: f64,
+    /// Seconds spent in the gateway.
+    pub overhead_s: f64,
+    /// Token counts and cost, when the usage is known.
+    pub usage: Option<(i64, i64, f64)>,
+    /// The error, when the request failed.
+    pub error: Option<&'a str>,
+}
+
+fn string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+fn latin1(out: &mut Vec<u8>, b: &[u8]) {
+    let s: String = b.iter().map(|&c| char::from(c)).collect();
+    string(out, &s);
+}
+
+fn opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A float as JSON: the shortest text that reads back as the same value.
+fn number(out: &mut Vec<u8>, x: f64) {
+    if x.is_finite() {
+        let _ = write!(out, "{x:?}");
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Seconds as milliseconds cut to the microsecond (Python:
+/// `int(s * 1_000_000.0) / 1000.0`).
+#[must_use]
+pub fn ms(seconds: f64) -> f64 {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+    let micros = (seconds * 1_000_000.0).trunc() as i64 as f64;
+    micros / 1000.0
+}
+
+/// `x` rounded to 8 decimals, as Python's `round(x, 8)`.
+#[must_use]
+pub fn round8(x: f64) -> f64 {
+    if !x.is_finite() {
+        return x;
+    }
+    format!("{x:.8}").parse().unwrap_or(x)
+}
+
+/// Appends `line` as one JSON object and a newline.
+pub fn render(out: &mut Vec<u8>, line: &Line<'_>) {
+    out.extend_from_slice(b"{\"time\":");
+    number(out, line.time);
+    out.extend_from_slice(b",\"request_id\":");
+    latin1(out, line.request_id);
+    out.extend_from_slice(b",\"key\":");
+    opt(out, line.key);
+    out.extend_from_slice(b",\"client_ip\":");
+    string(out, line.client_ip);
+    out.extend_from_slice(b",\"method\":\"POST\",\"path\":");
+    latin1(out, line.path);
+    out.extend_from_slice(b",\"model\":");
+    opt(out, line.model);
+    out.extend_from_slice(b",\"served_model\":");
+    opt(out, line.served_model);
+    out.extend_from_slice(b",\"route\":");
+    opt(out, line.route);
+    out.extend_from_slice(b",\"variant\":");
+    opt(out, line.variant);
+    out.extend_from_slice(b",\"provider\":");
+    opt(out, line.provider);
+    let _ = write!(
+        out,
+        ",\"status\":{},\"stream\":{},\"attempts\":{},\"latency_ms\":",
+        line.status, line.stream, line.attempts
+    );
+    number(out, ms(line.latency_s));
+    out.extend_from_slice(b",\"ttfb_ms\":");
+    if line.ttfb_s >= 0.0 {
+        number(out, ms(line.ttfb_s));
+    } else {
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b",\"overhead_ms\":");
+    number(out, ms(line.overhead_s));
+    match line.usage {
+        Some((tin, tout, cost)) => {
+            let _ = write!(
+                out,
+                ",\"tokens_in\":{tin},\"tokens_out\":{tout},\"cost_usd\":"
+            );
+            number(out, round8(cost));
+        }
+        None => out.extend_from_slice(b",\"tokens_in\":null,\"tokens_out\":null,\"cost_usd\":null"),
+    }
+    out.extend_from_slice(b",\"cache\":null");
+    if let Some(e) = line.error {
+        out.extend_from_slice(b",\"error\":");
+        string(out, e);
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_json() {
+        let mut out = Vec::new();
+        render(
+            &mut out,
+            &Line {
+                time: 1.5,
+                request_id: b"req_1",
+                key: Some("team \"a\"\n"),
+                client_ip: "127.0.0.1",
+                path: b"/v1/chat/completions",
+                model: Some("m\u{e9}"),
+                status: 200,
+                attempts: 1,
+                latency_s: 0.001_234_567,
+                ttfb_s: -1.0,
+                usage: Some((3, 5, 1.234_567_891_23e-6)),
+                error: Some("x\u{1}"),
+                ..Line::default()
+            },
+        );
+        let text = String::from_utf8(out).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["key"], "team \"a\"\n");
+        assert_eq!(v["model"], "m\u{e9}");
+        assert_eq!(v["latency_ms"], 1.234);
+        assert_eq!(v["ttfb_ms"], serde_json::Value::Null);
+        assert_eq!(v["cost_usd"], 1.23e-6);
+        assert_eq!(v["error"], "x\u{1}");
+        assert_eq!(v["variant"], serde_json::Value::Null);
+        assert!(text.ends_with("}\n"));
+    }
+}
