@@ -127,16 +127,16 @@ pub fn render(out: &mut Vec<u8>, line: &Line<'_>) {
     string(out, line.client_ip);
     out.extend_from_slice(b",\"method\":\"POST\",\"path\":");
     latin1(out, line.path);
-    out.extend_from_slice(b",\"model\":");
-    opt(out, line.model);
-    out.extend_from_slice(b",\"served_model\":");
-    opt(out, line.served_model);
-    out.extend_from_slice(b",\"route\":");
-    opt(out, line.route);
-    out.extend_from_slice(b",\"variant\":");
-    opt(out, line.variant);
-    out.extend_from_slice(b",\"provider\":");
-    opt(out, line.provider);
+    for (name, value) in [
+        (&b",\"model\":"[..], line.model),
+        (b",\"served_model\":", line.served_model),
+        (b",\"route\":", line.route),
+        (b",\"variant\":", line.variant),
+        (b",\"provider\":", line.provider),
+    ] {
+        out.extend_from_slice(name);
+        opt(out, value);
+    }
     let _ = write!(
         out,
         ",\"status\":{},\"stream\":{},\"attempts\":{},\"latency_ms\":",
