@@ -18,7 +18,10 @@ system calls and no event-loop polling. That is the part of the end-to-end
 cost (``run.py``'s CPU per request) this code controls, measured without the
 noise of a shared machine: use it to compare changes, ``run.py`` for the
 SPEC figures. ``--profile ROW`` prints a cProfile of that row (call counts
-are exact; times are inflated by the profiler).
+are exact; times are inflated by the profiler). ``--instructions`` counts
+instructions per request under valgrind's callgrind instead: slow (about a
+minute a row), but the same from run to run on a busy machine, so a change of
+a few percent shows.
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -223,13 +230,45 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+def instructions(rows: str, small: int = 2000, large: int = 6000) -> dict[str, float]:
+    """Instructions per request, counted by valgrind's callgrind: each row run twice
+    (with ``small`` and ``large`` requests after the same warm-up), the difference
+    divided by the difference in requests, so start-up and warm-up cancel out.
+    Repeatable to a fraction of a percent whatever else the machine is doing."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (Debian package valgrind)")
+    python = os.path.realpath(sys.executable)  # not a shim script: valgrind follows no child
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out: dict[str, float] = {}
+    for row in rows.split(","):
+        counts = []
+        for n in (small, large):
+            proc = subprocess.run(
+                [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", python,
+                 __file__, "--rows", row, "--requests", str(n), "--repeat", "1"],
+                capture_output=True, text=True, env=env, check=True)
+            found = re.search(r"Collected : (\d+)", proc.stderr)
+            if found is None:
+                raise SystemExit(f"callgrind printed no count:\n{proc.stderr[-2000:]}")
+            counts.append(int(found.group(1)))
+        out[row] = (counts[1] - counts[0]) / (large - small)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=20_000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rows", default="minimal,full,stream")
     ap.add_argument("--profile", default="", help="print a cProfile of this row")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions per request under valgrind instead (slow, exact)")
     args = ap.parse_args()
+    if args.instructions:
+        for name, count in instructions(args.rows).items():
+            print(f"{name:10s} {count:9.0f} instructions per request (callgrind)")
+        return
     results = uvloop.run(measure(args))
     for name, us in results.items():
         print(f"{name:10s} {us:7.2f} us per request (gateway Python, no syscalls; best of "
