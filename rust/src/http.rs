@@ -358,10 +358,12 @@ impl Chunked {
             match self.state {
                 ChunkState::Size => {
                     if let Some(v) = hex_value(b) {
-                        if self.size > (u64::MAX - 16) / 16 {
-                            return Err(ChunkError("chunk size overflow"));
-                        }
-                        self.size = self.size * 16 + v;
+                        // As llhttp: any size that fits in 64 bits is read.
+                        self.size = self
+                            .size
+                            .checked_mul(16)
+                            .and_then(|s| s.checked_add(v))
+                            .ok_or(ChunkError("chunk size overflow"))?;
                         self.digits += 1;
                     } else if self.digits == 0 {
                         return Err(ChunkError("invalid character in chunk size"));

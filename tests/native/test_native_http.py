@@ -276,10 +276,19 @@ def _read(decoder: Any, body: bytes, cuts: list[int], join: bool) -> list[Any]:
 @settings(max_examples=1500, deadline=None)
 @given(body=chunked_bodies(), data=st.data(), join=st.booleans())
 @example(body=b"5\r\nhello\r\n0\r\n\r\n", data=None, join=False)
+@example(body=b"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n", data=None, join=False)
 def test_chunked_bodies_read_as_llhttp_reads_them(body: bytes, data: Any, join: bool) -> None:
     cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=6)) if data else []
     got = _read(native.ChunkedDecoder(), body, cuts, join)
     assert got == _read(ref.ChunkedDecoder(), body, cuts, join)
+
+
+def test_a_chunk_size_of_sixteen_hex_digits_is_read_and_seventeen_overflow() -> None:
+    body = b"ffffffffffffffffff\r\nhello\r\n"
+    for cut in range(len(body) + 1):
+        assert _read(native.ChunkedDecoder(), body, [cut], False) == \
+            _read(ref.ChunkedDecoder(), body, [cut], False), cut
+    assert _read(native.ChunkedDecoder(), body[:16], [], False) == [[], False]
 
 
 _FWD_NAMES = [b"host", b"authorization", b"x-request-id", b"connection", b"keep-alive",
