@@ -222,6 +222,8 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
                     prof.disable()
                     stats = pstats.Stats(prof)
                     stats.sort_stats("tottime").print_stats(40)
+                    if os.environ.get("FASTGW_CALLERS"):
+                        stats.print_callers(os.environ["FASTGW_CALLERS"])
                 best = min([await rig.run(args.requests) for _ in range(args.repeat)])
                 results[name] = best * 1e6
             finally:
