@@ -1,4 +1,5 @@
-"""benchmarks/run.py --scaling: when it refuses to run, and how its figure is judged."""
+"""benchmarks/run.py: --scaling (when it refuses to run, how its figure is judged) and
+--rounds (which round is reported)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import run  # type: ignore[import-not-found,unused-ignore]
 import scaling  # type: ignore[import-not-found,unused-ignore]
+from loadgen import LoadResult, Percentiles  # type: ignore[import-not-found,unused-ignore]
 
 
 def test_scaling_needs_two_cpus_per_worker_when_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,3 +48,22 @@ def test_a_pinned_scaling_figure_is_checked_against_085() -> None:
 def test_an_unpinned_scaling_figure_is_not_judged() -> None:
     checks = [c for c in run.spec_checks({}, None, _scaling(0.9, False)) if "workers" in c["what"]]
     assert len(checks) == 1 and checks[0]["ok"] is None and "unpinned" in checks[0]["what"]
+
+
+def _measured(mode: str, rps: float, p50: float) -> run.Measured:
+    lat = Percentiles(p50, p50, p50, p50, p50, p50, p50)
+    result = LoadResult(mode, "u", False, 1, None, 1.0, 1, 1, {}, {}, rps, lat)
+    return run.Measured(result, None, None, None)
+
+
+def test_rounds_report_the_median_round_and_of_two_the_worse() -> None:
+    closed = run.SCENARIOS[0]
+    assert closed.name == "max_rps"
+    three = [_measured("closed", r, 1.0) for r in (10.0, 30.0, 20.0)]
+    assert run.median_run(closed, three).result.rps == 20.0
+    two = [_measured("closed", r, 1.0) for r in (30.0, 10.0)]
+    assert run.median_run(closed, two).result.rps == 10.0  # the lower rate
+    low = next(s for s in run.SCENARIOS if s.name == "open_low")
+    two = [_measured("open", 50.0, p) for p in (0.4, 0.9)]
+    chosen = run.median_run(low, two).result.latency_ms
+    assert chosen is not None and chosen.p50 == 0.9  # the higher latency
