@@ -221,7 +221,9 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
                     await rig.run(args.requests)
                     prof.disable()
                     stats = pstats.Stats(prof)
-                    stats.sort_stats("tottime").print_stats(40)
+                    stats.sort_stats(os.environ.get("FASTGW_SORT", "tottime")).print_stats(
+                        int(os.environ.get("FASTGW_TOP", "40"))
+                    )
                     if os.environ.get("FASTGW_CALLERS"):
                         stats.print_callers(os.environ["FASTGW_CALLERS"])
                 best = min([await rig.run(args.requests) for _ in range(args.repeat)])
