@@ -509,6 +509,7 @@ def derive(scenario: Scenario, measured: dict[str, Measured]) -> dict[str, dict[
         row["server_cpu"] = m.cpu_util
         row["cpu_us_per_req"] = m.cpu_us_per_req
         row["cpu_us_per_event"] = m.cpu_us_per_event
+        row["steal"] = m.steal
         out[name] = row
     # Capacity per core relative to nginx: nginx's CPU per request / the row's.
     # Unlike the rate ratio it holds when the client core, not the proxy, is
@@ -566,7 +567,7 @@ def print_table(scenario: Scenario, rows: dict[str, dict[str, Any]], s: Settings
     print(
         f"  {'row':<14}{scenario.unit:>12}{'p50 ms':>10}{'p99 ms':>10}"
         f"{'vs nginx':>10}{'+p50 ms':>10}{'+p99 ms':>10}{'errors':>8}"
-        f"{'CPU':>7}{'us/req':>8}{'cpu vs nginx':>14}"
+        f"{'CPU':>7}{'us/req':>8}{'cpu vs nginx':>14}{'steal':>7}"
     )
     for name, r in rows.items():
         ratio = fmt(r["vs_nginx"], ".2f")
@@ -575,7 +576,7 @@ def print_table(scenario: Scenario, rows: dict[str, dict[str, Any]], s: Settings
             f"{fmt(r['p99_ms'], '.3f'):>10}{ratio:>10}{fmt(r['added_p50_ms'], '+.3f'):>10}"
             f"{fmt(r['added_p99_ms'], '+.3f'):>10}{r['errors']:>8}"
             f"{fmt(r['server_cpu'], '.0%'):>7}{fmt(r['cpu_us_per_req'], '.1f'):>8}"
-            f"{fmt(r['cpu_vs_nginx'], '.2f'):>14}"
+            f"{fmt(r['cpu_vs_nginx'], '.2f'):>14}{fmt(r['steal'], '.0%'):>7}"
         )
     if scenario.ttfe:
         print("  time to the first content event (the first token):")
@@ -621,21 +622,46 @@ class Measured:
     cpu_util: float | None  # the server's CPU use, in cores, after warmup
     cpu_us_per_req: float | None
     cpu_us_per_event: float | None
+    steal: float | None = None  # the largest share of time the host took from our CPUs
+
+
+def steal_ticks() -> dict[str, int]:
+    """Per CPU ("cpu0", ...): clock ticks the hypervisor ran something else while
+    this guest wanted the CPU (the 8th field of /proc/stat)."""
+    out: dict[str, int] = {}
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if line.startswith("cpu") and line[3:4].isdigit():
+            fields = line.split()
+            if len(fields) > 8:
+                out[fields[0]] = int(fields[8])
+    return out
+
+
+def steal_share(before: dict[str, int], after: dict[str, int], seconds: float) -> float | None:
+    """The largest share of ``seconds`` stolen from any one CPU."""
+    if not before or seconds <= 0:
+        return None
+    return max((after.get(c, v) - v) / CLK_TCK / seconds for c, v in before.items())
 
 
 async def _measure(spec: LoadSpec, pids: list[int]) -> Measured:
     task = asyncio.ensure_future(run_load(spec))
     await asyncio.sleep(spec.warmup)
-    c0, t0 = cpu_seconds(pids), time.perf_counter()
+    c0, t0, st0 = cpu_seconds(pids), time.perf_counter(), steal_ticks()
     r = await task
-    c1, t1 = cpu_seconds(pids), time.perf_counter()
+    c1, t1, st1 = cpu_seconds(pids), time.perf_counter(), steal_ticks()
+    steal = steal_share(st0, st1, t1 - t0)
     if not pids or not r.requests:
-        return Measured(r, None, None, None)
+        return Measured(r, None, None, None, steal)
     used = c1 - c0
     if used < MIN_CPU_S:  # too few clock ticks for a per-request figure
-        return Measured(r, used / (t1 - t0), None, None)
+        return Measured(r, used / (t1 - t0), None, None, steal)
     per_event = used / r.events * 1e6 if r.events else None
-    return Measured(r, used / (t1 - t0), used / r.requests * 1e6, per_event)
+    return Measured(r, used / (t1 - t0), used / r.requests * 1e6, per_event, steal)
 
 
 def measure(spec: LoadSpec, pids: list[int] | None = None) -> Measured:
@@ -979,6 +1005,16 @@ def print_checks(checks: list[dict[str, Any]]) -> None:
         )
 
 
+def mock_answer(mock_port: int) -> bytes:
+    """The mock's answer to the benchmark's chat request (what a static upstream serves)."""
+    status, body = post(
+        f"http://127.0.0.1:{mock_port}/v1/chat/completions", json.loads(chat_body(False)), {}
+    )
+    if status != 200:
+        raise RuntimeError(f"mock answered {status}")
+    return body
+
+
 def run_upstream_check(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, Any]:
     """The mock alone vs nginx serving the same JSON as a static answer, each on
     the gateway's CPU with the load generator on the other: the mock must not
@@ -987,11 +1023,7 @@ def run_upstream_check(args: argparse.Namespace, s: Settings, workdir: Path) -> 
     procs = Processes(workdir)
     try:
         mock_port, mock_pid = start_mock(procs, gw_cpu)
-        status, body = post(
-            f"http://127.0.0.1:{mock_port}/v1/chat/completions", json.loads(chat_body(False)), {}
-        )
-        if status != 200:
-            raise RuntimeError(f"mock answered {status}")
+        body = mock_answer(mock_port)
         port = free_port()
         conf = render_nginx(workdir / "nginx-static", port, mock_port, static_body=body.decode())
         nginx_pid = start_nginx(procs, conf, port, gw_cpu)

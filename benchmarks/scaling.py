@@ -33,8 +33,8 @@ from run import (
     chat_body,
     cpu_seconds,
     free_port,
+    mock_answer,
     pinned,
-    post,
     render_nginx,
     start_fastgw,
     start_mock,
@@ -49,11 +49,7 @@ def static_upstream(procs: Processes, workdir: Path, workers: int, cpus: str | N
     """Port of an nginx (``workers`` workers) answering every request with the
     mock's chat completion, so the gateway relays what it relays in the other rows."""
     mock_port, _ = start_mock(procs, cpus)
-    status, body = post(
-        f"http://127.0.0.1:{mock_port}/v1/chat/completions", json.loads(chat_body(False)), {}
-    )
-    if status != 200:
-        raise RuntimeError(f"mock answered {status}")
+    body = mock_answer(mock_port)
     port = free_port()
     conf = render_nginx(
         workdir / "nginx-upstream", port, mock_port, static_body=body.decode(), workers=workers

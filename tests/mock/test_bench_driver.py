@@ -67,3 +67,12 @@ def test_rounds_report_the_median_round_and_of_two_the_worse() -> None:
     two = [_measured("open", 50.0, p) for p in (0.4, 0.9)]
     chosen = run.median_run(low, two).result.latency_ms
     assert chosen is not None and chosen.p50 == 0.9  # the higher latency
+
+
+def test_steal_is_the_largest_share_taken_from_one_cpu() -> None:
+    tick = run.CLK_TCK
+    before = {"cpu0": 100, "cpu1": 50}
+    after = {"cpu0": 100 + tick // 2, "cpu1": 50 + tick // 10}
+    assert run.steal_share(before, after, 2.0) == (tick // 2) / tick / 2.0
+    assert run.steal_share({}, after, 2.0) is None  # no /proc/stat: unknown, not zero
+    assert set(run.steal_ticks()) >= {"cpu0"}  # this Linux machine has a cpu0 line
