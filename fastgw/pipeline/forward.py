@@ -175,8 +175,9 @@ class Forwarder:
             failure.clear()
             flow.listener = None
             provider.pool.release(conn, reuse=reuse)
-            if relay.usage is not None:
-                ctx.prompt_tokens, ctx.completion_tokens = relay.usage
+            usage = relay.usage  # read natively once
+            if usage is not None:
+                ctx.prompt_tokens, ctx.completion_tokens = usage
                 ctx.usage_known = True
         cycle.end()
 

@@ -216,7 +216,14 @@ class Cycle:
         if not data or self._proto.transport is None:
             return
         if self._chunked:
-            self._hold(b"%x\r\n" % len(data) + data + wire.CRLF)
+            # Framed as three pieces: the data is copied once, by flush's join.
+            size = b"%x\r\n" % len(data)
+            held = self._held
+            if held is None:
+                self._held = [size, data, wire.CRLF]
+                self._proto.loop.call_soon(self.flush)
+            else:
+                held += (size, data, wire.CRLF)
         else:
             self._hold(data)
 
