@@ -39,3 +39,12 @@ def test_the_native_line_matches_the_reference(**kw: Any) -> None:
     want = orjson.loads(ref.access_line(*args))
     assert list(got) == list(want)  # the same fields in the same order
     assert got == want
+
+
+def test_escapes_are_written_as_json_escapes() -> None:
+    line = native.access_line(1.0, b"r", 'k"\\\n\r\t\x08\x0c\x01\x1fé€', "ip", b"/p\xff\"\x7f",
+                              None, None, None, None, None, 200, False, 1, 0.0, 0.0, 0.0, None,
+                              None)
+    assert b'"key":"k\\"\\\\\\n\\r\\t\\b\\f\\u0001\\u001f\xc3\xa9\xe2\x82\xac"' in line
+    assert b'"path":"/p\xc3\xbf\\"\x7f"' in line
+    assert orjson.loads(line)["key"] == 'k"\\\n\r\t\x08\x0c\x01\x1fé€'
