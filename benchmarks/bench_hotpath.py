@@ -125,10 +125,39 @@ def upstream_answer(stream: bool) -> bytes:
             + chunks + b"0\r\n\r\n")
 
 
+def _without(*parts: str) -> Any:
+    """The full policy without some of its parts: what each part costs is the
+    difference (``--rows full,full-no-log,...``)."""
+
+    def build(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
+        cfg = full_config(mock_port, port, workdir)
+        if "log" in parts:
+            cfg["observability"] = {"access_log": "off"}
+        if "limits" in parts:
+            cfg.pop("limits", None)
+            for key in cfg["auth"]["keys"]:
+                key.pop("limits", None)
+        if "hash" in parts:
+            for model in cfg["models"]:
+                model.pop("balance", None)
+                model.pop("hash_key", None)
+        if "targets" in parts:  # one target named as the model: no body rewrite
+            for model in cfg["models"]:
+                model["targets"] = [{"provider": "mock", "model": model["name"]}]
+        return cfg
+
+    return build
+
+
 ROWS: dict[str, tuple[Any, bool, str | None]] = {
     "minimal": (minimal_config, False, None),
     "full": (full_config, False, BENCH_KEY),
     "stream": (minimal_config, True, None),
+    # Ablations of the full policy (not run by default).
+    "full-no-log": (_without("log"), False, BENCH_KEY),
+    "full-no-limits": (_without("limits"), False, BENCH_KEY),
+    "full-no-hash": (_without("hash"), False, BENCH_KEY),
+    "full-keys-only": (_without("log", "limits", "hash", "targets"), False, BENCH_KEY),
 }
 
 

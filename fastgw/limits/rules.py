@@ -19,8 +19,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import math
+import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,8 +69,9 @@ class ScopeSpec:
 class Plan:
     """The limits one (caller, model) reserves on every request."""
 
-    __slots__ = ("_base", "_fixed", "_tok_at", "_usd_at", "caps", "counters", "dims", "keys",
-                 "labels", "lines", "month", "req", "scopes", "specs", "tok", "uses_usage")
+    __slots__ = ("_base", "_fixed", "_pick", "_tok_at", "_usd_at", "caps", "counters", "dims",
+                 "keys", "labels", "lines", "month", "req", "scopes", "specs", "tok",
+                 "uses_usage")
 
     def __init__(self, specs: Sequence[ScopeSpec]) -> None:
         self.specs = tuple(specs)
@@ -90,6 +92,11 @@ class Plan:
         self._base = [1.0] * len(self.specs)
         self._tok_at = tuple((i, s.p1) for i, s in enumerate(self.specs) if s.dim == TOKENS)
         self._usd_at = tuple((i, s.p1) for i, s in enumerate(self.specs) if s.dim == USD)
+        # The settlement's value of each scope, by its dimension (one C call).
+        dims = self.dims
+        self._pick: Callable[[tuple[float, ...]], Sequence[float]] = (
+            operator.itemgetter(*dims) if len(dims) > 1
+            else lambda vals: tuple(vals[d] for d in dims))
         self.req = tuple(i for i, s in enumerate(self.specs) if s.dim == REQUESTS)
         self.tok = tuple(i for i, s in enumerate(self.specs) if s.dim == TOKENS)
         self.lines = tuple(
@@ -108,10 +115,9 @@ class Plan:
             out[i] = usd if usd < cap else cap
         return out
 
-    def actual(self, requests: float, tokens: float, usd: float) -> list[float]:
+    def actual(self, requests: float, tokens: float, usd: float) -> Sequence[float]:
         """The settlement (in-flight slots are always given back, whatever is passed)."""
-        vals = (requests, tokens, 0.0, usd)
-        return [vals[d] for d in self.dims]
+        return self._pick((requests, tokens, 0.0, usd))
 
     def headers(self, res: Outcome) -> bytes:
         """``x-ratelimit-*`` lines: the tightest requests scope and tokens scope

@@ -91,10 +91,13 @@ def test_costs_are_capped_at_each_limit_and_fixed_plans_share_one_tuple() -> Non
     plan = Rules([]).plan("k:x", "x", None, spec, "m", [])
     assert plan is not None and plan.uses_usage
     assert plan.costs(5000.0, 0.5) == [1.0, 1000.0, 0.5]
-    assert plan.actual(1.0, 4000.0, 3.0) == [1.0, 4000.0, 3.0]
+    assert list(plan.actual(1.0, 4000.0, 3.0)) == [1.0, 4000.0, 3.0]
     fixed = Rules([]).plan("k:x", "x", None, LimitSpec(rpm=10, max_inflight=2), "m", [])
     assert fixed is not None and not fixed.uses_usage
     assert fixed.costs(1.0, 1.0) is fixed.costs(9.0, 9.0) == (1.0, 1.0)
+    assert tuple(fixed.actual(1.0, 5.0, 2.0)) == (1.0, 0.0)  # in-flight always given back
+    single = Rules([]).plan("k:x", "x", None, LimitSpec(tpm=100), "m", [])
+    assert single is not None and tuple(single.actual(1.0, 5.0, 2.0)) == (5.0,)
 
 
 def test_too_many_scopes_for_one_request_is_an_error() -> None:
