@@ -108,9 +108,7 @@ class Proxy:
         try:
             self.request_filter(ctx)
             if access.passthrough:  # open: no credentials, IP rules nor limits
-                self.find_route(ctx)
-                controls = (read_controls(ctx) if has_controls or "fastgw" in ctx.doc
-                            else NO_CONTROLS)
+                controls = self.route_phase(ctx, has_controls)
             else:
                 if not access.sync or not access.authenticate_now(ctx):
                     return self._proceed(ctx, fwd, has_controls, None, None)

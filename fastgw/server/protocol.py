@@ -217,23 +217,17 @@ class Cycle:
             return
         if self._chunked:
             # Framed as three pieces: the data is copied once, by flush's join.
-            size = b"%x\r\n" % len(data)
-            held = self._held
-            if held is None:
-                self._held = [size, data, wire.CRLF]
-                self._proto.loop.call_soon(self.flush)
-            else:
-                held += (size, data, wire.CRLF)
+            self._hold(b"%x\r\n" % len(data), data, wire.CRLF)
         else:
             self._hold(data)
 
-    def _hold(self, data: bytes) -> None:
+    def _hold(self, *pieces: bytes) -> None:
         held = self._held
         if held is None:
-            self._held = [data]
+            self._held = list(pieces)
             self._proto.loop.call_soon(self.flush)
         else:
-            held.append(data)
+            held += pieces
 
     def flush(self) -> None:
         """Write what the stream holds now."""
