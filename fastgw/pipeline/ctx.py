@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastgw.pipeline.snapshot import ModelRoute, Snapshot, TargetRuntime
 from fastgw.server.protocol import Cycle
 from fastgw.upstream.connection import UpstreamConnection
+
+if TYPE_CHECKING:
+    from fastgw.pipeline.forward import Pipe
 
 
 class Begun:
@@ -16,10 +19,11 @@ class Begun:
     the target tried (-1: none was). While the exchange runs, ``conn`` is its
     connection; when it fails on the connection, ``error`` says why and the
     task that takes over may still recover it; when it failed with an answer
-    (an error status), ``conn`` is None and ``error`` is final.
+    (an error status), ``conn`` is None and ``error`` is final. A stream's
+    ``pipe`` relays it once its head is in.
     """
 
-    __slots__ = ("conn", "error", "fwd", "idx", "order", "request", "sent")
+    __slots__ = ("conn", "error", "fwd", "idx", "order", "pipe", "request", "sent")
 
     def __init__(self, order: list[int], fwd: bytes) -> None:
         self.order = order
@@ -27,6 +31,7 @@ class Begun:
         self.idx = -1
         self.conn: UpstreamConnection | None = None
         self.error: BaseException | None = None
+        self.pipe: Pipe | None = None
         self.request = b""
         self.sent = 0.0
 

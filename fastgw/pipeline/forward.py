@@ -98,99 +98,63 @@ class Forwarder:
 
     # -- streams ------------------------------------------------------------------------
 
-    async def stream(self, ctx: RequestCtx, target: TargetRuntime, request: bytes) -> None:
+    async def stream(self, ctx: RequestCtx, target: TargetRuntime, request: bytes,
+                     begun: Begun | None = None) -> None:
+        """One streamed exchange; with ``begun``, the rest of one begun without a task
+        whose connection failed before its head (a stale pooled one is retried) or
+        whose head is an error status."""
         provider = target.provider
-        sent = perf_counter()
+        pool = provider.pool
+        sent = perf_counter() if begun is None else begun.sent
         try:
-            conn = await exchange(provider.pool, request, provider.timeouts, whole=False)
+            if begun is None:
+                conn = await exchange(pool, request, provider.timeouts, whole=False)
+            else:
+                failed, begun.conn = begun.conn, None
+                error, begun.error = begun.error, None
+                assert failed is not None
+                conn = failed if error is None else await recover(
+                    pool, failed, error, request, provider.timeouts, whole=False)
         except UpstreamError:
             ctx.upstream_s += perf_counter() - sent
             raise
-        ttfb = conn.head_at - sent
-        ctx.ttfb_s = ttfb
-        ctx.upstream_s += ttfb
-        target.state.observe_ttfb(ttfb)
+        self.head_in(ctx, target, conn, sent)
         if conn.status >= 300:
             try:
                 await conn.wait_done()
             except BaseException:
-                provider.pool.release(conn, reuse=False)
+                pool.release(conn, reuse=False)
                 raise
             body = conn.body()
-            provider.pool.release(conn, reuse=True)
+            pool.release(conn, reuse=True)
             raise self.status_error(target, conn.status, body, conn.headers)
-        cycle = ctx.cycle
-        flow = cycle.flow
-        # A failover before the commit point finds the head already sent.
-        resumed = cycle.started
-        if not resumed:
-            ctx.status = conn.status
-            cycle.start(conn.status,
-                        self.response_head(ctx, target, conn.headers,
-                                           hdr.content_type(conn.headers, _SSE))
-                        + _STREAM_HEADERS)
-        failure: list[UpstreamError] = []
-
-        def on_error() -> None:
-            assert relay.error_payload is not None
-            failure.append(StreamFailedBeforeCommit(
-                f"upstream {provider.name!r} sent an error before any content: "
-                f"{error_message(relay.error_payload)}", sent=True))
-            conn.abort()
-
-        relay = StreamRelay(cycle, drop_usage=not ctx.client_usage, resumed=resumed,
-                            on_error=on_error, on_commit=conn.sink_per_read)
-        flow.listener = (conn.pause_reading, conn.resume_reading)
-        if flow.write_paused:
-            conn.pause_reading()
-        timer = self.loop.call_at(self.loop.time() + provider.timeouts.first_byte_s
-                                  - (perf_counter() - sent), _no_content, conn, relay, failure,
-                                  provider.name, provider.timeouts.first_byte_s)
+        pipe = Pipe(self, ctx, target, conn, sent)
         reuse = False
         try:
-            conn.set_sink(relay.feed, each_chunk=True)
-            await conn.wait_done()
-            if failure and not relay.committed:
-                # The whole (failed) stream had arrived before we looked at it.
-                raise failure[0]
-            relay.finish()
-            reuse = True
-        except UpstreamError as exc:
-            if not relay.committed:
-                # Before the commit point: the runner may fail over (and resume).
-                raise (failure[0] if failure else exc) from None
-            # Past the commit point: end the stream with a typed error event.
-            self.recorder.upstream_error(provider.name, exc.reason)
-            ctx.status = exc.status
-            ctx.error = exc.message
-            relay.fail(exc)
+            try:
+                await conn.wait_done()
+            except UpstreamError as exc:
+                reuse = pipe.end(exc)
+            else:
+                reuse = pipe.end(None)
         except asyncio.CancelledError:
-            if ctx.route is not None and ctx.route.cfg.on_disconnect == "drain_for_usage" \
-                    and relay.committed and not conn.closed:
-                await self._drain_for_usage(conn, relay)
+            if pipe.drains():
+                try:
+                    await conn.wait_done()
+                except (UpstreamError, asyncio.CancelledError):
+                    pass
             raise
         finally:
-            timer.cancel()
-            relay.release()
-            failure.clear()
-            flow.listener = None
-            provider.pool.release(conn, reuse=reuse)
-            usage = relay.usage  # read natively once
-            if usage is not None:
-                ctx.prompt_tokens, ctx.completion_tokens = usage
-                ctx.usage_known = True
-        cycle.end()
+            pipe.close(reuse)
+        ctx.cycle.end()
 
-    async def _drain_for_usage(self, conn: UpstreamConnection, relay: StreamRelay) -> None:
-        """The client left: read the rest upstream (bounded by its timeouts) only to
-        count its tokens."""
-
-        relay.discard()
-        conn.resume_reading()
-        try:
-            await conn.wait_done()
-        except (UpstreamError, asyncio.CancelledError):
-            pass
+    def head_in(self, ctx: RequestCtx, target: TargetRuntime, conn: UpstreamConnection,
+                sent: float) -> None:
+        """A stream's head arrived: its time to first byte."""
+        ttfb = conn.head_at - sent
+        ctx.ttfb_s = ttfb
+        ctx.upstream_s += ttfb
+        target.state.observe_ttfb(ttfb)
 
     # -- shared -------------------------------------------------------------------------
 
@@ -221,15 +185,118 @@ class Forwarder:
                 + ctx.extra_headers + hdr.response_headers(up_headers))
 
 
-def _no_content(conn: UpstreamConnection, relay: StreamRelay, failure: list[UpstreamError],
-                provider: str, first_byte_s: float) -> None:
-    """first_byte_s passed and the stream has not reached its first content."""
-    if relay.committed or conn.closed:
-        return
-    failure.append(UpstreamTimeout(
-        f"upstream {provider!r} sent no content within first_byte_s ({first_byte_s:g} s)",
-        sent=True))
-    conn.abort()
+class Pipe:
+    """One upstream stream with a 2xx head, relayed to the client.
+
+    Made when the head is in: it sends the client's head (unless a failover
+    resumes a stream whose head went out), feeds the relay from the
+    connection, ties the client's write flow control to the connection's
+    reading and arms the no-content timer (``first_byte_s`` to the first
+    content). When the exchange has ended, :meth:`end` says what became of
+    it, then :meth:`close` releases everything. Used the same way by a task
+    (awaiting the connection) and by the direct path (its callbacks).
+    """
+
+    __slots__ = ("conn", "ctx", "failure", "flow", "forwarder", "lost", "provider", "relay",
+                 "timer")
+
+    def __init__(self, forwarder: Forwarder, ctx: RequestCtx, target: TargetRuntime,
+                 conn: UpstreamConnection, sent: float) -> None:
+        provider = target.provider
+        cycle = ctx.cycle
+        resumed = cycle.started  # a failover before the commit point
+        if not resumed:
+            ctx.status = conn.status
+            cycle.start(conn.status,
+                        forwarder.response_head(ctx, target, conn.headers,
+                                                hdr.content_type(conn.headers, _SSE))
+                        + _STREAM_HEADERS)
+        self.forwarder = forwarder
+        self.ctx = ctx
+        self.conn = conn
+        self.provider = provider
+        self.lost = False
+        self.failure: list[UpstreamError] = []
+        relay = self.relay = StreamRelay(cycle, drop_usage=not ctx.client_usage,
+                                         resumed=resumed, on_error=self._on_error,
+                                         on_commit=conn.sink_per_read)
+        flow = self.flow = cycle.flow
+        flow.listener = (conn.pause_reading, conn.resume_reading)
+        if flow.write_paused:
+            conn.pause_reading()
+        loop = forwarder.loop
+        self.timer = loop.call_at(loop.time() + provider.timeouts.first_byte_s
+                                  - (perf_counter() - sent), self._no_content)
+        conn.set_sink(relay.feed, each_chunk=True)
+
+    def _on_error(self) -> None:
+        """An error event before any content: fail this attempt (it may fail over)."""
+        payload = self.relay.error_payload
+        assert payload is not None
+        self.failure.append(StreamFailedBeforeCommit(
+            f"upstream {self.provider.name!r} sent an error before any content: "
+            f"{error_message(payload)}", sent=True))
+        self.conn.abort()
+
+    def _no_content(self) -> None:
+        """first_byte_s passed and the stream has not reached its first content."""
+        if self.relay.committed or self.conn.closed:
+            return
+        self.failure.append(UpstreamTimeout(
+            f"upstream {self.provider.name!r} sent no content within first_byte_s "
+            f"({self.provider.timeouts.first_byte_s:g} s)", sent=True))
+        self.conn.abort()
+
+    def end(self, error: UpstreamError | None) -> bool:
+        """The exchange ended, cleanly (``error`` None) or not. A failure before the
+        commit point is raised: nothing of it reached the client, the caller may
+        fail over. Past it, the stream ends with a typed error event. True when
+        the connection may be reused."""
+        relay = self.relay
+        failure = self.failure
+        if not relay.committed:
+            if failure:
+                raise failure[0] from None
+            if error is not None:
+                raise error from None
+        if error is None:
+            relay.finish()
+            return True
+        if not self.lost:
+            ctx = self.ctx
+            self.forwarder.recorder.upstream_error(self.provider.name, error.reason)
+            ctx.status = error.status
+            ctx.error = error.message
+            relay.fail(error)
+        return False
+
+    def drains(self) -> bool:
+        """The client left. When the model says ``drain_for_usage`` and the stream
+        is past its commit point, keep reading the upstream (bounded by its
+        timeouts) only to count its tokens: True. Else False."""
+        ctx = self.ctx
+        conn = self.conn
+        if ctx.route is None or ctx.route.cfg.on_disconnect != "drain_for_usage" \
+                or not self.relay.committed or conn.closed:
+            return False
+        self.lost = True
+        self.relay.discard()
+        conn.resume_reading()
+        return True
+
+    def close(self, reuse: bool) -> None:
+        """Release the connection, the timer and the callbacks; read the usage."""
+        self.timer.cancel()
+        relay = self.relay
+        relay.release()
+        self.failure.clear()
+        self.flow.listener = None
+        self.provider.pool.release(self.conn, reuse=reuse)
+        usage = relay.usage  # read natively once
+        if usage is not None:
+            ctx = self.ctx
+            ctx.prompt_tokens, ctx.completion_tokens = usage
+            ctx.usage_known = True
 
 
 def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:

@@ -62,7 +62,7 @@ from fastgw.pipeline.controls import (
     read_controls,
 )
 from fastgw.pipeline.ctx import Begun, RequestCtx
-from fastgw.pipeline.forward import Forwarder
+from fastgw.pipeline.forward import Forwarder, Pipe
 from fastgw.pipeline.snapshot import ModelRoute, Snapshot, TargetRuntime
 from fastgw.providers import openai
 from fastgw.routing.balancer import TargetState, usable
@@ -78,8 +78,8 @@ _DEFAULT_COMPLETION_TOKENS = 256  # quota estimate when the request sets no max_
 
 
 class Proxy:
-    __slots__ = ("_done", "_lost", "_rng", "access", "access_log", "forwarder", "loop",
-                 "recorder")
+    __slots__ = ("_done", "_head", "_lost", "_rng", "_streamed", "access", "access_log",
+                 "forwarder", "loop", "recorder")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, recorder: Recorder,
                  access_log: AccessLog, access: Access | None = None) -> None:
@@ -91,13 +91,16 @@ class Proxy:
         self._rng = random.Random()
         self._lost = self._on_lost  # bound once, not per request
         self._done = self._direct_done
+        self._head = self._direct_head
+        self._streamed = self._direct_streamed
 
     def run(self, cycle: Cycle, snapshot: Snapshot,
             endpoint: str) -> Coroutine[Any, Any, None] | None:
         """Handle one proxied request. When access control need not wait (no Redis,
-        no JWKS to fetch), the phases run at once; a whole (non-streaming) answer from a pooled
-        connection then needs no task at all: the direct path. Otherwise the
-        rest runs in the coroutine returned (the server makes it a task)."""
+        no JWKS to fetch), the phases run at once; an answer (whole or streamed)
+        from a pooled connection then needs no task at all: the direct path.
+        Otherwise the rest runs in the coroutine returned (the server makes it a
+        task)."""
         fwd, rid, has_controls = cycle.forwarded or hdr.forwarded(cycle.headers)
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id())
         self.recorder.inflight += 1
@@ -115,7 +118,7 @@ class Proxy:
                 controls = self.route_phase(ctx, has_controls)
                 access.admit_now(ctx)
             begun = None
-            if not ctx.stream and controls is NO_CONTROLS:
+            if controls is NO_CONTROLS:
                 begun = self._direct(ctx, fwd)
                 if begun is None:
                     return None  # the upstream's answer completes it (_direct_done)
@@ -177,11 +180,18 @@ class Proxy:
         ctx.error = "client disconnected"
         begun = ctx.begun
         if begun is not None and begun.conn is not None:
+            pipe = begun.pipe
+            if pipe is not None and pipe.drains():
+                return  # read on for the usage; _direct_streamed ends it
             conn, begun.conn = begun.conn, None
             conn.on_done(None)
             target = ctx.target
             assert target is not None
-            target.provider.pool.release(conn, reuse=False)
+            if pipe is not None:
+                begun.pipe = None
+                pipe.close(reuse=False)
+            else:
+                target.provider.pool.release(conn, reuse=False)
             target.state.inflight -= 1
         self._end(ctx)
 
@@ -220,9 +230,79 @@ class Proxy:
         request = begun.request = self.upstream_request(ctx, target, fwd)
         begun.sent = perf_counter()
         timeouts = provider.timeouts
-        conn.send(request, timeouts.first_byte_s, timeouts.idle_s, timeouts.total_s,
-                  self._done, ctx)
+        if ctx.stream:
+            conn.send(request, timeouts.first_byte_s, timeouts.idle_s, timeouts.total_s,
+                      self._head, ctx, True)
+        else:
+            conn.send(request, timeouts.first_byte_s, timeouts.idle_s, timeouts.total_s,
+                      self._done, ctx)
         return None
+
+    def _handover(self, ctx: RequestCtx, begun: Begun) -> None:
+        """The direct exchange cannot finish the request alone: a task takes over
+        (recovers a stale connection, reads an error status, retries and falls
+        back as usual). Not "running" until it starts: a client leaving before
+        that is handled by _on_lost (the task is then never run)."""
+        ctx.cycle.run_task(self._proceed(ctx, begun.fwd, False, NO_CONTROLS, begun))
+
+    def _direct_head(self, ctx: RequestCtx) -> None:
+        """A direct stream's head is in (or its exchange failed first): relay it
+        from here on, or hand it to a task."""
+        begun = ctx.begun
+        target = ctx.target
+        assert begun is not None and target is not None
+        conn = begun.conn
+        if conn is None:
+            return  # the client left first (_on_lost)
+        if conn.error is not None or conn.status >= 300:
+            begun.error = conn.error
+            self._handover(ctx, begun)
+            return
+        try:
+            self.forwarder.head_in(ctx, target, conn, begun.sent)
+            begun.pipe = Pipe(self.forwarder, ctx, target, conn, begun.sent)
+        except Exception:
+            log.exception("unhandled error in the proxy")
+            begun.conn = None
+            conn.on_done(None)
+            target.provider.pool.release(conn, reuse=False)
+            target.state.inflight -= 1
+            self.fail_to_proxy(ctx, _internal_error())
+            ctx.running = True
+            self._end(ctx)
+            return
+        conn.on_done(self._streamed, ctx)
+
+    def _direct_streamed(self, ctx: RequestCtx) -> None:
+        """A direct stream's exchange ended: end the stream, or (a failure before its
+        commit point) hand the failover to a task."""
+        begun = ctx.begun
+        target = ctx.target
+        assert begun is not None and target is not None
+        conn, pipe = begun.conn, begun.pipe
+        if conn is None or pipe is None:
+            return  # the client left first (_on_lost)
+        begun.conn = begun.pipe = None
+        reuse = False
+        state = target.state
+        state.inflight -= 1
+        try:
+            try:
+                reuse = pipe.end(conn.error)
+            finally:
+                pipe.close(reuse)
+        except UpstreamError as exc:
+            begun.error = exc  # final: the task judges it and tries the next target
+            self._handover(ctx, begun)
+            return
+        except Exception:
+            log.exception("unhandled error in the proxy")
+            self.fail_to_proxy(ctx, _internal_error())
+        else:
+            state.health.success(self.loop.time())
+        ctx.cycle.end()
+        ctx.running = True
+        self._end(ctx)
 
     def _direct_done(self, ctx: RequestCtx) -> None:
         """The direct exchange ended: answer from it, or hand the failure to a task
@@ -236,9 +316,7 @@ class Proxy:
         try:
             if conn.error is not None:
                 begun.error = conn.error
-                # Not "running" until the task starts: a client leaving before
-                # that is handled by _on_lost (the task is then never run).
-                ctx.cycle.run_task(self._proceed(ctx, begun.fwd, False, NO_CONTROLS, begun))
+                self._handover(ctx, begun)
                 return
             begun.conn = None
             state = target.state
@@ -247,7 +325,7 @@ class Proxy:
                 self.forwarder.answer_whole(ctx, target, conn, begun.sent)
             except UpstreamError as exc:
                 begun.error = exc
-                ctx.cycle.run_task(self._proceed(ctx, begun.fwd, False, NO_CONTROLS, begun))
+                self._handover(ctx, begun)
                 return
             state.health.success(self.loop.time())
         except GatewayError as exc:
@@ -512,14 +590,18 @@ class Proxy:
     async def resume_attempt(self, ctx: RequestCtx, target: TargetRuntime,
                              begun: Begun) -> None:
         """The rest of an attempt the direct path began: its connection failed (and
-        may be recovered), or its answer was an error status (final)."""
+        may be recovered), a stream's head is an error status, or the attempt
+        failed for good (``conn`` None: its error is final)."""
         error, begun.error = begun.error, None  # raised once, then held by nobody
         if begun.conn is None:
             assert isinstance(error, UpstreamError)
             raise error
         begun.error = error
         try:
-            await self.forwarder.whole(ctx, target, begun.request, begun)
+            if ctx.stream:
+                await self.forwarder.stream(ctx, target, begun.request, begun)
+            else:
+                await self.forwarder.whole(ctx, target, begun.request, begun)
         finally:
             target.state.inflight -= 1
 

@@ -52,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_last_rx",
         "_on_done",
         "_on_done_arg",
+        "_on_head",
         "_parser",
         "_sink",
         "_sink_each",
@@ -99,6 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._done_waiter: asyncio.Future[None] | None = None
         self._on_done: Callable[[Any], None] | None = None
         self._on_done_arg: Any = None
+        self._on_head = False  # _on_done is called at the head too (streams)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._deadline_first = 0.0
@@ -183,7 +185,10 @@ class UpstreamConnection(asyncio.Protocol):
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if len(data) > head_len:
+        if self._on_head:
+            self._on_head = False
+            self._notify()  # may set a sink for what follows, or abort
+        if len(data) > head_len and self._state == _BODY:
             self._native_body(chunks, data, head_len)
 
     def _native_body(self, chunks: ChunkedDecoder, data: bytes, start: int) -> None:
@@ -279,6 +284,9 @@ class UpstreamConnection(asyncio.Protocol):
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._on_head:
+            self._on_head = False
+            self._notify()
 
     def on_body(self, body: bytes) -> None:
         sink = self._sink
@@ -305,10 +313,14 @@ class UpstreamConnection(asyncio.Protocol):
     # -- exchange API -------------------------------------------------------------------
 
     def send(self, data: bytes, first_byte_s: float, idle_s: float, total_s: float,
-             on_done: Callable[[Any], None] | None = None, arg: Any = None) -> None:
+             on_done: Callable[[Any], None] | None = None, arg: Any = None,
+             at_head: bool = False) -> None:
         """Write a request and start the response clock. The connection must be idle
         (new, or recycled); one the upstream closed meanwhile fails the exchange
-        at once. ``on_done``: as :meth:`on_done`, set before anything can end."""
+        at once. ``on_done``: as :meth:`on_done`, set before anything can end;
+        with ``at_head``, called (once) as soon as the head is in instead: the
+        callback form of ``waiter(False)``, for a stream relayed without a task,
+        which sets its sink and, with :meth:`on_done`, what ends it."""
         assert self._state == _IDLE
         self.exchanges += 1
         self._state = _WAIT_HEAD
@@ -319,6 +331,7 @@ class UpstreamConnection(asyncio.Protocol):
         if on_done is not None:
             self._on_done = on_done
             self._on_done_arg = arg
+            self._on_head = at_head
         now = self.loop.time()
         self._deadline_first = now + first_byte_s
         self._deadline_total = now + total_s
@@ -361,6 +374,7 @@ class UpstreamConnection(asyncio.Protocol):
         None removes the callback."""
         self._on_done = callback
         self._on_done_arg = arg
+        self._on_head = False
         if callback is not None and self._state >= _DONE:
             self._notify()
 
@@ -370,6 +384,7 @@ class UpstreamConnection(asyncio.Protocol):
             arg = self._on_done_arg
             self._on_done = None
             self._on_done_arg = None
+            self._on_head = False
             callback(arg)
 
     async def wait_head(self) -> None:
@@ -447,6 +462,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._done_waiter = None
         self._on_done = None
         self._on_done_arg = None
+        self._on_head = False
         return True
 
     def abort(self) -> None:
