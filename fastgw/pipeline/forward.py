@@ -128,7 +128,7 @@ class Forwarder:
             body = conn.body()
             pool.release(conn, reuse=True)
             raise self.status_error(target, conn.status, body, conn.headers)
-        pipe = Pipe(self, ctx, target, conn, sent)
+        pipe = Pipe(self, ctx, target, conn)
         reuse = False
         try:
             try:
@@ -191,17 +191,17 @@ class Pipe:
     Made when the head is in: it sends the client's head (unless a failover
     resumes a stream whose head went out), feeds the relay from the
     connection, ties the client's write flow control to the connection's
-    reading and arms the no-content timer (``first_byte_s`` to the first
-    content). When the exchange has ended, :meth:`end` says what became of
-    it, then :meth:`close` releases everything. Used the same way by a task
-    (awaiting the connection) and by the direct path (its callbacks).
+    reading and watches for the first content (``first_byte_s`` from the
+    request, on the connection's timer). When the exchange has ended,
+    :meth:`end` says what became of it, then :meth:`close` releases
+    everything. Used the same way by a task (awaiting the connection) and by
+    the direct path (its callbacks).
     """
 
-    __slots__ = ("conn", "ctx", "failure", "flow", "forwarder", "lost", "provider", "relay",
-                 "timer")
+    __slots__ = ("conn", "ctx", "failure", "flow", "forwarder", "lost", "provider", "relay")
 
     def __init__(self, forwarder: Forwarder, ctx: RequestCtx, target: TargetRuntime,
-                 conn: UpstreamConnection, sent: float) -> None:
+                 conn: UpstreamConnection) -> None:
         provider = target.provider
         cycle = ctx.cycle
         resumed = cycle.started  # a failover before the commit point
@@ -224,9 +224,7 @@ class Pipe:
         flow.listener = (conn.pause_reading, conn.resume_reading)
         if flow.write_paused:
             conn.pause_reading()
-        loop = forwarder.loop
-        self.timer = loop.call_at(loop.time() + provider.timeouts.first_byte_s
-                                  - (perf_counter() - sent), self._no_content)
+        conn.watch_content(self._no_content)
         conn.set_sink(relay.feed, each_chunk=True)
 
     def _on_error(self) -> None:
@@ -285,8 +283,8 @@ class Pipe:
         return True
 
     def close(self, reuse: bool) -> None:
-        """Release the connection, the timer and the callbacks; read the usage."""
-        self.timer.cancel()
+        """Release the connection and the callbacks; read the usage."""
+        self.conn.watch_content(None)
         relay = self.relay
         relay.release()
         self.failure.clear()

@@ -260,7 +260,7 @@ class Proxy:
             return
         try:
             self.forwarder.head_in(ctx, target, conn, begun.sent)
-            begun.pipe = Pipe(self.forwarder, ctx, target, conn, begun.sent)
+            begun.pipe = Pipe(self.forwarder, ctx, target, conn)
         except Exception:
             log.exception("unhandled error in the proxy")
             begun.conn = None

@@ -50,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_head_waiter",
         "_idle_s",
         "_last_rx",
+        "_no_content",
         "_on_done",
         "_on_done_arg",
         "_on_head",
@@ -107,6 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline_total = 0.0
         self._idle_s = 0.0
         self._last_rx = 0.0
+        self._no_content: Callable[[], None] | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------
 
@@ -207,16 +209,19 @@ class UpstreamConnection(asyncio.Protocol):
                 f"upstream {self.peer_name} sent a malformed chunked body: {exc}", sent=True))
             return
         if each:
+            i, n = 0, len(pieces)
             try:
-                for piece in pieces:
+                while i < n:
                     sink = self._sink
-                    if self._sink_each and sink is not None:
-                        sink(piece)  # may switch to one call per read, or abort
-                    else:
-                        self._body.append(piece)
+                    if not self._sink_each or sink is None:
+                        break
+                    sink(pieces[i])  # may switch to one call per read, or abort
+                    i += 1
             except Exception as exc:  # as a failing llhttp callback
                 self._fail(self._callback_error(exc))
                 return
+            if i < n:
+                self._body += pieces[i:] if i else pieces
         else:
             self._body += pieces
         if self._sink is not None and self._body:
@@ -424,8 +429,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def sink_per_read(self) -> None:
         """From now on, one sink call per read (chunks of this read still to come
-        are gathered too)."""
+        are gathered too). A stream calls it at its first content: the end of
+        :meth:`watch_content` too."""
         self._sink_each = False
+        self._no_content = None
+
+    def watch_content(self, on_late: Callable[[], None] | None) -> None:
+        """Call ``on_late()`` if first_byte_s (counted from the request) passes before
+        :meth:`sink_per_read`: a stream's first-byte deadline extended to its
+        first content, on the connection's one timer. None: stop watching."""
+        self._no_content = on_late
+        if on_late is not None and _WAIT_HEAD <= self._state < _DONE:
+            self._arm(self._deadline_first)  # usually armed no later already
 
     def _deliver(self) -> None:
         sink = self._sink
@@ -463,6 +478,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._on_done = None
         self._on_done_arg = None
         self._on_head = False
+        self._no_content = None
         return True
 
     def abort(self) -> None:
@@ -493,6 +509,7 @@ class UpstreamConnection(asyncio.Protocol):
                 waiter.set_exception(error)
         self._sink = None
         self._sink_each = False
+        self._no_content = None
         self._close()
         self._notify()
 
@@ -526,6 +543,11 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self._arm(min(self._deadline_first, self._deadline_total))
             return
+        if self._no_content is not None and now >= self._deadline_first:
+            late, self._no_content = self._no_content, None
+            late()
+            if self._state >= _DONE:
+                return
         # Response bytes came: the idle clock runs from the last of them.
         idle_deadline = self._last_rx + self._idle_s
         if self.transport is not None and not self.transport.is_reading():
@@ -536,4 +558,7 @@ class UpstreamConnection(asyncio.Protocol):
                 f"upstream {self.peer_name} sent nothing for idle_s ({self._idle_s:g} s)",
                 sent=True))
             return
-        self._arm(min(idle_deadline, self._deadline_total))
+        when = min(idle_deadline, self._deadline_total)
+        if self._no_content is not None:
+            when = min(when, self._deadline_first)
+        self._arm(when)

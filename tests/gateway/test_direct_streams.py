@@ -155,19 +155,21 @@ def test_error_event_before_content_fails_over_then_ends_the_stream(paths: Paths
         assert settled(gw) and slot_free(gw)
 
 
-def test_no_content_within_first_byte_s_fails_over_on_a_direct_stream(paths: Paths) -> None:
+@pytest.mark.parametrize("pooled", [True, False], ids=["direct", "task"])
+def test_no_content_within_first_byte_s_fails_over(paths: Paths, pooled: bool) -> None:
     def yaml(port: int) -> str:
         return minimal_yaml(port, LIMITED, provider_extra="\n    timeouts: {first_byte_s: 0.3}")
 
     with running(yaml) as gw:
-        warm(gw, paths)
+        if pooled:
+            warm(gw, paths)
         requests = gw.mock_stats()["requests"]
         t0 = time.monotonic()
         r = stream(gw, "stall-token:5000")
         assert time.monotonic() - t0 < 3.0
         assert r.status == 200
         assert gw.mock_stats()["requests"] - requests == 2
-        assert paths.direct == 1 and paths.tasks == 1
+        assert (paths.direct, paths.tasks) == ((1, 1) if pooled else (0, 1))
         last = r.body.rsplit(b"\n\n", 2)[-2]
         assert last.startswith(b"event: error\ndata: ") and b"first_byte_s" in last
         assert r.body.count(b'"role":"assistant"') == 1
