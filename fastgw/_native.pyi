@@ -8,7 +8,7 @@ messages parsed in one call (llhttp, through httptools, reads everything else),
 and the access-log line.
 """
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, Self, final
@@ -353,6 +353,12 @@ class ChunkedDecoder:
         """The chunk data in ``data[start:]``: one piece per chunk (a chunk cut by the
         end of the read gives what was read of it), or with ``join`` at most one
         piece. ValueError when the body is malformed or bytes follow its end."""
+    def feed_each(self, data: bytes, start: int, each: Callable[[bytes], object], /
+                  ) -> bytes | None:
+        """As :meth:`feed`, for a consumer taking chunks one by one for a while:
+        ``each(piece)`` is called with each chunk's data in order while it returns
+        true; the data of the chunks after the one it returned false for comes back
+        joined (None when there is none). What ``each`` raises is raised."""
     @property
     def done(self) -> bool:
         """The last chunk and the trailer have been read."""

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import httptools
 
@@ -190,3 +191,11 @@ class ChunkedDecoder:
             raise ValueError("bytes after the end of the response")
         pieces = [p for p in self._c.body if p]
         return [b"".join(pieces)] if join and len(pieces) > 1 else pieces
+
+    def feed_each(self, data: bytes, start: int, each: Callable[[bytes], object]) -> bytes | None:
+        pieces = self.feed(data, start)
+        for i, piece in enumerate(pieces):
+            if not each(piece):
+                rest = pieces[i + 1:]
+                return b"".join(rest) if rest else None
+        return None

@@ -32,6 +32,10 @@ _FAILED = 5
 BodySink = Callable[[bytes], None]
 
 
+class _SinkFailed(Exception):
+    """A sink raised (its error is the cause) while the decoder fed it."""
+
+
 class _NoCallbacks:
     __slots__ = ()
 
@@ -199,37 +203,49 @@ class UpstreamConnection(asyncio.Protocol):
         self._last_rx = self.loop.time()
         sink = self._sink
         each = self._sink_each and sink is not None
-        try:
-            # Joined only for a sink that takes a read at once: kept apart for one
-            # that takes them chunk by chunk, now or when it is set (set_sink).
-            pieces = chunks.feed(data, start, join=sink is not None and not each)
-        except ValueError as exc:
-            self._deliver()
-            self._fail(UpstreamProtocolError(
-                f"upstream {self.peer_name} sent a malformed chunked body: {exc}", sent=True))
-            return
         if each:
-            i, n = 0, len(pieces)
             try:
-                while i < n:
-                    sink = self._sink
-                    if not self._sink_each or sink is None:
-                        break
-                    sink(pieces[i])  # may switch to one call per read, or abort
-                    i += 1
-            except Exception as exc:  # as a failing llhttp callback
-                self._fail(self._callback_error(exc))
+                # Chunk by chunk while the sink wants them so; the rest in one piece.
+                rest = chunks.feed_each(data, start, self._each)
+            except _SinkFailed as exc:  # as a failing llhttp callback
+                self._fail(self._callback_error(exc.__cause__))
                 return
-            if i < n:
-                self._body += pieces[i:] if i else pieces
+            except ValueError as exc:
+                self._malformed_chunks(exc)
+                return
+            if rest is not None:
+                self._body.append(rest)
         else:
-            self._body += pieces
+            try:
+                # Joined for a sink that takes a read at once; kept apart for one
+                # that takes them chunk by chunk when it is set (set_sink).
+                self._body += chunks.feed(data, start, join=sink is not None)
+            except ValueError as exc:
+                self._malformed_chunks(exc)
+                return
         if self._sink is not None and self._body:
             self._deliver()
         if chunks.done and self._state == _BODY:
             self._message_complete()
             if self._on_done is not None:
                 self._notify()
+
+    def _each(self, piece: bytes) -> bool:
+        """One chunk to a sink that takes them one by one; True while it still does
+        (it may switch to one call per read, or abort)."""
+        sink = self._sink
+        if sink is None:
+            return False
+        try:
+            sink(piece)
+        except Exception as exc:
+            raise _SinkFailed from exc  # not the decoder's ValueError
+        return self._sink_each and self._sink is not None
+
+    def _malformed_chunks(self, exc: ValueError) -> None:
+        self._deliver()
+        self._fail(UpstreamProtocolError(
+            f"upstream {self.peer_name} sent a malformed chunked body: {exc}", sent=True))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -281,6 +282,57 @@ def test_chunked_bodies_read_as_llhttp_reads_them(body: bytes, data: Any, join: 
     cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=6)) if data else []
     got = _read(native.ChunkedDecoder(), body, cuts, join)
     assert got == _read(ref.ChunkedDecoder(), body, cuts, join)
+
+
+def _read_each(decoder: Any, body: bytes, cuts: list[int], takes: int) -> list[Any]:
+    """What a decoder gives to a consumer taking ``takes`` chunks one by one (then
+    declining more), and returns, read by read."""
+    got: list[Any] = []
+    left = [takes]
+
+    def each(piece: bytes) -> bool:
+        got.append(("each", piece))
+        left[0] -= 1
+        return left[0] > 0
+
+    prev = 0
+    for c in [*sorted(set(cuts)), len(body)]:
+        try:
+            rest = decoder.feed_each(b"pad" + body[prev:c], 3, each) if left[0] > 0 \
+                else decoder.feed(b"pad" + body[prev:c], 3, join=True)
+            got.append(("rest", rest))
+        except ValueError:
+            got.append("error")
+            break
+        got.append(decoder.done)
+        prev = c
+    return got
+
+
+@settings(max_examples=1000, deadline=None)
+@given(body=chunked_bodies(), data=st.data(), takes=st.integers(1, 6))
+def test_chunks_fed_one_by_one_then_joined_as_the_reference(body: bytes, data: Any,
+                                                           takes: int) -> None:
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=6))
+    assert _read_each(native.ChunkedDecoder(), body, cuts, takes) == \
+        _read_each(ref.ChunkedDecoder(), body, cuts, takes)
+
+
+def test_chunks_fed_one_by_one_stop_where_the_consumer_says_and_raise_what_it_raises(
+        ) -> None:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"ab", b"cd", b"ef", b"gh"))
+    seen: list[bytes] = []
+    rest = native.ChunkedDecoder().feed_each(body, 0, lambda p: seen.append(p) or len(seen) < 2)
+    assert seen == [b"ab", b"cd"] and rest == b"efgh"
+    seen.clear()
+    assert native.ChunkedDecoder().feed_each(body, 0, lambda p: seen.append(p) or True) is None
+    assert seen == [b"ab", b"cd", b"ef", b"gh"]
+
+    def boom(piece: bytes) -> bool:
+        raise KeyError(piece)
+
+    with pytest.raises(KeyError):
+        native.ChunkedDecoder().feed_each(body, 0, boom)
 
 
 def test_a_chunk_size_of_sixteen_hex_digits_is_read_and_seventeen_overflow() -> None:

@@ -193,6 +193,39 @@ impl ChunkedDecoder {
         Ok(list)
     }
 
+    /// As `feed`, for a consumer that takes the chunks one by one for a while:
+    /// `each(piece)` is called with each chunk's data in order for as long as
+    /// it returns true; the data of the chunks after the one it returned false
+    /// for comes back joined in one piece (None when there is none). What
+    /// `each` raises is raised, the rest of the read dropped.
+    fn feed_each<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &Bound<'py, PyBytes>,
+        start: usize,
+        each: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let buf = data.as_bytes();
+        let mut out = Vec::new();
+        self.inner
+            .feed(buf.get(start..).unwrap_or_default(), &mut out)
+            .map_err(|e| PyValueError::new_err(e.0))?;
+        let mut i = 0;
+        while i < out.len() {
+            let piece = out[i];
+            i += 1;
+            if !piece.is_empty() && !each.call1((PyBytes::new(py, piece),))?.is_truthy()? {
+                break;
+            }
+        }
+        let rest: Vec<&[u8]> = out[i..].iter().copied().filter(|p| !p.is_empty()).collect();
+        Ok(match rest.len() {
+            0 => None,
+            1 => Some(PyBytes::new(py, rest[0])),
+            _ => Some(PyBytes::new(py, &rest.concat())),
+        })
+    }
+
     /// Whether the last chunk and the trailer have been read.
     #[getter]
     fn done(&self) -> bool {
