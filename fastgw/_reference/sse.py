@@ -74,6 +74,9 @@ def _has_content(obj: dict[str, Any]) -> bool:
     return ty.endswith(".delta") and _non_empty_str(obj, "delta")
 
 
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')  # a JSON string literal (in a valid document)
+
+
 def _no_constants(name: str) -> Any:
     raise ValueError(name)
 
@@ -253,13 +256,19 @@ class SseScanner:
         usage_only = False
         if not self._committed or usage_candidate or b'"error"' in data:
             try:
+                text = data.decode("utf-8")
                 obj = json.loads(
-                    data.decode("utf-8"),
+                    text,
                     parse_constant=_no_constants,
                     parse_float=_finite_float,
                     parse_int=_json_int,
                 )
-            except (UnicodeDecodeError, ValueError, RecursionError):
+                # serde_json refuses a \uXXXX escape of half a surrogate pair anywhere
+                # (even in a value a repeated key replaces); Python keeps it as a lone
+                # surrogate, which UTF-8 cannot encode.
+                for literal in _STRING.findall(text):
+                    json.loads(literal).encode("utf-8")
+            except (UnicodeDecodeError, UnicodeEncodeError, ValueError, RecursionError):
                 obj = None
             if isinstance(obj, dict):
                 if obj.get("error") is not None or obj.get("type") == "error":

@@ -8,6 +8,7 @@
 
 pub mod accesslog;
 pub mod http;
+pub mod json;
 pub mod jwt;
 pub mod limiter;
 pub mod ring;

@@ -42,7 +42,7 @@
 //! or prompt + completion.
 
 use memchr::memmem;
-use serde_json::{Map, Value};
+use crate::json::{Json, Obj};
 use std::sync::LazyLock;
 
 /// An end-of-stream marker was seen.
@@ -95,13 +95,13 @@ struct UsageAcc {
     cached: Option<u64>,
 }
 
-fn uint(obj: &Map<String, Value>, key: &str) -> Option<u64> {
-    obj.get(key).and_then(Value::as_u64)
+fn uint(obj: &Obj<'_>, key: &str) -> Option<u64> {
+    obj.get(key).and_then(Json::as_u64)
 }
 
-fn nested_uint(obj: &Map<String, Value>, key: &str, inner: &str) -> Option<u64> {
+fn nested_uint(obj: &Obj<'_>, key: &str, inner: &str) -> Option<u64> {
     obj.get(key)
-        .and_then(Value::as_object)
+        .and_then(Json::as_object)
         .and_then(|o| uint(o, inner))
 }
 
@@ -113,7 +113,7 @@ impl UsageAcc {
     }
 
     /// OpenAI chat/completions style.
-    fn openai(&mut self, u: &Map<String, Value>) {
+    fn openai(&mut self, u: &Obj<'_>) {
         self.seen = true;
         Self::set(&mut self.input, uint(u, "prompt_tokens"));
         Self::set(&mut self.output, uint(u, "completion_tokens"));
@@ -125,7 +125,7 @@ impl UsageAcc {
     }
 
     /// Responses API style.
-    fn responses(&mut self, u: &Map<String, Value>) {
+    fn responses(&mut self, u: &Obj<'_>) {
         self.seen = true;
         Self::set(&mut self.input, uint(u, "input_tokens"));
         Self::set(&mut self.output, uint(u, "output_tokens"));
@@ -137,7 +137,7 @@ impl UsageAcc {
     }
 
     /// Anthropic style.
-    fn anthropic(&mut self, u: &Map<String, Value>) {
+    fn anthropic(&mut self, u: &Obj<'_>) {
         self.seen = true;
         Self::set(&mut self.input, uint(u, "input_tokens"));
         Self::set(
@@ -216,40 +216,40 @@ fn has_usage_object(data: &[u8]) -> bool {
     false
 }
 
-fn non_empty_str(obj: &Map<String, Value>, key: &str) -> bool {
+fn non_empty_str(obj: &Obj<'_>, key: &str) -> bool {
     obj.get(key)
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .is_some_and(|s| !s.is_empty())
 }
 
-fn has_content(obj: &Map<String, Value>) -> bool {
-    if let Some(Value::Array(choices)) = obj.get("choices") {
+fn has_content(obj: &Obj<'_>) -> bool {
+    if let Some(Json::Arr(choices)) = obj.get("choices") {
         for c in choices {
             let Some(c) = c.as_object() else { continue };
             if non_empty_str(c, "text") {
                 return true;
             }
-            if let Some(d) = c.get("delta").and_then(Value::as_object) {
+            if let Some(d) = c.get("delta").and_then(Json::as_object) {
                 if ["content", "refusal", "reasoning_content", "reasoning"]
                     .iter()
                     .any(|k| non_empty_str(d, k))
                     || d.get("tool_calls")
-                        .and_then(Value::as_array)
+                        .and_then(Json::as_array)
                         .is_some_and(|a| !a.is_empty())
-                    || d.get("function_call").is_some_and(Value::is_object)
+                    || d.get("function_call").is_some_and(Json::is_object)
                 {
                     return true;
                 }
             }
         }
     }
-    let Some(ty) = obj.get("type").and_then(Value::as_str) else {
+    let Some(ty) = obj.get("type").and_then(Json::as_str) else {
         return false;
     };
     match ty {
         "content_block_delta" => obj
             .get("delta")
-            .and_then(Value::as_object)
+            .and_then(Json::as_object)
             .is_some_and(|d| {
                 ["text", "partial_json", "thinking"]
                     .iter()
@@ -257,10 +257,10 @@ fn has_content(obj: &Map<String, Value>) -> bool {
             }),
         "content_block_start" => obj
             .get("content_block")
-            .and_then(Value::as_object)
+            .and_then(Json::as_object)
             .is_some_and(|b| {
                 matches!(
-                    b.get("type").and_then(Value::as_str),
+                    b.get("type").and_then(Json::as_str),
                     Some("tool_use" | "server_tool_use")
                 ) || non_empty_str(b, "text")
             }),
@@ -288,37 +288,37 @@ impl StreamState {
         let usage_candidate = has_usage_object(data);
         let mut usage_only = false;
         if !self.committed || usage_candidate || ERROR_KEY.find(data).is_some() {
-            if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) {
+            if let Ok(Json::Obj(obj)) = Json::parse(data) {
                 if obj.get("error").is_some_and(|e| !e.is_null())
-                    || obj.get("type").and_then(Value::as_str) == Some("error")
+                    || obj.get("type").and_then(Json::as_str) == Some("error")
                 {
                     flags |= ERROR;
                 }
                 if usage_candidate {
-                    if let Some(u) = obj.get("usage").and_then(Value::as_object) {
+                    if let Some(u) = obj.get("usage").and_then(Json::as_object) {
                         if u.contains_key("input_tokens") || u.contains_key("output_tokens") {
                             self.usage.anthropic(u);
                         } else {
                             self.usage.openai(u);
                             usage_only = obj
                                 .get("choices")
-                                .and_then(Value::as_array)
-                                .is_some_and(Vec::is_empty);
+                                .and_then(Json::as_array)
+                                .is_some_and(<[Json]>::is_empty);
                         }
                         flags |= USAGE;
                     } else if let Some(u) = obj
                         .get("message")
-                        .and_then(Value::as_object)
+                        .and_then(Json::as_object)
                         .and_then(|m| m.get("usage"))
-                        .and_then(Value::as_object)
+                        .and_then(Json::as_object)
                     {
                         self.usage.anthropic(u);
                         flags |= USAGE;
                     } else if let Some(u) = obj
                         .get("response")
-                        .and_then(Value::as_object)
+                        .and_then(Json::as_object)
                         .and_then(|r| r.get("usage"))
-                        .and_then(Value::as_object)
+                        .and_then(Json::as_object)
                     {
                         self.usage.responses(u);
                         flags |= USAGE;

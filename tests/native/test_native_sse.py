@@ -183,3 +183,39 @@ def test_oversized_events_are_value_errors() -> None:
 def test_feed_takes_bytes_only() -> None:
     with pytest.raises(TypeError):
         native.SseScanner().feed("data: x\n\n")  # type: ignore[arg-type]
+
+
+_VALUES = st.sampled_from([
+    b"null", b"true", b"0", b"-0", b"12", b"-3", b"1.5", b"1e400", b"-1e400",
+    b"18446744073709551615", b"18446744073709551616", b"99999999999999999999999", b'""',
+    b'"hi"', b'"\\u00e9"', b'"\\ud800"', b'"\\udc00"', b'"\\ud83d\\ude00"', b'"\xff"',
+    b'"\x01"', b'"a\\"b"', b"[]", b"{}", b"[1,]", b"NaN", b"[[[[[[]]]]]]",
+])
+_KEYS = st.sampled_from([b"usage", b"choices", b"error", b"type", b"delta", b"content", b"text",
+                         b"prompt_tokens", b"completion_tokens", b"total_tokens", b"input_tokens",
+                         b"output_tokens", b"message", b"response", b"u\\u0073age", b"role"])
+
+
+@st.composite
+def _json_events(draw: st.DrawFn, depth: int = 0) -> bytes:
+    """Objects shaped like stream events, with JSON's odd corners in them."""
+    members = []
+    for _ in range(draw(st.integers(0, 4))):
+        key = draw(_KEYS)
+        if depth < 3 and draw(st.booleans()):
+            inner = draw(_json_events(depth + 1))
+            value = b"[" + inner + b"]" if key == b"choices" else inner
+        else:
+            value = draw(_VALUES)
+        members.append(b'"' + key + b'":' + value)
+    return b"{" + b",".join(members) + b"}"
+
+
+@settings(max_examples=800, deadline=None)
+@given(events=st.lists(_json_events(), min_size=1, max_size=6), drop=st.booleans())
+def test_odd_json_in_events_reads_as_the_reference_reads_it(events: list[bytes],
+                                                             drop: bool) -> None:
+    stream = b"".join(b"data: " + e + b"\n\n" for e in events)
+    a, b = native.SseScanner(drop_usage=drop), ref.SseScanner(drop_usage=drop)
+    assert a.feed(stream) == b.feed(stream)
+    assert (a.usage, a.committed, a.done, a.error) == (b.usage, b.committed, b.done, b.error)
