@@ -322,10 +322,19 @@ def test_chunks_fed_one_by_one_stop_where_the_consumer_says_and_raise_what_it_ra
         ) -> None:
     body = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"ab", b"cd", b"ef", b"gh"))
     seen: list[bytes] = []
-    rest = native.ChunkedDecoder().feed_each(body, 0, lambda p: seen.append(p) or len(seen) < 2)
+
+    def two(piece: bytes) -> bool:
+        seen.append(piece)
+        return len(seen) < 2
+
+    def every(piece: bytes) -> bool:
+        seen.append(piece)
+        return True
+
+    rest = native.ChunkedDecoder().feed_each(body, 0, two)
     assert seen == [b"ab", b"cd"] and rest == b"efgh"
     seen.clear()
-    assert native.ChunkedDecoder().feed_each(body, 0, lambda p: seen.append(p) or True) is None
+    assert native.ChunkedDecoder().feed_each(body, 0, every) is None
     assert seen == [b"ab", b"cd", b"ef", b"gh"]
 
     def boom(piece: bytes) -> bool:
