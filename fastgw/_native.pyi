@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, Self, final
 
 __all__ = [
+    "Admission",
     "BadAudienceError",
     "BadIssuerError",
     "BadSignatureError",
@@ -126,6 +127,21 @@ class Reservation:
         (the caller renders it: ``Plan.render`` is the reference)."""
 
 @final
+class Admission:
+    """A plan's scopes and what each counts, for :meth:`LimiterTable.admit` and
+    :meth:`LimiterTable.settle_admitted`: costs, reservation, rate-limit header lines
+    and settlement in one call each."""
+
+    def __new__(cls, scopes: Sequence[Scope], dims: Sequence[int], caps: Sequence[float],
+                lines: Sequence[bytes]) -> Self:
+        """Per scope: its dimension (0 requests, 1 tokens, 2 in-flight, 3 USD), the most
+        one request reserves of it, and its ``x-ratelimit-limit-*`` line."""
+    def costs(self, tokens: float, usd: float) -> list[float]:
+        """1 per request and in-flight slot; the estimates, at most the cap, otherwise."""
+    def actual(self, requests: float, tokens: float, usd: float) -> list[float]:
+        """The settlement per scope (in-flight slots given back)."""
+
+@final
 class LimiterTable:
     """Many named buckets in this process; idle ones are dropped as it is used, and at most
     ``max_keys`` are kept (busy ones evicted only past that)."""
@@ -141,6 +157,13 @@ class LimiterTable:
     ) -> bool:
         """Correct a reservation with the real costs (refund or extra debit; concurrency
         gives back what it reserved). False if refused or already settled."""
+    def admit(self, admission: Admission, tokens: float, usd: float, now: float | None = None
+              ) -> tuple[Reservation, bytes | None]:
+        """``reserve`` of the admission's scopes at its costs for ``tokens`` and ``usd``, and
+        the reservation's ``x-ratelimit-*`` lines (None: not exactly renderable here)."""
+    def settle_admitted(self, reservation: Reservation, admission: Admission, requests: float,
+                        tokens: float, usd: float, now: float | None = None) -> bool:
+        """``settle`` with the admission's settlement for what the request used."""
     def release(self, reservation: Reservation, now: float | None = None) -> bool:
         """Give back everything reserved (error or cancel)."""
     def evict_idle(self, now: float | None = None) -> int: ...
@@ -163,6 +186,10 @@ class SharedLimiterTable:
     def settle(
         self, reservation: Reservation, actual_costs: Sequence[float], now: float | None = None
     ) -> bool: ...
+    def admit(self, admission: Admission, tokens: float, usd: float, now: float | None = None
+              ) -> tuple[Reservation, bytes | None]: ...
+    def settle_admitted(self, reservation: Reservation, admission: Admission, requests: float,
+                        tokens: float, usd: float, now: float | None = None) -> bool: ...
     def release(self, reservation: Reservation, now: float | None = None) -> bool: ...
     def evict_idle(self, now: float | None = None) -> int: ...
     @property

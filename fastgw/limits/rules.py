@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from fastgw._native import Limit, Reservation, Scope
+from fastgw._native import Admission, Limit, Reservation, Scope
 from fastgw.config import BudgetConfig, LimitRule, LimitSpec
 from fastgw.metrics import RATELIMITED
 
@@ -69,9 +69,9 @@ class ScopeSpec:
 class Plan:
     """The limits one (caller, model) reserves on every request."""
 
-    __slots__ = ("_base", "_fixed", "_pick", "_tok_at", "_usd_at", "caps", "counters", "dims",
-                 "keys", "labels", "lines", "month", "req", "scopes", "specs", "tok",
-                 "uses_usage")
+    __slots__ = ("_base", "_fixed", "_pick", "_tok_at", "_usd_at", "admission", "caps",
+                 "counters", "dims", "keys", "labels", "lines", "month", "req", "scopes", "specs",
+                 "tok", "uses_usage")
 
     def __init__(self, specs: Sequence[ScopeSpec]) -> None:
         self.specs = tuple(specs)
@@ -102,6 +102,9 @@ class Plan:
         self.lines = tuple(
             (b"x-ratelimit-limit-requests: %d\r\n" if s.dim == REQUESTS
              else b"x-ratelimit-limit-tokens: %d\r\n") % s.p1 for s in self.specs)
+        # costs, reserve, headers (and actual, settle) in one native call each, for
+        # the local tables; costs/actual/headers below are its reference and serve Redis.
+        self.admission = Admission(self.scopes, self.dims, self.caps, self.lines)
 
     def costs(self, tokens: float, usd: float) -> Sequence[float]:
         """The reservation: 1 per request and in-flight slot, the estimates otherwise."""

@@ -26,11 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastgw._native import JwtKeyError
+from fastgw._native import JwtKeyError, Reservation
 from fastgw.auth import IpRules, JwtAuth, KeyStore, ModelGlobs, Principal
 from fastgw.auth.jwt import looks_like_jwt
 from fastgw.config import Config, JwtConfig, RedisConfig
@@ -189,30 +188,34 @@ class Access:
 
     async def admit(self, ctx: RequestCtx) -> None:
         """Reserve every matching limit (429); the model was checked by check_model."""
-        planned = self._planned(ctx)
-        if planned is None:
+        plan = self._planned(ctx)
+        if plan is None:
             return
-        plan, costs = planned
         backend = self._backend
+        grant: Grant = ctx.grant
+        res: Outcome
         if isinstance(backend, LocalLimiter):
-            res: Outcome = backend.reserve(plan, costs)
+            res, head = backend.admit(plan, grant.tokens, grant.usd)
         else:
             assert backend is not None
-            res = await backend.reserve(plan, costs)
-        self._admitted(ctx, plan, res, backend)
+            res = await backend.reserve(plan, plan.costs(grant.tokens, grant.usd))
+            head = plan.headers(res)
+        self._admitted(ctx, plan, res, head, backend)
 
     def admit_now(self, ctx: RequestCtx) -> None:
         """:meth:`admit` without waiting; only when :attr:`sync`."""
-        planned = self._planned(ctx)
-        if planned is None:
+        plan = self._planned(ctx)
+        if plan is None:
             return
-        plan, costs = planned
         backend = self._backend
         assert isinstance(backend, LocalLimiter), "admit_now needs the local limiter"
-        self._admitted(ctx, plan, backend.reserve(plan, costs), backend)
+        grant: Grant = ctx.grant
+        res, head = backend.admit(plan, grant.tokens, grant.usd)
+        self._admitted(ctx, plan, res, head, backend)
 
-    def _planned(self, ctx: RequestCtx) -> tuple[Plan, Sequence[float]] | None:
-        """The request's limit plan and what it costs against it (None: no limits)."""
+    def _planned(self, ctx: RequestCtx) -> Plan | None:
+        """The request's limit plan (None: no limits); the grant gets the request's
+        token and USD estimates when the plan counts them."""
         grant: Grant | None = ctx.grant
         if grant is None or self._rules is None:
             return None
@@ -224,22 +227,17 @@ class Access:
         plan: Plan | None = plans.get(cache_key, _UNSET)
         if plan is _UNSET:
             plan = plans[cache_key] = self._plan(principal, model, route)
-        if plan is None:
-            return None
-        if plan.uses_usage:
+        if plan is not None and plan.uses_usage:
             prompt, completion = estimate(len(ctx.body), ctx.doc, ctx.endpoint)
-            tokens = float(prompt + completion)
-            usd = (prompt * route.input_per_token + completion * route.output_per_token
-                   if route is not None else 0.0)
-            grant.tokens = tokens
-            grant.usd = usd
-            return plan, plan.costs(tokens, usd)
-        return plan, plan.costs(0.0, 0.0)
+            grant.tokens = float(prompt + completion)
+            grant.usd = (prompt * route.input_per_token + completion * route.output_per_token
+                         if route is not None else 0.0)
+        return plan
 
     @staticmethod
-    def _admitted(ctx: RequestCtx, plan: Plan, res: Outcome, backend: Limiter) -> None:
+    def _admitted(ctx: RequestCtx, plan: Plan, res: Outcome, head: bytes,
+                  backend: Limiter) -> None:
         """Apply a reservation's outcome: rate-limit headers, and 429 when refused."""
-        head = plan.headers(res)
         if head:
             ctx.extra_headers += head
         if not res.admitted:
@@ -262,20 +260,23 @@ class Access:
         plan = grant.plan
         backend = grant.backend
         assert plan is not None and backend is not None
-        tried = ctx.attempts > 0
+        tried = 1.0 if ctx.attempts > 0 else 0.0
         if not plan.uses_usage:
-            actual = plan.actual(1.0 if tried else 0.0, 0.0, 0.0)
+            used = (tried, 0.0, 0.0)
         elif ctx.usage_known:
             route = ctx.route  # the model that served (a fallback maybe)
             p, c = ctx.prompt_tokens, ctx.completion_tokens
             usd = p * route.input_per_token + c * route.output_per_token if route else grant.usd
-            actual = plan.actual(1.0, float(p + c), usd)
+            used = (1.0, float(p + c), usd)
         elif tried and 200 <= ctx.status < 400:
-            actual = plan.actual(1.0, grant.tokens, grant.usd)  # answered without usage
+            used = (1.0, grant.tokens, grant.usd)  # answered without usage
         else:
-            actual = plan.actual(1.0 if tried else 0.0, 0.0, 0.0)  # error or cancel: refund
+            used = (tried, 0.0, 0.0)  # error or cancel: refund
         try:
-            backend.settle(res, actual)
+            if type(res) is Reservation and isinstance(backend, LocalLimiter):
+                backend.settle_used(res, plan, *used)
+            else:
+                backend.settle(res, plan.actual(*used))
         except Exception:  # settle runs in the runner's finally: it must never raise
             log.exception("settling limits failed")
 

@@ -34,7 +34,9 @@ mod _native {
     #[pymodule_export]
     use crate::py::jwt::{JwtKeySet, JwtVerifier};
     #[pymodule_export]
-    use crate::py::limiter::{Limit, LimiterTable, Reservation, Scope, SharedLimiterTable};
+    use crate::py::limiter::{
+        Admission, Limit, LimiterTable, Reservation, Scope, SharedLimiterTable,
+    };
     #[pymodule_export]
     use crate::py::ring::HashRing;
     #[pymodule_export]

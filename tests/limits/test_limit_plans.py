@@ -12,15 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from limits_helpers import RedisServer, redis_server
 
-from fastgw._native import Limit, LimiterTable
+from fastgw._native import Limit, LimiterTable, SharedLimiterTable
 from fastgw.config import BudgetConfig, LimitMatch, LimitRule, LimitSpec, RedisConfig
 from fastgw.limits import LocalLimiter, Rules
 from fastgw.limits.redis import RedisLimiter, RedisReservation
 from fastgw.limits.rules import (
     DEFAULT_COMPLETION_TOKENS,
+    INFLIGHT,
+    KIND_BUDGET,
+    KIND_CONCURRENCY,
     KIND_RATE,
     REQUESTS,
     TOKENS,
+    USD,
     Plan,
     ScopeSpec,
     duration,
@@ -206,3 +210,60 @@ def test_rate_limit_headers_of_a_refusal_and_without_scopes() -> None:
         [b"2", b"1", b"0", b"0"]
     assert b"x-ratelimit-reset-requests: 1m0s\r\n" in heads[2]
     assert heads[3] == plan.render(table.reserve(plan.scopes, [1.0], 1000.0))
+
+
+def _spec(i: int, dim: int, amount: float) -> ScopeSpec:
+    if dim == INFLIGHT:
+        return ScopeSpec(f"k{i}", dim, "x", KIND_CONCURRENCY, amount, 0.0,
+                         Limit.concurrency(amount))
+    if dim == USD:
+        return ScopeSpec(f"k{i}", dim, "x", KIND_BUDGET, amount, 3600.0,
+                         Limit.budget(amount, 3600.0))
+    return ScopeSpec(f"k{i}", dim, "x", KIND_RATE, amount, amount / 60.0, Limit.rate(amount))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    scopes=st.lists(st.tuples(st.sampled_from([REQUESTS, TOKENS, INFLIGHT, USD]),
+                              st.floats(1.0, 1e6, allow_nan=False)),
+                    min_size=1, max_size=6),
+    requests=st.lists(st.tuples(st.floats(0.0, 2e6), st.floats(0.0, 50.0),
+                                st.sampled_from([0.0, 1.0]), st.floats(0.0, 2e6),
+                                st.floats(0.0, 50.0)), min_size=1, max_size=5),
+    shared=st.booleans(),
+)
+def test_one_call_admission_matches_costs_reserve_headers_and_settle(
+        scopes: list[tuple[int, float]], requests: list[tuple[float, ...]],
+        shared: bool) -> None:
+    """``admit`` / ``settle_admitted`` do in one native call each what Plan.costs,
+    reserve, Plan.headers, Plan.actual and settle do in several (the reference):
+    the same reservations, headers and buckets, request after request."""
+    plan = Plan([_spec(i, dim, amount) for i, (dim, amount) in enumerate(scopes)])
+    one = SharedLimiterTable() if shared else LimiterTable()
+    ref = SharedLimiterTable() if shared else LimiterTable()
+    now = 1e6
+    for tokens, usd, tried, used_tokens, used_usd in requests:
+        assert plan.admission.costs(tokens, usd) == list(plan.costs(tokens, usd))
+        res, head = one.admit(plan.admission, tokens, usd, now)
+        want = ref.reserve(plan.scopes, plan.costs(tokens, usd), now)
+        assert (res.admitted, res.remaining, res.reset_after, res.costs) == \
+            (want.admitted, want.remaining, want.reset_after, want.costs)
+        assert head == want.rate_headers(plan.req, plan.tok, plan.lines)
+        assert plan.admission.actual(tried, used_tokens, used_usd) == \
+            list(plan.actual(tried, used_tokens, used_usd))
+        assert one.settle_admitted(res, plan.admission, tried, used_tokens, used_usd,
+                                   now + 0.25) == \
+            ref.settle(want, plan.actual(tried, used_tokens, used_usd), now + 0.25)
+        now += 0.5
+
+
+def test_an_admission_needs_one_dimension_cap_and_line_per_scope() -> None:
+    from fastgw._native import Admission, Scope
+
+    scope = Scope("k", Limit.rate(5))
+    with pytest.raises(ValueError, match="one entry per scope"):
+        Admission([scope], [REQUESTS], [5.0], [])
+    with pytest.raises(ValueError, match="dimension"):
+        Admission([scope], [7], [5.0], [b"x"])
+    with pytest.raises(TypeError):
+        Admission(["not a scope"], [REQUESTS], [5.0], [b"x"])

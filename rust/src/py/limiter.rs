@@ -235,39 +235,22 @@ impl Reservation {
         tokens: &Bound<'py, PyTuple>,
         lines: &Bound<'py, PyTuple>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        use std::io::Write;
-        let statuses = &self.outcome.statuses;
-        let mut out = Vec::with_capacity(256);
-        if statuses.is_empty() {
-            return Ok(Some(PyBytes::new(py, &out)));
+        let idx = |t: &Bound<'py, PyTuple>| -> PyResult<SmallVec<[usize; 8]>> {
+            t.iter().map(|i| i.extract::<usize>()).collect()
+        };
+        let (req, tok) = (idx(requests)?, idx(tokens)?);
+        let n = self.outcome.statuses.len();
+        if req.iter().chain(&tok).any(|&i| i >= n) {
+            return Err(PyValueError::new_err("scope index out of range"));
         }
-        for (idx, what) in [(requests, "requests"), (tokens, "tokens")] {
-            let mut best: Option<usize> = None;
-            for item in idx.iter() {
-                let i: usize = item.extract()?;
-                if i >= statuses.len() {
-                    return Err(PyValueError::new_err("scope index out of range"));
-                }
-                if best.is_none_or(|b| statuses[i].remaining < statuses[b].remaining) {
-                    best = Some(i);
-                }
-            }
-            let Some(i) = best else { continue };
-            let status = &statuses[i];
-            if !status.remaining.is_finite() || status.remaining.abs() >= 1e15 {
-                return Ok(None);
-            }
-            out.extend_from_slice(lines.get_item(i)?.cast::<PyBytes>()?.as_bytes());
-            #[allow(clippy::cast_possible_truncation)]
-            let remaining = status.remaining as i64; // as Python's %d: toward zero
-            let _ = write!(out, "x-ratelimit-remaining-{what}: {remaining}\r\n");
-            let _ = write!(out, "x-ratelimit-reset-{what}: ");
-            if !crate::http::reset_duration(status.reset_after, &mut out) {
-                return Ok(None);
-            }
-            out.extend_from_slice(b"\r\n");
+        let mut line_of: Vec<Option<Bound<'py, PyBytes>>> = vec![None; n];
+        for &i in req.iter().chain(&tok) {
+            line_of[i] = Some(lines.get_item(i)?.cast_into::<PyBytes>()?);
         }
-        Ok(Some(PyBytes::new(py, &out)))
+        let out = render_rate_headers(&self.outcome, &req, &tok, |i| {
+            line_of[i].as_ref().map_or(&b""[..], |b| b.as_bytes())
+        });
+        Ok(out.map(|o| PyBytes::new(py, &o)))
     }
 
     /// The costs reserved, per scope.
@@ -360,6 +343,138 @@ fn reservation(table_id: u64, args: Args<'_>, outcome: Outcome) -> Reservation {
     }
 }
 
+/// The `x-ratelimit-*` lines of an outcome (see `Reservation.rate_headers`).
+fn render_rate_headers<'a>(
+    outcome: &Outcome,
+    requests: &[usize],
+    tokens: &[usize],
+    line: impl Fn(usize) -> &'a [u8],
+) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let statuses = &outcome.statuses;
+    let mut out = Vec::with_capacity(256);
+    if statuses.is_empty() {
+        return Some(out);
+    }
+    for (idx, what) in [(requests, "requests"), (tokens, "tokens")] {
+        let mut best: Option<usize> = None;
+        for &i in idx {
+            if best.is_none_or(|b| statuses[i].remaining < statuses[b].remaining) {
+                best = Some(i);
+            }
+        }
+        let Some(i) = best else { continue };
+        let status = &statuses[i];
+        if !status.remaining.is_finite() || status.remaining.abs() >= 1e15 {
+            return None;
+        }
+        out.extend_from_slice(line(i));
+        #[allow(clippy::cast_possible_truncation)]
+        let remaining = status.remaining as i64; // as Python's %d: toward zero
+        let _ = write!(out, "x-ratelimit-remaining-{what}: {remaining}\r\n");
+        let _ = write!(out, "x-ratelimit-reset-{what}: ");
+        if !crate::http::reset_duration(status.reset_after, &mut out) {
+            return None;
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    Some(out)
+}
+
+/// What each scope of a plan counts.
+const DIM_REQUESTS: u8 = 0;
+const DIM_TOKENS: u8 = 1;
+const DIM_INFLIGHT: u8 = 2;
+const DIM_USD: u8 = 3;
+
+/// A plan's scopes and what each counts (requests, tokens, in-flight, USD),
+/// for `admit` and `settle_admitted`: the costs, the reservation, the
+/// rate-limit header lines and the settlement in one call each.
+#[pyclass(frozen, module = "fastgw._native")]
+pub struct Admission {
+    scopes: Vec<Py<Scope>>,
+    dims: Vec<u8>,
+    caps: Vec<f64>,
+    requests: Vec<usize>,
+    tokens: Vec<usize>,
+    lines: Vec<Vec<u8>>,
+}
+
+#[pymethods]
+impl Admission {
+    /// `scopes`; per scope its dimension (0 requests, 1 tokens, 2 in-flight,
+    /// 3 USD), the most one request reserves of it (`caps`) and its
+    /// `x-ratelimit-limit-*` line.
+    #[new]
+    fn new(
+        scopes: &Bound<'_, PyAny>,
+        dims: Vec<u8>,
+        caps: Vec<f64>,
+        lines: Vec<Vec<u8>>,
+    ) -> PyResult<Admission> {
+        let args = Args::extract(scopes, &PyTuple::empty(scopes.py()))?;
+        let n = args.scopes.len();
+        if dims.len() != n || caps.len() != n || lines.len() != n {
+            return Err(PyValueError::new_err(
+                "dims, caps and lines need one entry per scope",
+            ));
+        }
+        if dims.iter().any(|&d| d > DIM_USD) {
+            return Err(PyValueError::new_err("a dimension is 0, 1, 2 or 3"));
+        }
+        let at = |want: u8| (0..n).filter(|&i| dims[i] == want).collect();
+        Ok(Admission {
+            requests: at(DIM_REQUESTS),
+            tokens: at(DIM_TOKENS),
+            scopes: args.scopes.into_iter().map(Bound::unbind).collect(),
+            dims,
+            caps,
+            lines,
+        })
+    }
+
+    /// The costs of a request estimated at `tokens` and `usd`: 1 per request
+    /// and in-flight slot, the estimates (at most the cap) otherwise.
+    fn costs(&self, tokens: f64, usd: f64) -> Vec<f64> {
+        self.dims
+            .iter()
+            .zip(&self.caps)
+            .map(|(&d, &cap)| match d {
+                DIM_TOKENS => tokens.min(cap),
+                DIM_USD => usd.min(cap),
+                _ => 1.0,
+            })
+            .collect()
+    }
+
+    /// The settlement for what a request used (in-flight slots given back).
+    fn actual(&self, requests: f64, tokens: f64, usd: f64) -> Vec<f64> {
+        self.dims
+            .iter()
+            .map(|&d| match d {
+                DIM_REQUESTS => requests,
+                DIM_TOKENS => tokens,
+                DIM_INFLIGHT => 0.0,
+                _ => usd,
+            })
+            .collect()
+    }
+}
+
+impl Admission {
+    fn args<'py>(&self, py: Python<'py>, tokens: f64, usd: f64) -> Args<'py> {
+        Args {
+            scopes: self.scopes.iter().map(|s| s.bind(py).clone()).collect(),
+            costs: self.costs(tokens, usd),
+        }
+    }
+
+    fn headers<'py>(&self, py: Python<'py>, outcome: &Outcome) -> Option<Bound<'py, PyBytes>> {
+        render_rate_headers(outcome, &self.requests, &self.tokens, |i| &self.lines[i])
+            .map(|o| PyBytes::new(py, &o))
+    }
+}
+
 /// Claims a reservation for settling: `Ok(false)` when there is nothing to
 /// do (refused or already settled).
 fn claim(r: &Reservation, table_id: u64) -> PyResult<bool> {
@@ -446,6 +561,51 @@ impl LimiterTable {
     ) -> PyResult<bool> {
         let r = reservation.get();
         let actual = floats(actual_costs)?;
+        let now = now_or_clock(now);
+        settle_with(py, r, self.id, |keys, limits| {
+            self.table()
+                .settle(keys, limits, &r.costs, &r.outcome.windows, &actual, now)
+        })
+    }
+
+    /// `reserve` of an admission's scopes at its costs for `tokens` and `usd`,
+    /// with the reservation's `x-ratelimit-*` lines (None when they cannot be
+    /// rendered exactly: the caller renders them).
+    #[pyo3(signature = (admission, tokens, usd, now = None))]
+    fn admit<'py>(
+        &self,
+        py: Python<'py>,
+        admission: &Bound<'py, Admission>,
+        tokens: f64,
+        usd: f64,
+        now: Option<f64>,
+    ) -> PyResult<(Reservation, Option<Bound<'py, PyBytes>>)> {
+        let a = admission.get();
+        let args = a.args(py, tokens, usd);
+        let outcome = self
+            .table()
+            .reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now))
+            .map_err(value_error)?;
+        let head = a.headers(py, &outcome);
+        Ok((reservation(self.id, args, outcome), head))
+    }
+
+    /// `settle` with the admission's settlement for `requests`, `tokens` and
+    /// `usd` used.
+    #[pyo3(signature = (reservation, admission, requests, tokens, usd, now = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn settle_admitted(
+        &self,
+        py: Python<'_>,
+        reservation: &Bound<'_, Reservation>,
+        admission: &Bound<'_, Admission>,
+        requests: f64,
+        tokens: f64,
+        usd: f64,
+        now: Option<f64>,
+    ) -> PyResult<bool> {
+        let r = reservation.get();
+        let actual = admission.get().actual(requests, tokens, usd);
         let now = now_or_clock(now);
         settle_with(py, r, self.id, |keys, limits| {
             self.table()
@@ -548,6 +708,48 @@ impl SharedLimiterTable {
     ) -> PyResult<bool> {
         let r = reservation.get();
         let actual = floats(actual_costs)?;
+        let now = now_or_clock(now);
+        settle_with(py, r, self.id, |keys, limits| {
+            self.inner
+                .settle(keys, limits, &r.costs, &r.outcome.windows, &actual, now)
+        })
+    }
+
+    /// As `LimiterTable.admit`.
+    #[pyo3(signature = (admission, tokens, usd, now = None))]
+    fn admit<'py>(
+        &self,
+        py: Python<'py>,
+        admission: &Bound<'py, Admission>,
+        tokens: f64,
+        usd: f64,
+        now: Option<f64>,
+    ) -> PyResult<(Reservation, Option<Bound<'py, PyBytes>>)> {
+        let a = admission.get();
+        let args = a.args(py, tokens, usd);
+        let outcome = self
+            .inner
+            .reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now))
+            .map_err(value_error)?;
+        let head = a.headers(py, &outcome);
+        Ok((reservation(self.id, args, outcome), head))
+    }
+
+    /// As `LimiterTable.settle_admitted`.
+    #[pyo3(signature = (reservation, admission, requests, tokens, usd, now = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn settle_admitted(
+        &self,
+        py: Python<'_>,
+        reservation: &Bound<'_, Reservation>,
+        admission: &Bound<'_, Admission>,
+        requests: f64,
+        tokens: f64,
+        usd: f64,
+        now: Option<f64>,
+    ) -> PyResult<bool> {
+        let r = reservation.get();
+        let actual = admission.get().actual(requests, tokens, usd);
         let now = now_or_clock(now);
         settle_with(py, r, self.id, |keys, limits| {
             self.inner
