@@ -266,4 +266,4 @@ def test_an_admission_needs_one_dimension_cap_and_line_per_scope() -> None:
     with pytest.raises(ValueError, match="dimension"):
         Admission([scope], [7], [5.0], [b"x"])
     with pytest.raises(TypeError):
-        Admission(["not a scope"], [REQUESTS], [5.0], [b"x"])
+        Admission(["not a scope"], [REQUESTS], [5.0], [b"x"])  # type: ignore[list-item]
