@@ -153,6 +153,7 @@ ROWS: dict[str, tuple[Any, bool, str | None]] = {
     "minimal": (minimal_config, False, None),
     "full": (full_config, False, BENCH_KEY),
     "stream": (minimal_config, True, None),
+    "full-stream": (full_config, True, BENCH_KEY),
     # Ablations of the full policy (not run by default).
     "full-no-log": (_without("log"), False, BENCH_KEY),
     "full-no-limits": (_without("limits"), False, BENCH_KEY),
