@@ -345,8 +345,58 @@ impl StreamState {
 pub enum Output {
     /// The chunk itself, unchanged (the common case).
     Unchanged,
-    /// These bytes instead (held-back bytes, or an event removed).
-    Bytes(Vec<u8>),
+    /// Instead (held-back bytes, or an event removed): `prefix` (bytes held
+    /// back from earlier chunks), then these `(start, end)` ranges of the
+    /// chunk. Left as a recipe so the caller copies the bytes once, into
+    /// whatever it passes on.
+    Spliced {
+        /// Bytes held back from earlier chunks, passed on first.
+        prefix: Vec<u8>,
+        /// Ranges of the chunk passed on, in order.
+        ranges: Vec<(usize, usize)>,
+    },
+}
+
+impl Output {
+    /// How many bytes `chunk` gives (for `Unchanged`, all of them).
+    #[must_use]
+    pub fn len(&self, chunk: &[u8]) -> usize {
+        match self {
+            Output::Unchanged => chunk.len(),
+            Output::Spliced { prefix, ranges } => {
+                prefix.len() + ranges.iter().map(|(a, b)| b - a).sum::<usize>()
+            }
+        }
+    }
+
+    /// Whether nothing is passed on.
+    #[must_use]
+    pub fn is_empty(&self, chunk: &[u8]) -> bool {
+        self.len(chunk) == 0
+    }
+
+    /// Copies the bytes passed on into `buf` (exactly `len(chunk)` long).
+    pub fn write_to(&self, chunk: &[u8], buf: &mut [u8]) {
+        match self {
+            Output::Unchanged => buf.copy_from_slice(chunk),
+            Output::Spliced { prefix, ranges } => {
+                buf[..prefix.len()].copy_from_slice(prefix);
+                let mut at = prefix.len();
+                for &(a, b) in ranges {
+                    buf[at..at + b - a].copy_from_slice(&chunk[a..b]);
+                    at += b - a;
+                }
+            }
+        }
+    }
+
+    /// The bytes passed on, as a new vector.
+    #[must_use]
+    pub fn to_vec(&self, chunk: &[u8]) -> Vec<u8> {
+        let mut out = vec![0; self.len(chunk)];
+        self.write_to(chunk, &mut out);
+        out
+    }
 }
 
 /// The scanner of one stream.
@@ -574,21 +624,19 @@ impl Scanner {
         if !self.drop_usage || (self.held.is_empty() && !dropped && seg_start == len) {
             return Ok((Output::Unchanged, flags));
         }
-        let mut out = Vec::with_capacity(len + self.held.len());
-        if held_kept {
-            out.extend_from_slice(&self.held);
-        }
-        for &(a, b) in &kept {
-            out.extend_from_slice(&chunk[a..b]);
-        }
-        if first_done {
-            self.held.clear();
-        }
+        let prefix = if held_kept {
+            std::mem::take(&mut self.held)
+        } else {
+            if first_done {
+                self.held.clear();
+            }
+            Vec::new()
+        };
         if self.held.len() + (len - seg_start) > self.max_event {
             return Err(self.too_big("event"));
         }
         self.held.extend_from_slice(&chunk[seg_start..]);
-        Ok((Output::Bytes(out), flags))
+        Ok((Output::Spliced { prefix, ranges: kept }, flags))
     }
 }
 
@@ -613,7 +661,7 @@ data: [DONE]\n\n";
             flags |= f;
             match o {
                 Output::Unchanged => out.extend_from_slice(chunk),
-                Output::Bytes(b) => out.extend_from_slice(&b),
+                spliced @ Output::Spliced { .. } => out.extend(spliced.to_vec(chunk)),
             }
             prev = c;
         }

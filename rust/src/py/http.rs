@@ -218,12 +218,21 @@ impl ChunkedDecoder {
                 break;
             }
         }
-        let rest: Vec<&[u8]> = out[i..].iter().copied().filter(|p| !p.is_empty()).collect();
-        Ok(match rest.len() {
-            0 => None,
-            1 => Some(PyBytes::new(py, rest[0])),
-            _ => Some(PyBytes::new(py, &rest.concat())),
-        })
+        let rest = &out[i..];
+        let total: usize = rest.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return Ok(None);
+        }
+        // Joined straight into the bytes object: one copy.
+        let joined = PyBytes::new_with(py, total, |buf| {
+            let mut at = 0;
+            for piece in rest {
+                buf[at..at + piece.len()].copy_from_slice(piece);
+                at += piece.len();
+            }
+            Ok(())
+        })?;
+        Ok(Some(joined))
     }
 
     /// Whether the last chunk and the trailer have been read.

@@ -50,7 +50,14 @@ impl SseScanner {
             .map_err(|e| PyValueError::new_err(e.0))?;
         Ok(match out {
             Output::Unchanged => (chunk.clone(), flags),
-            Output::Bytes(b) => (PyBytes::new(py, &b), flags),
+            spliced @ Output::Spliced { .. } => {
+                let data = chunk.as_bytes();
+                let bytes = PyBytes::new_with(py, spliced.len(data), |buf| {
+                    spliced.write_to(data, buf);
+                    Ok(())
+                })?;
+                (bytes, flags)
+            }
         })
     }
 
