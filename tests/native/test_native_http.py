@@ -259,13 +259,16 @@ def chunked_bodies(draw: st.DrawFn) -> bytes:
     return out
 
 
-def _read(decoder: Any, body: bytes, cuts: list[int], join: bool) -> list[Any]:
-    """What a decoder gives, read by read: pieces, or the read where it failed."""
+def _read(decoder: Any, body: bytes, cuts: list[int], join: bool,
+          feed: Any = None) -> list[Any]:
+    """What a decoder gives, read by read: pieces (``feed(decoder, data)``'s answer
+    when given), or the read where it failed."""
     got: list[Any] = []
     prev = 0
     for c in [*sorted(set(cuts)), len(body)]:
+        data = b"pad" + body[prev:c]
         try:
-            got.append(decoder.feed(b"pad" + body[prev:c], 3, join=join))
+            got.append(decoder.feed(data, 3, join=join) if feed is None else feed(decoder, data))
         except ValueError:
             got.append("error")
             break
@@ -287,26 +290,21 @@ def test_chunked_bodies_read_as_llhttp_reads_them(body: bytes, data: Any, join: 
 def _read_each(decoder: Any, body: bytes, cuts: list[int], takes: int) -> list[Any]:
     """What a decoder gives to a consumer taking ``takes`` chunks one by one (then
     declining more), and returns, read by read."""
-    got: list[Any] = []
     left = [takes]
 
     def each(piece: bytes) -> bool:
-        got.append(("each", piece))
+        seen.append(("each", piece))
         left[0] -= 1
         return left[0] > 0
 
-    prev = 0
-    for c in [*sorted(set(cuts)), len(body)]:
-        try:
-            rest = decoder.feed_each(b"pad" + body[prev:c], 3, each) if left[0] > 0 \
-                else decoder.feed(b"pad" + body[prev:c], 3, join=True)
-            got.append(("rest", rest))
-        except ValueError:
-            got.append("error")
-            break
-        got.append(decoder.done)
-        prev = c
-    return got
+    seen: list[Any] = []
+
+    def feed(d: Any, data: bytes) -> Any:
+        seen.clear()
+        rest = d.feed_each(data, 3, each) if left[0] > 0 else d.feed(data, 3, join=True)
+        return [*seen, ("rest", rest)]
+
+    return _read(decoder, body, cuts, False, feed)
 
 
 @settings(max_examples=1000, deadline=None)

@@ -461,6 +461,22 @@ impl Admission {
     }
 }
 
+/// `admit` on any table: `reserve(keys, limits, costs)` is the table's own.
+fn admit_with<'py>(
+    py: Python<'py>,
+    table_id: u64,
+    admission: &Bound<'py, Admission>,
+    tokens: f64,
+    usd: f64,
+    reserve: impl FnOnce(&[&[u8]], &[core::Limit], &[f64]) -> Result<Outcome, LimitError>,
+) -> PyResult<(Reservation, Option<Bound<'py, PyBytes>>)> {
+    let a = admission.get();
+    let args = a.args(py, tokens, usd);
+    let outcome = reserve(&args.keys(), &args.limits(), &args.costs).map_err(value_error)?;
+    let head = a.headers(py, &outcome);
+    Ok((reservation(table_id, args, outcome), head))
+}
+
 impl Admission {
     fn args<'py>(&self, py: Python<'py>, tokens: f64, usd: f64) -> Args<'py> {
         Args {
@@ -580,14 +596,9 @@ impl LimiterTable {
         usd: f64,
         now: Option<f64>,
     ) -> PyResult<(Reservation, Option<Bound<'py, PyBytes>>)> {
-        let a = admission.get();
-        let args = a.args(py, tokens, usd);
-        let outcome = self
-            .table()
-            .reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now))
-            .map_err(value_error)?;
-        let head = a.headers(py, &outcome);
-        Ok((reservation(self.id, args, outcome), head))
+        admit_with(py, self.id, admission, tokens, usd, |keys, limits, costs| {
+            self.table().reserve(keys, limits, costs, now_or_clock(now))
+        })
     }
 
     /// `settle` with the admission's settlement for `requests`, `tokens` and
@@ -725,14 +736,9 @@ impl SharedLimiterTable {
         usd: f64,
         now: Option<f64>,
     ) -> PyResult<(Reservation, Option<Bound<'py, PyBytes>>)> {
-        let a = admission.get();
-        let args = a.args(py, tokens, usd);
-        let outcome = self
-            .inner
-            .reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now))
-            .map_err(value_error)?;
-        let head = a.headers(py, &outcome);
-        Ok((reservation(self.id, args, outcome), head))
+        admit_with(py, self.id, admission, tokens, usd, |keys, limits, costs| {
+            self.inner.reserve(keys, limits, costs, now_or_clock(now))
+        })
     }
 
     /// As `LimiterTable.settle_admitted`.
