@@ -321,3 +321,26 @@ def test_pooled_connection_dropped_under_a_direct_stream_is_sent_again(paths: Pa
     finally:
         lt.call(server.close)
         lt.close()
+
+
+def test_client_leaving_a_direct_stream_before_its_head_aborts_the_upstream(
+        paths: Paths) -> None:
+    with running(lambda p: minimal_yaml(p, LIMITED)) as gw:
+        warm(gw, paths)
+        closed_before = gw.mock_stats()["closed_by_peer"]
+        gone = gw.metric(metrics.REQUESTS, "gpt-test", "mock", "499")
+        s = connect(gw.port)
+        s.sendall(raw_stream("stall:5000"))
+        assert gw.app.gateway is not None
+        recorder = gw.app.gateway.proxy.recorder
+        assert wait_for(lambda: recorder.inflight == 1, timeout=2)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+        # Long before the upstream would have answered: its connection closed, the
+        # request counted as 499, nothing left in flight, the slot free.
+        assert wait_for(lambda: gw.mock_stats()["closed_by_peer"] > closed_before, timeout=2)
+        assert wait_for(lambda: settled(gw), timeout=2)
+        # Begun direct (no task ran), ended by _on_lost: no head ever came.
+        assert (paths.direct, paths.tasks) == (0, 0)
+        assert gw.metric(metrics.REQUESTS, "gpt-test", "mock", "499") - gone == 1
+        assert slot_free(gw)
