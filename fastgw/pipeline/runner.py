@@ -183,17 +183,23 @@ class Proxy:
             pipe = begun.pipe
             if pipe is not None and pipe.drains():
                 return  # read on for the usage; _direct_streamed ends it
-            conn, begun.conn = begun.conn, None
-            conn.on_done(None)
-            target = ctx.target
-            assert target is not None
-            if pipe is not None:
-                begun.pipe = None
-                pipe.close(reuse=False)
-            else:
-                target.provider.pool.release(conn, reuse=False)
-            target.state.inflight -= 1
+            self._abort_direct(ctx, begun)
         self._end(ctx)
+
+    @staticmethod
+    def _abort_direct(ctx: RequestCtx, begun: Begun) -> None:
+        """Drop a direct exchange still running: its connection closed, never reused."""
+        conn, begun.conn = begun.conn, None
+        assert conn is not None
+        conn.on_done(None)
+        target = ctx.target
+        assert target is not None
+        pipe, begun.pipe = begun.pipe, None
+        if pipe is not None:
+            pipe.close(reuse=False)
+        else:
+            target.provider.pool.release(conn, reuse=False)
+        target.state.inflight -= 1
 
     # -- the direct path ----------------------------------------------------------------
 
@@ -263,10 +269,7 @@ class Proxy:
             begun.pipe = Pipe(self.forwarder, ctx, target, conn)
         except Exception:
             log.exception("unhandled error in the proxy")
-            begun.conn = None
-            conn.on_done(None)
-            target.provider.pool.release(conn, reuse=False)
-            target.state.inflight -= 1
+            self._abort_direct(ctx, begun)
             self.fail_to_proxy(ctx, _internal_error())
             ctx.running = True
             self._end(ctx)
