@@ -84,6 +84,7 @@ class App:
                                   max_header_bytes=s.max_header_bytes,
                                   keepalive_timeout_s=s.keepalive_timeout_s,
                                   header_timeout_s=s.header_timeout_s,
+                                  finish_on_half_close=s.client_half_close == "finish",
                                   request_id=hdr.request_id_for)
         if sock is None:
             sock = listen_socket(s.host, s.port, reuse_port=s.workers > 1, backlog=s.backlog)

@@ -43,6 +43,9 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     trusted_proxies: tuple[str, ...] = ()
     backlog: int = 2048
+    # A client's FIN while its request is in flight: it left (as nginx), or it
+    # only half-closed and still reads the answer.
+    client_half_close: Literal["disconnect", "finish"] = "disconnect"
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,9 @@ class ServerSettings:
     max_header_bytes: int = 65536
     keepalive_timeout_s: float = 75.0
     header_timeout_s: float = 10.0
+    # A FIN from the client while a request is in flight: False, the client left
+    # (the request and its upstream are cancelled); True, answer it, then close.
+    finish_on_half_close: bool = False
     # The x-request-id of answers the server gives on its own (400, 408, 413...):
     # the client's when it sent a usable one, else a new one.
     request_id: Callable[[list[tuple[bytes, bytes]]], bytes] = lambda _headers: b"-"
@@ -406,8 +409,14 @@ class HttpProtocol(asyncio.Protocol):
         self.flow.resume_writing()
 
     def eof_received(self) -> bool | None:
-        # Half-close from the client: finish what is in flight, then close.
+        # The client shut its side (FIN). Every HTTP client library does that when
+        # it gives up on a request, so by default (as nginx) a FIN while a request
+        # is in flight means the client left: returning None closes the transport,
+        # and connection_lost cancels the request and its upstream at once. With
+        # ``finish_on_half_close`` the requests read are answered, then it closes.
         if self._active is None and not self._queue:
+            return None
+        if not self.settings.finish_on_half_close:
             return None
         self._reject_after = True
         return True

@@ -332,3 +332,26 @@ def test_drain_for_usage_reads_the_rest_only_to_count_tokens() -> None:
         assert wait_for(lambda: gw.metric(metrics.TOKENS, "gpt-test", "output") - before == 30,
                         timeout=3)
         assert gw.mock_stats()["aborted_streams"] == 0
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["task", "direct"])
+def test_a_client_closing_normally_mid_stream_aborts_the_upstream_at_once(pooled: bool) -> None:
+    # close() sends a FIN, as every HTTP client library does on cancel: the
+    # upstream stream (an event every 2 s) is aborted at once, not at the next
+    # failed write.
+    with running(mock=MockOptions(chunks=20, chunk_interval_ms=2000)) as gw:
+        if pooled:  # an idle pooled connection: the stream goes the direct way
+            assert http(gw.port, "POST", "/v1/chat/completions", chat()).status == 200
+        s = connect(gw.port)
+        data = orjson.dumps(chat(stream=True))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                  b"content-length: %d\r\n\r\n%s" % (len(data), data))
+        s.settimeout(5)
+        got = b""
+        while b"data: " not in got:
+            got += s.recv(65536)
+        s.close()
+        t0 = time.monotonic()
+        assert wait_for(lambda: gw.mock_stats()["aborted_streams"] == 1, timeout=5)
+        # The next event would have come 2 s later; the abort did not wait for it.
+        assert time.monotonic() - t0 < 1.5

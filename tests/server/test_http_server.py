@@ -215,8 +215,9 @@ def test_head_request_gets_headers_without_a_body(gw: Gateway) -> None:
     assert parse_one(rest).body == b'{"status":"ok"}'
 
 
-def test_client_that_half_closes_after_its_request_still_gets_the_answer(gw: Gateway) -> None:
-    with connect(gw.port) as s:
+def test_with_finish_a_client_that_half_closes_still_gets_the_answer() -> None:
+    with gwtest.running(server_yaml(TIGHT + ", client_half_close: finish")) as gw, \
+            connect(gw.port) as s:
         s.sendall(chat_request({"x-mock-latency-ms": "100"}))
         s.shutdown(socket.SHUT_WR)
         data, closed = read_to_eof(s, 5)
@@ -224,6 +225,23 @@ def test_client_that_half_closes_after_its_request_still_gets_the_answer(gw: Gat
     r = parse_one(data)
     assert r.status == 200
     assert orjson.loads(r.body)["object"] == "chat.completion"
+
+
+def test_a_client_that_half_closes_mid_request_has_left_and_its_upstream_is_closed(
+        gw: Gateway) -> None:
+    # The default (as nginx): a FIN while the answer is awaited is a client that
+    # gave up. The upstream exchange is dropped at once, not after the answer.
+    closed_before = gw.mock_stats()["closed_by_peer"]
+    with connect(gw.port) as s:
+        s.sendall(chat_request({"x-mock-latency-ms": "3000"}))
+        assert wait_for(lambda: gw.mock_stats()["requests"] >= 1, timeout=5)
+        s.shutdown(socket.SHUT_WR)
+        t0 = time.monotonic()
+        data, closed = read_to_eof(s, 5)
+        assert closed and data == b""
+        assert wait_for(lambda: gw.mock_stats()["closed_by_peer"] > closed_before, timeout=5)
+        # Well before the mock's 3 s answer: the upstream was dropped, not awaited.
+        assert time.monotonic() - t0 < 2.5
 
 
 # -- request bodies ----------------------------------------------------------------------
