@@ -18,7 +18,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -288,6 +288,93 @@ class Config:
                 f"with {self.server.workers} worker(s)")
 
 
+# --- YAML reading -------------------------------------------------------------
+#
+# Scalars are read as YAML 1.2's core schema does, not as YAML 1.1 (PyYAML's
+# default): only true/false are booleans (`on`, `off`, `yes`, `no` stay
+# strings), there are no timestamps (`api_version: 2024-10-21` is a string),
+# `0755` is 755 and `1:30` is a string. Numbers keep the text they were
+# written as, so a string field given `3.10` gets "3.10", not "3.1".
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers
+            if tag not in (_BOOL_TAG, _INT_TAG, _FLOAT_TAG, _TIMESTAMP_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver(_INT_TAG, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                              list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+.0123456789"))
+
+
+class _YamlInt(int):
+    """An integer as written in the file (``text``)."""
+
+    text: str
+
+
+class _YamlFloat(float):
+    """A number with a fraction or an exponent as written in the file (``text``)."""
+
+    text: str
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    if text.startswith("0o"):
+        value = _YamlInt(int(text[2:], 8))
+    elif text.startswith("0x"):
+        value = _YamlInt(int(text[2:], 16))
+    else:
+        value = _YamlInt(int(text, 10))
+    value.text = text
+    return value
+
+
+def _construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    text = str(loader.construct_scalar(node))
+    lowered = text.lower()
+    if lowered.endswith(".inf"):
+        number = float("-inf") if lowered.startswith("-") else float("inf")
+    elif lowered == ".nan":
+        number = float("nan")
+    else:
+        number = float(text)
+    value = _YamlFloat(number)
+    value.text = text
+    return value
+
+
+_Loader.add_constructor(_INT_TAG, _construct_int)
+_Loader.add_constructor(_FLOAT_TAG, _construct_float)
+
+
+def _text(value: Any) -> str | None:
+    """A scalar as the string a string field would get (None: not a scalar)."""
+    if isinstance(value, _YamlInt | _YamlFloat):
+        return value.text
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
 # --- environment substitution ------------------------------------------------
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -330,6 +417,8 @@ def _join(path: str, key: str) -> str:
 # --- generic builder from type hints -----------------------------------------
 
 _MISSING = object()
+_TRUE_WORDS = ("true", "yes", "on")
+_FALSE_WORDS = ("false", "no", "off")
 
 
 def _type_name(tp: Any) -> str:
@@ -351,6 +440,34 @@ def _type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return str(tp)
+
+
+def _literal(args: tuple[Any, ...], value: Any, path: str,
+             errors: list[tuple[str, str]]) -> Any:
+    if isinstance(value, str) and value in args:
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        # An unquoted status code (retry_on: [429]) is the string it stands for.
+        if str(int(value)) in args:
+            return str(int(value))
+        statuses = [a for a in args if isinstance(a, str) and a.isdigit()]
+        if statuses:
+            hint = ""
+            if 500 <= value < 600 and "5xx" in args:
+                hint = "; '5xx' covers every 5xx status"
+            elif 400 <= value < 500:
+                hint = ("; any other 4xx is the client's own error: it is passed on, "
+                        "never retried")
+            errors.append((path, f"status {int(value)} is not accepted here: expected one of "
+                                 f"{', '.join(repr(a) for a in args)}{hint}"))
+            return _MISSING
+    if isinstance(value, bool):
+        errors.append((path, f"expected one of {', '.join(repr(a) for a in args)}, got "
+                             f"{str(value).lower()} (quote the value)"))
+        return _MISSING
+    errors.append((path, f"expected one of {', '.join(repr(a) for a in args)}, got "
+                   f"{_describe(value)}" + _suggest(value, [str(a) for a in args])))
+    return _MISSING
 
 
 def _build(tp: Any, value: Any, path: str, errors: list[tuple[str, str]]) -> Any:
@@ -376,11 +493,7 @@ def _build(tp: Any, value: Any, path: str, errors: list[tuple[str, str]]) -> Any
             return _MISSING
         return _build_dataclass(tp, value, path, errors)
     if origin is Literal:
-        if value in args:
-            return value
-        errors.append((path, f"expected one of {', '.join(repr(a) for a in args)}, got {value!r}"
-                       + _suggest(value, [str(a) for a in args])))
-        return _MISSING
+        return _literal(args, value, path, errors)
     if origin is tuple:
         if not isinstance(value, list):
             errors.append((path, f"expected a list, got {_describe(value)}"))
@@ -392,16 +505,21 @@ def _build(tp: Any, value: Any, path: str, errors: list[tuple[str, str]]) -> Any
         if not isinstance(value, dict):
             errors.append((path, f"expected a mapping, got {_describe(value)}"))
             return _MISSING
-        out = {str(k): _build(args[1], v, _join(path, str(k)), errors) for k, v in value.items()}
+        out = {str(_text(k) or k): _build(args[1], v, _join(path, str(_text(k) or k)), errors)
+               for k, v in value.items()}
         return _MISSING if any(x is _MISSING for x in out.values()) else out
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, _Substituted) and value.lower() in ("true", "false", "1", "0"):
-            return value.lower() in ("true", "1")
+        if isinstance(value, str):
+            word = value.lower()
+            if word in _TRUE_WORDS or (isinstance(value, _Substituted) and word == "1"):
+                return True
+            if word in _FALSE_WORDS or (isinstance(value, _Substituted) and word == "0"):
+                return False
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)
         if isinstance(value, _Substituted):
             try:
                 return int(value)
@@ -416,10 +534,13 @@ def _build(tp: Any, value: Any, path: str, errors: list[tuple[str, str]]) -> Any
             except ValueError:
                 pass
     elif tp is str:
-        if isinstance(value, str):
-            return str(value)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)
+        text = _text(value)
+        if text is not None:
+            return text
+        if isinstance(value, bool):
+            errors.append((path, f"expected a string, got {str(value).lower()} (quote the "
+                                 "value to make it a string)"))
+            return _MISSING
     else:  # pragma: no cover - a field type the loader does not know is a bug
         raise TypeError(f"unsupported config type {tp!r} at {path}")
     errors.append((path, f"expected {_type_name(tp)}, got {_describe(value)}"))
@@ -433,6 +554,8 @@ def _describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, _YamlInt | _YamlFloat):
+        return value.text
     return f"{value!r}"
 
 
@@ -464,151 +587,110 @@ def _build_dataclass(cls: Any, data: dict[str, Any], path: str,
             ok = False
     if not ok:
         return _MISSING
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check = _CHECKS.get(cls)
+    if check is not None:
+        # Each part is checked as soon as it is built, whatever became of the rest:
+        # a broken entry elsewhere hides none of these errors.
+        check(obj, path, errors)
+    return obj
 
 
 # --- semantic checks ---------------------------------------------------------
+#
+# One check per dataclass, run by the builder on every entry that built (with
+# its path); checks across entries (names, references) run on the YAML as read,
+# so they too see every entry whatever shape the others are in.
+
+Errors = list[tuple[str, str]]
 
 
-def _check(cfg: Config, errors: list[tuple[str, str]]) -> None:
-    s = cfg.server
-    for name in ("port",):
-        if not 0 <= getattr(s, name) <= 65535:
-            errors.append((f"server.{name}", "must be between 0 and 65535"))
-    for name in ("workers", "max_body_bytes", "max_header_bytes", "backlog"):
-        if getattr(s, name) < 1:
-            errors.append((f"server.{name}", "must be at least 1"))
-    for name in ("keepalive_timeout_s", "header_timeout_s", "drain_timeout_s"):
-        if getattr(s, name) <= 0:
-            errors.append((f"server.{name}", "must be greater than 0"))
+def _at_least(obj: Any, path: str, names: tuple[str, ...], floor: int, errors: Errors) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < floor:
+            errors.append((_join(path, name), f"must be at least {floor}"))
+
+
+def _positive(obj: Any, path: str, names: tuple[str, ...], errors: Errors) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            errors.append((_join(path, name), "must be greater than 0"))
+
+
+def _check_server(s: ServerConfig, path: str, errors: Errors) -> None:
+    if not 0 <= s.port <= 65535:
+        errors.append((_join(path, "port"), "must be between 0 and 65535"))
+    _at_least(s, path, ("workers", "max_body_bytes", "max_header_bytes", "backlog"), 1, errors)
+    _positive(s, path, ("keepalive_timeout_s", "header_timeout_s", "drain_timeout_s"), errors)
     for i, cidr in enumerate(s.trusted_proxies):
-        _check_cidr(cidr, f"server.trusted_proxies[{i}]", errors)
+        _check_cidr(cidr, f"{path}.trusted_proxies[{i}]", errors)
 
-    seen: dict[str, int] = {}
-    for i, p in enumerate(cfg.providers):
-        where = f"providers[{i}]"
-        if p.name in seen:
-            errors.append((f"{where}.name", f"duplicate provider name {p.name!r} "
-                                            f"(also providers[{seen[p.name]}])"))
-        seen[p.name] = i
-        url = urlsplit(p.base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            errors.append((f"{where}.base_url",
-                           f"must be an http:// or https:// URL, got {p.base_url!r}"))
-        if p.max_connections < 1:
-            errors.append((f"{where}.max_connections", "must be at least 1"))
-        for tname in ("connect_s", "first_byte_s", "idle_s", "total_s"):
-            if getattr(p.timeouts, tname) <= 0:
-                errors.append((f"{where}.timeouts.{tname}", "must be greater than 0"))
-        if p.kind == "anthropic":
-            errors.append((f"{where}.kind", "kind 'anthropic' (OpenAI <-> Messages "
-                                            "translation) is not available in this version; "
-                                            "use an OpenAI-compatible endpoint"))
-        if p.kind == "azure" and not p.api_version:
-            errors.append((f"{where}.api_version", "required for kind 'azure' "
-                                                   "(e.g. 2024-10-21)"))
 
-    models_seen: dict[str, int] = {}
-    for i, m in enumerate(cfg.models):
-        where = f"models[{i}]"
-        if m.name in models_seen:
-            errors.append((f"{where}.name", f"duplicate model name {m.name!r} "
-                                            f"(also models[{models_seen[m.name]}])"))
-        models_seen[m.name] = i
-        if m.variants and m.targets:
-            errors.append((where, "a model has either targets or variants, not both"))
-        elif not m.targets and not m.variants:
-            errors.append((f"{where}.targets", "a model needs at least one target "
-                                               "(or variants)"))
-        for j, t in enumerate(m.targets):
-            if t.provider not in seen:
-                errors.append((f"{where}.targets[{j}].provider",
-                               f"unknown provider {t.provider!r}"
-                               + _suggest(t.provider, list(seen))))
-            if t.weight <= 0:
-                errors.append((f"{where}.targets[{j}].weight", "must be greater than 0"))
-    _check_routing(cfg, errors)
-    _check_access(cfg, errors)
-    admin_hash = cfg.admin.key_sha256
-    if admin_hash is not None and not re.fullmatch(r"[0-9a-f]{64}", admin_hash):
-        errors.append(("admin.key_sha256", "must be 64 lowercase hex characters "
-                                           "(the sha256 of the admin key)"))
-    log = cfg.observability
-    if not log.metrics_path.startswith("/"):
-        errors.append(("observability.metrics_path", "must start with '/'"))
-    if log.otlp_endpoint is not None:
-        errors.append(("observability.otlp_endpoint", "OTLP span export is not available in "
-                                                      "this version; remove the setting"))
-    if log.max_key_labels < 1:
-        errors.append(("observability.max_key_labels", "must be at least 1"))
+def _check_provider(p: ProviderConfig, path: str, errors: Errors) -> None:
+    url = urlsplit(p.base_url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        errors.append((f"{path}.base_url",
+                       f"must be an http:// or https:// URL, got {p.base_url!r}"))
+    _at_least(p, path, ("max_connections",), 1, errors)
+    _positive(p.timeouts, f"{path}.timeouts", ("connect_s", "first_byte_s", "idle_s", "total_s"),
+              errors)
+    if p.kind == "anthropic":
+        errors.append((f"{path}.kind", "kind 'anthropic' (OpenAI <-> Messages "
+                                       "translation) is not available in this version; "
+                                       "use an OpenAI-compatible endpoint"))
+    if p.kind == "azure" and not p.api_version:
+        errors.append((f"{path}.api_version", "required for kind 'azure' (e.g. 2024-10-21)"))
+
+
+def _check_provider_limits(lim: ProviderLimitsConfig, path: str, errors: Errors) -> None:
+    _at_least(lim, path, ("rpm", "tpm", "max_inflight", "burst"), 1, errors)
+    if lim.max_queue < 0:
+        errors.append((f"{path}.max_queue", "must be 0 or more"))
+    _positive(lim, path, ("queue_timeout_s",), errors)
 
 
 _HASH_KEY = re.compile(r"header:[A-Za-z0-9-]+|key|body:user|prefix")
 _STICKY = re.compile(r"header:[A-Za-z0-9-]+|key")
 
 
-def _check_routing(cfg: Config, errors: list[tuple[str, str]]) -> None:
-    """Fallbacks, variants, retries, balancing and provider quotas."""
-    by_name = {m.name: m for m in cfg.models}
-    names = list(by_name)
-    for i, m in enumerate(cfg.models):
-        where = f"models[{i}]"
-        for field_name in ("fallbacks", "context_fallbacks"):
-            for j, other in enumerate(getattr(m, field_name)):
-                if other == m.name:
-                    errors.append((f"{where}.{field_name}[{j}]", "a model cannot fall back to "
-                                                                 "itself"))
-                elif other not in by_name:
-                    errors.append((f"{where}.{field_name}[{j}]", f"unknown model {other!r}"
-                                   + _suggest(other, names)))
-        for j, v in enumerate(m.variants):
-            target = by_name.get(v.model)
-            if target is None:
-                errors.append((f"{where}.variants[{j}].model", f"unknown model {v.model!r}"
-                               + _suggest(v.model, names)))
-            elif target.variants:
-                errors.append((f"{where}.variants[{j}].model",
-                               f"{v.model!r} has variants itself; variants must name models "
-                               "with targets"))
-            if v.weight <= 0:
-                errors.append((f"{where}.variants[{j}].weight", "must be greater than 0"))
-        if m.sticky is not None and not _STICKY.fullmatch(m.sticky):
-            errors.append((f"{where}.sticky", f"expected 'key' or 'header:NAME', got "
-                                              f"{m.sticky!r}"))
-        if m.hash_key is not None and not _HASH_KEY.fullmatch(m.hash_key):
-            errors.append((f"{where}.hash_key", "expected 'header:NAME', 'key', 'body:user' or "
-                                                f"'prefix', got {m.hash_key!r}"))
-        if m.balance == "consistent-hash" and m.hash_key is None and m.targets:
-            errors.append((f"{where}.hash_key", "required with balance: consistent-hash "
-                                                "(header:NAME, key, body:user or prefix)"))
-        r = m.retry
-        if r.attempts < 1:
-            errors.append((f"{where}.retry.attempts", "must be at least 1 (1 = no retry)"))
-        if r.backoff_ms < 0 or r.max_backoff_ms < r.backoff_ms:
-            errors.append((f"{where}.retry.backoff_ms", "must be >= 0 and <= max_backoff_ms"))
-    for i, p in enumerate(cfg.providers):
-        lim = p.limits
-        if lim is None:
-            continue
-        for name in ("rpm", "tpm", "max_inflight", "burst"):
-            value = getattr(lim, name)
-            if value is not None and value < 1:
-                errors.append((f"providers[{i}].limits.{name}", "must be at least 1"))
-        if lim.max_queue < 0:
-            errors.append((f"providers[{i}].limits.max_queue", "must be 0 or more"))
-        if lim.queue_timeout_s <= 0:
-            errors.append((f"providers[{i}].limits.queue_timeout_s", "must be greater than 0"))
-    h = cfg.health
-    for name in ("consecutive_failures", "min_requests"):
-        if getattr(h, name) < 1:
-            errors.append((f"health.{name}", "must be at least 1"))
-    for name in ("window_s", "base_ejection_s", "max_ejection_s", "probe_interval_s"):
-        if getattr(h, name) <= 0:
-            errors.append((f"health.{name}", "must be greater than 0"))
+def _check_model(m: ModelConfig, path: str, errors: Errors) -> None:
+    if m.variants and m.targets:
+        errors.append((path, "a model has either targets or variants, not both"))
+    elif not m.targets and not m.variants:
+        errors.append((f"{path}.targets", "a model needs at least one target (or variants)"))
+    if m.sticky is not None and not _STICKY.fullmatch(m.sticky):
+        errors.append((f"{path}.sticky", f"expected 'key' or 'header:NAME', got {m.sticky!r}"))
+    if m.hash_key is not None and not _HASH_KEY.fullmatch(m.hash_key):
+        errors.append((f"{path}.hash_key", "expected 'header:NAME', 'key', 'body:user' or "
+                                           f"'prefix', got {m.hash_key!r}"))
+    if m.balance == "consistent-hash" and m.hash_key is None and m.targets:
+        errors.append((f"{path}.hash_key", "required with balance: consistent-hash "
+                                           "(header:NAME, key, body:user or prefix)"))
+
+
+def _check_weighted(entry: TargetConfig | VariantConfig, path: str, errors: Errors) -> None:
+    _positive(entry, path, ("weight",), errors)
+
+
+def _check_retry(r: RetryConfig, path: str, errors: Errors) -> None:
+    if r.attempts < 1:
+        errors.append((f"{path}.attempts", "must be at least 1 (1 = no retry)"))
+    if r.backoff_ms < 0 or r.max_backoff_ms < r.backoff_ms:
+        errors.append((f"{path}.backoff_ms", "must be >= 0 and <= max_backoff_ms"))
+
+
+def _check_health(h: HealthConfig, path: str, errors: Errors) -> None:
+    _at_least(h, path, ("consecutive_failures", "min_requests"), 1, errors)
+    _positive(h, path, ("window_s", "base_ejection_s", "max_ejection_s", "probe_interval_s"),
+              errors)
     if not 0 < h.error_ratio <= 1:
-        errors.append(("health.error_ratio", "must be in (0, 1]"))
-    if cfg.retry_budget.percent < 0 or cfg.retry_budget.min_concurrent < 0:
-        errors.append(("retry_budget", "percent and min_concurrent must be 0 or more"))
+        errors.append((f"{path}.error_ratio", "must be in (0, 1]"))
+
+
+def _check_retry_budget(b: RetryBudgetConfig, path: str, errors: Errors) -> None:
+    if b.percent < 0 or b.min_concurrent < 0:
+        errors.append((path, "percent and min_concurrent must be 0 or more"))
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -616,141 +698,235 @@ _JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256"
                    "PS512", "ES256", "ES384", "EdDSA")
 
 
-def _check_access(cfg: Config, errors: list[tuple[str, str]]) -> None:
-    """auth, limits, limits_backend and redis."""
-    a = cfg.auth
-    names: dict[str, int] = {}
-    hashes: dict[str, int] = {}
-    for i, k in enumerate(a.keys):
-        where = f"auth.keys[{i}]"
-        if not k.name.strip():
-            errors.append((f"{where}.name", "must not be empty (it names the key in logs "
-                                            "and metrics)"))
-        elif k.name in names:
-            errors.append((f"{where}.name", f"duplicate key name {k.name!r} "
-                                            f"(also auth.keys[{names[k.name]}])"))
-        names.setdefault(k.name, i)
-        if not _SHA256_HEX.fullmatch(k.key_sha256):
-            errors.append((f"{where}.key_sha256",
-                           "must be 64 lowercase hex characters: the sha256 of the key "
-                           "(printf %s \"$KEY\" | sha256sum), never the key itself"))
-        elif k.key_sha256 in hashes:
-            errors.append((f"{where}.key_sha256", "the same key is configured twice "
-                                                  f"(also auth.keys[{hashes[k.key_sha256]}])"))
-        hashes.setdefault(k.key_sha256, i)
-        if not k.models:
-            errors.append((f"{where}.models", "a key needs at least one model pattern "
-                                              "('*' allows every model)"))
-        for j, pattern in enumerate(k.models):
-            if not pattern.strip():
-                errors.append((f"{where}.models[{j}]", "must not be empty"))
-        if k.tier is not None and not k.tier.strip():
-            errors.append((f"{where}.tier", "must not be empty"))
-        if k.limits is not None:
-            _check_limit_values(k.limits, f"{where}.limits", errors)
-    jwt = a.jwt
-    if jwt is not None:
-        sources = [n for n in ("jwks_url", "secret", "public_key_pem")
-                   if getattr(jwt, n) is not None]
-        if len(sources) != 1:
-            errors.append(("auth.jwt", "set exactly one of jwks_url, secret or public_key_pem"
-                           + (f" (got {' and '.join(sources)})" if sources else "")))
-        if not jwt.algorithms:
-            errors.append(("auth.jwt.algorithms", "list at least one algorithm (e.g. RS256)"))
-        for i, alg in enumerate(jwt.algorithms):
-            if alg.lower() == "none":
-                errors.append((f"auth.jwt.algorithms[{i}]", "'none' (unsigned tokens) is "
-                                                            "never accepted"))
-            elif alg not in _JWT_ALGORITHMS:
-                errors.append((f"auth.jwt.algorithms[{i}]", f"unknown algorithm {alg!r}; use "
-                               + ", ".join(_JWT_ALGORITHMS) + _suggest(alg, list(_JWT_ALGORITHMS))))
-        hmac_algs = [x for x in jwt.algorithms if x.startswith("HS")]
-        other_algs = [x for x in jwt.algorithms if x in _JWT_ALGORITHMS and not x.startswith("HS")]
-        if jwt.secret is not None:
-            if not jwt.secret:
-                errors.append(("auth.jwt.secret", "must not be empty"))
-            if other_algs:
-                errors.append(("auth.jwt.algorithms", "a secret verifies HS256/HS384/HS512 "
-                               f"tokens only; remove {', '.join(other_algs)} or use "
-                               "public_key_pem / jwks_url"))
-        elif hmac_algs and (jwt.jwks_url is not None or jwt.public_key_pem is not None):
-            errors.append(("auth.jwt.algorithms", f"{', '.join(hmac_algs)} need a shared "
-                           "secret (auth.jwt.secret); with public keys they would invite "
-                           "algorithm confusion"))
-        if jwt.jwks_url is not None:
-            url = urlsplit(jwt.jwks_url)
-            if url.scheme not in ("http", "https") or not url.hostname:
-                errors.append(("auth.jwt.jwks_url", "must be an http:// or https:// URL, got "
-                                                    f"{jwt.jwks_url!r}"))
-        if jwt.public_key_pem is not None and "-----BEGIN" not in jwt.public_key_pem:
-            errors.append(("auth.jwt.public_key_pem", "must be a PEM public key "
-                                                      "(-----BEGIN PUBLIC KEY-----...)"))
-        if jwt.leeway_s < 0:
-            errors.append(("auth.jwt.leeway_s", "must be 0 or more"))
-        if jwt.jwks_cache_s <= 0:
-            errors.append(("auth.jwt.jwks_cache_s", "must be greater than 0"))
-        if jwt.jwks_min_refresh_s < 0:
-            errors.append(("auth.jwt.jwks_min_refresh_s", "must be 0 or more"))
-        for name in ("subject", "models", "tier"):
-            claim = getattr(jwt.claims, name)
-            if claim is not None and not claim.strip():
-                errors.append((f"auth.jwt.claims.{name}", "must name a claim"))
+def _check_key(k: KeyConfig, path: str, errors: Errors) -> None:
+    if not k.name.strip():
+        errors.append((f"{path}.name", "must not be empty (it names the key in logs and "
+                                       "metrics)"))
+    if not _SHA256_HEX.fullmatch(k.key_sha256):
+        errors.append((f"{path}.key_sha256",
+                       "must be 64 lowercase hex characters: the sha256 of the key "
+                       "(printf %s \"$KEY\" | sha256sum), never the key itself"))
+    if not k.models:
+        errors.append((f"{path}.models", "a key needs at least one model pattern "
+                                         "('*' allows every model)"))
+    for j, pattern in enumerate(k.models):
+        if not pattern.strip():
+            errors.append((f"{path}.models[{j}]", "must not be empty"))
+    if k.tier is not None and not k.tier.strip():
+        errors.append((f"{path}.tier", "must not be empty"))
+
+
+def _check_limit_values(spec: LimitSpec | LimitRule, path: str, errors: Errors) -> None:
+    _at_least(spec, path, ("rpm", "tpm", "max_inflight"), 1, errors)
+
+
+def _check_budget(b: BudgetConfig, path: str, errors: Errors) -> None:
+    if not b.amount > 0:
+        errors.append((f"{path}.amount", "must be greater than 0"))
+
+
+def _check_limit_rule(rule: LimitRule, path: str, errors: Errors) -> None:
+    if (rule.rpm is None and rule.tpm is None and rule.max_inflight is None
+            and rule.budget_usd is None):
+        errors.append((path, "a limit rule needs at least one of rpm, tpm, max_inflight or "
+                             "budget_usd"))
+    _check_limit_values(rule, path, errors)
+    for name in ("key", "model", "tier", "provider"):
+        pattern = getattr(rule.match, name)
+        if pattern is not None and not pattern.strip():
+            errors.append((f"{path}.match.{name}", "must not be empty (leave it out to match "
+                                                   "everything)"))
+
+
+def _check_jwt(jwt: JwtConfig, path: str, errors: Errors) -> None:
+    sources = [n for n in ("jwks_url", "secret", "public_key_pem") if getattr(jwt, n) is not None]
+    if len(sources) != 1:
+        errors.append((path, "set exactly one of jwks_url, secret or public_key_pem"
+                       + (f" (got {' and '.join(sources)})" if sources else "")))
+    if not jwt.algorithms:
+        errors.append((f"{path}.algorithms", "list at least one algorithm (e.g. RS256)"))
+    for i, alg in enumerate(jwt.algorithms):
+        if alg.lower() == "none":
+            errors.append((f"{path}.algorithms[{i}]", "'none' (unsigned tokens) is never "
+                                                      "accepted"))
+        elif alg not in _JWT_ALGORITHMS:
+            errors.append((f"{path}.algorithms[{i}]", f"unknown algorithm {alg!r}; use "
+                           + ", ".join(_JWT_ALGORITHMS) + _suggest(alg, list(_JWT_ALGORITHMS))))
+    hmac_algs = [x for x in jwt.algorithms if x.startswith("HS")]
+    other_algs = [x for x in jwt.algorithms if x in _JWT_ALGORITHMS and not x.startswith("HS")]
+    if jwt.secret is not None:
+        if not jwt.secret:
+            errors.append((f"{path}.secret", "must not be empty"))
+        if other_algs:
+            errors.append((f"{path}.algorithms", "a secret verifies HS256/HS384/HS512 tokens "
+                           f"only; remove {', '.join(other_algs)} or use public_key_pem / "
+                           "jwks_url"))
+    elif hmac_algs and (jwt.jwks_url is not None or jwt.public_key_pem is not None):
+        errors.append((f"{path}.algorithms", f"{', '.join(hmac_algs)} need a shared secret "
+                       f"({path}.secret); with public keys they would invite algorithm "
+                       "confusion"))
+    if jwt.jwks_url is not None:
+        url = urlsplit(jwt.jwks_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            errors.append((f"{path}.jwks_url", "must be an http:// or https:// URL, got "
+                                               f"{jwt.jwks_url!r}"))
+    if jwt.public_key_pem is not None and "-----BEGIN" not in jwt.public_key_pem:
+        errors.append((f"{path}.public_key_pem", "must be a PEM public key "
+                                                 "(-----BEGIN PUBLIC KEY-----...)"))
+    if jwt.leeway_s < 0:
+        errors.append((f"{path}.leeway_s", "must be 0 or more"))
+    _positive(jwt, path, ("jwks_cache_s",), errors)
+    if jwt.jwks_min_refresh_s < 0:
+        errors.append((f"{path}.jwks_min_refresh_s", "must be 0 or more"))
+    for name in ("subject", "models", "tier"):
+        claim = getattr(jwt.claims, name)
+        if claim is not None and not claim.strip():
+            errors.append((f"{path}.claims.{name}", "must name a claim"))
+
+
+def _check_auth(a: AuthConfig, path: str, errors: Errors) -> None:
     for field_name in ("ip_allow", "ip_deny"):
         for i, cidr in enumerate(getattr(a, field_name)):
-            _check_cidr(cidr, f"auth.{field_name}[{i}]", errors)
-    for i, rule in enumerate(cfg.limits):
-        where = f"limits[{i}]"
-        if (rule.rpm is None and rule.tpm is None and rule.max_inflight is None
-                and rule.budget_usd is None):
-            errors.append((where, "a limit rule needs at least one of rpm, tpm, max_inflight "
-                                  "or budget_usd"))
-        _check_limit_values(rule, where, errors)
-        for name in ("key", "model", "tier", "provider"):
-            pattern = getattr(rule.match, name)
-            if pattern is not None and not pattern.strip():
-                errors.append((f"{where}.match.{name}", "must not be empty (leave it out to "
-                                                        "match everything)"))
-    r = cfg.redis
+            _check_cidr(cidr, f"{path}.{field_name}[{i}]", errors)
+
+
+def _check_redis(r: RedisConfig, path: str, errors: Errors) -> None:
     url = urlsplit(r.url)
     if url.scheme not in ("redis", "rediss", "unix"):
-        errors.append(("redis.url", "must be a redis://, rediss:// or unix:// URL, got "
-                                    f"{r.url!r}"))
-    if r.timeout_s <= 0:
-        errors.append(("redis.timeout_s", "must be greater than 0"))
+        errors.append((f"{path}.url", "must be a redis://, rediss:// or unix:// URL, got "
+                                      f"{r.url!r}"))
+    _positive(r, path, ("timeout_s",), errors)
     if not r.key_prefix or any(c in r.key_prefix for c in "{} \t\r\n"):
-        errors.append(("redis.key_prefix", "must be a non-empty name without braces or "
-                                           "spaces"))
+        errors.append((f"{path}.key_prefix", "must be a non-empty name without braces or "
+                                             "spaces"))
 
 
-def _check_limit_values(spec: Any, where: str, errors: list[tuple[str, str]]) -> None:
-    for name in ("rpm", "tpm", "max_inflight"):
-        value = getattr(spec, name)
-        if value is not None and value < 1:
-            errors.append((f"{where}.{name}", "must be at least 1"))
-    budget = spec.budget_usd
-    if budget is not None and not budget.amount > 0:
-        errors.append((f"{where}.budget_usd.amount", "must be greater than 0"))
+def _check_observability(o: ObservabilityConfig, path: str, errors: Errors) -> None:
+    if not o.metrics_path.startswith("/"):
+        errors.append((f"{path}.metrics_path", "must start with '/'"))
+    if o.otlp_endpoint is not None:
+        errors.append((f"{path}.otlp_endpoint", "OTLP span export is not available in this "
+                                                "version; remove the setting"))
+    _at_least(o, path, ("max_key_labels",), 1, errors)
 
 
-def _check_references(raw: dict[str, Any], errors: list[tuple[str, str]]) -> None:
-    """When the structure is broken, still report targets naming unknown providers."""
-    providers = raw.get("providers")
-    models = raw.get("models")
-    if not isinstance(providers, list) or not isinstance(models, list):
-        return
-    names = [p["name"] for p in providers if isinstance(p, dict) and isinstance(p.get("name"), str)]
-    for i, m in enumerate(models):
-        targets = m.get("targets") if isinstance(m, dict) else None
-        if not isinstance(targets, list):
+def _check_admin(a: AdminConfig, path: str, errors: Errors) -> None:
+    if a.key_sha256 is not None and not _SHA256_HEX.fullmatch(a.key_sha256):
+        errors.append((f"{path}.key_sha256", "must be 64 lowercase hex characters "
+                                             "(the sha256 of the admin key)"))
+
+
+_CHECKS: dict[type, Callable[[Any, str, Errors], None]] = {
+    ServerConfig: _check_server,
+    ProviderConfig: _check_provider,
+    ProviderLimitsConfig: _check_provider_limits,
+    ModelConfig: _check_model,
+    TargetConfig: _check_weighted,
+    VariantConfig: _check_weighted,
+    RetryConfig: _check_retry,
+    HealthConfig: _check_health,
+    RetryBudgetConfig: _check_retry_budget,
+    KeyConfig: _check_key,
+    LimitSpec: _check_limit_values,
+    LimitRule: _check_limit_rule,
+    BudgetConfig: _check_budget,
+    JwtConfig: _check_jwt,
+    AuthConfig: _check_auth,
+    RedisConfig: _check_redis,
+    ObservabilityConfig: _check_observability,
+    AdminConfig: _check_admin,
+}
+
+
+def _entries(raw: dict[str, Any], *keys: str) -> list[tuple[int, dict[str, Any]]]:
+    """``raw[keys...]``'s mapping entries with their index (whatever their shape)."""
+    node: Any = raw
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, list):
+        return []
+    return [(i, e) for i, e in enumerate(node) if isinstance(e, dict)]
+
+
+def _check_names(raw: dict[str, Any], errors: Errors) -> None:
+    """Duplicate names and references between entries, on the YAML as read: they
+    are reported even when some entries failed their own checks."""
+    providers: dict[str, int] = {}
+    for i, p in _entries(raw, "providers"):
+        name = _text(p.get("name"))
+        if name is None:
             continue
-        for j, t in enumerate(targets):
-            prov = t.get("provider") if isinstance(t, dict) else None
-            if isinstance(prov, str) and prov not in names:
-                errors.append((f"models[{i}].targets[{j}].provider",
-                               f"unknown provider {prov!r}" + _suggest(prov, names)))
+        if name in providers:
+            errors.append((f"providers[{i}].name", f"duplicate provider name {name!r} "
+                                                   f"(also providers[{providers[name]}])"))
+        else:
+            providers[name] = i
+    models: dict[str, dict[str, Any]] = {}
+    where_model: dict[str, int] = {}
+    for i, m in _entries(raw, "models"):
+        name = _text(m.get("name"))
+        if name is None:
+            continue
+        if name in models:
+            errors.append((f"models[{i}].name", f"duplicate model name {name!r} "
+                                                f"(also models[{where_model[name]}])"))
+        else:
+            models[name] = m
+            where_model[name] = i
+    names = list(models)
+    for i, m in _entries(raw, "models"):
+        where = f"models[{i}]"
+        for j, t in _entries(m, "targets"):
+            prov = _text(t.get("provider"))
+            if prov is not None and prov not in providers:
+                errors.append((f"{where}.targets[{j}].provider", f"unknown provider {prov!r}"
+                               + _suggest(prov, list(providers))))
+        own = _text(m.get("name"))
+        for field_name in ("fallbacks", "context_fallbacks"):
+            others = m.get(field_name)
+            for j, other_raw in enumerate(others if isinstance(others, list) else []):
+                other = _text(other_raw)
+                if other is None:
+                    continue
+                if other == own:
+                    errors.append((f"{where}.{field_name}[{j}]", "a model cannot fall back to "
+                                                                 "itself"))
+                elif other not in models:
+                    errors.append((f"{where}.{field_name}[{j}]", f"unknown model {other!r}"
+                                   + _suggest(other, names)))
+        for j, v in _entries(m, "variants"):
+            other = _text(v.get("model"))
+            if other is None:
+                continue
+            target = models.get(other)
+            if target is None:
+                errors.append((f"{where}.variants[{j}].model", f"unknown model {other!r}"
+                               + _suggest(other, names)))
+            elif target.get("variants"):
+                errors.append((f"{where}.variants[{j}].model",
+                               f"{other!r} has variants itself; variants must name models "
+                               "with targets"))
+    key_names: dict[str, int] = {}
+    hashes: dict[str, int] = {}
+    for i, k in _entries(raw, "auth", "keys"):
+        name = _text(k.get("name"))
+        if name is not None and name.strip():
+            if name in key_names:
+                errors.append((f"auth.keys[{i}].name", f"duplicate key name {name!r} "
+                                                       f"(also auth.keys[{key_names[name]}])"))
+            else:
+                key_names[name] = i
+        digest = _text(k.get("key_sha256"))
+        if digest is not None and _SHA256_HEX.fullmatch(digest):
+            if digest in hashes:
+                errors.append((f"auth.keys[{i}].key_sha256", "the same key is configured "
+                                                             f"twice (also auth.keys"
+                                                             f"[{hashes[digest]}])"))
+            else:
+                hashes[digest] = i
 
 
-def _check_cidr(value: str, path: str, errors: list[tuple[str, str]]) -> None:
+def _check_cidr(value: str, path: str, errors: Errors) -> None:
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
@@ -763,7 +939,7 @@ def _check_cidr(value: str, path: str, errors: list[tuple[str, str]]) -> None:
 def parse_config(text: str, source: str | None = None) -> Config:
     """Parse and validate YAML text; raise ConfigError listing every problem."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -776,10 +952,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
     errors: list[tuple[str, str]] = []
     raw = _substitute(raw, "", errors)
     cfg = _build_dataclass(Config, raw, "", errors)
-    if cfg is not _MISSING:
-        _check(cfg, errors)
-    else:
-        _check_references(raw, errors)
+    _check_names(raw, errors)
     if errors:
         raise ConfigError(errors)
     assert isinstance(cfg, Config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,97 @@ def test_load_config_records_source(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_otlp_endpoint_is_refused_until_supported() -> None:
     errs = errors_of("observability: {otlp_endpoint: 'http://collector:4318'}")
     assert "not available" in errs["observability.otlp_endpoint"]
+
+
+# -- YAML 1.1 traps: what a user writes is what the gateway reads ---------------------
+
+
+def test_retry_on_takes_unquoted_status_codes() -> None:
+    cfg = parse_config(GOOD.replace("targets: [{provider: openai, model: gpt-4o-mini}]",
+                                    "targets: [{provider: openai, model: gpt-4o-mini}]\n"
+                                    "    retry: {attempts: 3, retry_on: [connect, timeout, 429, "
+                                    "5xx, 408, '409']}").replace("${KEY}", "k"))
+    assert cfg.models[0].retry.retry_on == ("connect", "timeout", "429", "5xx", "408", "409")
+
+
+@pytest.mark.parametrize(("status", "hint"), [(404, "client's own error"), (503, "'5xx'")])
+def test_a_status_that_cannot_be_retried_says_why(status: int, hint: str) -> None:
+    errs = errors_of(GOOD.replace("targets: [{provider: openai, model: gpt-4o-mini}]",
+                                  "targets: [{provider: openai, model: gpt-4o-mini}]\n"
+                                  f"    retry: {{retry_on: [connect, {status}]}}")
+                     .replace("${KEY}", "k"))
+    msg = errs["models[0].retry.retry_on[1]"]
+    assert f"status {status} is not accepted here" in msg and hint in msg
+
+
+def test_scalars_are_read_as_written_not_as_yaml_1_1() -> None:
+    text = """
+providers:
+  - {name: az, kind: azure, base_url: "https://x.openai.azure.com", api_version: 2024-10-21,
+     headers: {x-flag: on, x-other: no, x-version: 3.10, x-mode: 0755}}
+models:
+  - {name: 3.10, targets: [{provider: az, model: 1:30}]}
+redis: {cluster: yes}
+observability: {access_log: off}
+"""
+    cfg = parse_config(text)
+    p = cfg.providers[0]
+    assert p.api_version == "2024-10-21"  # not a date
+    assert dict(p.headers) == {"x-flag": "on", "x-other": "no", "x-version": "3.10",
+                               "x-mode": "0755"}
+    assert cfg.models[0].name == "3.10"
+    assert cfg.models[0].targets[0].model == "1:30"  # not sexagesimal 90
+    assert cfg.redis.cluster is True  # a boolean field takes yes/no/on/off
+    assert cfg.observability.access_log == "off"
+    assert parse_config("server: {port: 0x1F90}").server.port == 8080
+
+
+def test_a_boolean_where_a_string_is_expected_asks_for_quotes() -> None:
+    errs = errors_of("models: [{name: true, targets: []}]")
+    assert "quote" in errs["models[0].name"]
+
+
+# -- check-config reports every error at once -------------------------------------------
+
+
+def test_name_and_reference_errors_are_reported_beside_shape_errors() -> None:
+    text = """
+providers:
+  - {name: p, kind: openai, base_url: "https://api.openai.com/v1"}
+  - {name: p, kind: openai, base_url: "https://api.openai.com/v1"}
+models:
+  - {name: a, targets: [{provider: p, model: x}], balance: randomish}
+  - {name: b, targets: [{provider: q, model: x}], retry: {attempts: 0}, fallbacks: [zz]}
+  - {name: b, targets: [{provider: p, model: x, weight: -1}]}
+"""
+    errs = errors_of(text)
+    assert "randomish" in errs["models[0].balance"]
+    assert errs["providers[1].name"] == "duplicate provider name 'p' (also providers[0])"
+    assert errs["models[1].targets[0].provider"].startswith("unknown provider 'q'")
+    assert "at least 1" in errs["models[1].retry.attempts"]
+    assert errs["models[1].fallbacks[0]"].startswith("unknown model 'zz'")
+    assert "duplicate model name 'b'" in errs["models[2].name"]
+    assert "greater than 0" in errs["models[2].targets[0].weight"]
+
+
+def _readme_configs() -> list[tuple[str, str]]:
+    """Every ```yaml block of the README: (where, text)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = []
+    for i, part in enumerate(readme.split("```yaml\n")[1:]):
+        text = part.split("```", 1)[0]
+        blocks.append((f"README yaml block {i + 1}", text))
+    return blocks
+
+
+@pytest.mark.parametrize(("where", "text"), _readme_configs(), ids=lambda v: v[:24])
+def test_every_configuration_in_the_readme_passes_check_config(
+        where: str, text: str, tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    for name in set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text)):
+        env[name] = "example-value"
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "fastgw", "check-config", str(f)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, f"{where} is refused:\n{r.stderr}\n{text}"
