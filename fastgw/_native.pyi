@@ -211,7 +211,8 @@ class HashRing:
         self, key: str | bytes, loads: Sequence[float] | None = None, c: float = 1.25
     ) -> str:
         """The target for ``key``; with ``loads`` (in-flight per target, ``targets`` order)
-        skip targets above ``c`` times their weighted share. LookupError if no target."""
+        skip targets whose load would exceed ``c`` times their weighted share, rounded up.
+        LookupError if no target."""
     def lookup_index(
         self, key: str | bytes, loads: Sequence[float] | None = None, c: float = 1.25
     ) -> int: ...

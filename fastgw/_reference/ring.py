@@ -230,7 +230,7 @@ class HashRing:
             total += x
         ws = self._weight_sum
         return [
-            ws > 0.0 and x + 1.0 <= c * (total + 1.0) * (w / ws)
+            ws > 0.0 and x + 1.0 <= math.ceil(c * (total + 1.0) * (w / ws))
             for x, w in zip(loads, self._weights, strict=True)
         ]
 

@@ -149,8 +149,10 @@ class Latency(Balancer):
 
 
 class ConsistentHash(Balancer):
-    """The native ring with bounded load: a key sticks to its target unless that
-    target carries more than ``c`` times its fair share of in-flight requests."""
+    """The native ring with bounded load: a key sticks to its target unless one
+    more request would take that target past ``c`` times its fair share of the
+    in-flight requests, rounded up (with two targets and one request in flight,
+    the key stays)."""
 
     __slots__ = ("_fallback", "_index", "c", "ring")
 

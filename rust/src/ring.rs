@@ -16,9 +16,12 @@
 //!   first `n` distinct targets in walk order.
 //! - Bounded load, with in-flight `loads[t]` per target and factor `c >= 1`:
 //!   target `t` is eligible when
-//!   `loads[t] + 1 <= c * (total + 1) * (weight[t] / weight_sum)`, where
-//!   `total` and `weight_sum` are summed left to right. Eligible targets come
-//!   first in walk order, then the others in walk order.
+//!   `loads[t] + 1 <= ceil(c * (total + 1) * (weight[t] / weight_sum))`,
+//!   where `total` and `weight_sum` are summed left to right. The bound is
+//!   rounded up as in the bounded-load paper (Mirrokni, Thorup and
+//!   Zadimoghaddam): with two targets, one with a request in flight keeps its
+//!   keys instead of passing them on.
+//!   Eligible targets come first in walk order, then the others in walk order.
 //!
 //! A point's hash depends only on its target's name and index, so adding one
 //! target of N moves only the keys that land on its new points: about
@@ -201,7 +204,8 @@ impl Ring {
             .iter()
             .zip(&self.weights)
             .map(|(&l, &w)| {
-                self.weight_sum > 0.0 && l + 1.0 <= c * (total + 1.0) * (w / self.weight_sum)
+                self.weight_sum > 0.0
+                    && l + 1.0 <= (c * (total + 1.0) * (w / self.weight_sum)).ceil()
             })
             .collect())
     }

@@ -99,9 +99,12 @@ def test_bounded_load_skips_an_overloaded_target_and_keeps_the_order() -> None:
     loads[ring.targets.index(order[0])] = 50.0
     assert ring.lookup("conversation-42", loads) == order[1]
     assert ring.candidates("conversation-42", None, loads) == [*order[1:], order[0]]
-    # Within c x the average, the first choice stays.
+    # Within ceil(c x its share), the first choice stays: with every target at 1,
+    # 1 + 1 <= ceil(1.25 * 5 / 4) = 2.
+    assert ring.lookup("conversation-42", [1.0] * 4, 1.25) == order[0]
+    # Alone at 1 of 1 in flight it already holds more than its share of 4.
     loads[ring.targets.index(order[0])] = 1.0
-    assert ring.lookup("conversation-42", loads, 1.25) == order[0]
+    assert ring.lookup("conversation-42", loads, 1.25) == order[1]
 
 
 def test_bad_rings_and_arguments_raise() -> None:
@@ -123,3 +126,16 @@ def test_bad_rings_and_arguments_raise() -> None:
     with pytest.raises(LookupError):
         native.HashRing({}).lookup("k")
     assert native.HashRing({}).candidates("k") == []
+
+
+@pytest.mark.parametrize("impl", [native.HashRing, ref.HashRing], ids=["native", "reference"])
+def test_bounded_load_rounds_its_bound_up_so_keys_stay_put_at_low_concurrency(
+        impl: Any) -> None:
+    ring = impl({"a": 1.0, "b": 1.0})
+    key = next(k for k in (f"user-{i}" for i in range(1000)) if ring.lookup(k) == "a")
+    # One request in flight on 'a': 1 + 1 <= ceil(1.25 * 2 * 0.5) = 2, the key stays.
+    assert ring.lookup(key, [1.0, 0.0]) == "a"
+    # Two: 2 + 1 > ceil(1.25 * 3 * 0.5) = 2, it moves on.
+    assert ring.lookup(key, [2.0, 0.0]) == "b"
+    # Balanced load keeps it at any level.
+    assert ring.lookup(key, [7.0, 7.0]) == "a"
