@@ -113,7 +113,7 @@ def drive(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def make_ctx(snapshot: Any, cycle: FakeCycle) -> RequestCtx:
-    ctx = RequestCtx(cycle, snapshot, "chat", b"req_bench")  # type: ignore[arg-type]
+    ctx = RequestCtx(cycle, snapshot, "chat", b"req_bench", b"")  # type: ignore[arg-type]
     ctx.doc = {"model": "gpt-test", "max_tokens": 64}
     ctx.model = "gpt-test"
     route = snapshot.models["gpt-test"]

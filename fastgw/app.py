@@ -122,7 +122,7 @@ class App:
                                       previous=self.gateway.state.snapshot)
             self.gateway.state.snapshot = snapshot
             self.prober.start(snapshot)
-            self.gateway.proxy.access = access
+            self.gateway.proxy.set_access(access)
             self.config = new
             self.client.retire_unused({p.pool for p in snapshot.providers.values()})
             log.info("configuration reloaded: %s", new.summary())

@@ -131,6 +131,11 @@ class ModelConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     variants: tuple[VariantConfig, ...] = ()
     sticky: str | None = None  # key | header:NAME
+    # Translation between dialects: the max_tokens an Anthropic target is sent
+    # when the client set none (4096 when unset), and whether a parameter the
+    # target cannot express is dropped (else the request is refused, 400).
+    default_max_tokens: int | None = None
+    drop_unsupported_params: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -664,6 +669,7 @@ def _check_model(m: ModelConfig, path: str, errors: Errors) -> None:
     if m.hash_key is not None and not _HASH_KEY.fullmatch(m.hash_key):
         errors.append((f"{path}.hash_key", "expected 'header:NAME', 'key', 'body:user' or "
                                            f"'prefix', got {m.hash_key!r}"))
+    _at_least(m, path, ("default_max_tokens",), 1, errors)
     if m.balance == "consistent-hash" and m.hash_key is None and m.targets:
         errors.append((f"{path}.hash_key", "required with balance: consistent-hash "
                                            "(header:NAME, key, body:user or prefix)"))

@@ -11,6 +11,25 @@ class StreamSink(Protocol):
     def write(self, data: bytes) -> None: ...
 
 
+Usage = dict[str, int]
+"""Token counts: ``prompt_tokens`` (cached ones included), ``completion_tokens``,
+``total_tokens``, and when known ``cached_tokens``, ``cache_creation_tokens``,
+``reasoning_tokens`` (the keys of :attr:`fastgw._native.SseScanner.usage`)."""
+
+
+class StreamScanner(Protocol):
+    """What reads a relayed stream: the native pass-through scanner
+    (:class:`~fastgw._native.SseScanner`) or a dialect translator. ``feed``
+    returns the bytes to pass on and the scanner's flags."""
+
+    def feed(self, chunk: bytes) -> tuple[bytes, int]: ...
+    def finish(self) -> bytes: ...
+    @property
+    def usage(self) -> dict[str, int] | None: ...
+    @property
+    def done(self) -> bool: ...
+
+
 def usage_numbers(usage: Any) -> tuple[int, int] | None:
     """(input, output) tokens from an OpenAI or Anthropic usage object."""
     if not isinstance(usage, dict):

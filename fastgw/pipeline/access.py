@@ -282,7 +282,7 @@ class Access:
 
     async def visible_models(self, cycle: Cycle, snapshot: Snapshot) -> list[str] | None:
         """Models the caller may list (None: all); raises 401 without credentials."""
-        ctx = RequestCtx(cycle, snapshot, "models", b"")
+        ctx = RequestCtx(cycle, snapshot, "models", b"", b"")
         await self.authenticate(ctx)
         grant: Grant | None = ctx.grant
         if self._open or grant is None:

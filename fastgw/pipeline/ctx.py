@@ -5,35 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fastgw.pipeline.snapshot import ModelRoute, Snapshot, TargetRuntime
+from fastgw.providers.dialects import OPENAI_CLIENT, ClientDialect
 from fastgw.server.protocol import Cycle
-from fastgw.upstream.connection import UpstreamConnection
 
 if TYPE_CHECKING:
-    from fastgw.pipeline.forward import Pipe
-
-
-class Begun:
-    """The first model's first attempt, as the direct path (no task) began it.
-
-    ``order`` is the balancer's order for the model (computed once). ``idx`` is
-    the target tried (-1: none was). While the exchange runs, ``conn`` is its
-    connection; when it fails on the connection, ``error`` says why and the
-    task that takes over may still recover it; when it failed with an answer
-    (an error status), ``conn`` is None and ``error`` is final. A stream's
-    ``pipe`` relays it once its head is in.
-    """
-
-    __slots__ = ("conn", "error", "fwd", "idx", "order", "pipe", "request", "sent")
-
-    def __init__(self, order: list[int], fwd: bytes) -> None:
-        self.order = order
-        self.fwd = fwd  # the forwarded client headers, for further attempts
-        self.idx = -1
-        self.conn: UpstreamConnection | None = None
-        self.error: BaseException | None = None
-        self.pipe: Pipe | None = None
-        self.request = b""
-        self.sent = 0.0
+    from fastgw.pipeline.attempt import Attempt
 
 
 class RequestCtx:
@@ -41,19 +17,22 @@ class RequestCtx:
 
     __slots__ = (
         "asked",
+        "attempt",
         "attempts",
-        "begun",
         "body",
         "client_usage",
         "completion_tokens",
         "cycle",
+        "dialect",
         "doc",
         "endpoint",
         "error",
         "extra_headers",
+        "fwd",
         "grant",
         "key_name",
         "model",
+        "order",
         "overhead_s",
         "prompt_tokens",
         "request_id",
@@ -70,11 +49,14 @@ class RequestCtx:
         "variant",
     )
 
-    def __init__(self, cycle: Cycle, snapshot: Snapshot, endpoint: str, request_id: bytes) -> None:
+    def __init__(self, cycle: Cycle, snapshot: Snapshot, endpoint: str, request_id: bytes,
+                 fwd: bytes, dialect: ClientDialect = OPENAI_CLIENT) -> None:
         self.cycle = cycle
         self.snapshot = snapshot
         self.endpoint = endpoint
+        self.dialect = dialect  # the client's: its errors and error events
         self.request_id = request_id
+        self.fwd = fwd  # the client headers forwarded upstream, for every attempt
         self.t0 = cycle.received_at
         self.body = cycle.body
         self.doc: dict[str, Any] = {}
@@ -99,5 +81,8 @@ class RequestCtx:
         # (reservations to settle); headers added to every answer (x-ratelimit-*).
         self.grant: Any = None
         self.extra_headers = b""
-        self.begun: Begun | None = None
+        # The first model's targets in the balancer's order, when the direct path
+        # computed it already (the task path then starts from it).
+        self.order: list[int] | None = None
+        self.attempt: Attempt | None = None  # the latest attempt
         self.running = False  # a task is answering (it ends the request itself)

@@ -25,15 +25,20 @@ from fastgw.errors import (
 from fastgw.pipeline import headers as hdr
 from fastgw.pipeline.runner import Proxy
 from fastgw.pipeline.snapshot import Snapshot, model_object
+from fastgw.providers.base import ANTHROPIC
+from fastgw.providers.dialects import ANTHROPIC_CLIENT, OPENAI_CLIENT, ClientDialect
+from fastgw.providers.registry import CLIENT_DIALECT
 from fastgw.server.protocol import Cycle
 
-# Proxied endpoints; both with and without the /v1 prefix, as OpenAI-compatible
-# servers answer both.
-PROXY_PATHS: dict[bytes, str] = {}
+# Proxied endpoints and the client dialect each speaks; both with and without
+# the /v1 prefix, as OpenAI-compatible servers answer both.
+PROXY_PATHS: dict[bytes, tuple[str, ClientDialect]] = {}
 for _path, _name in (("/chat/completions", "chat"), ("/completions", "completions"),
-                     ("/embeddings", "embeddings"), ("/responses", "responses")):
-    PROXY_PATHS[_path.encode()] = _name
-    PROXY_PATHS[b"/v1" + _path.encode()] = _name
+                     ("/embeddings", "embeddings"), ("/responses", "responses"),
+                     ("/messages", "messages")):
+    _dialect = ANTHROPIC_CLIENT if CLIENT_DIALECT[_name] == ANTHROPIC else OPENAI_CLIENT
+    PROXY_PATHS[_path.encode()] = (_name, _dialect)
+    PROXY_PATHS[b"/v1" + _path.encode()] = (_name, _dialect)
 
 _JSON = b"content-type: application/json\r\n"
 _OK = orjson.dumps({"status": "ok"})
@@ -68,16 +73,16 @@ class Gateway:
         }
 
     def __call__(self, cycle: Cycle) -> Coroutine[Any, Any, None] | None:
-        endpoint = PROXY_PATHS.get(cycle.path)
-        if endpoint is not None and cycle.method == b"POST":
+        proxied = PROXY_PATHS.get(cycle.path)
+        if proxied is not None and cycle.method == b"POST":
             # The proxy answers every error itself, often without a task at all.
-            return self.proxy.run(cycle, self.state.snapshot, endpoint)
-        return self._builtin(cycle, endpoint)
+            return self.proxy.run(cycle, self.state.snapshot, proxied[0], proxied[1])
+        return self._builtin(cycle, proxied is not None)
 
-    async def _builtin(self, cycle: Cycle, endpoint: str | None) -> None:
+    async def _builtin(self, cycle: Cycle, proxied: bool) -> None:
         path = cycle.path
         try:
-            if endpoint is not None:
+            if proxied:
                 raise self._method(path, b"POST")
             method = cycle.method
             if method in (b"GET", b"HEAD"):
@@ -96,7 +101,7 @@ class Gateway:
                 raise NotFound(
                     f"unknown path {path.decode('latin-1')!r}; fastgw serves "
                     "/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, "
-                    "/v1/models, /healthz and /readyz", code="unknown_path")
+                    "/v1/messages, /v1/models, /healthz and /readyz", code="unknown_path")
             await handler(cycle)
         except GatewayError as exc:
             if not cycle.started:

@@ -12,6 +12,7 @@ import random
 
 from fastgw.errors import UpstreamError
 from fastgw.pipeline.snapshot import ProviderRuntime, Snapshot
+from fastgw.providers.registry import request_prefix
 from fastgw.upstream.client import exchange
 
 log = logging.getLogger("fastgw.probes")
@@ -67,8 +68,8 @@ class Prober:
 
 
 def _probe_request(provider: ProviderRuntime) -> bytes:
-    from fastgw.providers.openai import request_prefix
-
     ep = provider.endpoint
-    return request_prefix(provider.cfg, ep.host_header, ep.path_prefix, "models", "",
-                          method=b"GET") + b"content-length: 0\r\n\r\n"
+    prefix = request_prefix(provider.cfg, ep.host_header, ep.path_prefix, "models", "",
+                            b"GET")
+    assert prefix is not None  # every provider kind lists its models
+    return prefix + b"content-length: 0\r\n\r\n"

@@ -19,7 +19,9 @@ import orjson
 
 from fastgw.config import Config, ModelConfig, ProviderConfig, RetryConfig
 from fastgw.metrics import TARGET_HEALTHY
-from fastgw.providers import openai
+from fastgw.pipeline.filters import Chain
+from fastgw.providers import registry
+from fastgw.providers.base import Translation
 from fastgw.routing.balancer import Balancer, TargetState, make_balancer
 from fastgw.routing.budget import RetryBudget
 from fastgw.routing.health import Health
@@ -39,6 +41,12 @@ class ProviderRuntime:
     quota: ProviderQuota | None = None
 
 
+# How a client endpoint reaches one target: the constant start of the upstream
+# request (request line, host, credentials, content type) and the translation
+# between the dialects (None: bytes pass through).
+TargetPlan = tuple[bytes, Translation | None]
+
+
 @dataclass(slots=True, eq=False)
 class TargetRuntime:
     provider: ProviderRuntime
@@ -47,17 +55,19 @@ class TargetRuntime:
     state: TargetState
     # x-fastgw-provider / x-fastgw-model lines, rendered once
     response_headers: bytes
-    _prefixes: dict[str, bytes] = field(default_factory=dict)
+    # Client endpoint -> its plan on this target; None: the target cannot serve it.
+    plans: dict[str, TargetPlan | None] = field(default_factory=dict)
 
-    def prefix(self, endpoint: str) -> bytes:
-        """Request line, host, credentials and content type for ``endpoint``."""
-        p = self._prefixes.get(endpoint)
-        if p is None:
-            prov = self.provider
-            p = self._prefixes[endpoint] = openai.request_prefix(
-                prov.cfg, prov.endpoint.host_header, prov.endpoint.path_prefix, endpoint,
-                self.model)
-        return p
+
+def _plans(provider: ProviderRuntime, deployment: str) -> dict[str, TargetPlan | None]:
+    plans: dict[str, TargetPlan | None] = {}
+    ep = provider.endpoint
+    for endpoint in registry.CLIENT_DIALECT:
+        how = registry.plan(endpoint, provider.cfg.kind)
+        prefix = None if how is None else registry.request_prefix(
+            provider.cfg, ep.host_header, ep.path_prefix, how[0], deployment)
+        plans[endpoint] = None if how is None or prefix is None else (prefix, how[1])
+    return plans
 
 
 @dataclass(slots=True, eq=False)
@@ -78,6 +88,13 @@ class ModelRoute:
     output_per_token: float
     variants: tuple[Variant, ...] = ()
     variant_total: float = 0.0
+    # The model's features, compiled once (pipeline/filters.py); None: a plain
+    # route, which pays one falsy check per phase for all of them.
+    chain: Chain | None = None
+    # The targets' live states, in the targets' order (what the balancer ranks).
+    states: tuple[TargetState, ...] = ()
+    # Client endpoints some of its targets cannot serve (they are skipped).
+    partial: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True, eq=False)
@@ -154,11 +171,13 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
                 state = TargetState(f"{tc.provider}/{tc.model}", tc.weight,
                                     Health(config.health, _gauge(tc.provider, tc.model)))
                 TARGET_HEALTHY.labels(tc.provider, tc.model).set(1)
+            provider = providers[tc.provider]
             targets.append(TargetRuntime(
-                provider=providers[tc.provider], model=tc.model, weight=tc.weight, state=state,
+                provider=provider, model=tc.model, weight=tc.weight, state=state,
                 response_headers=(b"x-fastgw-provider: " + _header_value(tc.provider)
                                   + b"\r\nx-fastgw-model: " + _header_value(tc.model)
-                                  + b"\r\n")))
+                                  + b"\r\n"),
+                plans=_plans(provider, tc.model)))
         price = mc.price
         variants = tuple(Variant(v.name or v.model, v.model, v.weight) for v in mc.variants)
         models[mc.name] = ModelRoute(
@@ -167,7 +186,9 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
             retry=mc.retry,
             input_per_token=price.input_per_mtok / 1e6 if price else 0.0,
             output_per_token=price.output_per_mtok / 1e6 if price else 0.0,
-            variants=variants, variant_total=sum(v.weight for v in variants))
+            variants=variants, variant_total=sum(v.weight for v in variants),
+            states=tuple(t.state for t in targets),
+            partial=frozenset(e for t in targets for e, p in t.plans.items() if p is None))
     budget = previous.retry_budget if previous is not None and \
         previous.config.retry_budget == config.retry_budget else RetryBudget(config.retry_budget)
     return Snapshot(config=config, providers=providers, models=models, retry_budget=budget,

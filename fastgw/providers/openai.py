@@ -1,4 +1,5 @@
-"""OpenAI-shaped providers: ``openai``, ``openai-compatible`` and ``azure``.
+"""OpenAI-shaped providers: ``openai``, ``openai-compatible`` and ``azure`` (the
+``openai`` dialect).
 
 The request body is forwarded as the client sent it. Only two edits are ever
 made, both without re-encoding the JSON when it can be avoided: the ``model``
@@ -27,9 +28,12 @@ OPENAI_PATHS: dict[str, str] = {
 
 
 def request_prefix(provider: ProviderConfig, host_header: bytes, path_prefix: bytes,
-                   endpoint: str, deployment: str, method: bytes = b"POST") -> bytes:
+                   endpoint: str, deployment: str, method: bytes = b"POST") -> bytes | None:
     """The constant start of every request to (provider, endpoint, deployment):
-    request line, host, credentials and content type. Built once per target."""
+    request line, host, credentials and content type. Built once per target.
+    None for an endpoint OpenAI's API does not have."""
+    if endpoint not in OPENAI_PATHS:
+        return None
     if provider.kind == "azure":
         path = (f"/openai/deployments/{deployment}{OPENAI_PATHS[endpoint]}"
                 f"?api-version={provider.api_version}").encode()

@@ -55,7 +55,12 @@ class Health:
 
     def success(self, now: float) -> None:
         self.consecutive = 0
-        self._count(now, failed=False)
+        # _count(now, failed=False), inline: this runs once per answered request.
+        if now - self._win_start > self._cfg.window_s:
+            self._win_start = now
+            self._win_requests = 0
+            self._win_failures = 0
+        self._win_requests += 1
         if self.state != HEALTHY:
             self.state = HEALTHY
             Health.degraded -= 1

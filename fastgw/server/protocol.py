@@ -188,12 +188,15 @@ class Cycle:
         self.finished = True
         self._proto.response_done(self)
 
-    def send_error(self, exc: GatewayError, header_block: bytes | None = None) -> None:
+    def send_error(self, exc: GatewayError, header_block: bytes | None = None,
+                   body: bytes | None = None) -> None:
+        """Answer ``exc``: its status and headers, OpenAI's envelope unless another
+        ``body`` (another dialect's) is given."""
         if header_block is None:
             header_block = (b"x-request-id: " + self._proto.settings.request_id(self.headers)
                             + b"\r\n")
-        status, extra, body = wire.error_parts(exc)
-        self.send(status, header_block + extra, body)
+        status, extra, envelope = wire.error_parts(exc)
+        self.send(status, header_block + extra, envelope if body is None else body)
 
     def start(self, status: int, header_block: bytes) -> None:
         """Begin a streamed response (chunked; close-delimited on 1.0).

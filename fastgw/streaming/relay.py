@@ -2,30 +2,35 @@
 
 The upstream connection calls :meth:`StreamRelay.feed` with each chunk until
 the commit point, then (``on_commit``) once per read with all the body bytes
-it carried, which go to the client in one write, unmodified and undecoded
-(only when the gateway asked for the usage chunk, and the client did not, is
-that one event cut out). The native :class:`~fastgw._native.SseScanner`
-finds, across chunk boundaries, the usage, ``[DONE]``, error events and the
-first content.
+it carried. A *scanner* reads them: the native
+:class:`~fastgw._native.SseScanner` when the client and the upstream speak the
+same dialect (the bytes go to the client in one write, unmodified and
+undecoded; only when the gateway asked for the usage chunk, and the client did
+not, is that one event cut out), or a translator of the upstream's dialect into
+the client's (:mod:`fastgw.providers`), event by event. Either finds, across
+chunk boundaries, the usage, the end of the stream, error events and the first
+content.
 
 The first content (a text or tool-call delta, or the end of the stream) is the
 **commit point**. Before it, an in-band error event is not passed on: the relay
 calls ``on_error`` so the caller can fail over to another target. A relay that
 ``resumes`` such a failed-over stream (the client already has the head and the
-first upstream's role event) drops the new upstream's events before its first
-content, so the client sees one coherent stream.
+first upstream's opening events) leaves out what the new upstream sends before
+its first content: all of it for an OpenAI client (its role event), only the
+``message_start`` event for an Anthropic client (its content blocks must still
+be opened), so the client sees one coherent stream.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import orjson
 
 from fastgw._native import SseScanner
 from fastgw.errors import GatewayError
-from fastgw.streaming.sse import error_event
-from fastgw.types import StreamSink, usage_numbers
+from fastgw.types import StreamScanner, StreamSink, usage_numbers
 
 _COMMIT = SseScanner.COMMIT
 _DONE = SseScanner.DONE
@@ -33,17 +38,22 @@ _ERROR = SseScanner.ERROR
 
 
 class StreamRelay:
-    __slots__ = ("_on_commit", "_on_error", "_resumed", "_scanner", "_sink", "committed",
-                 "error_payload", "failed")
+    __slots__ = ("_error_event", "_held", "_on_commit", "_on_error", "_resumed", "_scanner",
+                 "_sink", "committed", "error_payload", "failed")
 
-    def __init__(self, sink: StreamSink, *, drop_usage: bool, resumed: bool,
-                 on_error: Callable[[], None],
-                 on_commit: Callable[[], None] | None = None) -> None:
-        self._scanner = SseScanner(drop_usage=drop_usage)
+    def __init__(self, sink: StreamSink, scanner: StreamScanner, *, resumed: bool,
+                 on_error: Callable[[], None], error_event: Callable[[GatewayError], bytes],
+                 on_commit: Callable[[], None] | None = None,
+                 resume_drop: bytes | None = None) -> None:
+        self._scanner = scanner
         self._sink = sink
+        # Resuming: None drops everything before the first content; an event name
+        # holds it back and drops only that event at the commit point.
         self._resumed = resumed
+        self._held: list[bytes] | None = [] if resumed and resume_drop is not None else None
         self._on_error = on_error
         self._on_commit = on_commit
+        self._error_event = error_event
         self.committed = False
         self.failed = False
         self.error_payload: bytes | None = None
@@ -67,13 +77,20 @@ class StreamRelay:
                 self.committed = True
                 if self._on_commit is not None:
                     self._on_commit()
+                held = self._held
+                if held is not None:
+                    self._held = None
+                    held.append(out)
+                    out = _MESSAGE_START.sub(b"", b"".join(held))
             elif flags & _ERROR:
                 self.failed = True
                 self.error_payload = out
                 self._on_error()
                 return
             elif self._resumed:
-                return  # the client has had a role event already
+                if self._held is not None:
+                    self._held.append(out)
+                return  # the client has had the opening events already
         if out:
             self._sink.write(out)
 
@@ -94,8 +111,13 @@ class StreamRelay:
         self._sink = _DISCARD
 
     def fail(self, exc: GatewayError) -> None:
-        """End the stream with a typed SSE error event (no fake [DONE])."""
-        self._sink.write(error_event(exc))
+        """End the stream with a typed SSE error event in the client's dialect (no
+        fake end marker)."""
+        self._sink.write(self._error_event(exc))
+
+
+# The opening event of an Anthropic stream, as Anthropic frames it.
+_MESSAGE_START = re.compile(rb"event: ?message_start\r?\n(?:data:[^\r\n]*\r?\n)+\r?\n")
 
 
 def _nothing() -> None:

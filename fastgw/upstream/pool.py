@@ -153,6 +153,10 @@ class Pool:
 
     # -- giving back --------------------------------------------------------------------
 
+    def put_back(self, conn: UpstreamConnection) -> None:
+        """An idle connection :meth:`take_idle` gave that was not used after all."""
+        self._keep(conn)
+
     def release(self, conn: UpstreamConnection, reuse: bool) -> None:
         """Return a connection after an exchange; it is closed unless reusable."""
         if reuse and conn.recycle():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 
+from fastgw._native import SseScanner
+from fastgw.providers.dialects import OPENAI_CLIENT
 from fastgw.streaming.relay import StreamRelay
 
 
@@ -29,8 +31,9 @@ DONE = b"data: [DONE]\n\n"
 def relay(resumed: bool = False) -> tuple[StreamRelay, Sink, list[str]]:
     sink = Sink()
     calls: list[str] = []
-    r = StreamRelay(sink, drop_usage=False, resumed=resumed,
+    r = StreamRelay(sink, SseScanner(drop_usage=False), resumed=resumed,
                     on_error=lambda: calls.append("error"),
+                    error_event=OPENAI_CLIENT.error_event,
                     on_commit=lambda: calls.append("commit"))
     return r, sink, calls
 

@@ -1,0 +1,213 @@
+"""The answer: the one place a request's outcome reaches the client, and its log.
+
+An exchange (``pipeline/exchange.py``) only gets an upstream's answer; what
+the client sees is decided here: :meth:`Responder.respond` for a whole 2xx
+answer (translated into the client's dialect when the target speaks another,
+then the route's ``response`` filters), :meth:`Responder.stream_head` for the
+head of a relayed stream, :meth:`Responder.fail_to_proxy` for every error (in
+the client's dialect), and :meth:`Responder.logging`, always, at the end.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from time import perf_counter
+
+import orjson
+
+from fastgw._native import access_line
+from fastgw.accesslog import AccessLog
+from fastgw.errors import (
+    ContextLengthExceeded,
+    GatewayError,
+    UpstreamStatusError,
+)
+from fastgw.metrics import Recorder
+from fastgw.pipeline import headers as hdr
+from fastgw.pipeline.access import Access
+from fastgw.pipeline.attempt import Attempt
+from fastgw.pipeline.ctx import RequestCtx
+from fastgw.pipeline.snapshot import TargetRuntime
+from fastgw.providers import openai
+from fastgw.types import usage_numbers
+from fastgw.upstream.connection import UpstreamConnection
+
+_JSON = b"application/json"
+_CONTEXT_CODE = re.compile(rb'"code"\s*:\s*"context_length_exceeded"')
+
+
+class Responder:
+    __slots__ = ("access", "access_log", "recorder")
+
+    def __init__(self, recorder: Recorder, access_log: AccessLog, access: Access) -> None:
+        self.recorder = recorder
+        self.access_log = access_log
+        self.access = access
+
+    # -- whole answers -------------------------------------------------------------------
+
+    def respond(self, ctx: RequestCtx, attempt: Attempt, conn: UpstreamConnection) -> None:
+        """A complete upstream answer: release the connection, then answer the
+        client from it, or raise its error status."""
+        target = attempt.target
+        ctx.upstream_s += perf_counter() - attempt.sent
+        ttfb = conn.head_at - attempt.sent
+        ctx.ttfb_s = ttfb
+        target.state.observe_ttfb(ttfb)
+        status = conn.status
+        body = conn.body()
+        up_headers = conn.headers
+        target.provider.pool.release(conn, reuse=True)
+        if status >= 300:
+            raise self.status_error(attempt, status, body, up_headers)
+        trans = attempt.trans
+        if trans is None:
+            usage = openai.extract_usage(body)
+        else:
+            body, full = trans.response(body)
+            usage = usage_numbers(full)
+        if usage is not None:
+            ctx.prompt_tokens, ctx.completion_tokens = usage
+            ctx.usage_known = True
+        chain = attempt.route.chain
+        if chain:
+            for hook in chain.response:
+                body = hook(ctx, status, body)
+        ctx.status = status
+        ctx.cycle.send(status, self.response_head(ctx, target, up_headers, _JSON), body)
+
+    # -- streams -------------------------------------------------------------------------
+
+    def stream_head(self, ctx: RequestCtx, target: TargetRuntime, conn: UpstreamConnection,
+                    ctype: bytes) -> bytes:
+        return self.response_head(ctx, target, conn.headers,
+                                  hdr.content_type(conn.headers, ctype))
+
+    # -- shared --------------------------------------------------------------------------
+
+    def response_head(self, ctx: RequestCtx, target: TargetRuntime,
+                      up_headers: list[tuple[bytes, bytes]], ctype: bytes) -> bytes:
+        overhead = perf_counter() - ctx.t0 - ctx.upstream_s
+        if overhead < 0.0:
+            overhead = 0.0
+        ctx.overhead_s = overhead
+        return (b"content-type: " + ctype + b"\r\nx-request-id: " + ctx.request_id + b"\r\n"
+                + target.response_headers
+                + b"x-fastgw-attempts: %d\r\nx-fastgw-overhead-ms: %.3f\r\n"
+                % (ctx.attempts, overhead * 1000.0)
+                + ctx.extra_headers + hdr.response_headers(up_headers))
+
+    def status_error(self, attempt: Attempt, status: int, body: bytes,
+                     up_headers: list[tuple[bytes, bytes]]) -> UpstreamStatusError:
+        """An upstream's error status as the error the runner judges: provider
+        secrets scrubbed, the body in the client's dialect."""
+        provider = attempt.target.provider
+        for secret in provider.secrets:
+            body = body.replace(secret, b"[redacted]")
+        message = _upstream_message(body)
+        text = f"upstream {provider.name!r} answered {status}" + (f": {message}"
+                                                                   if message else "")
+        passed = [(n, v) for n, v in up_headers if n in (b"retry-after", b"retry-after-ms")]
+        retry_after = _retry_after(up_headers)
+        context = status == 400 and (_CONTEXT_CODE.search(body) is not None
+                                     or b"prompt is too long" in body)
+        if attempt.trans is not None:
+            body = attempt.trans.error(status, body)
+        if context:
+            return ContextLengthExceeded(text, upstream_status=status, body=body,
+                                         headers=passed, retry_after=retry_after)
+        return UpstreamStatusError(text, upstream_status=status, body=body, headers=passed,
+                                   retry_after=retry_after)
+
+    # -- errors (the one place) ------------------------------------------------------------
+
+    def fail_to_proxy(self, ctx: RequestCtx, exc: GatewayError) -> None:
+        """The one place where a failed request becomes the client's answer, in the
+        client's dialect."""
+        ctx.error = exc.message
+        cycle = ctx.cycle
+        if cycle.started:
+            ctx.status = exc.status
+            if not cycle.finished:
+                if ctx.stream:
+                    # A stream whose head went out (every failover before its first
+                    # content failed): end it with a typed SSE error event.
+                    cycle.write(ctx.dialect.error_event(exc))
+                    cycle.end()
+                else:
+                    cycle.abort()
+            return
+        extra = b"x-request-id: " + ctx.request_id + b"\r\n" + ctx.extra_headers
+        if ctx.attempts:
+            extra += b"x-fastgw-attempts: %d\r\n" % ctx.attempts
+            if ctx.target is not None:
+                extra += ctx.target.response_headers
+        if isinstance(exc, UpstreamStatusError) and 400 <= exc.upstream_status < 500:
+            # The upstream's own 4xx (400, 404, 422, and 408/409/429 after retries):
+            # its status and body, provider secrets already scrubbed.
+            ctx.status = exc.upstream_status
+            passed = b"".join(n + b": " + v + b"\r\n" for n, v in exc.headers)
+            cycle.send(exc.upstream_status, b"content-type: application/json\r\n" + extra
+                       + passed, exc.upstream_body)
+            return
+        ctx.status = exc.status
+        cycle.send_error(exc, extra, ctx.dialect.error_body(exc))
+
+    # -- logging (always runs) -------------------------------------------------------------
+
+    def logging(self, ctx: RequestCtx) -> None:
+        now = perf_counter()
+        duration = now - ctx.t0
+        target = ctx.target
+        provider = target.provider.name if target is not None else ""
+        route = ctx.route  # the model that served (a fallback or variant maybe)
+        asked = ctx.asked
+        model = asked.name if asked is not None else "unknown"
+        cost = 0.0
+        usage = ctx.usage_known and route is not None
+        if usage:
+            assert route is not None
+            cost = (ctx.prompt_tokens * route.input_per_token
+                    + ctx.completion_tokens * route.output_per_token)
+        self.recorder.finished(model, provider, ctx.status, route.name if route else model,
+                               ctx.key_name, duration, ctx.ttfb_s, ctx.overhead_s,
+                               ctx.prompt_tokens if usage else 0,
+                               ctx.completion_tokens if usage else 0, cost)
+        if self.access_log.enabled:
+            cycle = ctx.cycle
+            self.access_log.write_line(access_line(
+                time.time(), ctx.request_id, ctx.key_name, self.access.client_ip(cycle),
+                cycle.path, ctx.model or None, target.model if target is not None else None,
+                route.name if route is not None else None, ctx.variant, provider or None,
+                ctx.status, ctx.stream, ctx.attempts, duration, ctx.ttfb_s, ctx.overhead_s,
+                (ctx.prompt_tokens, ctx.completion_tokens, cost) if usage else None, ctx.error))
+
+
+def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
+    for name, value in headers:
+        if name == b"retry-after-ms":
+            try:
+                return float(value) / 1000.0
+            except ValueError:
+                continue
+        if name == b"retry-after":
+            try:
+                return float(value)
+            except ValueError:
+                continue  # an HTTP date: not worth parsing for a retry decision
+    return None
+
+
+def _upstream_message(body: bytes) -> str:
+    """The error message inside an upstream error body, if it has one (short)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode("utf-8", "replace").strip()
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("message"), str):
+        return str(err["message"])[:500]
+    if isinstance(err, str):
+        return err[:500]
+    return ""
