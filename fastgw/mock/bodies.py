@@ -479,21 +479,32 @@ _OPENAI_ERRORS: Final[dict[int, tuple[str, str | None, str]]] = {
     404: ("invalid_request_error", "not_found", "Unknown path."),
     405: ("invalid_request_error", "method_not_allowed", "Method not allowed on this path."),
     408: ("timeout", "timeout", "Request timed out."),
+    413: ("invalid_request_error", "request_too_large", "Request exceeds the maximum size."),
     429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests (mock)."),
     500: ("server_error", None, "The server had an error while processing your request."),
     502: ("server_error", "bad_gateway", "Bad gateway."),
     503: ("server_error", "overloaded", "The engine is currently overloaded."),
     504: ("server_error", "timeout", "Gateway timeout."),
+    529: ("server_error", "overloaded", "Overloaded."),
 }
 _ANTHROPIC_TYPES: Final = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    500: "api_error",
     503: "overloaded_error",
+    504: "timeout_error",
     529: "overloaded_error",
+}  # any other status: api_error
+
+
+_CODE_MESSAGES: Final = {
+    "anthropic_version_required": "anthropic-version: header is required",
+    "invalid_json": "The request body is not a JSON object.",
 }
 
 
@@ -515,7 +526,9 @@ def error_fields(status: int, code: str | None, prompt_tokens: int) -> tuple[str
             f"Mock error {status}.",
         ),
     )
-    return etype, code if code is not None else dcode, message
+    if code is None:
+        return etype, dcode, message
+    return etype, code, _CODE_MESSAGES.get(code, message)
 
 
 def openai_error(status: int, code: str | None = None, prompt_tokens: int = 0) -> dict[str, Any]:

@@ -36,13 +36,24 @@ Per-request control headers (values are case-sensitive, names are not):
     ``close-delimited`` no Content-Length nor chunking, ``Connection: close``,
     the body ends when the connection closes;
     ``chunked`` non-streams: the body in 3 chunks of chunked encoding.
+    ``529`` is Anthropic's "overloaded" status.
 ``x-mock-latency-ms``, ``x-mock-chunks``, ``x-mock-chunk-interval-ms``
     override the server's options for this request.
 ``x-mock-echo: 1``
     a non-streaming answer carries a top-level ``"echo"`` object (method, path,
-    lowercased headers, parsed body); a stream carries it in its first event.
+    lowercased headers, parsed body); a stream carries it in its first event
+    (chat: the role chunk; Messages: ``message_start``).
 
-Errors on ``/v1/messages`` use Anthropic's envelope, everywhere else OpenAI's.
+Errors on ``/v1/messages`` use Anthropic's envelope (``{"type": "error",
+"error": {"type", "message"}}``, the type by status: 400 invalid_request_error,
+401 authentication_error, 402 billing_error, 403 permission_error, 404
+not_found_error, 413 request_too_large, 429 rate_limit_error, 503 and 529
+overloaded_error, 504 timeout_error, any other api_error) and its in-band
+``event: error`` (overloaded_error); everywhere else OpenAI's. ``--api-key K``
+accepts ``x-api-key: K`` as well as the Bearer header;
+``--require-anthropic-version`` refuses (400) a ``/v1/messages`` request
+without an ``anthropic-version`` header.
+
 ``GET /mock/stats`` and ``POST /mock/reset`` serve the counters of
 :class:`Stats`; they, ``/healthz`` and ``/health`` ignore ``--status``,
 ``--fail-rate``, ``--latency-ms`` and ``--api-key``.
@@ -89,6 +100,7 @@ class MockOptions:
     fail_rate: float = 0.0  # fraction of API requests answered 500 at random
     status: int | None = None  # answer every API request with this status
     api_key: str | None = None  # when set, require Bearer/x-api-key equal to it
+    require_anthropic_version: bool = False  # /v1/messages without anthropic-version: 400
 
 
 class Stats:
@@ -136,11 +148,14 @@ _DEFAULT_CUT_EVENTS: Final = 2
 _DEFAULT_SLOW_MS: Final = 100.0
 
 
+_REASONS: Final = {529: "Overloaded"}  # Anthropic's status, not in http.HTTPStatus
+
+
 def _status_line(status: int) -> bytes:
     try:
         reason = http.HTTPStatus(status).phrase
     except ValueError:
-        reason = "Unknown"
+        reason = _REASONS.get(status, "Unknown")
     return b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())
 
 
@@ -519,8 +534,9 @@ class MockProtocol(asyncio.Protocol):
         opts = server.opts
         server.stats.requests += 1
 
-        # One pass over the headers: credentials and x-mock-* controls.
+        # One pass over the headers: credentials, anthropic-version, x-mock-* controls.
         authed = server.api_key is None
+        unversioned = opts.require_anthropic_version and route == bodies.MESSAGES
         plan: _Plan | None = None
         for name, value in req.headers:
             lname = name.lower()
@@ -533,10 +549,12 @@ class MockProtocol(asyncio.Protocol):
                 or (lname == b"x-api-key" and value == server.api_key)
             ):
                 authed = True
+            elif unversioned and lname == b"anthropic-version" and value:
+                unversioned = False
         # Fastest path: this exact request (and chunk count) was answered before
         # and nothing asks for more than the plain answer.
         by_body_key: tuple[bytes, bytes, bytes, int] | None = None
-        if server.plain and authed and (plan is None or plan.only_chunks()):
+        if server.plain and authed and not unversioned and (plan is None or plan.only_chunks()):
             by_body_key = (req.method, path, req.body, opts.chunks if plan is None else plan.chunks)
             prepared = server.by_body.get(by_body_key)
             if prepared is not None:
@@ -554,6 +572,9 @@ class MockProtocol(asyncio.Protocol):
             return
         if plan is not None and plan.fault == "close":
             self._close()
+            return
+        if unversioned:
+            self._error(req, plan, api, 400, "anthropic_version_required")
             return
         status = opts.status
         if status is not None and status != 200:
@@ -955,6 +976,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key", default=None, help="require 'Authorization: Bearer K' or 'x-api-key: K'"
     )
+    parser.add_argument(
+        "--require-anthropic-version",
+        action="store_true",
+        help="answer /v1/messages without an anthropic-version header with 400",
+    )
 
 
 def options_from_args(ns: argparse.Namespace) -> MockOptions:
@@ -971,6 +997,7 @@ def options_from_args(ns: argparse.Namespace) -> MockOptions:
         fail_rate=ns.fail_rate,
         status=ns.status,
         api_key=ns.api_key,
+        require_anthropic_version=ns.require_anthropic_version,
     )
 
 
