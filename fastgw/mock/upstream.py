@@ -5,7 +5,8 @@ Built for demos, tests and benchmarks, so it must never be the bottleneck:
 * its own ``asyncio.Protocol`` + ``httptools`` server (keep-alive, pipelining
   answered in order), standalone from ``fastgw.server``;
 * answers are pre-rendered once per *shape* (route, model, chunk count, usage
-  flag, prompt tokens) into the complete response bytes, head included, split
+  flag, prompt tokens, and the tool calls, stop sequence and cache counts
+  asked for) into the complete response bytes, head included, split
   on an id sentinel; a request on the fast path then costs one ``orjson.loads``,
   one dict lookup, one ``bytes.join`` that splices its fixed-width id, and one
   ``transport.write``;
@@ -43,6 +44,35 @@ Per-request control headers (values are case-sensitive, names are not):
     a non-streaming answer carries a top-level ``"echo"`` object (method, path,
     lowercased headers, parsed body); a stream carries it in its first event
     (chat: the role chunk; Messages: ``message_start``).
+``x-mock-tool: NAME[,NAME...]``
+    chat and Messages: answer with calls of these tools (parallel calls,
+    indexes 0, 1, ...) instead of text; ``1`` is the request's first tool.
+    Without the header, a request calls a tool when its ``tool_choice`` asks
+    for one: OpenAI ``"required"`` (the first tool) or
+    ``{"type": "function", "function": {"name": N}}``; Anthropic
+    ``{"type": "any"}`` or ``{"type": "tool", "name": N}``. A call has a
+    deterministic id (``call_mock_0_NAME``, ``toolu_mock_0_NAME``) and arguments
+    built from the tool's schema (``parameters`` / ``input_schema``): per
+    property, an enum's first value, else by type string ``"mock"``, integer
+    ``1``, number ``1.5``, boolean ``true``, array ``[]``, object ``{}``
+    (``null`` otherwise); an undeclared tool gets ``{}``. It ends with
+    ``finish_reason: "tool_calls"`` / ``stop_reason: "tool_use"``; usage is that
+    of the text answer. Streams send each call's arguments in pieces of at most
+    8 characters (OpenAI ``function.arguments`` deltas, Anthropic
+    ``input_json_delta`` events) that concatenate to the exact JSON.
+``x-mock-stop: SEQ``
+    Messages: the text answer ends with ``stop_reason: "stop_sequence"`` and
+    ``stop_sequence: SEQ`` (chat keeps ``finish_reason: "stop"``).
+``x-mock-max-tokens: N``
+    the answer is cut at N tokens and ends by length (``finish_reason:
+    "length"``, ``stop_reason: "max_tokens"``), a text answer even when tools
+    were asked for.
+``x-mock-cache-read: N``, ``x-mock-cache-creation: M``
+    prompt caching usage: Anthropic usage gets ``cache_read_input_tokens: N``
+    and ``cache_creation_input_tokens: M`` (both in ``message_start``), outside
+    ``input_tokens``; OpenAI usage counts N + M inside ``prompt_tokens`` and
+    says ``prompt_tokens_details: {"cached_tokens": N}`` (Responses:
+    ``input_tokens_details``).
 
 Errors on ``/v1/messages`` use Anthropic's envelope (``{"type": "error",
 "error": {"type", "message"}}``, the type by status: 400 invalid_request_error,
@@ -77,7 +107,7 @@ from typing import Any, Final, cast
 import httptools
 import orjson
 
-from fastgw.mock import bodies
+from fastgw.mock import bodies, tools
 from fastgw.mock.bodies import Shape
 
 __all__ = [
@@ -134,6 +164,9 @@ class Stats:
 # A response is a list of steps: bytes are written, a float is a pause in
 # seconds, None closes the connection. Reaching the end completes the response.
 Step = bytes | float | None
+
+# The Shape fields beyond the plain text answer: (calls, stop, cache_read, cache_creation).
+Variant = tuple[tuple[tools.ToolCall, ...], str | None, int, int]
 
 _SENTINEL: Final = bodies.ID_SENTINEL.encode()
 _JSON: Final = b"application/json"
@@ -205,6 +238,7 @@ _MAX_TOKENS_FIELDS: Final = {
     bodies.MESSAGES: ("max_tokens",),
     bodies.RESPONSES: ("max_output_tokens",),
 }
+_TOOL_ROUTES: Final = (bodies.CHAT, bodies.MESSAGES)
 _MODELS_BODY: Final = bodies.models_body()
 _HEALTH_BODY: Final = b'{"status":"ok"}'
 
@@ -234,6 +268,20 @@ def _prepare(shape: Shape, stream: bool) -> Prepared:
         _head(200, _JSON, len(body)) + body,
         _head(200, _JSON, len(body), close=True) + body,
     )
+
+
+def _shape(
+    route: str,
+    model: str,
+    n: int,
+    truncated: bool,
+    include_usage: bool,
+    prompt_tokens: int,
+    variant: Variant | None,
+) -> Shape:
+    if variant is None:
+        return Shape(route, model, n, truncated, include_usage, prompt_tokens)
+    return Shape(route, model, n, truncated, include_usage, prompt_tokens, *variant)
 
 
 class _Server:
@@ -286,14 +334,20 @@ class _Plan:
     """What a request asked for beyond the plain answer (slow path only)."""
 
     __slots__ = (
+        "cache_creation",
+        "cache_read",
         "chunks",
         "echo",
         "fault",
         "fault_arg",
         "interval",
         "latency",
+        "max_tokens",
+        "shaped",
         "stall",
         "stall_token",
+        "stop",
+        "tools",
     )
 
     def __init__(self, opts: MockOptions) -> None:
@@ -305,17 +359,47 @@ class _Plan:
         self.fault: str | None = None  # the framing/content fault, at most one
         self.fault_arg: str | None = None
         self.echo = False
+        # What the answer says (rendered into its Shape, so still pre-rendered):
+        self.shaped = False  # any of the five below was asked for
+        self.tools: tuple[str, ...] | None = None  # x-mock-tool names
+        self.stop: str | None = None  # x-mock-stop
+        self.max_tokens: int | None = None  # x-mock-max-tokens
+        self.cache_read = 0  # x-mock-cache-read
+        self.cache_creation = 0  # x-mock-cache-creation
 
     def only_chunks(self) -> bool:
         """True when the plan changes nothing but the chunk count."""
         return (
             self.fault is None
+            and not self.shaped
             and not self.echo
             and not self.latency
             and not self.stall
             and not self.stall_token
             and not self.interval
         )
+
+
+def _variant(
+    route: str,
+    payload: dict[str, Any],
+    tool_defs: object,
+    plan: _Plan | None,
+    n: int,
+    truncated: bool,
+) -> tuple[Variant | None, int, bool]:
+    """(variant, n, truncated) of a request that declares tools or shapes its answer."""
+    requested = None if plan is None else plan.tools
+    calls: tuple[tools.ToolCall, ...] = ()
+    if route in _TOOL_ROUTES and (tool_defs is not None or requested is not None):
+        calls = tools.pick(route, tool_defs, payload.get("tool_choice"), requested)
+    if plan is None or not plan.shaped:
+        return ((calls, None, 0, 0) if calls else None), n, truncated and not calls
+    if plan.max_tokens is not None:  # ends by length: a text answer, even if tools were asked
+        n, truncated, calls = min(n, plan.max_tokens), True, ()
+    elif calls:
+        truncated = False  # a tool-call answer is whole (n only counts its tokens)
+    return (calls, plan.stop, plan.cache_read, plan.cache_creation), n, truncated
 
 
 class MockProtocol(asyncio.Protocol):
@@ -637,6 +721,22 @@ class MockProtocol(asyncio.Protocol):
                 plan.interval = float(value) / 1000.0
             elif lname == b"x-mock-echo":
                 plan.echo = value.strip() not in (b"", b"0", b"false")
+            elif lname == b"x-mock-tool":
+                names = [n.strip() for n in value.decode("utf-8", "replace").split(",")]
+                plan.tools = tuple(n for n in names if n)
+                plan.shaped = True
+            elif lname == b"x-mock-stop":
+                plan.stop = value.decode("utf-8", "replace")
+                plan.shaped = True
+            elif lname == b"x-mock-max-tokens":
+                plan.max_tokens = max(0, int(value))
+                plan.shaped = True
+            elif lname == b"x-mock-cache-read":
+                plan.cache_read = max(0, int(value))
+                plan.shaped = True
+            elif lname == b"x-mock-cache-creation":
+                plan.cache_creation = max(0, int(value))
+                plan.shaped = True
         except ValueError:
             pass  # a malformed control header is ignored, as unknown ones are
 
@@ -699,6 +799,13 @@ class MockProtocol(asyncio.Protocol):
                 [payload.get("instructions"), payload.get("input")]
             )
 
+        # What the answer says beyond text (tool calls, stop sequence, cache usage):
+        # None on the plain path, else the Shape fields it sets (part of the cache key).
+        variant: Variant | None = None
+        tool_defs = payload.get("tools")
+        if tool_defs is not None or (plan is not None and plan.shaped):
+            variant, n, truncated = _variant(route, payload, tool_defs, plan, n, truncated)
+
         if plan is None or (
             plan.fault is None
             and not plan.echo
@@ -707,12 +814,12 @@ class MockProtocol(asyncio.Protocol):
             and not (stream and (plan.interval or plan.stall_token))
         ):
             # Fast path: the cached complete response with this request's id.
-            key = (route, stream, model, n, truncated, include_usage, prompt_tokens)
+            key = (route, stream, model, n, truncated, include_usage, prompt_tokens, variant)
             prepared = server.cache.get(key)
             if prepared is None:
                 if len(server.cache) >= _CACHE_MAX:
                     server.cache.clear()
-                shape = Shape(route, model, n, truncated, include_usage, prompt_tokens)
+                shape = _shape(route, model, n, truncated, include_usage, prompt_tokens, variant)
                 prepared = server.cache[key] = _prepare(shape, stream)
             small = not stream or prepared.size <= _FAST_STREAM_MAX
             if by_body_key is not None and small:
@@ -727,7 +834,7 @@ class MockProtocol(asyncio.Protocol):
             if plan is None:
                 plan = _Plan(server.opts)
 
-        shape = Shape(route, model, n, truncated, include_usage, prompt_tokens)
+        shape = _shape(route, model, n, truncated, include_usage, prompt_tokens, variant)
         rid_text = server.new_id().decode()
         echo = {"echo": self._echo(req, payload)} if plan.echo else None
         if stream:
