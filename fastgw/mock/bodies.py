@@ -21,6 +21,8 @@ from typing import Any, Final
 
 import orjson
 
+from fastgw.mock.tools import ToolCall, call_id, split_arguments
+
 ID_WIDTH: Final = 16
 # Same width as a real id, so lengths computed with it hold for every request.
 ID_SENTINEL: Final = "Qz7MOCKIDQz7Qz7Q"
@@ -79,7 +81,20 @@ class Shape:
     n: int  # content pieces = completion tokens
     truncated: bool  # max_tokens cut the answer short
     include_usage: bool  # OpenAI streams: send the usage chunk
-    prompt_tokens: int
+    prompt_tokens: int  # input tokens not read from nor written to the prompt cache
+    calls: tuple[ToolCall, ...] = ()  # a tool-call answer instead of text
+    stop: str | None = None  # the stop sequence that ended a text answer
+    cache_read: int = 0  # prompt tokens read from the prompt cache
+    cache_creation: int = 0  # prompt tokens written to the prompt cache
+
+    @property
+    def cached(self) -> bool:
+        return bool(self.cache_read or self.cache_creation)
+
+    @property
+    def all_prompt_tokens(self) -> int:
+        """OpenAI counts cached prompt tokens inside prompt_tokens, Anthropic outside."""
+        return self.prompt_tokens + self.cache_read + self.cache_creation
 
 
 def _dumps(obj: object) -> bytes:
@@ -100,11 +115,39 @@ DONE: Final = b"data: [DONE]\n\n"
 # -- OpenAI chat completions ---------------------------------------------------------------
 
 
-def _usage(s: Shape) -> dict[str, int]:
-    return {
-        "prompt_tokens": s.prompt_tokens,
+def _usage(s: Shape) -> dict[str, Any]:
+    prompt = s.all_prompt_tokens
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
         "completion_tokens": s.n,
-        "total_tokens": s.prompt_tokens + s.n,
+        "total_tokens": prompt + s.n,
+    }
+    if s.cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": s.cache_read}
+    return usage
+
+
+def _chat_finish(s: Shape) -> str:
+    if s.truncated:
+        return "length"
+    return "tool_calls" if s.calls else "stop"
+
+
+def _chat_message(s: Shape) -> dict[str, Any]:
+    if not s.calls:
+        return {"role": "assistant", "content": "".join(pieces(s.n)), "refusal": None}
+    return {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "tool_calls": [
+            {
+                "id": call_id("call_", i, c.name),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for i, c in enumerate(s.calls)
+        ],
     }
 
 
@@ -118,13 +161,9 @@ def chat_body(s: Shape, rid: str) -> bytes:
             "choices": [
                 {
                     "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": "".join(pieces(s.n)),
-                        "refusal": None,
-                    },
+                    "message": _chat_message(s),
                     "logprobs": None,
-                    "finish_reason": "length" if s.truncated else "stop",
+                    "finish_reason": _chat_finish(s),
                 }
             ],
             "usage": _usage(s),
@@ -134,7 +173,10 @@ def chat_body(s: Shape, rid: str) -> bytes:
 
 
 def chat_events(s: Shape, rid: str, first_extra: dict[str, Any] | None = None) -> list[bytes]:
-    """role chunk, n content chunks, finish chunk, [usage chunk], [DONE]."""
+    """role chunk, n content chunks, finish chunk, [usage chunk], [DONE].
+
+    A tool-call answer has, instead of the content chunks, per call one chunk
+    with its id, name and empty arguments, then its arguments in pieces."""
     cid = "chatcmpl-" + rid
 
     def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -150,12 +192,26 @@ def chat_events(s: Shape, rid: str, first_extra: dict[str, Any] | None = None) -
             obj["usage"] = None  # as OpenAI does on every chunk but the last
         return obj
 
-    first = chunk({"role": "assistant", "content": "", "refusal": None}, None)
+    first = chunk({"role": "assistant", "content": None if s.calls else "", "refusal": None}, None)
     if first_extra:
         first.update(first_extra)
     out = [_data(first)]
-    out.extend(_data(chunk({"content": p}, None)) for p in pieces(s.n))
-    out.append(_data(chunk({}, "length" if s.truncated else "stop")))
+    if s.calls:
+        for i, c in enumerate(s.calls):
+            head = {
+                "index": i,
+                "id": call_id("call_", i, c.name),
+                "type": "function",
+                "function": {"name": c.name, "arguments": ""},
+            }
+            out.append(_data(chunk({"tool_calls": [head]}, None)))
+            out.extend(
+                _data(chunk({"tool_calls": [{"index": i, "function": {"arguments": a}}]}, None))
+                for a in split_arguments(c.arguments)
+            )
+    else:
+        out.extend(_data(chunk({"content": p}, None)) for p in pieces(s.n))
+    out.append(_data(chunk({}, _chat_finish(s))))
     if s.include_usage:
         last = chunk({}, None)
         last["choices"] = []
@@ -180,7 +236,7 @@ def completion_body(s: Shape, rid: str) -> bytes:
                     "text": "".join(pieces(s.n)),
                     "index": 0,
                     "logprobs": None,
-                    "finish_reason": "length" if s.truncated else "stop",
+                    "finish_reason": _chat_finish(s),
                 }
             ],
             "usage": _usage(s),
@@ -207,7 +263,7 @@ def completion_events(s: Shape, rid: str, first_extra: dict[str, Any] | None = N
         return obj
 
     objs = [chunk(p, None) for p in pieces(s.n)]
-    objs.append(chunk("", "length" if s.truncated else "stop"))
+    objs.append(chunk("", _chat_finish(s)))
     if s.include_usage:
         last = chunk("", None)
         last["choices"] = []
@@ -223,24 +279,79 @@ def completion_events(s: Shape, rid: str, first_extra: dict[str, Any] | None = N
 # -- Anthropic messages --------------------------------------------------------------------
 
 
+def _stop_reason(s: Shape) -> tuple[str, str | None]:
+    """(stop_reason, stop_sequence) of a Messages answer."""
+    if s.truncated:
+        return "max_tokens", None
+    if s.calls:
+        return "tool_use", None
+    if s.stop is not None:
+        return "stop_sequence", s.stop
+    return "end_turn", None
+
+
+def _message_usage(s: Shape, output_tokens: int) -> dict[str, int]:
+    usage = {"input_tokens": s.prompt_tokens}
+    if s.cached:
+        usage["cache_creation_input_tokens"] = s.cache_creation
+        usage["cache_read_input_tokens"] = s.cache_read
+    usage["output_tokens"] = output_tokens
+    return usage
+
+
+def _message_content(s: Shape) -> list[dict[str, Any]]:
+    if not s.calls:
+        return [{"type": "text", "text": "".join(pieces(s.n))}]
+    return [
+        {
+            "type": "tool_use",
+            "id": call_id("toolu_", i, c.name),
+            "name": c.name,
+            "input": orjson.loads(c.arguments),
+        }
+        for i, c in enumerate(s.calls)
+    ]
+
+
 def message_body(s: Shape, rid: str) -> bytes:
+    reason, sequence = _stop_reason(s)
     return _dumps(
         {
             "id": "msg_" + rid,
             "type": "message",
             "role": "assistant",
             "model": s.model,
-            "content": [{"type": "text", "text": "".join(pieces(s.n))}],
-            "stop_reason": "max_tokens" if s.truncated else "end_turn",
-            "stop_sequence": None,
-            "usage": {"input_tokens": s.prompt_tokens, "output_tokens": s.n},
+            "content": _message_content(s),
+            "stop_reason": reason,
+            "stop_sequence": sequence,
+            "usage": _message_usage(s, s.n),
         }
     )
 
 
+def _block(index: int, block: dict[str, Any], deltas: list[dict[str, Any]]) -> list[bytes]:
+    """content_block_start, one content_block_delta per delta, content_block_stop."""
+    out = [
+        _event(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": block},
+        )
+    ]
+    out.extend(
+        _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": d})
+        for d in deltas
+    )
+    out.append(_event("content_block_stop", {"type": "content_block_stop", "index": index}))
+    return out
+
+
 def message_events(s: Shape, rid: str, first_extra: dict[str, Any] | None = None) -> list[bytes]:
     """message_start, content_block_start, content_block_delta x n, content_block_stop,
-    message_delta, message_stop: Anthropic's event sequence."""
+    message_delta, message_stop: Anthropic's event sequence.
+
+    A tool-call answer has one block per call instead of the text block: its
+    start carries the id, the name and ``"input": {}``, its deltas the
+    arguments' JSON text in pieces (``input_json_delta``)."""
     start: dict[str, Any] = {
         "type": "message_start",
         "message": {
@@ -251,39 +362,31 @@ def message_events(s: Shape, rid: str, first_extra: dict[str, Any] | None = None
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": s.prompt_tokens, "output_tokens": 1},
+            "usage": _message_usage(s, 1),
         },
     }
     if first_extra:
         start.update(first_extra)
-    out = [
-        _event("message_start", start),
-        _event(
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
-    ]
-    out.extend(
-        _event(
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
-        )
-        for p in pieces(s.n)
-    )
-    out.append(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    out = [_event("message_start", start)]
+    if s.calls:
+        for i, c in enumerate(s.calls):
+            tid = call_id("toolu_", i, c.name)
+            block = {"type": "tool_use", "id": tid, "name": c.name, "input": {}}
+            deltas = [
+                {"type": "input_json_delta", "partial_json": a}
+                for a in split_arguments(c.arguments)
+            ]
+            out += _block(i, block, deltas)
+    else:
+        text_deltas = [{"type": "text_delta", "text": p} for p in pieces(s.n)]
+        out += _block(0, {"type": "text", "text": ""}, text_deltas)
+    reason, sequence = _stop_reason(s)
     out.append(
         _event(
             "message_delta",
             {
                 "type": "message_delta",
-                "delta": {
-                    "stop_reason": "max_tokens" if s.truncated else "end_turn",
-                    "stop_sequence": None,
-                },
+                "delta": {"stop_reason": reason, "stop_sequence": sequence},
                 "usage": {"output_tokens": s.n},
             },
         )
@@ -318,11 +421,11 @@ def _response_obj(s: Shape, rid: str, done: bool) -> dict[str, Any]:
         "top_p": 1.0,
         "truncation": "disabled",
         "usage": {
-            "input_tokens": s.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens": s.all_prompt_tokens,
+            "input_tokens_details": {"cached_tokens": s.cache_read},
             "output_tokens": s.n,
             "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": s.prompt_tokens + s.n,
+            "total_tokens": s.all_prompt_tokens + s.n,
         }
         if done
         else None,
@@ -479,21 +582,32 @@ _OPENAI_ERRORS: Final[dict[int, tuple[str, str | None, str]]] = {
     404: ("invalid_request_error", "not_found", "Unknown path."),
     405: ("invalid_request_error", "method_not_allowed", "Method not allowed on this path."),
     408: ("timeout", "timeout", "Request timed out."),
+    413: ("invalid_request_error", "request_too_large", "Request exceeds the maximum size."),
     429: ("requests", "rate_limit_exceeded", "Rate limit reached for requests (mock)."),
     500: ("server_error", None, "The server had an error while processing your request."),
     502: ("server_error", "bad_gateway", "Bad gateway."),
     503: ("server_error", "overloaded", "The engine is currently overloaded."),
     504: ("server_error", "timeout", "Gateway timeout."),
+    529: ("server_error", "overloaded", "Overloaded."),
 }
 _ANTHROPIC_TYPES: Final = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
     429: "rate_limit_error",
+    500: "api_error",
     503: "overloaded_error",
+    504: "timeout_error",
     529: "overloaded_error",
+}  # any other status: api_error
+
+
+_CODE_MESSAGES: Final = {
+    "anthropic_version_required": "anthropic-version: header is required",
+    "invalid_json": "The request body is not a JSON object.",
 }
 
 
@@ -515,7 +629,9 @@ def error_fields(status: int, code: str | None, prompt_tokens: int) -> tuple[str
             f"Mock error {status}.",
         ),
     )
-    return etype, code if code is not None else dcode, message
+    if code is None:
+        return etype, dcode, message
+    return etype, code, _CODE_MESSAGES.get(code, message)
 
 
 def openai_error(status: int, code: str | None = None, prompt_tokens: int = 0) -> dict[str, Any]:

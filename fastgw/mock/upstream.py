@@ -5,7 +5,8 @@ Built for demos, tests and benchmarks, so it must never be the bottleneck:
 * its own ``asyncio.Protocol`` + ``httptools`` server (keep-alive, pipelining
   answered in order), standalone from ``fastgw.server``;
 * answers are pre-rendered once per *shape* (route, model, chunk count, usage
-  flag, prompt tokens) into the complete response bytes, head included, split
+  flag, prompt tokens, and the tool calls, stop sequence and cache counts
+  asked for) into the complete response bytes, head included, split
   on an id sentinel; a request on the fast path then costs one ``orjson.loads``,
   one dict lookup, one ``bytes.join`` that splices its fixed-width id, and one
   ``transport.write``;
@@ -36,13 +37,53 @@ Per-request control headers (values are case-sensitive, names are not):
     ``close-delimited`` no Content-Length nor chunking, ``Connection: close``,
     the body ends when the connection closes;
     ``chunked`` non-streams: the body in 3 chunks of chunked encoding.
+    ``529`` is Anthropic's "overloaded" status.
 ``x-mock-latency-ms``, ``x-mock-chunks``, ``x-mock-chunk-interval-ms``
     override the server's options for this request.
 ``x-mock-echo: 1``
     a non-streaming answer carries a top-level ``"echo"`` object (method, path,
-    lowercased headers, parsed body); a stream carries it in its first event.
+    lowercased headers, parsed body); a stream carries it in its first event
+    (chat: the role chunk; Messages: ``message_start``).
+``x-mock-tool: NAME[,NAME...]``
+    chat and Messages: answer with calls of these tools (parallel calls,
+    indexes 0, 1, ...) instead of text; ``1`` is the request's first tool.
+    Without the header, a request calls a tool when its ``tool_choice`` asks
+    for one: OpenAI ``"required"`` (the first tool) or
+    ``{"type": "function", "function": {"name": N}}``; Anthropic
+    ``{"type": "any"}`` or ``{"type": "tool", "name": N}``. A call has a
+    deterministic id (``call_mock_0_NAME``, ``toolu_mock_0_NAME``) and arguments
+    built from the tool's schema (``parameters`` / ``input_schema``): per
+    property, an enum's first value, else by type string ``"mock"``, integer
+    ``1``, number ``1.5``, boolean ``true``, array ``[]``, object ``{}``
+    (``null`` otherwise); an undeclared tool gets ``{}``. It ends with
+    ``finish_reason: "tool_calls"`` / ``stop_reason: "tool_use"``; usage is that
+    of the text answer. Streams send each call's arguments in pieces of at most
+    8 characters (OpenAI ``function.arguments`` deltas, Anthropic
+    ``input_json_delta`` events) that concatenate to the exact JSON.
+``x-mock-stop: SEQ``
+    Messages: the text answer ends with ``stop_reason: "stop_sequence"`` and
+    ``stop_sequence: SEQ`` (chat keeps ``finish_reason: "stop"``).
+``x-mock-max-tokens: N``
+    the answer is cut at N tokens and ends by length (``finish_reason:
+    "length"``, ``stop_reason: "max_tokens"``), a text answer even when tools
+    were asked for.
+``x-mock-cache-read: N``, ``x-mock-cache-creation: M``
+    prompt caching usage: Anthropic usage gets ``cache_read_input_tokens: N``
+    and ``cache_creation_input_tokens: M`` (both in ``message_start``), outside
+    ``input_tokens``; OpenAI usage counts N + M inside ``prompt_tokens`` and
+    says ``prompt_tokens_details: {"cached_tokens": N}`` (Responses:
+    ``input_tokens_details``).
 
-Errors on ``/v1/messages`` use Anthropic's envelope, everywhere else OpenAI's.
+Errors on ``/v1/messages`` use Anthropic's envelope (``{"type": "error",
+"error": {"type", "message"}}``, the type by status: 400 invalid_request_error,
+401 authentication_error, 402 billing_error, 403 permission_error, 404
+not_found_error, 413 request_too_large, 429 rate_limit_error, 503 and 529
+overloaded_error, 504 timeout_error, any other api_error) and its in-band
+``event: error`` (overloaded_error); everywhere else OpenAI's. ``--api-key K``
+accepts ``x-api-key: K`` as well as the Bearer header;
+``--require-anthropic-version`` refuses (400) a ``/v1/messages`` request
+without an ``anthropic-version`` header.
+
 ``GET /mock/stats`` and ``POST /mock/reset`` serve the counters of
 :class:`Stats`; they, ``/healthz`` and ``/health`` ignore ``--status``,
 ``--fail-rate``, ``--latency-ms`` and ``--api-key``.
@@ -66,7 +107,7 @@ from typing import Any, Final, cast
 import httptools
 import orjson
 
-from fastgw.mock import bodies
+from fastgw.mock import bodies, tools
 from fastgw.mock.bodies import Shape
 
 __all__ = [
@@ -89,6 +130,7 @@ class MockOptions:
     fail_rate: float = 0.0  # fraction of API requests answered 500 at random
     status: int | None = None  # answer every API request with this status
     api_key: str | None = None  # when set, require Bearer/x-api-key equal to it
+    require_anthropic_version: bool = False  # /v1/messages without anthropic-version: 400
 
 
 class Stats:
@@ -123,6 +165,9 @@ class Stats:
 # seconds, None closes the connection. Reaching the end completes the response.
 Step = bytes | float | None
 
+# The Shape fields beyond the plain text answer: (calls, stop, cache_read, cache_creation).
+Variant = tuple[tuple[tools.ToolCall, ...], str | None, int, int]
+
 _SENTINEL: Final = bodies.ID_SENTINEL.encode()
 _JSON: Final = b"application/json"
 _SSE: Final = b"text/event-stream; charset=utf-8"
@@ -136,11 +181,14 @@ _DEFAULT_CUT_EVENTS: Final = 2
 _DEFAULT_SLOW_MS: Final = 100.0
 
 
+_REASONS: Final = {529: "Overloaded"}  # Anthropic's status, not in http.HTTPStatus
+
+
 def _status_line(status: int) -> bytes:
     try:
         reason = http.HTTPStatus(status).phrase
     except ValueError:
-        reason = "Unknown"
+        reason = _REASONS.get(status, "Unknown")
     return b"HTTP/1.1 %d %s\r\n" % (status, reason.encode())
 
 
@@ -190,6 +238,7 @@ _MAX_TOKENS_FIELDS: Final = {
     bodies.MESSAGES: ("max_tokens",),
     bodies.RESPONSES: ("max_output_tokens",),
 }
+_TOOL_ROUTES: Final = (bodies.CHAT, bodies.MESSAGES)
 _MODELS_BODY: Final = bodies.models_body()
 _HEALTH_BODY: Final = b'{"status":"ok"}'
 
@@ -219,6 +268,20 @@ def _prepare(shape: Shape, stream: bool) -> Prepared:
         _head(200, _JSON, len(body)) + body,
         _head(200, _JSON, len(body), close=True) + body,
     )
+
+
+def _shape(
+    route: str,
+    model: str,
+    n: int,
+    truncated: bool,
+    include_usage: bool,
+    prompt_tokens: int,
+    variant: Variant | None,
+) -> Shape:
+    if variant is None:
+        return Shape(route, model, n, truncated, include_usage, prompt_tokens)
+    return Shape(route, model, n, truncated, include_usage, prompt_tokens, *variant)
 
 
 class _Server:
@@ -271,14 +334,20 @@ class _Plan:
     """What a request asked for beyond the plain answer (slow path only)."""
 
     __slots__ = (
+        "cache_creation",
+        "cache_read",
         "chunks",
         "echo",
         "fault",
         "fault_arg",
         "interval",
         "latency",
+        "max_tokens",
+        "shaped",
         "stall",
         "stall_token",
+        "stop",
+        "tools",
     )
 
     def __init__(self, opts: MockOptions) -> None:
@@ -290,17 +359,47 @@ class _Plan:
         self.fault: str | None = None  # the framing/content fault, at most one
         self.fault_arg: str | None = None
         self.echo = False
+        # What the answer says (rendered into its Shape, so still pre-rendered):
+        self.shaped = False  # any of the five below was asked for
+        self.tools: tuple[str, ...] | None = None  # x-mock-tool names
+        self.stop: str | None = None  # x-mock-stop
+        self.max_tokens: int | None = None  # x-mock-max-tokens
+        self.cache_read = 0  # x-mock-cache-read
+        self.cache_creation = 0  # x-mock-cache-creation
 
     def only_chunks(self) -> bool:
         """True when the plan changes nothing but the chunk count."""
         return (
             self.fault is None
+            and not self.shaped
             and not self.echo
             and not self.latency
             and not self.stall
             and not self.stall_token
             and not self.interval
         )
+
+
+def _variant(
+    route: str,
+    payload: dict[str, Any],
+    tool_defs: object,
+    plan: _Plan | None,
+    n: int,
+    truncated: bool,
+) -> tuple[Variant | None, int, bool]:
+    """(variant, n, truncated) of a request that declares tools or shapes its answer."""
+    requested = None if plan is None else plan.tools
+    calls: tuple[tools.ToolCall, ...] = ()
+    if route in _TOOL_ROUTES and (tool_defs is not None or requested is not None):
+        calls = tools.pick(route, tool_defs, payload.get("tool_choice"), requested)
+    if plan is None or not plan.shaped:
+        return ((calls, None, 0, 0) if calls else None), n, truncated and not calls
+    if plan.max_tokens is not None:  # ends by length: a text answer, even if tools were asked
+        n, truncated, calls = min(n, plan.max_tokens), True, ()
+    elif calls:
+        truncated = False  # a tool-call answer is whole (n only counts its tokens)
+    return (calls, plan.stop, plan.cache_read, plan.cache_creation), n, truncated
 
 
 class MockProtocol(asyncio.Protocol):
@@ -519,8 +618,9 @@ class MockProtocol(asyncio.Protocol):
         opts = server.opts
         server.stats.requests += 1
 
-        # One pass over the headers: credentials and x-mock-* controls.
+        # One pass over the headers: credentials, anthropic-version, x-mock-* controls.
         authed = server.api_key is None
+        unversioned = opts.require_anthropic_version and route == bodies.MESSAGES
         plan: _Plan | None = None
         for name, value in req.headers:
             lname = name.lower()
@@ -533,10 +633,12 @@ class MockProtocol(asyncio.Protocol):
                 or (lname == b"x-api-key" and value == server.api_key)
             ):
                 authed = True
+            elif unversioned and lname == b"anthropic-version" and value:
+                unversioned = False
         # Fastest path: this exact request (and chunk count) was answered before
         # and nothing asks for more than the plain answer.
         by_body_key: tuple[bytes, bytes, bytes, int] | None = None
-        if server.plain and authed and (plan is None or plan.only_chunks()):
+        if server.plain and authed and not unversioned and (plan is None or plan.only_chunks()):
             by_body_key = (req.method, path, req.body, opts.chunks if plan is None else plan.chunks)
             prepared = server.by_body.get(by_body_key)
             if prepared is not None:
@@ -554,6 +656,9 @@ class MockProtocol(asyncio.Protocol):
             return
         if plan is not None and plan.fault == "close":
             self._close()
+            return
+        if unversioned:
+            self._error(req, plan, api, 400, "anthropic_version_required")
             return
         status = opts.status
         if status is not None and status != 200:
@@ -616,6 +721,22 @@ class MockProtocol(asyncio.Protocol):
                 plan.interval = float(value) / 1000.0
             elif lname == b"x-mock-echo":
                 plan.echo = value.strip() not in (b"", b"0", b"false")
+            elif lname == b"x-mock-tool":
+                names = [n.strip() for n in value.decode("utf-8", "replace").split(",")]
+                plan.tools = tuple(n for n in names if n)
+                plan.shaped = True
+            elif lname == b"x-mock-stop":
+                plan.stop = value.decode("utf-8", "replace")
+                plan.shaped = True
+            elif lname == b"x-mock-max-tokens":
+                plan.max_tokens = max(0, int(value))
+                plan.shaped = True
+            elif lname == b"x-mock-cache-read":
+                plan.cache_read = max(0, int(value))
+                plan.shaped = True
+            elif lname == b"x-mock-cache-creation":
+                plan.cache_creation = max(0, int(value))
+                plan.shaped = True
         except ValueError:
             pass  # a malformed control header is ignored, as unknown ones are
 
@@ -678,6 +799,13 @@ class MockProtocol(asyncio.Protocol):
                 [payload.get("instructions"), payload.get("input")]
             )
 
+        # What the answer says beyond text (tool calls, stop sequence, cache usage):
+        # None on the plain path, else the Shape fields it sets (part of the cache key).
+        variant: Variant | None = None
+        tool_defs = payload.get("tools")
+        if tool_defs is not None or (plan is not None and plan.shaped):
+            variant, n, truncated = _variant(route, payload, tool_defs, plan, n, truncated)
+
         if plan is None or (
             plan.fault is None
             and not plan.echo
@@ -686,12 +814,12 @@ class MockProtocol(asyncio.Protocol):
             and not (stream and (plan.interval or plan.stall_token))
         ):
             # Fast path: the cached complete response with this request's id.
-            key = (route, stream, model, n, truncated, include_usage, prompt_tokens)
+            key = (route, stream, model, n, truncated, include_usage, prompt_tokens, variant)
             prepared = server.cache.get(key)
             if prepared is None:
                 if len(server.cache) >= _CACHE_MAX:
                     server.cache.clear()
-                shape = Shape(route, model, n, truncated, include_usage, prompt_tokens)
+                shape = _shape(route, model, n, truncated, include_usage, prompt_tokens, variant)
                 prepared = server.cache[key] = _prepare(shape, stream)
             small = not stream or prepared.size <= _FAST_STREAM_MAX
             if by_body_key is not None and small:
@@ -706,7 +834,7 @@ class MockProtocol(asyncio.Protocol):
             if plan is None:
                 plan = _Plan(server.opts)
 
-        shape = Shape(route, model, n, truncated, include_usage, prompt_tokens)
+        shape = _shape(route, model, n, truncated, include_usage, prompt_tokens, variant)
         rid_text = server.new_id().decode()
         echo = {"echo": self._echo(req, payload)} if plan.echo else None
         if stream:
@@ -955,6 +1083,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key", default=None, help="require 'Authorization: Bearer K' or 'x-api-key: K'"
     )
+    parser.add_argument(
+        "--require-anthropic-version",
+        action="store_true",
+        help="answer /v1/messages without an anthropic-version header with 400",
+    )
 
 
 def options_from_args(ns: argparse.Namespace) -> MockOptions:
@@ -971,6 +1104,7 @@ def options_from_args(ns: argparse.Namespace) -> MockOptions:
         fail_rate=ns.fail_rate,
         status=ns.status,
         api_key=ns.api_key,
+        require_anthropic_version=ns.require_anthropic_version,
     )
 
 
