@@ -146,6 +146,37 @@ class HeadersTooLarge(ClientError):
     default_code = "headers_too_large"
 
 
+# Anthropic's error ``type`` for an HTTP status, for answers in Anthropic's dialect
+# (``/v1/messages`` clients); the statuses not listed fall back by family.
+ANTHROPIC_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "api_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_error_type(status: int) -> str:
+    """Anthropic's error ``type`` for ``status``: the table, else by family (other 4xx
+    ``invalid_request_error``, everything else ``api_error``)."""
+    type_ = ANTHROPIC_ERROR_TYPES.get(status)
+    if type_ is not None:
+        return type_
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
+def anthropic_error_body(message: str, type_: str) -> bytes:
+    """Render Anthropic's ``{"type": "error", "error": {"type", "message"}}``."""
+    return orjson.dumps({"type": "error", "error": {"type": type_, "message": message}})
+
+
 # --- upstream errors (5xx) -----------------------------------------------------
 
 
