@@ -495,9 +495,12 @@ class MessagesFromChatStream(StreamTranslator):
 
     def _start(self, obj: dict[str, Any], out: list[bytes]) -> None:
         self._started = True
-        message: dict[str, Any] = {"id": obj.get("id"), "type": "message", "role": "assistant",
-                   "model": obj.get("model"), "content": [], "stop_reason": None,
-                   "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
+        msg_id, model = obj.get("id"), obj.get("model")
+        message: dict[str, Any] = {"id": msg_id if isinstance(msg_id, str) else "",
+                                   "type": "message", "role": "assistant",
+                                   "model": model if isinstance(model, str) else "",
+                                   "content": [], "stop_reason": None, "stop_sequence": None,
+                                   "usage": {"input_tokens": 0, "output_tokens": 0}}
         out.append(b"event: message_start\ndata: "
                    + orjson.dumps({"type": "message_start", "message": message}) + b"\n\n")
 

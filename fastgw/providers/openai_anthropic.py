@@ -190,11 +190,11 @@ def translate_request(doc: dict[str, Any], *, deployment: str, stream: bool,
         out["metadata"] = {"user_id": user if user is not None else safety}
     if tools:
         out["tools"] = tools
-        if not parallel:
-            if tool_choice is None:
-                tool_choice = {"type": "auto"}
-            if tool_choice["type"] != "none":
-                tool_choice["disable_parallel_tool_use"] = True
+    if not parallel:
+        if tool_choice is None and tools:
+            tool_choice = {"type": "auto"}
+        if tool_choice is not None and tool_choice["type"] != "none":
+            tool_choice["disable_parallel_tool_use"] = True
     if tool_choice is not None:
         out["tool_choice"] = tool_choice
     if stream:
@@ -508,12 +508,13 @@ def translate_response(body: bytes) -> tuple[bytes, Usage]:
             th = block.get("thinking")
             if isinstance(th, str):
                 thinking.append(th)
-    message: dict[str, Any] = {"role": "assistant",
-                               "content": "".join(texts) if texts or not calls else None}
+    text = "".join(texts)
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
     if calls:
         message["tool_calls"] = calls
-    if thinking:
-        message["reasoning_content"] = "".join(thinking)
+    reasoning = "".join(thinking)
+    if reasoning:
+        message["reasoning_content"] = reasoning
     raw_usage = doc.get("usage")
     usage = usage_from_anthropic(raw_usage if isinstance(raw_usage, dict) else {})
     out = {

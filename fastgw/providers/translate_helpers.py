@@ -141,7 +141,9 @@ def openai_usage(usage: Usage) -> dict[str, Any]:
     cached = usage.get("cached_tokens")
     write = usage.get("cache_creation_tokens")
     if cached is not None or write is not None:
-        details: dict[str, int] = {"cached_tokens": cached or 0}
+        details: dict[str, int] = {}
+        if cached is not None:
+            details["cached_tokens"] = cached
         if write is not None:
             details["cache_write_tokens"] = write
         out["prompt_tokens_details"] = details
