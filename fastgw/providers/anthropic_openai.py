@@ -535,26 +535,39 @@ class MessagesFromChatStream(StreamTranslator):
             return 0  # not JSON: skipped
         if type(obj) is not dict:
             return 0
-        if event == b"error" or obj.get("error") is not None or obj.get("object") == "error":
-            self._error = True
-            out.append(b"event: error\ndata: " + anthropic_error_from_openai(obj, None, data)
-                       + b"\n\n")
-            return _ERROR
-        if not self._started:
-            self._start(obj, out)
-        flags = 0
-        try:
-            choices = obj["choices"]
-            if choices:
+        choices = obj.get("choices")
+        if not choices or event == b"error":  # a usage chunk, an error, or neither
+            if (event == b"error" or obj.get("error") is not None
+                    or obj.get("object") == "error"):
+                self._error = True
+                out.append(b"event: error\ndata: "
+                           + anthropic_error_from_openai(obj, None, data) + b"\n\n")
+                return _ERROR
+            flags = 0
+        else:
+            if not self._started:
+                self._start(obj, out)
+            try:
                 choice = choices[0]
-                if choice.get("index", 0) == 0:
-                    flags = self._delta_event(choice["delta"], out)
+                delta = choice["delta"]
+                text = delta.get("content")
+                # The hot path: {"content": "..."} in the open text block.
+                if (len(delta) == 1 and self._kind == _TEXT and type(text) is str and text
+                        and choice.get("finish_reason") is None and choice.get("index", 0) == 0):
+                    out.append(self._delta + orjson.dumps(text) + b"}}\n\n")
+                    flags = CONTENT
+                elif choice.get("index", 0) == 0:
+                    flags = self._delta_event(delta, out)
                     finish = choice.get("finish_reason")
                     if finish is not None:
                         self._finish = finish
                         self._close(out)
-        except (KeyError, TypeError, AttributeError, IndexError):
-            return flags  # not a chunk's shape: the rest of it is skipped
+                else:
+                    flags = 0
+            except (KeyError, TypeError, AttributeError, IndexError):
+                return 0  # not a chunk's shape: the rest of it is skipped
+        if not self._started:
+            self._start(obj, out)
         u = obj.get("usage")
         if u and type(u) is dict:
             self._raw_usage = u
@@ -564,10 +577,6 @@ class MessagesFromChatStream(StreamTranslator):
     def _delta_event(self, delta: dict[str, Any], out: list[bytes]) -> int:
         flags = 0
         text = delta.get("content")
-        # The hot path: {"content": "..."} in an open text block.
-        if len(delta) == 1 and text and self._kind == _TEXT and type(text) is str:
-            out.append(self._delta + orjson.dumps(text) + b"}}\n\n")
-            return CONTENT
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if reasoning and type(reasoning) is str:
             if self._kind != _THINKING:

@@ -553,12 +553,15 @@ class ChatFromMessagesStream(StreamTranslator):
     ``event: error`` with the envelope. ``ping``, ``content_block_stop``,
     ``signature_delta``, blocks other than text/thinking/tool_use and unknown
     events give nothing; an event that is not JSON, or not of the shape its type
-    promises, is skipped. Every chunk is built from byte templates made at
-    ``message_start``: one ``orjson.dumps`` of the varying string per event.
+    promises, is skipped. The commit point is the first text, reasoning or tool
+    call, or the finish chunk (an empty answer is an answer). Every chunk is built
+    from byte templates made at ``message_start``: one ``orjson.dumps`` of the
+    varying string per event; a text delta written as Anthropic writes it (compact
+    JSON) has its string checked with ``orjson.loads`` and copied as it came.
     """
 
     __slots__ = ("_finish_sent", "_head", "_prefix", "_raw_usage", "_started", "_tail",
-                 "_tool_index", "_tools")
+                 "_text_prefix", "_tool_index", "_tools")
 
     def __init__(self, *, include_usage: bool, created: int,
                  max_event_size: int = DEFAULT_MAX_EVENT) -> None:
@@ -567,6 +570,7 @@ class ChatFromMessagesStream(StreamTranslator):
         self._tools = 0  # tool-use blocks started so far
         self._tool_index: dict[int, int] = {}  # content block index -> tool call index
         self._raw_usage: dict[str, Any] | None = None  # Anthropic's fields, merged
+        self._text_prefix = b"\0"  # the open text block's compact delta prefix (see _event)
         self._started = False  # message_start seen
         self._finish_sent = False  # message_delta seen
         self._set_templates(None, None)
@@ -597,6 +601,20 @@ class ChatFromMessagesStream(StreamTranslator):
         return _USAGE
 
     def _event(self, event: bytes, data: bytes, out: list[bytes]) -> int:
+        # The hot path: a text delta of the open text block, written as Anthropic writes
+        # it. Its JSON string is copied as it came (after checking it is one string).
+        prefix = self._text_prefix
+        if data.startswith(prefix) and data.endswith(b"}}"):
+            literal = data[len(prefix):-2]
+            try:
+                text = orjson.loads(literal)
+            except orjson.JSONDecodeError:
+                text = None
+            if type(text) is str:
+                if not text:
+                    return 0
+                out.append(self._head + b'"content":' + literal + self._tail)
+                return CONTENT
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -671,6 +689,10 @@ class ChatFromMessagesStream(StreamTranslator):
                        + self._tail)
             return CONTENT
         if bt == "text":
+            if isinstance(index, int):
+                self._text_prefix = (b'{"type":"content_block_delta","index":'
+                                     + str(index).encode()
+                                     + b',"delta":{"type":"text_delta","text":')
             text = block.get("text")
             if type(text) is str and text:
                 out.append(self._head + b'"content":' + orjson.dumps(text) + self._tail)

@@ -15,10 +15,15 @@ translators need:
 - one event larger than ``max_event_size`` bytes raises ``ValueError`` (the
   relay ends the stream), whole or still arriving.
 
-Line ends are normalised to ``\\n`` as the bytes arrive, so finding an event is
-one ``bytes.find(b"\\n\\n")``; the usual one-line ``data: ...`` event (and the
-``event: ...`` + ``data: ...`` pair Anthropic sends) is read without splitting
-lines.
+Line ends are normalised to ``\\n`` as the bytes arrive, so events are split
+with one ``bytes.split(b"\\n\\n")``; the usual one-line ``data: ...`` event (and
+the ``event: ...`` + ``data: ...`` pair Anthropic sends) is read without
+splitting lines.
+
+:class:`StreamTranslator` is the base of the stream translators: the same
+interface as the native ``SseScanner``, the same buffering, and the commit
+point; a subclass translates one event at a time. Its ``feed`` reads the usual
+upstream read (exactly one whole event) with single-byte searches only.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ __all__ = [
     "CONTENT",
     "DEFAULT_MAX_EVENT",
     "DONE_EVENT",
+    "SseBuffer",
     "SseEventParser",
     "StreamTranslator",
+    "event_of",
     "frame",
     "frame_typed",
 ]
@@ -54,8 +61,9 @@ def frame_typed(event: bytes, data: bytes) -> bytes:
     return b"event: " + event + b"\ndata: " + data + b"\n\n"
 
 
-class SseEventParser:
-    """Whole SSE events out of a byte stream fed in arbitrary pieces."""
+class SseBuffer:
+    """Whole SSE event blocks out of a byte stream fed in arbitrary pieces: the state
+    :class:`SseEventParser` and the stream translators share."""
 
     __slots__ = ("_after_cr", "_max", "_parts", "_pending")
 
@@ -67,8 +75,9 @@ class SseEventParser:
         self._pending = 0  # their total length
         self._after_cr = False  # the last chunk ended in "\r": a leading "\n" is its pair
 
-    def feed(self, chunk: bytes) -> list[Event]:
-        """The events completed by ``chunk``, in order. ValueError past the bound."""
+    def blocks(self, chunk: bytes) -> list[bytes]:
+        """The events completed by ``chunk`` as raw blocks (their lines, ``\n``-ended but
+        for the last, without the blank line): :func:`event_of` reads one."""
         if self._after_cr:
             self._after_cr = False
             if chunk[:1] == b"\n":
@@ -92,24 +101,9 @@ class SseEventParser:
         limit = self._max
         if len(chunk) > limit and any(len(b) > limit for b in blocks):
             raise ValueError(f"an SSE event is larger than {limit} bytes")
-        events: list[Event] = []
-        for block in blocks:
-            # The usual shapes first: one data line, or an event line and one data line.
-            if block[:6] == b"data: ":
-                if 10 not in block:
-                    events.append((b"", block[6:]))
-                    continue
-            elif block[:7] == b"event: ":
-                head, sep, data = block.partition(b"\ndata: ")
-                if sep and 10 not in data and 10 not in head:
-                    events.append((head[7:], data))
-                    continue
-            ev = _parse_block(block)
-            if ev is not None:
-                events.append(ev)
         if rest:
             self._hold(rest)
-        return events
+        return blocks
 
     def _hold(self, piece: bytes) -> None:
         self._parts.append(piece)
@@ -124,7 +118,35 @@ class SseEventParser:
         return self._pending
 
 
-def _parse_block(block: bytes) -> Event | None:
+class SseEventParser(SseBuffer):
+    """Whole SSE events out of a byte stream fed in arbitrary pieces."""
+
+    __slots__ = ()
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        """The events completed by ``chunk``, in order. ValueError past the bound."""
+        events: list[Event] = []
+        for block in self.blocks(chunk):
+            ev = event_of(block)
+            if ev is not None:
+                events.append(ev)
+        return events
+
+
+def event_of(block: bytes) -> Event | None:
+    """The event of one block (None when it has no data)."""
+    # The usual shapes first: one data line, or an event line and one data line.
+    if block[:6] == b"data: ":
+        if 10 not in block:
+            return b"", block[6:]
+    elif block[:7] == b"event: ":
+        head, sep, data = block.partition(b"\ndata: ")
+        if sep and 10 not in data and 10 not in head:
+            return head[7:], data
+    return parse_block(block)
+
+
+def parse_block(block: bytes) -> Event | None:
     """The general case: any mix of fields, comments and (leading) blank lines."""
     event = b""
     data: list[bytes] = []
@@ -154,7 +176,7 @@ CONTENT = 1 << 16
 (never seen by callers: the first one becomes ``COMMIT``)."""
 
 
-class StreamTranslator:
+class StreamTranslator(SseBuffer):
     """The part of a stream translator every dialect pair shares: the same interface
     as the native :class:`~fastgw._native.SseScanner` (``feed``, ``finish``,
     ``committed``, ``done``, ``error``, ``usage``), the event parsing and the commit
@@ -167,11 +189,11 @@ class StreamTranslator:
     marker the rest of the upstream body is ignored.
     """
 
-    __slots__ = ("_committed", "_created", "_done", "_error", "_include_usage", "_parser")
+    __slots__ = ("_committed", "_created", "_done", "_error", "_include_usage")
 
     def __init__(self, *, include_usage: bool, created: int,
                  max_event_size: int = DEFAULT_MAX_EVENT) -> None:
-        self._parser = SseEventParser(max_event_size)
+        super().__init__(max_event_size)
         self._include_usage = include_usage
         self._created = created
         self._committed = False
@@ -181,15 +203,52 @@ class StreamTranslator:
     def feed(self, chunk: bytes) -> tuple[bytes, int]:
         """``(bytes for the client, flags)`` for the next piece of the upstream body.
         ValueError when one event is larger than ``max_event_size``."""
-        events = self._parser.feed(chunk)
-        if not events or self._done or self._error:
-            return b"", 0
         out: list[bytes] = []
         flags = 0
-        for event, data in events:
+        if (not (self._parts or self._after_cr) and chunk[-2:] == b"\n\n" and 13 not in chunk
+                and len(chunk) <= self._max):
+            # Whole events, nothing held, no CR: the usual read. Most often it is exactly
+            # one event of one data line, or of an event line and a data line, found
+            # with single-byte searches (a two-byte search costs several of them).
+            end = len(chunk) - 2
+            nl = chunk.find(b"\n")
+            if nl == end and chunk[:6] == b"data: ":
+                if self._done or self._error:
+                    return b"", 0
+                flags = self._event(b"", chunk[6:end], out)
+                return self._result(out, flags)
+            if (chunk[:7] == b"event: " and chunk[nl + 1:nl + 7] == b"data: "
+                    and chunk.find(b"\n", nl + 1) == end):
+                if self._done or self._error:
+                    return b"", 0
+                flags = self._event(chunk[7:nl], chunk[nl + 7:end], out)
+                return self._result(out, flags)
+            blocks = chunk.split(b"\n\n")
+            blocks.pop()  # b"": the read ends at a boundary
+        else:
+            blocks = self.blocks(chunk)
+        if not blocks or self._done or self._error:
+            return b"", 0
+        for block in blocks:
+            # event_of(), inlined: this loop runs once per upstream event.
+            if block[:6] == b"data: " and 10 not in block:
+                event, data = b"", block[6:]
+            else:
+                head, sep, data = block.partition(b"\ndata: ")
+                if sep and head[:7] == b"event: " and 10 not in data and 10 not in head:
+                    event = head[7:]
+                else:
+                    ev = parse_block(block)
+                    if ev is None:
+                        continue
+                    event, data = ev
             flags |= self._event(event, data, out)
             if flags & _END:
                 break  # the rest of the body is of no use
+        return self._result(out, flags)
+
+    def _result(self, out: list[bytes], flags: int) -> tuple[bytes, int]:
+        """``feed``'s answer: the output joined, the first content made ``COMMIT``."""
         if flags & CONTENT:
             flags &= ~CONTENT
             if not self._committed:
@@ -208,6 +267,12 @@ class StreamTranslator:
 
     def finish(self) -> bytes:
         """At a clean end of the upstream body: what the client is still owed."""
+        raise NotImplementedError
+
+    @property
+    def usage(self) -> dict[str, int] | None:
+        """The usage read so far in the gateway's terms (``translate_helpers.Usage``),
+        None before any."""
         raise NotImplementedError
 
     @property
