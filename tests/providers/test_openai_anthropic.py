@@ -680,6 +680,24 @@ def test_an_error_event_after_content_in_the_same_read() -> None:
                         b'"param":null,"code":"api_error"}}\n\n')
 
 
+def test_text_deltas_as_the_upstream_escaped_them() -> None:
+    tr = stream()
+    tr.feed(sse([START, *text_block(0)[:1]]))
+    # Anthropic's own escaping is kept as it is (the string is checked, not re-encoded)
+    raw = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+           b'"delta":{"type":"text_delta","text":"caf\\u00e9 \\"q\\" \\/"}}\n\n')
+    out, flags = tr.feed(raw)
+    assert (out, flags) == (chunk(b'"content":"caf\\u00e9 \\"q\\" \\/"'), COMMIT)
+    assert openai_chunks(out)[0][0].choices[0].delta.content == 'café "q" /'
+    # a body that only looks like a text delta is read whole: nothing else is copied in
+    raw = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+           b'"delta":{"type":"text_delta","text":"a"},"x":{"y":"b"}}\n\n')
+    assert tr.feed(raw) == (chunk(b'"content":"a"'), 0)
+    raw = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+           b'"delta":{"type":"text_delta","text":""}}\n\n')
+    assert tr.feed(raw) == (b"", 0)
+
+
 def test_malformed_events_are_skipped() -> None:
     tr = stream(include_usage=False)
     raw = (sse([START]) + b"event: content_block_delta\ndata: {not json\n\n"

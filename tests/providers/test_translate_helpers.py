@@ -17,7 +17,7 @@ from fastgw.errors import (
     anthropic_error_body,
     anthropic_error_type,
 )
-from fastgw.providers.sse_events import SseEventParser, frame, frame_typed
+from fastgw.providers.sse_events import SseEventParser, StreamTranslator, frame, frame_typed
 from fastgw.providers.translate_helpers import (
     FINISH_TO_STOP,
     STOP_TO_FINISH,
@@ -145,6 +145,39 @@ def test_any_cut_gives_the_events_the_rules_give(lines: list[tuple[bytes, bytes]
     expected = _reference(data)
     assert _parse_all(data) == expected
     assert _parse_all(data, [c for c in cuts if c <= len(data)]) == expected
+
+
+class _Recorder(StreamTranslator):
+    """A translator that writes down the events it is given."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        super().__init__(include_usage=False, created=0)
+        self.seen: list[tuple[bytes, bytes]] = []
+
+    def _event(self, event: bytes, data: bytes, out: list[bytes]) -> int:
+        self.seen.append((event, data))
+        return 0
+
+    def finish(self) -> bytes:
+        return b""
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.tuples(_line, st.sampled_from([b"\n", b"\r\n", b"\r"])), max_size=20),
+       cuts=st.lists(st.integers(0, 400), max_size=8), whole_events=st.booleans())
+def test_translators_read_the_events_the_rules_give(lines: list[tuple[bytes, bytes]],
+                                                    cuts: list[int], whole_events: bool) -> None:
+    data = b"".join(line + nl for line, nl in lines)
+    if whole_events:  # cut only at event boundaries: the translators' single-event reads
+        cuts = [i + 2 for i in range(len(data)) if data[i:i + 2] == b"\n\n"]
+    tr = _Recorder()
+    prev = 0
+    for c in [*sorted({c for c in cuts if c <= len(data)}), len(data)]:
+        assert tr.feed(data[prev:c]) == (b"", 0)
+        prev = c
+    assert tr.seen == _reference(data)
 
 
 # ---------------------------------------------------------------- usage
