@@ -195,7 +195,10 @@ def _messages(value: object, drop: bool) -> list[dict[str, Any]]:
         if isinstance(content, str):
             out.append({"role": role, "content": content})
             continue
-        blocks = json_list(content, f"{param}.content", f"{param}.content")
+        if not isinstance(content, list):
+            bad_request(f"{param}.content must be a string or an array of content blocks.",
+                        f"{param}.content")
+        blocks = content
         if role == "user":
             _user_turn(blocks, param, out, drop)
         else:
@@ -633,12 +636,8 @@ class MessagesFromChatStream(StreamTranslator):
         out.append(b"event: message_delta\ndata: " + orjson.dumps(delta) + b"\n\n")
         out.append(_MESSAGE_STOP)
 
-    def finish(self) -> bytes:
-        """At a clean end of the upstream body without ``[DONE]``: the open block's
-        ``content_block_stop``, ``message_delta`` and ``message_stop``. Nothing when
-        the stream never started, already ended or failed."""
-        if self._done or self._error or not self._started:
-            return b""
-        out: list[bytes] = []
-        self._end(out)
-        return b"".join(out)
+    def _owed(self, out: list[bytes]) -> None:
+        """Without ``[DONE]``: the open block's ``content_block_stop``, ``message_delta``
+        and ``message_stop``; nothing when the stream never started."""
+        if self._started:
+            self._end(out)

@@ -710,14 +710,14 @@ class ChatFromMessagesStream(StreamTranslator):
         return (self._prefix + b',"choices":[],"usage":' + orjson.dumps(openai_usage(usage))
                 + b"}\n\n")
 
-    def finish(self) -> bytes:
-        """At a clean end of the upstream body without ``message_stop``: the finish
-        chunk if none was sent (``stop``), the usage chunk when asked, ``[DONE]``.
-        Nothing when the stream never started, already ended or failed."""
-        if self._done or self._error or not self._started:
-            return b""
+    def _owed(self, out: list[bytes]) -> None:
+        """Without ``message_stop``: the finish chunk if none was sent (``stop``), the
+        usage chunk when asked, ``[DONE]``; nothing when the stream never started."""
+        if not self._started:
+            return
         self._done = True
-        out = b"" if self._finish_sent else self._head + b'},"finish_reason":"stop"}]}\n\n'
+        if not self._finish_sent:
+            out.append(self._head + b'},"finish_reason":"stop"}]}\n\n')
         if self._include_usage and self._raw_usage is not None:
-            out += self._usage_chunk()
-        return out + DONE_EVENT
+            out.append(self._usage_chunk())
+        out.append(DONE_EVENT)

@@ -266,7 +266,24 @@ class StreamTranslator(SseBuffer):
         raise NotImplementedError
 
     def finish(self) -> bytes:
-        """At a clean end of the upstream body: what the client is still owed."""
+        """At a clean end of the upstream body: what the client is still owed. An event
+        the body ended without its blank line (some servers leave the last one out) is
+        translated first; then, unless the upstream's end marker or an error came,
+        :meth:`_owed` ends the client's stream. Nothing at all when nothing came."""
+        out: list[bytes] = []
+        if self._parts:
+            block = b"".join(self._parts).rstrip(b"\n")
+            self._parts.clear()
+            self._pending = 0
+            ev = event_of(block)
+            if ev is not None and not (self._done or self._error):
+                self._event(ev[0], ev[1], out)
+        if not (self._done or self._error):
+            self._owed(out)
+        return b"".join(out)
+
+    def _owed(self, out: list[bytes]) -> None:
+        """The end of the client's stream when the upstream's never came (``finish``)."""
         raise NotImplementedError
 
     @property

@@ -588,6 +588,21 @@ def test_no_done_marker_finish_ends_the_message() -> None:
     assert stream().finish() == b""
 
 
+def test_a_last_event_without_its_blank_line() -> None:
+    body = sse([ROLE, chunk({"content": "a"}), chunk({}, "length"), USAGE_EV, DONE_EV])
+    tr = stream()
+    out, _ = tr.feed(body[:-2])
+    tail = tr.finish()
+    assert out + tail == stream().feed(body)[0] and tr.done
+    assert tr.feed(b"\n\n") == (b"", 0)
+    tr = stream()
+    out, _ = tr.feed(body[:-4])  # "data: [DON": not an event
+    assert tr.finish().endswith(b'"stop_reason":"max_tokens","stop_sequence":null},"usage":'
+                                b'{"output_tokens":9,"input_tokens":30,'
+                                b'"cache_read_input_tokens":20}}\n\n'
+                                b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+
 def test_odd_upstreams() -> None:
     # [DONE] alone; a chunk that is not JSON; choices other than 0; a refusal delta;
     # a tool call without id

@@ -728,6 +728,19 @@ def test_finish_gives_what_is_owed_at_a_clean_end() -> None:
     assert stream().finish() == b""  # nothing started: nothing owed
 
 
+def test_a_last_event_without_its_blank_line() -> None:
+    tr = stream()
+    body = sse([START, *text_block(0, "a"), *end()])
+    out, _ = tr.feed(body[:-1])  # message_stop's blank line never comes
+    tail = tr.finish()
+    whole, _ = stream().feed(body)
+    assert out + tail == whole and tr.done
+    tr = stream(include_usage=False)
+    out, _ = tr.feed(sse([START, *text_block(0, "a")]) + b'event: content_block_delta\ndata: '
+                     b'{"type":"content_block_delta","index":0,"delta":{"type":"text_d')
+    assert tr.finish() == chunk(b"", b'"stop"') + b"data: [DONE]\n\n"  # the cut event: skipped
+
+
 def test_every_cut_of_a_crlf_stream() -> None:
     raw = sse([START, *text_block(0, "héllo ", "wörld"), *tool_block(1, "t", "f", '{"a"', ":1}"),
                *end("tool_use")], nl="\r\n")
