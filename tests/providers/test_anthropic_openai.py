@@ -343,7 +343,7 @@ def _runs(items: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=anthropic_requests(), stream=st.booleans())
 def test_messages_request_survives_openai_and_back(doc: dict[str, Any], stream: bool) -> None:
     chat = req(doc, stream=stream)

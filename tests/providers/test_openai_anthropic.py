@@ -436,7 +436,7 @@ def _flat(messages: list[dict[str, Any]]) -> tuple[Any, list[tuple[Any, ...]]]:
     return system, out[:-1]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=openai_requests(), stream=st.booleans())
 def test_openai_request_survives_anthropic_and_back(doc: dict[str, Any], stream: bool) -> None:
     anthropic = req(doc, stream=stream)

@@ -136,7 +136,7 @@ _line = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(lines=st.lists(st.tuples(_line, st.sampled_from([b"\n", b"\r\n", b"\r"])), max_size=20),
        cuts=st.lists(st.integers(0, 400), max_size=8))
 def test_any_cut_gives_the_events_the_rules_give(lines: list[tuple[bytes, bytes]],
@@ -164,7 +164,7 @@ class _Recorder(StreamTranslator):
         return b""
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(lines=st.lists(st.tuples(_line, st.sampled_from([b"\n", b"\r\n", b"\r"])), max_size=20),
        cuts=st.lists(st.integers(0, 400), max_size=8), whole_events=st.booleans())
 def test_translators_read_the_events_the_rules_give(lines: list[tuple[bytes, bytes]],
