@@ -640,10 +640,6 @@ def _check_provider(p: ProviderConfig, path: str, errors: Errors) -> None:
     _at_least(p, path, ("max_connections",), 1, errors)
     _positive(p.timeouts, f"{path}.timeouts", ("connect_s", "first_byte_s", "idle_s", "total_s"),
               errors)
-    if p.kind == "anthropic":
-        errors.append((f"{path}.kind", "kind 'anthropic' (OpenAI <-> Messages "
-                                       "translation) is not available in this version; "
-                                       "use an OpenAI-compatible endpoint"))
     if p.kind == "azure" and not p.api_version:
         errors.append((f"{path}.api_version", "required for kind 'azure' (e.g. 2024-10-21)"))
 

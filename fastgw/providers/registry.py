@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fastgw.config import ProviderConfig
-from fastgw.providers import anthropic, openai
+from fastgw.providers import anthropic, anthropic_openai, openai, openai_anthropic
 from fastgw.providers.base import ANTHROPIC, OPENAI, Translation
 
 PrefixFn = Callable[[ProviderConfig, bytes, bytes, str, str, bytes], bytes | None]
@@ -38,6 +38,16 @@ CLIENT_DIALECT: dict[str, str] = {
     "messages": ANTHROPIC,
 }
 
+# OpenAI chat clients on Anthropic Messages deployments, and the reverse.
+CHAT_ON_MESSAGES = Translation(
+    "openai->anthropic", openai_anthropic.translate_request,
+    openai_anthropic.translate_response, openai_anthropic.ChatFromMessagesStream,
+    openai_anthropic.translate_error)
+MESSAGES_ON_CHAT = Translation(
+    "anthropic->openai", anthropic_openai.translate_request,
+    anthropic_openai.translate_response, anthropic_openai.MessagesFromChatStream,
+    anthropic_openai.translate_error)
+
 # (client endpoint, provider dialect) -> (provider endpoint, translation).
 _PLANS: dict[tuple[str, str], tuple[str, Translation | None]] = {
     ("chat", OPENAI): ("chat", None),
@@ -45,6 +55,8 @@ _PLANS: dict[tuple[str, str], tuple[str, Translation | None]] = {
     ("embeddings", OPENAI): ("embeddings", None),
     ("responses", OPENAI): ("responses", None),
     ("messages", ANTHROPIC): ("messages", None),
+    ("chat", ANTHROPIC): ("messages", CHAT_ON_MESSAGES),
+    ("messages", OPENAI): ("chat", MESSAGES_ON_CHAT),
 }
 
 
