@@ -97,7 +97,9 @@ class TargetConfig:
 @dataclass(frozen=True, slots=True)
 class PriceConfig:
     input_per_mtok: float = 0.0
-    output_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0  # reasoning tokens are output tokens (both APIs count them so)
+    cached_input_per_mtok: float | None = None  # prompt-cache reads; default: input's price
+    cache_write_per_mtok: float | None = None  # prompt-cache writes (Anthropic); default: input's
 
 
 RetryOn = Literal["connect", "timeout", "429", "408", "409", "5xx"]

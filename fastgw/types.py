@@ -39,3 +39,10 @@ def usage_numbers(usage: Any) -> tuple[int, int] | None:
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return prompt, completion
+
+
+def cache_counts(usage: dict[str, int] | None) -> tuple[int, int] | None:
+    """(prompt-cache reads, writes) of a usage dict (:data:`Usage`)."""
+    if usage is None:
+        return None
+    return usage.get("cached_tokens", 0), usage.get("cache_creation_tokens", 0)

@@ -138,6 +138,8 @@ class _Usage:
         out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
         if self.cached is not None:
             out["cached_tokens"] = self.cached
+        if self.cache_creation is not None:
+            out["cache_creation_tokens"] = self.cache_creation
         return out
 
 

@@ -20,6 +20,7 @@ class RequestCtx:
         "attempt",
         "attempts",
         "body",
+        "cache_usage",
         "client_usage",
         "completion_tokens",
         "cycle",
@@ -75,6 +76,8 @@ class RequestCtx:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.usage_known = False
+        # (prompt-cache reads, writes) when the route reads them (usage_detail)
+        self.cache_usage: tuple[int, int] | None = None
         self.error: str | None = None
         self.key_name: str | None = None
         # Set by access control: who is calling and what they were granted

@@ -153,7 +153,8 @@ class Pipe:
     the direct path (its callbacks).
     """
 
-    __slots__ = ("conn", "ctx", "failure", "flow", "forwarder", "lost", "provider", "relay")
+    __slots__ = ("conn", "ctx", "detail", "failure", "flow", "forwarder", "lost", "provider",
+                 "relay")
 
     def __init__(self, forwarder: Forwarder, attempt: Attempt,
                  conn: UpstreamConnection) -> None:
@@ -171,12 +172,13 @@ class Pipe:
         self.conn = conn
         self.provider = target.provider
         self.lost = False
+        self.detail = attempt.route.usage_detail
         self.failure: list[UpstreamError] = []
         trans = attempt.trans
         scanner: StreamScanner = SseScanner(drop_usage=not ctx.client_usage) if trans is None \
             else trans.stream(include_usage=ctx.client_usage, created=int(time.time()))
         sink: StreamSink = cycle
-        chain = ctx.route.chain if ctx.route is not None else None
+        chain = attempt.route.chain
         if chain and chain.chunk:
             sink = ChunkSink(cycle, ctx, chain.chunk)
         dialect = ctx.dialect
@@ -260,3 +262,5 @@ class Pipe:
             ctx = self.ctx
             ctx.prompt_tokens, ctx.completion_tokens = usage
             ctx.usage_known = True
+            if self.detail:
+                ctx.cache_usage = relay.cache_usage

@@ -30,7 +30,8 @@ from fastgw.pipeline.attempt import Attempt
 from fastgw.pipeline.ctx import RequestCtx
 from fastgw.pipeline.snapshot import TargetRuntime
 from fastgw.providers import openai
-from fastgw.types import usage_numbers
+from fastgw.providers.base import ANTHROPIC
+from fastgw.types import cache_counts, usage_numbers
 from fastgw.upstream.connection import UpstreamConnection
 
 _JSON = b"application/json"
@@ -62,15 +63,22 @@ class Responder:
         if status >= 300:
             raise self.status_error(attempt, status, body, up_headers)
         trans = attempt.trans
+        route = attempt.route
         if trans is None:
             usage = openai.extract_usage(body)
+            if route.usage_detail and usage is not None:
+                cache = ctx.cache_usage = openai.cache_usage(body)
+                if target.dialect == ANTHROPIC:  # its input count leaves the cache out
+                    usage = (usage[0] + cache[0] + cache[1], usage[1])
         else:
             body, full = trans.response(body)
             usage = usage_numbers(full)
+            if route.usage_detail:
+                ctx.cache_usage = cache_counts(full)
         if usage is not None:
             ctx.prompt_tokens, ctx.completion_tokens = usage
             ctx.usage_known = True
-        chain = attempt.route.chain
+        chain = route.chain
         if chain:
             for hook in chain.response:
                 body = hook(ctx, status, body)
@@ -170,6 +178,10 @@ class Responder:
             assert route is not None
             cost = (ctx.prompt_tokens * route.input_per_token
                     + ctx.completion_tokens * route.output_per_token)
+            cache = ctx.cache_usage
+            if cache is not None:  # cache reads and writes at their own prices
+                cost += (cache[0] * (route.cached_input_per_token - route.input_per_token)
+                         + cache[1] * (route.cache_write_per_token - route.input_per_token))
         self.recorder.finished(model, provider, ctx.status, route.name if route else model,
                                ctx.key_name, duration, ctx.ttfb_s, ctx.overhead_s,
                                ctx.prompt_tokens if usage else 0,

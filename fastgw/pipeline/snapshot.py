@@ -57,6 +57,7 @@ class TargetRuntime:
     response_headers: bytes
     # Client endpoint -> its plan on this target; None: the target cannot serve it.
     plans: dict[str, TargetPlan | None] = field(default_factory=dict)
+    dialect: str = registry.OPENAI  # what the provider speaks
 
 
 def _plans(provider: ProviderRuntime, deployment: str) -> dict[str, TargetPlan | None]:
@@ -95,6 +96,12 @@ class ModelRoute:
     states: tuple[TargetState, ...] = ()
     # Client endpoints some of its targets cannot serve (they are skipped).
     partial: frozenset[str] = frozenset()
+    # Prompt-cache reads and writes, per token (the input price when not set),
+    # and whether answers are read for those counts (a cache price is set, or a
+    # target speaks Anthropic, whose input count leaves the cached tokens out).
+    cached_input_per_token: float = 0.0
+    cache_write_per_token: float = 0.0
+    usage_detail: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -177,17 +184,24 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
                 response_headers=(b"x-fastgw-provider: " + _header_value(tc.provider)
                                   + b"\r\nx-fastgw-model: " + _header_value(tc.model)
                                   + b"\r\n"),
-                plans=_plans(provider, tc.model)))
+                plans=_plans(provider, tc.model), dialect=registry.DIALECT[provider.cfg.kind]))
         price = mc.price
+        input_price = price.input_per_mtok / 1e6 if price else 0.0
+        cached_price = price.cached_input_per_mtok if price else None
+        write_price = price.cache_write_per_mtok if price else None
         variants = tuple(Variant(v.name or v.model, v.model, v.weight) for v in mc.variants)
         models[mc.name] = ModelRoute(
             name=mc.name, cfg=mc, targets=tuple(targets),
             balancer=make_balancer(mc.balance, [t.state for t in targets]) if targets else None,
             retry=mc.retry,
-            input_per_token=price.input_per_mtok / 1e6 if price else 0.0,
+            input_per_token=input_price,
             output_per_token=price.output_per_mtok / 1e6 if price else 0.0,
             variants=variants, variant_total=sum(v.weight for v in variants),
             states=tuple(t.state for t in targets),
+            cached_input_per_token=input_price if cached_price is None else cached_price / 1e6,
+            cache_write_per_token=input_price if write_price is None else write_price / 1e6,
+            usage_detail=cached_price is not None or write_price is not None or any(
+                t.dialect == registry.ANTHROPIC for t in targets),
             partial=frozenset(e for t in targets for e, p in t.plans.items() if p is None))
     budget = previous.retry_budget if previous is not None and \
         previous.config.retry_budget == config.retry_budget else RetryBudget(config.retry_budget)

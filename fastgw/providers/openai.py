@@ -133,3 +133,20 @@ extract_usage = usage
 """``(prompt_tokens, completion_tokens)`` from a complete JSON answer, cheaply: the
 two counters are read after the last ``"usage"`` key, no full decode (native;
 ``fastgw._reference.http.usage`` is the reference)."""
+
+
+_CACHE_READ = re.compile(rb'"(?:cached_tokens|cache_read_input_tokens)"\s*:\s*(\d+)')
+_CACHE_WRITE = re.compile(rb'"cache_creation_input_tokens"\s*:\s*(\d+)')
+
+
+def cache_usage(body: bytes) -> tuple[int, int]:
+    """(prompt-cache reads, writes) after the last ``"usage"`` key of a whole answer
+    in either dialect (OpenAI's ``prompt_tokens_details.cached_tokens``,
+    Anthropic's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``);
+    0 when absent. Only read for routes that price or count them."""
+    i = body.rfind(b'"usage"')
+    if i < 0:
+        return 0, 0
+    read = _CACHE_READ.search(body, i)
+    write = _CACHE_WRITE.search(body, i)
+    return (int(read.group(1)) if read else 0), (int(write.group(1)) if write else 0)

@@ -15,6 +15,8 @@ from fastgw.config import ProviderConfig
 from fastgw.providers import anthropic, anthropic_openai, openai, openai_anthropic
 from fastgw.providers.base import ANTHROPIC, OPENAI, Translation
 
+__all__ = ["ANTHROPIC", "CLIENT_DIALECT", "DIALECT", "OPENAI", "plan", "request_prefix"]
+
 PrefixFn = Callable[[ProviderConfig, bytes, bytes, str, str, bytes], bytes | None]
 
 # Provider kind -> its dialect and how its requests begin.

@@ -30,7 +30,7 @@ import orjson
 
 from fastgw._native import SseScanner
 from fastgw.errors import GatewayError
-from fastgw.types import StreamScanner, StreamSink, usage_numbers
+from fastgw.types import StreamScanner, StreamSink, cache_counts, usage_numbers
 
 _COMMIT = SseScanner.COMMIT
 _DONE = SseScanner.DONE
@@ -61,6 +61,11 @@ class StreamRelay:
     @property
     def usage(self) -> tuple[int, int] | None:
         return usage_numbers(self._scanner.usage)
+
+    @property
+    def cache_usage(self) -> tuple[int, int] | None:
+        """(prompt-cache reads, writes), once usage was read."""
+        return cache_counts(self._scanner.usage)
 
     @property
     def done(self) -> bool:

@@ -82,6 +82,8 @@ pub struct Usage {
     pub total_tokens: u64,
     /// Input tokens read from a prompt cache, when reported.
     pub cached_tokens: Option<u64>,
+    /// Input tokens written to a prompt cache (Anthropic), when reported.
+    pub cache_creation_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -164,6 +166,7 @@ impl UsageAcc {
             completion_tokens: completion,
             total_tokens: self.total.unwrap_or(prompt.saturating_add(completion)),
             cached_tokens: self.cached,
+            cache_creation_tokens: self.cache_creation,
         })
     }
 }
@@ -680,7 +683,8 @@ data: [DONE]\n\n";
                 prompt_tokens: 9,
                 completion_tokens: 2,
                 total_tokens: 11,
-                cached_tokens: None
+                cached_tokens: None,
+                cache_creation_tokens: None
             })
         );
         assert_eq!(s.events(), 5);
@@ -736,7 +740,7 @@ data: [DONE]\n\n";
 
     #[test]
     fn anthropic_usage_and_errors() {
-        let stream = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\n\
+        let stream = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":5,\"cache_creation_input_tokens\":3,\"output_tokens\":1}}}\n\n\
 event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n\
 event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n\
 event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n\
@@ -746,10 +750,11 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
         assert_eq!(
             s.usage(),
             Some(Usage {
-                prompt_tokens: 30,
+                prompt_tokens: 33,
                 completion_tokens: 15,
-                total_tokens: 45,
-                cached_tokens: Some(5)
+                total_tokens: 48,
+                cached_tokens: Some(5),
+                cache_creation_tokens: Some(3)
             })
         );
     }

@@ -143,7 +143,8 @@ def test_drop_mode_holds_back_half_an_event_until_it_ends() -> None:
     [
         (
             "anthropic",
-            {"prompt_tokens": 35, "completion_tokens": 15, "total_tokens": 50, "cached_tokens": 7},
+            {"prompt_tokens": 35, "completion_tokens": 15, "total_tokens": 50, "cached_tokens": 7,
+             "cache_creation_tokens": 3},
             Flags.COMMIT | Flags.USAGE | Flags.DONE,
         ),
         (

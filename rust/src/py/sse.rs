@@ -98,7 +98,8 @@ impl SseScanner {
     }
 
     /// `{"prompt_tokens", "completion_tokens", "total_tokens"}` (and
-    /// `"cached_tokens"` when reported), once usage was read; else None.
+    /// `"cached_tokens"`, `"cache_creation_tokens"` when reported), once usage
+    /// was read; else None.
     #[getter]
     fn usage<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let Some(u) = self.inner.usage() else {
@@ -110,6 +111,9 @@ impl SseScanner {
         d.set_item("total_tokens", u.total_tokens)?;
         if let Some(c) = u.cached_tokens {
             d.set_item("cached_tokens", c)?;
+        }
+        if let Some(c) = u.cache_creation_tokens {
+            d.set_item("cache_creation_tokens", c)?;
         }
         Ok(Some(d))
     }
