@@ -51,7 +51,13 @@ from run import BENCH_KEY, MODEL, PROMPT, STREAM_CHUNKS, full_config, minimal_co
 
 from fastgw.app import App  # noqa: E402
 from fastgw.config import parse_config  # noqa: E402
-from fastgw.mock.bodies import Shape, chat_body, chat_events  # noqa: E402
+from fastgw.mock.bodies import (  # noqa: E402
+    Shape,
+    chat_body,
+    chat_events,
+    message_body,
+    message_events,
+)
 from fastgw.server.protocol import HttpProtocol  # noqa: E402
 from fastgw.upstream.connection import UpstreamConnection  # noqa: E402
 
@@ -99,26 +105,32 @@ class MemoryTransport:
         return data
 
 
-def request_bytes(stream: bool, key: str | None) -> bytes:
+def request_bytes(stream: bool, key: str | None, client: str = "openai") -> bytes:
     doc: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
     if stream:
         doc["stream"] = True
+    path = b"/v1/chat/completions"
+    if client == "anthropic":
+        doc["max_tokens"] = 256
+        path = b"/v1/messages"
     body = orjson.dumps(doc)
-    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    head = (b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body))
     if key is not None:
         head += b"Authorization: Bearer " + key.encode() + b"\r\n"
     return head + b"\r\n" + body
 
 
-def upstream_answer(stream: bool) -> bytes:
-    """What the mock upstream sends (the same generator, the same framing)."""
-    shape = Shape("chat", MODEL, STREAM_CHUNKS, False, stream, 12)
+def upstream_answer(stream: bool, upstream: str = "openai") -> bytes:
+    """What the mock upstream sends (the same generator, the same framing), in the
+    upstream's dialect."""
+    anthropic = upstream == "anthropic"
+    shape = Shape("messages" if anthropic else "chat", MODEL, STREAM_CHUNKS, False, stream, 12)
     if not stream:
-        body = chat_body(shape, "00d8c12351d7bf22")
+        body = (message_body if anthropic else chat_body)(shape, "00d8c12351d7bf22")
         return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                 b"content-length: %d\r\n\r\n" % len(body)) + body
-    events = chat_events(shape, "00d8c12351d7bf23")
+    events = (message_events if anthropic else chat_events)(shape, "00d8c12351d7bf23")
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
     return (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
             b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
@@ -149,23 +161,40 @@ def _without(*parts: str) -> Any:
     return build
 
 
-ROWS: dict[str, tuple[Any, bool, str | None]] = {
-    "minimal": (minimal_config, False, None),
-    "full": (full_config, False, BENCH_KEY),
-    "stream": (minimal_config, True, None),
-    "full-stream": (full_config, True, BENCH_KEY),
+def _on_anthropic(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
+    """The minimal policy with its one target an Anthropic deployment."""
+    cfg = minimal_config(mock_port, port, workdir)
+    provider = cfg["providers"][0]
+    provider["kind"] = "anthropic"
+    provider["base_url"] = provider["base_url"].removesuffix("/v1")
+    return cfg
+
+
+# name -> (configuration, stream, client key, client dialect, upstream dialect)
+ROWS: dict[str, tuple[Any, bool, str | None, str, str]] = {
+    "minimal": (minimal_config, False, None, "openai", "openai"),
+    "full": (full_config, False, BENCH_KEY, "openai", "openai"),
+    "stream": (minimal_config, True, None, "openai", "openai"),
+    "full-stream": (full_config, True, BENCH_KEY, "openai", "openai"),
+    # Dialects: an OpenAI client on an Anthropic deployment, and the reverse.
+    "translated": (_on_anthropic, False, None, "openai", "anthropic"),
+    "translated-stream": (_on_anthropic, True, None, "openai", "anthropic"),
+    "messages-stream": (minimal_config, True, None, "anthropic", "openai"),
+    "messages-pass-stream": (_on_anthropic, True, None, "anthropic", "anthropic"),
     # Ablations of the full policy (not run by default).
-    "full-no-log": (_without("log"), False, BENCH_KEY),
-    "full-no-limits": (_without("limits"), False, BENCH_KEY),
-    "full-no-hash": (_without("hash"), False, BENCH_KEY),
-    "full-keys-only": (_without("log", "limits", "hash", "targets"), False, BENCH_KEY),
+    "full-no-log": (_without("log"), False, BENCH_KEY, "openai", "openai"),
+    "full-no-limits": (_without("limits"), False, BENCH_KEY, "openai", "openai"),
+    "full-no-hash": (_without("hash"), False, BENCH_KEY, "openai", "openai"),
+    "full-keys-only": (_without("log", "limits", "hash", "targets"), False, BENCH_KEY,
+                       "openai", "openai"),
 }
 
 
 class Rig:
     """One gateway, one client connection, one pooled upstream connection."""
 
-    def __init__(self, app: App, stream: bool, key: str | None) -> None:
+    def __init__(self, app: App, stream: bool, key: str | None, client: str = "openai",
+                 upstream: str = "openai") -> None:
         assert app.gateway is not None and app.server is not None
         self.app = app
         loop = asyncio.get_running_loop()
@@ -180,8 +209,8 @@ class Rig:
         self.pool.total += 1
         self.pool._keep(conn)  # an idle pooled connection, as after an exchange
         self.conn = conn
-        self.request = request_bytes(stream, key)
-        self.answer = upstream_answer(stream)
+        self.request = request_bytes(stream, key, client)
+        self.answer = upstream_answer(stream, upstream)
         self.stream = stream
 
     async def one(self) -> None:
@@ -237,13 +266,13 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fastgw-hotpath-") as tmp:
         for name in args.rows.split(","):
-            builder, stream, key = ROWS[name]
+            builder, stream, key, client, upstream = ROWS[name]
             cfg_dict = builder(1, 0, Path(tmp))  # upstream port 1: never dialled
             cfg = parse_config(yaml.safe_dump(cfg_dict))
             app = App(cfg)
             await app.start()
             try:
-                rig = Rig(app, stream, key)
+                rig = Rig(app, stream, key, client, upstream)
                 await rig.run(min(2000, args.requests))  # warm up
                 if args.profile == name:
                     prof = cProfile.Profile()
@@ -301,11 +330,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.instructions:
         for name, count in instructions(args.rows).items():
-            print(f"{name:10s} {count:9.0f} instructions per request (callgrind)")
+            print(f"{name:20s} {count:9.0f} instructions per request (callgrind)")
         return
     results = uvloop.run(measure(args))
     for name, us in results.items():
-        print(f"{name:10s} {us:7.2f} us per request (gateway Python, no syscalls; best of "
+        print(f"{name:20s} {us:7.2f} us per request (gateway Python, no syscalls; best of "
               f"{args.repeat} x {args.requests})")
 
 
