@@ -852,31 +852,28 @@ def _entries(raw: dict[str, Any], *keys: str) -> list[tuple[int, dict[str, Any]]
     return [(i, e) for i, e in enumerate(node) if isinstance(e, dict)]
 
 
+def _unique(raw: dict[str, Any], section: str, what: str, errors: Errors,
+            ) -> dict[str, tuple[int, dict[str, Any]]]:
+    """``raw[section]``'s entries by name (the first of each), duplicates reported."""
+    seen: dict[str, tuple[int, dict[str, Any]]] = {}
+    for i, entry in _entries(raw, section):
+        name = _text(entry.get("name"))
+        if name is None:
+            continue
+        if name in seen:
+            errors.append((f"{section}[{i}].name", f"duplicate {what} name {name!r} "
+                                                   f"(also {section}[{seen[name][0]}])"))
+        else:
+            seen[name] = (i, entry)
+    return seen
+
+
 def _check_names(raw: dict[str, Any], errors: Errors) -> None:
     """Duplicate names and references between entries, on the YAML as read: they
     are reported even when some entries failed their own checks."""
-    providers: dict[str, int] = {}
-    for i, p in _entries(raw, "providers"):
-        name = _text(p.get("name"))
-        if name is None:
-            continue
-        if name in providers:
-            errors.append((f"providers[{i}].name", f"duplicate provider name {name!r} "
-                                                   f"(also providers[{providers[name]}])"))
-        else:
-            providers[name] = i
-    models: dict[str, dict[str, Any]] = {}
-    where_model: dict[str, int] = {}
-    for i, m in _entries(raw, "models"):
-        name = _text(m.get("name"))
-        if name is None:
-            continue
-        if name in models:
-            errors.append((f"models[{i}].name", f"duplicate model name {name!r} "
-                                                f"(also models[{where_model[name]}])"))
-        else:
-            models[name] = m
-            where_model[name] = i
+    providers = _unique(raw, "providers", "provider", errors)
+    models = {name: entry for name, (_, entry) in
+              _unique(raw, "models", "model", errors).items()}
     names = list(models)
     for i, m in _entries(raw, "models"):
         where = f"models[{i}]"
