@@ -25,7 +25,7 @@ from fastgw.errors import ConfigError
 from fastgw.metrics import Recorder
 from fastgw.pipeline import headers as hdr
 from fastgw.pipeline.access import AccessState
-from fastgw.pipeline.gateway import Gateway, GatewayState
+from fastgw.pipeline.gateway import Gateway, GatewayState, error_body
 from fastgw.pipeline.probes import Prober
 from fastgw.pipeline.runner import Proxy
 from fastgw.pipeline.snapshot import build_snapshot
@@ -85,7 +85,8 @@ class App:
                                   keepalive_timeout_s=s.keepalive_timeout_s,
                                   header_timeout_s=s.header_timeout_s,
                                   finish_on_half_close=s.client_half_close == "finish",
-                                  request_id=hdr.request_id_for)
+                                  request_id=hdr.request_id_for,
+                                  error_body=error_body)
         if sock is None:
             sock = listen_socket(s.host, s.port, reuse_port=s.workers > 1, backlog=s.backlog)
         self.server = await start_server(self.gateway, settings, self.server_state, sock,

@@ -45,6 +45,14 @@ _OK = orjson.dumps({"status": "ok"})
 _READY = orjson.dumps({"status": "ready"})
 
 
+def error_body(path: bytes, exc: GatewayError) -> bytes | None:
+    """An error answer's body in the dialect of the client a path serves (None:
+    OpenAI's envelope): the server's own errors (413, 408, 400 framing, 405...)
+    reach an Anthropic client as Anthropic's."""
+    proxied = PROXY_PATHS.get(path)
+    return None if proxied is None else proxied[1].error_body(exc)
+
+
 @dataclass(slots=True, eq=False)
 class GatewayState:
     """What the handler reads per request; ``snapshot`` is swapped whole on reload."""

@@ -62,6 +62,9 @@ class ServerSettings:
     # The x-request-id of answers the server gives on its own (400, 408, 413...):
     # the client's when it sent a usable one, else a new one.
     request_id: Callable[[list[tuple[bytes, bytes]]], bytes] = lambda _headers: b"-"
+    # The body of an error answer for a request path when the client speaks
+    # another dialect than OpenAI's (None: OpenAI's envelope).
+    error_body: Callable[[bytes, GatewayError], bytes | None] = lambda _path, _exc: None
 
 
 @dataclass(slots=True, eq=False)
@@ -190,11 +193,13 @@ class Cycle:
 
     def send_error(self, exc: GatewayError, header_block: bytes | None = None,
                    body: bytes | None = None) -> None:
-        """Answer ``exc``: its status and headers, OpenAI's envelope unless another
-        ``body`` (another dialect's) is given."""
+        """Answer ``exc``: its status and headers, with ``body``, else the body the
+        path's dialect gives (``ServerSettings.error_body``), else OpenAI's envelope."""
+        settings = self._proto.settings
         if header_block is None:
-            header_block = (b"x-request-id: " + self._proto.settings.request_id(self.headers)
-                            + b"\r\n")
+            header_block = b"x-request-id: " + settings.request_id(self.headers) + b"\r\n"
+        if body is None:
+            body = settings.error_body(self.path, exc)
         status, extra, envelope = wire.error_parts(exc)
         self.send(status, header_block + extra, envelope if body is None else body)
 
