@@ -29,7 +29,7 @@ from fastgw.pipeline.access import Access
 from fastgw.pipeline.attempt import Attempt
 from fastgw.pipeline.ctx import RequestCtx
 from fastgw.pipeline.snapshot import TargetRuntime
-from fastgw.providers import openai
+from fastgw.providers import anthropic, openai
 from fastgw.types import usage_numbers
 from fastgw.upstream.connection import UpstreamConnection
 
@@ -63,7 +63,9 @@ class Responder:
             raise self.status_error(attempt, status, body, up_headers)
         trans = attempt.trans
         if trans is None:
-            usage = openai.extract_usage(body)
+            # Same dialect: an Anthropic client's answer comes from an Anthropic target.
+            usage = (anthropic.extract_usage(body) if ctx.endpoint == "messages"
+                     else openai.extract_usage(body))
         else:
             body, full = trans.response(body)
             usage = usage_numbers(full)

@@ -9,6 +9,9 @@ client's is translated (:mod:`fastgw.providers.openai_anthropic`).
 
 from __future__ import annotations
 
+import re
+
+from fastgw._native import usage
 from fastgw.config import ProviderConfig
 
 ANTHROPIC_VERSION = b"2023-06-01"
@@ -38,3 +41,18 @@ def request_prefix(provider: ProviderConfig, host_header: bytes, path_prefix: by
     return (method + b" " + path_prefix + path.encode() + b" HTTP/1.1\r\nhost: " + host_header
             + b"\r\n" + auth + b"anthropic-version: "
             + (version.encode() if version else ANTHROPIC_VERSION) + b"\r\n" + ctype + extra)
+
+
+_CACHE_TOKENS = re.compile(rb'"cache_(?:read|creation)_input_tokens"\s*:\s*(\d+)')
+
+
+def extract_usage(body: bytes) -> tuple[int, int] | None:
+    """``(prompt_tokens, completion_tokens)`` of a whole Messages answer passed
+    through: the native read after the last ``"usage"`` key, plus the cache reads
+    and writes, which Anthropic counts outside ``input_tokens`` (the stream scanner
+    and the translators count them in the prompt too)."""
+    counts = usage(body)
+    if counts is None:
+        return None
+    cached = sum(int(m.group(1)) for m in _CACHE_TOKENS.finditer(body, body.rfind(b'"usage"')))
+    return (counts[0] + cached, counts[1]) if cached else counts
