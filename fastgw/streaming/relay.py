@@ -14,11 +14,13 @@ content.
 The first content (a text or tool-call delta, or the end of the stream) is the
 **commit point**. Before it, an in-band error event is not passed on: the relay
 calls ``on_error`` so the caller can fail over to another target. A relay that
-``resumes`` such a failed-over stream (the client already has the head and the
-first upstream's opening events) leaves out what the new upstream sends before
-its first content: all of it for an OpenAI client (its role event), only the
-``message_start`` event for an Anthropic client (its content blocks must still
-be opened), so the client sees one coherent stream.
+``resumes`` such a failed-over stream (the client already has the head and an
+earlier upstream's opening events; a relay that wrote them says so in
+``opened``) leaves out what the new upstream sends before its first content:
+all of it for an OpenAI client (its role event), only the ``message_start``
+event for an Anthropic client (its content blocks must still be opened), so the
+client sees one coherent stream. When the failed upstream sent nothing before
+its error, the next one's opening events are the client's first.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ _ERROR = SseScanner.ERROR
 
 class StreamRelay:
     __slots__ = ("_error_event", "_held", "_on_commit", "_on_error", "_resumed", "_scanner",
-                 "_sink", "committed", "error_payload", "failed")
+                 "_sink", "committed", "error_payload", "failed", "opened")
 
     def __init__(self, sink: StreamSink, scanner: StreamScanner, *, resumed: bool,
                  on_error: Callable[[], None], error_event: Callable[[GatewayError], bytes],
@@ -56,6 +58,7 @@ class StreamRelay:
         self._error_event = error_event
         self.committed = False
         self.failed = False
+        self.opened = False  # events before the commit point went to the client
         self.error_payload: bytes | None = None
 
     @property
@@ -91,6 +94,8 @@ class StreamRelay:
                 if self._held is not None:
                     self._held.append(out)
                 return  # the client has had the opening events already
+            elif out:
+                self.opened = True
         if out:
             self._sink.write(out)
 
