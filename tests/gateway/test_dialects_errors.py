@@ -266,6 +266,31 @@ def test_upstream_5xx_after_retries_is_502_for_an_openai_client(oai: openai.Open
         assert f"upstream 'an' answered {fault}" in err["message"]
 
 
+@pytest.mark.parametrize(("path", "doc"), [
+    ("/v1/messages", {"model": "gpt", "max_tokens": 5}),
+    ("/v1/messages", {"model": "claude", "max_tokens": 5}),
+    ("/v1/chat/completions", {"model": "claude"}),
+], ids=["anthropic-on-openai", "anthropic-on-anthropic", "openai-on-anthropic"])
+def test_a_stream_failing_before_its_head_answers_in_the_clients_dialect(
+        setup: Setup, path: str, doc: dict[str, Any]) -> None:
+    # Twice: the second time an idle pooled connection takes the direct path, whose
+    # error statuses a task takes over.
+    for _ in range(2):
+        for fault, status, a_type in (("400", 400, "invalid_request_error"),
+                                      ("500", 502, "api_error")):
+            r = http(setup.gw.port, "POST", path, {**doc, "stream": True, "messages": HI},
+                     {**AUTH, "x-mock-fault": fault})
+            assert r.status == status
+            assert r.headers["content-type"].startswith("application/json")
+            body = orjson.loads(r.body)
+            if path == "/v1/messages":
+                assert anthropic_error(body)["type"] == a_type
+            else:
+                assert openai_error(body)["type"] == ("invalid_request_error" if status == 400
+                                                      else "api_error")
+        assert http(setup.gw.port, "POST", path, {**doc, "messages": HI}, AUTH).status == 200
+
+
 # -- streams failing after their first content ---------------------------------------------------
 
 
