@@ -33,6 +33,7 @@ class RequestCtx:
         "grant",
         "key_name",
         "model",
+        "opened",
         "order",
         "overhead_s",
         "prompt_tokens",
@@ -67,6 +68,10 @@ class RequestCtx:
         self.variant: str | None = None
         self.target: TargetRuntime | None = None
         self.stream = False
+        # A stream's opening events (OpenAI's role chunk, Anthropic's message_start)
+        # reached the client: a failover's stream leaves its own out. Not when the
+        # failed upstream sent nothing before its error.
+        self.opened = False
         self.client_usage = True  # False: the usage chunk was asked for by the gateway
         self.attempts = 0
         self.status = 0

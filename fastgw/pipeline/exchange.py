@@ -182,11 +182,11 @@ class Pipe:
         if chain and chain.chunk:
             sink = ChunkSink(cycle, ctx, chain.chunk)
         dialect = ctx.dialect
-        relay = self.relay = StreamRelay(sink, scanner, resumed=resumed,
+        relay = self.relay = StreamRelay(sink, scanner, resumed=resumed and ctx.opened,
                                          on_error=self._on_error,
                                          error_event=dialect.error_event,
                                          on_commit=conn.sink_per_read,
-                                         resume_drop=dialect.resume_drop)
+                                         opening=dialect.opening)
         flow = self.flow = cycle.flow
         flow.listener = (conn.pause_reading, conn.resume_reading)
         if flow.write_paused:
@@ -253,6 +253,8 @@ class Pipe:
         """Release the connection and the callbacks; read the usage."""
         self.conn.watch_content(None)
         relay = self.relay
+        if relay.opened:
+            self.ctx.opened = True
         relay.release()
         self.failure.clear()
         self.flow.listener = None

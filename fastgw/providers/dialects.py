@@ -9,6 +9,8 @@ for the status, in bodies and in ``event: error``. The status is the same.
 
 from __future__ import annotations
 
+import re
+
 from fastgw.errors import GatewayError, anthropic_error_body, anthropic_error_type
 from fastgw.providers.base import ANTHROPIC, OPENAI
 
@@ -16,15 +18,14 @@ from fastgw.providers.base import ANTHROPIC, OPENAI
 class ClientDialect:
     """One client dialect (two instances: :data:`OPENAI_CLIENT`, :data:`ANTHROPIC_CLIENT`)."""
 
-    __slots__ = ("name", "resume_drop")
+    __slots__ = ("name", "opening")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, opening: re.Pattern[bytes] | None = None) -> None:
         self.name = name
-        # What a stream resumed on another target after a failover leaves out of
-        # the new upstream's events before its first content: None, all of them
-        # (OpenAI: the role event); Anthropic: only message_start (its content
-        # blocks must still be opened).
-        self.resume_drop: bytes | None = b"message_start" if name == ANTHROPIC else None
+        # The opening event of its streams when only it may go out before the
+        # first content (Anthropic's message_start; see streaming/relay.py); None:
+        # all of what comes before it (OpenAI's role event).
+        self.opening = opening
 
     def error_body(self, exc: GatewayError) -> bytes | None:
         """``exc``'s error body in this dialect; None: OpenAI's envelope, which
@@ -41,4 +42,5 @@ class ClientDialect:
 
 
 OPENAI_CLIENT = ClientDialect(OPENAI)
-ANTHROPIC_CLIENT = ClientDialect(ANTHROPIC)
+ANTHROPIC_CLIENT = ClientDialect(
+    ANTHROPIC, re.compile(rb"event: ?message_start\r?\n(?:data:[^\r\n]*\r?\n)+\r?\n"))

@@ -14,11 +14,15 @@ content.
 The first content (a text or tool-call delta, or the end of the stream) is the
 **commit point**. Before it, an in-band error event is not passed on: the relay
 calls ``on_error`` so the caller can fail over to another target. A relay that
-``resumes`` such a failed-over stream (the client already has the head and the
-first upstream's opening events) leaves out what the new upstream sends before
-its first content: all of it for an OpenAI client (its role event), only the
-``message_start`` event for an Anthropic client (its content blocks must still
-be opened), so the client sees one coherent stream.
+``resumes`` such a failed-over stream (the client already has the head and an
+earlier upstream's opening events; a relay that wrote them says so in
+``opened``) leaves out the new upstream's opening: all it sends before its
+first content for an OpenAI client (its role event), its ``message_start`` for
+an Anthropic client. An Anthropic client gets ``message_start`` at once and
+the rest of what comes before the first content (a content block's start) with
+it, so a failover never leaves it a block the next upstream does not continue.
+When the failed upstream sent nothing before its error, the next one's opening
+events are the client's first. The client sees one coherent stream.
 """
 
 from __future__ import annotations
@@ -38,24 +42,31 @@ _ERROR = SseScanner.ERROR
 
 
 class StreamRelay:
-    __slots__ = ("_error_event", "_held", "_on_commit", "_on_error", "_resumed", "_scanner",
-                 "_sink", "committed", "error_payload", "failed")
+    __slots__ = ("_error_event", "_held", "_on_commit", "_on_error", "_opening", "_resumed",
+                 "_scanner", "_sink", "committed", "error_payload", "failed", "opened")
 
     def __init__(self, sink: StreamSink, scanner: StreamScanner, *, resumed: bool,
                  on_error: Callable[[], None], error_event: Callable[[GatewayError], bytes],
                  on_commit: Callable[[], None] | None = None,
-                 resume_drop: bytes | None = None) -> None:
+                 opening: re.Pattern[bytes] | None = None) -> None:
         self._scanner = scanner
         self._sink = sink
-        # Resuming: None drops everything before the first content; an event name
-        # holds it back and drops only that event at the commit point.
+        # The client has had an earlier upstream's opening events: this one's are
+        # left out.
         self._resumed = resumed
-        self._held: list[bytes] | None = [] if resumed and resume_drop is not None else None
+        # None: what comes before the commit point goes out at once (OpenAI: the
+        # role event). A pattern (Anthropic: message_start): only that opening
+        # event goes out at once; the rest (a content block's start) is held until
+        # the commit point, so a failover never leaves the client with a block the
+        # next upstream does not continue.
+        self._opening = opening
+        self._held: list[bytes] | None = [] if opening is not None else None
         self._on_error = on_error
         self._on_commit = on_commit
         self._error_event = error_event
         self.committed = False
         self.failed = False
+        self.opened = False  # opening events went to the client
         self.error_payload: bytes | None = None
 
     @property
@@ -82,26 +93,59 @@ class StreamRelay:
                 self.committed = True
                 if self._on_commit is not None:
                     self._on_commit()
-                held = self._held
-                if held is not None:
-                    self._held = None
-                    held.append(out)
-                    out = _MESSAGE_START.sub(b"", b"".join(held))
+                if self._held is not None:
+                    out = self._release_held(out)
             elif flags & _ERROR:
                 self.failed = True
                 self.error_payload = out
                 self._on_error()
                 return
+            elif self._held is not None:
+                self._hold(out)
+                return
             elif self._resumed:
-                if self._held is not None:
-                    self._held.append(out)
                 return  # the client has had the opening events already
+            elif out:
+                self.opened = True
         if out:
             self._sink.write(out)
 
+    def _hold(self, out: bytes) -> None:
+        """Before the commit point, with an opening event: send it once whole (unless
+        the client has one), hold the rest."""
+        held = self._held
+        assert held is not None and self._opening is not None
+        held.append(out)
+        if self.opened or self._resumed:
+            return
+        data = b"".join(held)
+        m = self._opening.search(data)
+        if m is not None:
+            self._sink.write(data[:m.end()])
+            self.opened = True
+            held[:] = [data[m.end():]]
+
+    def _release_held(self, out: bytes) -> bytes:
+        """The commit point: what was held, then ``out`` (a resumed stream's own
+        opening event left out)."""
+        held = self._held
+        assert held is not None and self._opening is not None
+        self._held = None
+        held.append(out)
+        data = b"".join(held)
+        if self._resumed:
+            data = self._opening.sub(b"", data, count=1)
+        else:
+            self.opened = True
+        return data
+
     def finish(self) -> None:
-        """The upstream ended cleanly: send any tail."""
+        """The upstream ended cleanly: send what was held and any tail."""
         self.committed = True
+        if self._held is not None:
+            held = self._release_held(b"")
+            if held:
+                self._sink.write(held)
         tail = self._scanner.finish()
         if tail:
             self._sink.write(tail)
@@ -119,10 +163,6 @@ class StreamRelay:
         """End the stream with a typed SSE error event in the client's dialect (no
         fake end marker)."""
         self._sink.write(self._error_event(exc))
-
-
-# The opening event of an Anthropic stream, as Anthropic frames it.
-_MESSAGE_START = re.compile(rb"event: ?message_start\r?\n(?:data:[^\r\n]*\r?\n)+\r?\n")
 
 
 def _nothing() -> None:

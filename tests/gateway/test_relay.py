@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from fastgw._native import SseScanner
-from fastgw.providers.dialects import OPENAI_CLIENT
+from fastgw.providers.dialects import ANTHROPIC_CLIENT, OPENAI_CLIENT
 from fastgw.streaming.relay import StreamRelay
 
 
@@ -84,3 +84,48 @@ def test_end_without_content_commits() -> None:
     r, sink, calls = relay()
     r.feed(ROLE + DONE)
     assert r.committed and calls == ["commit"] and sink.writes == [ROLE + DONE]
+
+
+# -- an Anthropic client: message_start at once, the rest held until content -----------
+
+M_START = event({"type": "message_start", "message": {"id": "m", "usage": {}}}, "message_start")
+BLOCK = event({"type": "content_block_start", "index": 0,
+               "content_block": {"type": "text", "text": ""}}, "content_block_start")
+DELTA = event({"type": "content_block_delta", "index": 0,
+               "delta": {"type": "text_delta", "text": "Hi"}}, "content_block_delta")
+A_ERROR = event({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
+                "error")
+
+
+def anthropic_relay(resumed: bool = False) -> tuple[StreamRelay, Sink, list[str]]:
+    sink = Sink()
+    calls: list[str] = []
+    r = StreamRelay(sink, SseScanner(drop_usage=False), resumed=resumed,
+                    on_error=lambda: calls.append("error"),
+                    error_event=ANTHROPIC_CLIENT.error_event,
+                    opening=ANTHROPIC_CLIENT.opening)
+    return r, sink, calls
+
+
+def test_an_anthropic_clients_block_start_waits_for_its_first_content() -> None:
+    r, sink, calls = anthropic_relay()
+    r.feed(M_START[:7])
+    assert sink.writes == []  # not whole yet
+    r.feed(M_START[7:] + BLOCK)
+    assert sink.writes == [M_START] and r.opened  # the opening at once, the block held
+    r.feed(A_ERROR)
+    assert r.failed and calls == ["error"] and sink.writes == [M_START]
+
+
+def test_a_resumed_anthropic_stream_leaves_out_only_its_message_start() -> None:
+    r, sink, _ = anthropic_relay(resumed=True)
+    r.feed(M_START + BLOCK)
+    assert sink.writes == []
+    r.feed(DELTA)
+    assert sink.writes == [BLOCK + DELTA]
+
+
+def test_an_anthropic_stream_in_one_read_goes_out_unchanged() -> None:
+    r, sink, _ = anthropic_relay()
+    r.feed(M_START + BLOCK + DELTA)
+    assert b"".join(sink.writes) == M_START + BLOCK + DELTA
