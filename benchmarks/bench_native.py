@@ -9,7 +9,8 @@ of several repeats, and checks it against the target from issue 3:
 - limiter reserve over 3 scopes <= 1 us and >= 5x the reference;
 - ring lookup <= 0.5 us;
 - cached JWT <= 0.5 us, uncached HS256 <= 5 us, RS256 <= 60 us;
-- SSE scan of a 50-event stream >= 5x the reference.
+- SSE scan of a 50-event stream >= 5x the reference;
+- cache key of a typical (~330-byte) chat request <= 1 us.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import jwt as pyjwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from fastgw import _native as native
+from fastgw._reference import cachekey as ref_cachekey
 from fastgw._reference import jwt as ref_jwt
 from fastgw._reference import limiter as ref_limiter
 from fastgw._reference import ring as ref_ring
@@ -216,11 +218,53 @@ def bench_sse(scale: float) -> list[Row]:
     return rows
 
 
+def _chat_body(content: str) -> bytes:
+    """A chat request as an OpenAI client sends it (streamed, with a user)."""
+    return json.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+                {"role": "user", "content": content},
+            ],
+            "temperature": 0,
+            "max_tokens": 256,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "user": "user-8c1f0e2a",
+        }
+    ).encode()
+
+
+def bench_cachekey(scale: float) -> list[Row]:
+    """The response cache's key: a typical chat request, and a long conversation."""
+    typical = _chat_body("What is the capital of France, and what is it known for?")
+    long = _chat_body("Summarize this, please. " * 2700)  # ~64 KiB: read without the GIL
+    rows = []
+    for label, body, target, calls in (
+        (f"cache key, {len(typical)}-byte chat body", typical, 1.0, 200_000),
+        (f"cache key, {len(long) // 1024} KiB chat body", long, None, 2_000),
+    ):
+        times = []
+        for mod in (native, ref_cachekey):
+            n = int((calls if mod is native else calls // 20) * scale) or 1
+            times.append(
+                per_call_us(
+                    partial(mod.cache_key, body, b"team-a", b"/v1/chat/completions",
+                            b"gpt-4o-mini"),
+                    n,
+                )
+            )
+        rows.append(Row(label, times[0], times[1], target))
+    return rows
+
+
 BENCHES: dict[str, Callable[[float], list[Row]]] = {
     "limiter": bench_limiter,
     "ring": bench_ring,
     "jwt": bench_jwt,
     "sse": bench_sse,
+    "cachekey": bench_cachekey,
 }
 
 

@@ -1,11 +1,11 @@
 """Type stubs for ``fastgw._native``, the Rust extension (``rust/``).
 
-Six hot paths, each with a pure-Python reference of the same API in
+The hot paths, each with a pure-Python reference of the same API in
 ``fastgw._reference``: limiter tables (rate, concurrency and budget buckets
 reserved together atomically), a weighted consistent-hash ring, a JWT
 verifier, an incremental SSE scanner for the relay loop, and whole HTTP/1.1
 messages parsed in one call (llhttp, through httptools, reads everything else),
-and the access-log line.
+the access-log line, and the response cache's key.
 """
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -39,6 +39,7 @@ __all__ = [
     "__version__",
     "access_line",
     "build_profile",
+    "cache_key",
     "forwarded",
     "hash64",
     "parse_request",
@@ -415,3 +416,20 @@ def access_line(
     ``tokens_out``, ``cost_usd`` (rounded to 8 decimals; the three null without
     ``usage``), ``cache`` (null) and ``error`` when given. Durations in seconds,
     written in milliseconds cut to the microsecond."""
+
+# ---------------------------------------------------------------- response cache
+
+def cache_key(body: bytes, scope: bytes, endpoint: bytes, model: bytes, /) -> bytes:
+    """The response cache's key: 16 bytes, XXH3-128 (big-endian, as
+    ``xxhash.xxh3_128_digest``) of ``scope``, ``endpoint`` and ``model``, each as
+    its length (8 bytes, little-endian) then its bytes, then the canonical JSON of
+    ``body`` without its top-level ``stream``, ``stream_options``, ``user`` and
+    ``fastgw``: object members sorted by their key's UTF-8 bytes (a repeated key's
+    last value kept), strings re-escaped one way (only ``"``, ``\\`` and control
+    characters; the rest raw UTF-8), integers in ``[-2**63, 2**64)`` as integers,
+    any other number as the nearest float, written as an integer when integral
+    and within ``2**53`` (``1``, ``1.0``, ``1e0`` alike; ``-0.0`` as ``0``), else
+    in the shortest scientific form (``1.5e0``), no whitespace. ValueError (with
+    a short reason) when ``body`` is not a JSON object (or not JSON as serde_json
+    reads it: a lone surrogate escape, a number beyond float range, more than 127
+    levels of nesting...)."""

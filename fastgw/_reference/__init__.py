@@ -10,10 +10,11 @@ read and compared against, not to serve traffic:
   (needs PyJWT and cryptography, imported when used);
 - ``sse``: ``SseScanner``;
 - ``accesslog``: ``access_line`` (one JSON access-log line);
+- ``cachekey``: ``cache_key`` (the response cache's key; needs xxhash);
 - ``http``: ``parse_request``, ``parse_response``, ``forwarded`` and ``usage``
   (the parsers: what llhttp reads, which the native ones match or leave to it).
 """
 
 from __future__ import annotations
 
-__all__ = ["accesslog", "http", "jwt", "limiter", "ring", "sse"]
+__all__ = ["accesslog", "cachekey", "http", "jwt", "limiter", "ring", "sse"]

@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod accesslog;
+pub mod cachekey;
 pub mod http;
 pub mod json;
 pub mod jwt;
@@ -29,6 +30,8 @@ mod _native {
     use crate::py::hash64;
     #[pymodule_export]
     use crate::py::accesslog::access_line;
+    #[pymodule_export]
+    use crate::py::cachekey::cache_key;
     #[pymodule_export]
     use crate::py::http::{forwarded, parse_request, parse_response, usage, ChunkedDecoder};
     #[pymodule_export]

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 pub(crate) mod accesslog;
+pub(crate) mod cachekey;
 pub(crate) mod http;
 pub(crate) mod jwt;
 pub(crate) mod limiter;
