@@ -17,5 +17,7 @@ metrics of hits belong to the filter that uses these pieces.
 
 from fastgw.cache.entry import CacheEntry, CorruptEntry
 from fastgw.cache.memory import MemoryCache
+from fastgw.cache.redis import RedisCache, make_client, redis_cache
 
-__all__ = ["CacheEntry", "CorruptEntry", "MemoryCache"]
+__all__ = ["CacheEntry", "CorruptEntry", "MemoryCache", "RedisCache", "make_client",
+           "redis_cache"]
