@@ -18,6 +18,26 @@ metrics of hits belong to the filter that uses these pieces.
 from fastgw.cache.entry import CacheEntry, CorruptEntry
 from fastgw.cache.memory import MemoryCache
 from fastgw.cache.redis import RedisCache, make_client, redis_cache
+from fastgw.cache.replay import (
+    STREAM_ENDPOINTS,
+    ReplayError,
+    StreamRecorder,
+    fresh_id,
+    to_stream,
+    with_id,
+)
 
-__all__ = ["CacheEntry", "CorruptEntry", "MemoryCache", "RedisCache", "make_client",
-           "redis_cache"]
+__all__ = [
+    "STREAM_ENDPOINTS",
+    "CacheEntry",
+    "CorruptEntry",
+    "MemoryCache",
+    "RedisCache",
+    "ReplayError",
+    "StreamRecorder",
+    "fresh_id",
+    "make_client",
+    "redis_cache",
+    "to_stream",
+    "with_id",
+]
