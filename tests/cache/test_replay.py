@@ -40,6 +40,10 @@ from fastgw.mock.bodies import (
     message_events,
 )
 from fastgw.mock.tools import ToolCall
+from fastgw.providers.anthropic_openai import MessagesFromChatStream
+from fastgw.providers.anthropic_openai import translate_response as message_from_chat
+from fastgw.providers.openai_anthropic import ChatFromMessagesStream
+from fastgw.providers.openai_anthropic import translate_response as chat_from_message
 
 EVENT = TypeAdapter(RawMessageStreamEvent)
 
@@ -530,6 +534,33 @@ def test_the_recorder_reads_translated_anthropic_usage_in_message_delta() -> Non
     assert got["usage"] == {"input_tokens": 12, "output_tokens": 3}
     assert got["content"] == [{"type": "text", "text": "Hi"}]
     assert got["stop_reason"] == "end_turn"
+
+
+@pytest.mark.parametrize("calls", [(), (ToolCall("t", '{"k": [1, {"x": null}]}'),)])
+def test_the_recorder_reads_the_gateways_translated_streams(calls: tuple[ToolCall, ...]) -> None:
+    """What a client gets from a translated stream records as the answer the whole
+    translation gives (content, tool calls, stop, usage)."""
+    rid = "Qz7MOCKIDQz7Qz7Q"
+    chat = Shape(route="chat", model="m", n=4, truncated=False, include_usage=True,
+                 prompt_tokens=5, calls=calls)
+    tr = MessagesFromChatStream(include_usage=False, created=1)
+    relayed = b"".join(tr.feed(e)[0] for e in chat_events(chat, rid)) + tr.finish()
+    got = orjson.loads(record("messages", relayed, range(0, len(relayed), 13)) or b"null")
+    assert got == orjson.loads(message_from_chat(chat_body(chat, rid))[0])
+
+    msg = Shape(route="messages", model="m", n=4, truncated=False, include_usage=True,
+                prompt_tokens=5, calls=calls, cache_read=2)
+    tr2 = ChatFromMessagesStream(include_usage=True, created=1)
+    relayed = b"".join(tr2.feed(e)[0] for e in message_events(msg, rid)) + tr2.finish()
+    got = orjson.loads(record("chat", relayed, range(0, len(relayed), 13)) or b"null")
+    want = orjson.loads(chat_from_message(message_body(msg, rid))[0])
+    g, w = got["choices"][0], want["choices"][0]
+    assert g["finish_reason"] == w["finish_reason"] and got["usage"] == want["usage"]
+    assert (g["message"]["content"] or None) == w["message"]["content"]
+    assert [(c["id"], c["function"]["name"], orjson.loads(c["function"]["arguments"]))
+            for c in g["message"].get("tool_calls", [])] == [
+        (c["id"], c["function"]["name"], orjson.loads(c["function"]["arguments"]))
+        for c in w["message"].get("tool_calls", [])]
 
 
 # ---------------------------------------------------------------- streams that ended badly
