@@ -1,0 +1,107 @@
+"""The in-process cache: an LRU bounded by entry count and by bytes.
+
+One ``OrderedDict`` from key to ``(entry, expires, cost)``: a hit moves its key
+to the end, eviction pops from the front, so every operation is O(1) (plus the
+entries an insertion evicts). Expiry is lazy: an entry past its TTL is dropped
+when it is looked up, or when it reaches the front of the LRU; a few expired
+entries at the front are also dropped on each insertion, so with one TTL for
+all (the usual configuration) dead entries do not linger until the bounds push
+them out.
+
+Time is passed in (``now``, unix seconds, the clock of ``CacheEntry.created``):
+the caller reads the clock once per request, and tests need no clock at all.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Final
+
+from fastgw.cache.entry import CacheEntry
+
+__all__ = ["MemoryCache"]
+
+_PURGE: Final = 2  # expired entries looked for at the LRU's front per insertion
+
+
+class MemoryCache:
+    """Whole answers by key, least recently used evicted first."""
+
+    __slots__ = ("_bytes", "_entries", "evictions", "max_bytes", "max_entries")
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("a memory cache needs max_entries >= 1 and max_bytes >= 1")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[bytes, tuple[CacheEntry, float, int]] = OrderedDict()
+        self._bytes = 0
+        self.evictions = 0  # entries pushed out by a bound (not by their TTL)
+
+    def get(self, key: bytes, now: float, max_age: float | None = None) -> CacheEntry | None:
+        """The entry under ``key`` unless it has expired, or is ``max_age`` seconds old or
+        older (HTTP's freshness rule: ``max-age=0`` accepts nothing). A hit becomes the
+        most recently used; an entry too old for this ``max_age`` is kept for others."""
+        slot = self._entries.get(key)
+        if slot is None:
+            return None
+        entry, expires, cost = slot
+        if now >= expires:
+            del self._entries[key]
+            self._bytes -= cost
+            return None
+        if max_age is not None and now - entry.created >= max_age:
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: bytes, entry: CacheEntry, ttl_s: float, now: float) -> bool:
+        """Store ``entry`` for ``ttl_s`` seconds from ``now``, replacing what ``key`` held,
+        and evict the least recently used entries past the bounds. False (and nothing
+        stored, the old entry gone too) when ``ttl_s`` is not positive or the entry alone
+        is larger than ``max_bytes``."""
+        entries = self._entries
+        old = entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old[2]
+        cost = entry.size + len(key)
+        if ttl_s <= 0 or cost > self.max_bytes:
+            return False
+        # Dead entries at the front first: they should not push live ones out.
+        for _ in range(_PURGE):
+            if not entries:
+                break
+            first = next(iter(entries))
+            if entries[first][1] > now:
+                break
+            self._bytes -= entries.pop(first)[2]
+        entries[key] = (entry, now + ttl_s, cost)
+        self._bytes += cost
+        while len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._bytes -= entries.popitem(last=False)[1][2]
+            self.evictions += 1
+        return True
+
+    def delete(self, key: bytes) -> bool:
+        """Forget ``key``; False when it was not there."""
+        slot = self._entries.pop(key, None)
+        if slot is None:
+            return False
+        self._bytes -= slot[2]
+        return True
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        """Bytes held: every entry's :attr:`CacheEntry.size` plus its key's length."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is held, expired or not (no LRU change)."""
+        return key in self._entries

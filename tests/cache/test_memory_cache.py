@@ -1,0 +1,201 @@
+"""MemoryCache: LRU bounded by entries and bytes, TTL and max_age, O(1) bookkeeping
+that stays exact (checked against a plain model under random operations)."""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastgw.cache.entry import ENTRY_OVERHEAD, CacheEntry
+from fastgw.cache.memory import MemoryCache
+
+T0 = 1_700_000_000.0
+
+
+def entry(body: bytes = b"{}", created: float = T0) -> CacheEntry:
+    return CacheEntry(created, body, 1, 2)
+
+
+def cost(key: bytes, body: bytes) -> int:
+    return len(key) + len(body) + ENTRY_OVERHEAD
+
+
+def test_get_returns_what_put_stored() -> None:
+    c = MemoryCache(10, 1 << 20)
+    e = entry(b'{"id":"a"}')
+    assert c.put(b"k", e, 60, T0)
+    assert c.get(b"k", T0 + 1) is e
+    assert c.get(b"other", T0 + 1) is None
+    assert len(c) == 1 and c.bytes == cost(b"k", b'{"id":"a"}')
+
+
+def test_entry_count_bound_evicts_the_least_recently_used() -> None:
+    c = MemoryCache(3, 1 << 20)
+    for k in (b"a", b"b", b"c"):
+        c.put(k, entry(), 60, T0)
+    assert c.get(b"a", T0) is not None  # a becomes the most recently used
+    c.put(b"d", entry(), 60, T0)
+    assert b"b" not in c
+    assert [k for k in (b"a", b"c", b"d") if k in c] == [b"a", b"c", b"d"]
+    assert len(c) == 3 and c.evictions == 1
+
+
+def test_byte_bound_evicts_until_the_total_fits() -> None:
+    body = b"x" * 1000
+    one = cost(b"k0", body)
+    c = MemoryCache(100, 3 * one + 10)
+    for i in range(3):
+        c.put(b"k%d" % i, entry(body), 60, T0)
+    assert len(c) == 3 and c.bytes == 3 * one
+    big = b"y" * 2500  # needs the room of two and a half of them
+    c.put(b"big", entry(big), 60, T0)
+    assert c.bytes <= c.max_bytes
+    assert b"big" in c and b"k0" not in c and b"k1" not in c and b"k2" not in c
+    assert c.bytes == cost(b"big", big)
+
+
+def test_an_entry_larger_than_the_byte_bound_is_not_stored() -> None:
+    c = MemoryCache(10, 2000)
+    c.put(b"small", entry(b"s"), 60, T0)
+    assert not c.put(b"huge", entry(b"h" * 2000), 60, T0)
+    assert b"huge" not in c
+    assert b"small" in c  # nothing evicted for it
+
+
+def test_replacing_a_key_replaces_its_bytes() -> None:
+    c = MemoryCache(10, 1 << 20)
+    c.put(b"k", entry(b"a" * 500), 60, T0)
+    c.put(b"k", entry(b"b" * 10), 60, T0)
+    assert len(c) == 1 and c.bytes == cost(b"k", b"b" * 10)
+    assert c.get(b"k", T0) is not None and c.get(b"k", T0).body == b"b" * 10  # type: ignore[union-attr]
+    # a replacement that cannot be stored leaves nothing (the old answer is stale)
+    assert not c.put(b"k", entry(b"c"), 0, T0)
+    assert b"k" not in c and c.bytes == 0
+
+
+def test_ttl_expires_an_entry() -> None:
+    c = MemoryCache(10, 1 << 20)
+    c.put(b"k", entry(), 30, T0)
+    assert c.get(b"k", T0 + 29.9) is not None
+    assert c.get(b"k", T0 + 30) is None
+    assert len(c) == 0 and c.bytes == 0  # dropped when found expired
+
+
+def test_max_age_refuses_an_older_entry_but_keeps_it() -> None:
+    c = MemoryCache(10, 1 << 20)
+    c.put(b"k", entry(created=T0 - 100), 3600, T0)
+    assert c.get(b"k", T0, max_age=50) is None
+    assert c.get(b"k", T0, max_age=100) is None  # exactly max_age old: stale
+    assert c.get(b"k", T0, max_age=101) is not None
+    assert c.get(b"k", T0, max_age=0) is None  # max-age=0 accepts nothing
+    assert c.get(b"k", T0) is not None  # still there for requests without max-age
+
+
+def test_expired_entries_at_the_front_go_before_live_ones_are_evicted() -> None:
+    c = MemoryCache(2, 1 << 20)
+    c.put(b"old", entry(), 10, T0)
+    c.put(b"live", entry(), 1000, T0)
+    c.put(b"new", entry(), 1000, T0 + 20)  # old has expired: it goes, live stays
+    assert b"live" in c and b"new" in c and b"old" not in c
+    assert c.evictions == 0
+
+
+def test_delete_and_clear() -> None:
+    c = MemoryCache(10, 1 << 20)
+    c.put(b"a", entry(), 60, T0)
+    c.put(b"b", entry(), 60, T0)
+    assert c.delete(b"a") and not c.delete(b"a")
+    assert len(c) == 1 and c.bytes == cost(b"b", b"{}")
+    c.clear()
+    assert len(c) == 0 and c.bytes == 0
+
+
+def test_bounds_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        MemoryCache(0, 100)
+    with pytest.raises(ValueError):
+        MemoryCache(10, 0)
+
+
+def test_bytes_is_an_honest_measure_of_memory() -> None:
+    """What ``bytes`` says the cache holds is at least what Python really allocated."""
+    n = 5000
+    for body_len in (0, 100, 4000):
+        c = MemoryCache(n, 1 << 40)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(n):
+                c.put(os.urandom(32), CacheEntry(T0, os.urandom(body_len), 1000, 2000), 60, T0)
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert grown <= c.bytes, (body_len, grown / n, c.bytes / n)
+        assert c.bytes <= grown * 1.6  # and not a wild overestimate
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["put", "get", "delete"]),
+                         st.integers(0, 4),  # key
+                         st.integers(0, 200),  # body length
+                         st.integers(0, 8),  # time step
+                         st.integers(0, 60)),  # ttl
+               min_size=8, max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS, st.integers(1, 4), st.integers(600, 2500))
+def test_random_operations_keep_lru_order_bounds_and_exact_bytes(
+        ops: list[tuple[str, int, int, int, int]], max_entries: int, max_bytes: int) -> None:
+    c = MemoryCache(max_entries, max_bytes)
+    held: dict[bytes, tuple[int, float, int]] = {}  # key -> (body length, expires, cost)
+    recency: list[bytes] = []  # the keys held, least recently used first
+    now = T0
+    for op, k, blen, step, ttl in ops:
+        now += step
+        key = b"key%d" % k
+        if op == "put":
+            size = cost(key, b"b" * blen)
+            stored = c.put(key, entry(b"b" * blen, created=now), ttl, now)
+            assert stored == (ttl > 0 and size <= max_bytes)
+            if key in held:
+                del held[key]
+                recency.remove(key)
+            if stored:
+                held[key] = (blen, now + ttl, size)
+                recency.append(key)
+            dropped = [x for x in recency if x not in c]
+            live_dropped = [x for x in dropped if held[x][1] > now]
+            if live_dropped:
+                # evicted from the LRU end only: every live entry used less recently than
+                # one evicted was evicted too, and the last one evicted did not fit
+                last = recency.index(live_dropped[-1])
+                assert all(x in dropped for x in recency[:last] if held[x][1] > now)
+                assert (len(c) + 1 > max_entries
+                        or c.bytes + held[live_dropped[-1]][2] > max_bytes)
+            for x in dropped:
+                del held[x]
+                recency.remove(x)
+        elif op == "get":
+            got = c.get(key, now)
+            if key in held and held[key][1] > now:
+                assert got is not None and len(got.body) == held[key][0]
+                recency.remove(key)
+                recency.append(key)
+            else:
+                assert got is None
+                if key in held:
+                    del held[key]
+                    recency.remove(key)
+        else:
+            assert c.delete(key) == (key in held)
+            if key in held:
+                del held[key]
+                recency.remove(key)
+        assert set(held) == {x for x in recency if x in c}
+        assert len(c) == len(held)
+        assert c.bytes == sum(v[2] for v in held.values())
+        assert len(c) <= max_entries and c.bytes <= max_bytes
