@@ -407,7 +407,8 @@ def access_line(
     time: float, request_id: bytes, key: str | None, client_ip: str, path: bytes,
     model: str | None, served_model: str | None, route: str | None, variant: str | None,
     provider: str | None, status: int, stream: bool, attempts: int, latency_s: float,
-    ttfb_s: float, overhead_s: float, usage: tuple[int, int, float] | None, error: str | None, /,
+    ttfb_s: float, overhead_s: float, usage: tuple[int, int, float] | None, error: str | None,
+    cache: str | None = None, /,
 ) -> bytes:
     """One JSON access-log line, newline included: ``time``, ``request_id``, ``key``,
     ``client_ip``, ``method``, ``path``, ``model``, ``served_model``, ``route``,

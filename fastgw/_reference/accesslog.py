@@ -18,7 +18,8 @@ def access_line(time: float, request_id: bytes, key: str | None, client_ip: str,
                 model: str | None, served_model: str | None, route: str | None,
                 variant: str | None, provider: str | None, status: int, stream: bool,
                 attempts: int, latency_s: float, ttfb_s: float, overhead_s: float,
-                usage: tuple[int, int, float] | None, error: str | None) -> bytes:
+                usage: tuple[int, int, float] | None, error: str | None,
+                cache: str | None = None) -> bytes:
     """One JSON line (newline included)."""
     record: dict[str, Any] = {
         "time": time,
@@ -41,7 +42,7 @@ def access_line(time: float, request_id: bytes, key: str | None, client_ip: str,
         "tokens_in": usage[0] if usage else None,
         "tokens_out": usage[1] if usage else None,
         "cost_usd": round(usage[2], 8) if usage else None,
-        "cache": None,
+        "cache": cache,
     }
     if error is not None:
         record["error"] = error

@@ -4,7 +4,7 @@
 //! (always `POST`: the proxy serves POST only), `path`, `model`,
 //! `served_model`, `route`, `variant`, `provider`, `status`, `stream`,
 //! `attempts`, `latency_ms`, `ttfb_ms`, `overhead_ms`, `tokens_in`,
-//! `tokens_out`, `cost_usd`, `cache` (always null), and `error` when there
+//! `tokens_out`, `cost_usd`, `cache` (null for a model without one), and `error` when there
 //! is one. Durations are given in seconds and written in milliseconds cut to
 //! the microsecond; the cost is rounded to 8 decimals (as Python's `round`);
 //! absent values are `null`. The pure-Python reference is
@@ -51,6 +51,8 @@ pub struct Line<'a> {
     pub usage: Option<(i64, i64, f64)>,
     /// The error, when the request failed.
     pub error: Option<&'a str>,
+    /// The cache's verdict (hit, miss, bypass), for a model with a cache.
+    pub cache: Option<&'a str>,
 }
 
 /// Bytes of valid UTF-8 as the inside of a JSON string: runs that need no
@@ -182,7 +184,11 @@ pub fn render(out: &mut Vec<u8>, line: &Line<'_>) {
         }
         None => out.extend_from_slice(b",\"tokens_in\":null,\"tokens_out\":null,\"cost_usd\":null"),
     }
-    out.extend_from_slice(b",\"cache\":null");
+    out.extend_from_slice(b",\"cache\":");
+    match line.cache {
+        Some(c) => string(out, c),
+        None => out.extend_from_slice(b"null"),
+    }
     if let Some(e) = line.error {
         out.extend_from_slice(b",\"error\":");
         string(out, e);
@@ -212,6 +218,7 @@ mod tests {
                 ttfb_s: -1.0,
                 usage: Some((3, 5, 1.234_567_891_23e-6)),
                 error: Some("x\u{1}"),
+                cache: Some("hit"),
                 ..Line::default()
             },
         );
@@ -223,6 +230,7 @@ mod tests {
         assert_eq!(v["ttfb_ms"], serde_json::Value::Null);
         assert_eq!(v["cost_usd"], 1.23e-6);
         assert_eq!(v["error"], "x\u{1}");
+        assert_eq!(v["cache"], "hit");
         assert_eq!(v["variant"], serde_json::Value::Null);
         assert!(text.ends_with("}\n"));
     }

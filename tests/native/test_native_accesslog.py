@@ -28,11 +28,13 @@ _seconds = st.floats(-1.0, 1e4, allow_nan=False) | st.sampled_from([0.0, 1e-7, 0
                                 st.floats(0, 1e3, allow_nan=False)
                                 | st.sampled_from([1.234567891e-6, 5e-9, 0.1 + 0.2])),
     error=_name,
+    cache=st.none() | st.sampled_from(["hit", "miss", "bypass"]),
 )
 def test_the_native_line_matches_the_reference(**kw: Any) -> None:
     args = (kw["time"], kw["request_id"], kw["key"], kw["client_ip"], kw["path"], kw["model"],
             kw["served"], kw["route"], kw["variant"], kw["provider"], kw["status"], kw["stream"],
-            kw["attempts"], kw["latency"], kw["ttfb"], kw["overhead"], kw["usage"], kw["error"])
+            kw["attempts"], kw["latency"], kw["ttfb"], kw["overhead"], kw["usage"], kw["error"],
+            kw["cache"])
     line = native.access_line(*args)
     assert line.endswith(b"}\n") and line.count(b"\n") == 1
     got = orjson.loads(line)

@@ -9,7 +9,7 @@ use crate::accesslog::{render, Line};
 #[pyfunction]
 #[pyo3(signature = (time, request_id, key, client_ip, path, model, served_model, route,
                     variant, provider, status, stream, attempts, latency_s, ttfb_s,
-                    overhead_s, usage, error, /))]
+                    overhead_s, usage, error, cache=None, /))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn access_line<'py>(
     py: Python<'py>,
@@ -31,6 +31,7 @@ pub(crate) fn access_line<'py>(
     overhead_s: f64,
     usage: Option<(i64, i64, f64)>,
     error: Option<&str>,
+    cache: Option<&str>,
 ) -> Bound<'py, PyBytes> {
     let mut out = Vec::with_capacity(512);
     render(
@@ -54,6 +55,7 @@ pub(crate) fn access_line<'py>(
             overhead_s,
             usage,
             error,
+            cache,
         },
     );
     PyBytes::new(py, &out)
