@@ -121,7 +121,10 @@ class App:
             access = await self.access_state.build(new)  # ConfigError: nothing swapped yet
             snapshot = build_snapshot(new, self.client, int(time.time()), self.loop,
                                       previous=self.gateway.state.snapshot)
+            previous = self.gateway.state.snapshot
             self.gateway.state.snapshot = snapshot
+            if previous.cache is not None and previous.cache is not snapshot.cache:
+                await previous.cache.close()
             self.prober.start(snapshot)
             self.gateway.proxy.set_access(access)
             self.config = new
@@ -140,6 +143,9 @@ class App:
                 log.warning("drain timeout: closed connections still in flight")
         await self.access_state.close()
         if self.gateway is not None:
+            cache = self.gateway.state.snapshot.cache
+            if cache is not None:
+                await cache.close()
             self.prober.stop()
             self._flusher.cancel()
             self._recorder.flush()

@@ -138,6 +138,7 @@ class ModelConfig:
     # target cannot express is dropped (else the request is refused, 400).
     default_max_tokens: int | None = None
     drop_unsupported_params: bool = False
+    cache: bool | None = None  # None: cache.enabled decides
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +246,19 @@ class RedisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """The response cache: exact match on the normalised request."""
+
+    enabled: bool = False  # for every model; models[].cache overrides per model
+    backend: Literal["memory", "redis"] = "memory"  # redis: the `redis` section's server
+    ttl_s: float = 3600.0
+    max_entries: int = 10_000  # memory backend
+    max_bytes: int = 256 * 1024 * 1024  # memory backend
+    only_deterministic: bool = True  # only requests with temperature 0 (or embeddings)
+    scope: Literal["key", "global"] = "key"  # entries shared only by one caller, or by all
+
+
+@dataclass(frozen=True, slots=True)
 class ObservabilityConfig:
     metrics_path: str = "/metrics"
     # stdout | stderr | off | a file path (YAML's bare off/false also mean off)
@@ -277,6 +291,7 @@ class Config:
     limits: tuple[LimitRule, ...] = ()
     limits_backend: Literal["local", "redis"] = "local"
     redis: RedisConfig = field(default_factory=RedisConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     retry_budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
     # Set by the loader, not by YAML: where the file came from (for reloads).
@@ -814,6 +829,11 @@ def _check_observability(o: ObservabilityConfig, path: str, errors: Errors) -> N
     _at_least(o, path, ("max_key_labels",), 1, errors)
 
 
+def _check_cache(c: CacheConfig, path: str, errors: Errors) -> None:
+    _positive(c, path, ("ttl_s",), errors)
+    _at_least(c, path, ("max_entries", "max_bytes"), 1, errors)
+
+
 def _check_admin(a: AdminConfig, path: str, errors: Errors) -> None:
     if a.key_sha256 is not None and not _SHA256_HEX.fullmatch(a.key_sha256):
         errors.append((f"{path}.key_sha256", "must be 64 lowercase hex characters "
@@ -839,6 +859,7 @@ _CHECKS: dict[type, Callable[[Any, str, Errors], None]] = {
     RedisConfig: _check_redis,
     ObservabilityConfig: _check_observability,
     AdminConfig: _check_admin,
+    CacheConfig: _check_cache,
 }
 
 

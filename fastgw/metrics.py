@@ -52,15 +52,19 @@ UPSTREAM_ERRORS = Counter("fastgw_upstream_errors_total", "Failed upstream attem
                           ["provider", "reason"])
 INFLIGHT = Gauge("fastgw_inflight_requests", "Requests being answered now.",
                  multiprocess_mode="livesum")
-CACHE = Counter("fastgw_cache_total", "Cache lookups.", ["result"])
+CACHE = Counter("fastgw_cache_total", "Requests of cached models, by the cache's verdict "
+                "(hit, miss, bypass).", ["result"])
+CACHE_SAVED = Counter("fastgw_cache_saved_usd_total", "Cost of the answers served from the "
+                      "cache instead of upstream, by model.", ["model"])
 FALLBACKS = Counter("fastgw_fallbacks_total", "Fallbacks from one model to another.",
                     ["from", "to"])
 VARIANTS = Counter("fastgw_variant_requests_total", "Requests per variant of a model.",
                    ["model", "variant"])
 TARGET_HEALTHY = Gauge("fastgw_target_healthy", "1 when a target is taking traffic.",
                        ["provider", "model"], multiprocess_mode="livemax")
-REDIS_FALLBACKS = Counter("fastgw_redis_fallbacks_total", "Limit decisions made without Redis "
-                          "(unreachable), by redis.on_error mode.", ["mode"])
+REDIS_FALLBACKS = Counter("fastgw_redis_fallbacks_total", "Decisions made without Redis "
+                          "(unreachable or slow): limits by redis.on_error mode, and cache "
+                          "lookups and writes (mode cache).", ["mode"])
 JWKS_FETCHES = Counter("fastgw_jwks_fetches_total", "JWKS fetches from the identity provider.",
                        ["result"])
 

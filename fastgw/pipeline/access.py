@@ -227,7 +227,8 @@ class Access:
         plan: Plan | None = plans.get(cache_key, _UNSET)
         if plan is _UNSET:
             plan = plans[cache_key] = self._plan(principal, model, route)
-        if plan is not None and plan.uses_usage:
+        cache = ctx.cache
+        if plan is not None and plan.uses_usage and (cache is None or not cache.hit):
             prompt, completion = estimate(len(ctx.body), ctx.doc, ctx.endpoint)
             grant.tokens = float(prompt + completion)
             grant.usd = (prompt * route.input_per_token + completion * route.output_per_token
@@ -260,8 +261,11 @@ class Access:
         plan = grant.plan
         backend = grant.backend
         assert plan is not None and backend is not None
-        tried = 1.0 if ctx.attempts > 0 else 0.0
-        if not plan.uses_usage:
+        cache = ctx.cache
+        tried = 1.0 if ctx.attempts > 0 or (cache is not None and cache.hit) else 0.0
+        if cache is not None and cache.hit:
+            used = (1.0, 0.0, 0.0)  # a request, served without tokens or spend
+        elif not plan.uses_usage:
             used = (tried, 0.0, 0.0)
         elif ctx.usage_known:
             route = ctx.route  # the model that served (a fallback maybe)

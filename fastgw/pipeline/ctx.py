@@ -10,6 +10,7 @@ from fastgw.server.protocol import Cycle
 
 if TYPE_CHECKING:
     from fastgw.pipeline.attempt import Attempt
+    from fastgw.pipeline.cache import CacheState
 
 
 class RequestCtx:
@@ -20,6 +21,7 @@ class RequestCtx:
         "attempt",
         "attempts",
         "body",
+        "cache",
         "cache_usage",
         "client_usage",
         "completion_tokens",
@@ -83,6 +85,7 @@ class RequestCtx:
         self.usage_known = False
         # (prompt-cache reads, writes) when the route reads them (usage_detail)
         self.cache_usage: tuple[int, int] | None = None
+        self.cache: CacheState | None = None  # set by the route's cache filter
         self.error: str | None = None
         self.key_name: str | None = None
         # Set by access control: who is calling and what they were granted

@@ -9,7 +9,8 @@ request meets them (``pipeline/runner.py`` draws the whole path)::
 
     request            after the model is found, before limits are reserved: may edit
                        ctx.doc / ctx.body, refuse (raise a GatewayError), or answer
-                       at once by returning a Reply (nothing goes upstream)
+                       by returning a Reply (nothing goes upstream; limits still count
+                       it as a request), or return Later when it must wait this once
     upstream_request   per attempt, the body about to be sent to a target (after
                        translation into the target's dialect): returns the body to send
     response           a whole 2xx answer, in the client's dialect, before it is sent:
@@ -39,11 +40,24 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """An answer a ``request`` hook gives instead of the upstream's."""
+    """An answer a ``request`` hook gives instead of the upstream's; ``stream``: the
+    body is an SSE stream, sent chunked."""
 
     status: int
     body: bytes
     headers: bytes = b"content-type: application/json\r\n"  # a header block, CRLF-ended
+    stream: bool = False
+
+
+class Later:
+    """What a ``request`` hook of a filter that does not await says when, this
+    once, it must wait: a task awaits ``wait()`` for its answer (a Reply, or None
+    to go on). Nothing is started until then."""
+
+    __slots__ = ("wait",)
+
+    def __init__(self, wait: Callable[[], Awaitable[Reply | None]]) -> None:
+        self.wait = wait
 
 
 class Filter:
@@ -52,7 +66,7 @@ class Filter:
 
     awaits: ClassVar[bool] = False  # request() is a coroutine function
 
-    def request(self, ctx: RequestCtx) -> Reply | Awaitable[Reply | None] | None:
+    def request(self, ctx: RequestCtx) -> Reply | Later | Awaitable[Reply | None] | None:
         return None
 
     def upstream_request(self, ctx: RequestCtx, target: TargetRuntime, body: bytes) -> bytes:

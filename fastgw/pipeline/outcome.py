@@ -193,7 +193,8 @@ class Responder:
                 cycle.path, ctx.model or None, target.model if target is not None else None,
                 route.name if route is not None else None, ctx.variant, provider or None,
                 ctx.status, ctx.stream, ctx.attempts, duration, ctx.ttfb_s, ctx.overhead_s,
-                (ctx.prompt_tokens, ctx.completion_tokens, cost) if usage else None, ctx.error))
+                (ctx.prompt_tokens, ctx.completion_tokens, cost) if usage else None, ctx.error,
+                None if ctx.cache is None else ctx.cache.result))
 
 
 def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:

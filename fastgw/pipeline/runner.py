@@ -67,7 +67,7 @@ from fastgw.pipeline.controls import (
 from fastgw.pipeline.ctx import RequestCtx
 from fastgw.pipeline.exchange import Forwarder, Pipe
 from fastgw.pipeline.failover import Failover
-from fastgw.pipeline.filters import Chain, Reply
+from fastgw.pipeline.filters import Chain, Later, Reply
 from fastgw.pipeline.outcome import Responder
 from fastgw.pipeline.snapshot import Snapshot
 from fastgw.providers.dialects import ClientDialect
@@ -127,14 +127,20 @@ class Proxy:
             controls = self.route_phase(ctx, has_controls)
             assert ctx.route is not None
             chain = ctx.route.chain
+            reply = None
             if chain:
                 if chain.awaits:
                     return self._proceed(ctx, has_controls, controls, None, _ROUTED)
-                if self._answered(ctx, self._request_hooks(ctx, chain)):
-                    self._end(ctx)
-                    return None
+                i, said = self._request_hooks(ctx, chain)
+                if isinstance(said, Later):  # a hook must wait after all: a task
+                    return self._proceed(ctx, has_controls, controls, None, _ROUTED, (i, said))
+                reply = said
             if not access.passthrough:  # open: no credentials, IP rules nor limits
-                access.admit_now(ctx)
+                access.admit_now(ctx)  # a filter's answer counts as a request too
+            if reply is not None:
+                self._answer(ctx, reply)
+                self._end(ctx)
+                return None
             if controls is NO_CONTROLS and self._direct(ctx):
                 return None  # the upstream's answer completes it (_direct_done)
             return self._proceed(ctx, has_controls, controls, None, _ADMITTED)
@@ -147,10 +153,12 @@ class Proxy:
         return None
 
     async def _proceed(self, ctx: RequestCtx, has_controls: bool, controls: Controls | None,
-                       begun: Attempt | None, stage: int) -> None:
+                       begun: Attempt | None, stage: int,
+                       pending: tuple[int, Later] | None = None) -> None:
         """The rest of a request, in a task, from ``stage`` on: the access phases and
-        the route's request filters when they may wait, then forwarding (resuming
-        ``begun``)."""
+        the route's request filters when they may wait (``pending``: the one that
+        said so on the way, and where it stands in the chain), then forwarding
+        (resuming ``begun``)."""
         ctx.running = True
         access = self.access
         try:
@@ -160,9 +168,11 @@ class Proxy:
             if stage < _ADMITTED:
                 assert ctx.route is not None
                 chain = ctx.route.chain
-                if chain and self._answered(ctx, await self._request_hooks_async(ctx, chain)):
-                    return
+                reply = await self._request_hooks_async(ctx, chain, pending) if chain else None
                 await access.admit(ctx)
+                if reply is not None:
+                    self._answer(ctx, reply)
+                    return
             assert controls is not None
             await self.failover.forward(ctx, controls, begun)
         except GatewayError as exc:
@@ -197,13 +207,19 @@ class Proxy:
                     log.exception("a logging filter failed")
         self.responder.logging(ctx)
 
-    def _on_lost(self, cycle: Cycle) -> None:
+    def _on_lost(self, cycle: Cycle) -> bool:
         """The client left before its answer was complete. A running task handles
         that itself (it is cancelled); otherwise the request ends here: a direct
-        exchange is aborted, a task that never started is accounted for."""
+        exchange is aborted, a task that never started is accounted for. True (go
+        on, its answer written nowhere) when other requests wait for this one's
+        answer (the cache's identical misses)."""
         ctx: RequestCtx = cycle.owner
+        cache = ctx.cache
+        if cache is not None and cache.keeps_going():
+            ctx.error = "client disconnected; its answer served requests waiting for it"
+            return True
         if ctx.running:
-            return
+            return False
         ctx.running = True  # ends once
         ctx.status = 499
         ctx.error = "client disconnected"
@@ -211,39 +227,57 @@ class Proxy:
         if attempt is not None and attempt.conn is not None:
             pipe = attempt.pipe
             if pipe is not None and pipe.drains():
-                return  # read on for the usage; _direct_streamed ends it
+                return False  # read on for the usage; _direct_streamed ends it
             self._abort_direct(attempt)
         self._end(ctx)
+        return False
 
     # -- the route's request filters ---------------------------------------------------------
 
     @staticmethod
-    def _request_hooks(ctx: RequestCtx, chain: Chain) -> Reply | None:
-        for hook in chain.request:
+    def _request_hooks(ctx: RequestCtx, chain: Chain) -> tuple[int, Reply | Later | None]:
+        """The route's request hooks, in order, until one answers or must wait:
+        (its place in the chain, what it said)."""
+        for i, hook in enumerate(chain.request):
             reply = hook(ctx)
             if reply is not None:
-                return reply  # type: ignore[no-any-return]
-        return None
+                return i, reply
+        return -1, None
 
     @staticmethod
-    async def _request_hooks_async(ctx: RequestCtx, chain: Chain) -> Reply | None:
-        for hook in chain.request:
+    async def _request_hooks_async(ctx: RequestCtx, chain: Chain,
+                                   pending: tuple[int, Later] | None) -> Reply | None:
+        """The route's request hooks in a task, awaiting those that wait; after
+        ``pending`` when a hook of the direct way asked for a task."""
+        start = 0
+        if pending is not None:
+            i, later = pending
+            reply = await later.wait()
+            if reply is not None:
+                return reply
+            start = i + 1
+        for hook in chain.request[start:]:
             reply = hook(ctx)
-            if inspect.isawaitable(reply):
+            if type(reply) is Later:
+                reply = await reply.wait()
+            elif inspect.isawaitable(reply):
                 reply = await reply
             if reply is not None:
-                return reply  # type: ignore[no-any-return]
+                return reply
         return None
 
     @staticmethod
-    def _answered(ctx: RequestCtx, reply: Reply | None) -> bool:
+    def _answer(ctx: RequestCtx, reply: Reply) -> None:
         """A request filter answered: send its reply (nothing goes upstream)."""
-        if reply is None:
-            return False
         ctx.status = reply.status
-        ctx.cycle.send(reply.status, b"x-request-id: " + ctx.request_id + b"\r\n"
-                       + ctx.extra_headers + reply.headers, reply.body)
-        return True
+        head = b"x-request-id: " + ctx.request_id + b"\r\n" + ctx.extra_headers + reply.headers
+        cycle = ctx.cycle
+        if reply.stream:
+            cycle.start(reply.status, head)
+            cycle.write(reply.body)
+            cycle.end()
+        else:
+            cycle.send(reply.status, head, reply.body)
 
     # -- the direct path ----------------------------------------------------------------
 

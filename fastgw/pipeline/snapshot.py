@@ -19,7 +19,8 @@ import orjson
 
 from fastgw.config import Config, ModelConfig, ProviderConfig, RetryConfig
 from fastgw.metrics import TARGET_HEALTHY
-from fastgw.pipeline.filters import Chain
+from fastgw.pipeline.cache import CacheFilter, CacheStore
+from fastgw.pipeline.filters import Chain, Filter, compile_chain
 from fastgw.providers import registry
 from fastgw.providers.base import Translation
 from fastgw.routing.balancer import Balancer, TargetState, make_balancer
@@ -111,6 +112,7 @@ class Snapshot:
     models: dict[str, ModelRoute]
     retry_budget: RetryBudget
     created: int = 0
+    cache: CacheStore | None = None  # the response cache's store, when a model has one
 
     def models_body(self, names: list[str] | None = None) -> bytes:
         """``GET /v1/models`` answer for the given model names (all by default)."""
@@ -205,8 +207,29 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
             partial=frozenset(e for t in targets for e, p in t.plans.items() if p is None))
     budget = previous.retry_budget if previous is not None and \
         previous.config.retry_budget == config.retry_budget else RetryBudget(config.retry_budget)
+    cache = _features(config, models, loop, previous)
     return Snapshot(config=config, providers=providers, models=models, retry_budget=budget,
-                    created=created)
+                    created=created, cache=cache)
+
+
+def _features(config: Config, models: dict[str, ModelRoute], loop: asyncio.AbstractEventLoop,
+              previous: Snapshot | None) -> CacheStore | None:
+    """Each model's filter chain (pipeline/filters.py), in the order a request meets
+    them; the cache's store, kept from the previous snapshot when its settings are
+    the same (its entries too)."""
+    cached = [r for r in models.values()
+              if (r.cfg.cache if r.cfg.cache is not None else config.cache.enabled)]
+    store = None
+    if cached:
+        kept = previous.cache if previous is not None else None
+        store = kept if kept is not None and kept.same(config.cache, config.redis) else \
+            CacheStore(config.cache, config.redis, loop)
+    for route in models.values():
+        filters: list[Filter] = []
+        if store is not None and route in cached:
+            filters.append(CacheFilter(store, route))
+        route.chain = compile_chain(tuple(filters))
+    return store
 
 
 def _gauge(provider: str, model: str) -> Callable[[bool], None]:

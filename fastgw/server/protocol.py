@@ -39,7 +39,9 @@ log = logging.getLogger("fastgw.server")
 
 # A handler answers the cycle, or returns a coroutine that will (run as a task).
 Handler = Callable[["Cycle"], Coroutine[Any, Any, None] | None]
-LostHook = Callable[["Cycle"], None]
+# Told that the client left before the answer was complete; True: the handler's
+# work goes on (its task is not cancelled; what it writes goes nowhere).
+LostHook = Callable[["Cycle"], bool]
 
 MAX_PIPELINE = 16  # queued complete requests before reading pauses
 MAX_PIPELINE_BYTES = 1024 * 1024  # queued request bodies before reading pauses
@@ -90,7 +92,8 @@ class Cycle:
     one write) or :meth:`start` / :meth:`write` / :meth:`end` (streamed,
     chunked). A task that ends without answering gets a 500. ``owner`` and
     ``on_lost`` belong to the handler: ``on_lost(cycle)`` is called when the
-    client goes away before the answer is complete (a task is cancelled too).
+    client goes away before the answer is complete (a task is cancelled too,
+    unless it answers True).
     """
 
     __slots__ = (
@@ -401,11 +404,11 @@ class HttpProtocol(asyncio.Protocol):
             self.flow.connection_lost()
         active = self._active
         if active is not None and not active.finished:
-            # The client is gone: abort the handler (and with it the upstream request).
-            if active.task is not None:
+            # The client is gone: abort the handler (and with it the upstream request),
+            # unless the handler says its work must go on for others (on_lost: True).
+            keep = active.on_lost is not None and active.on_lost(active)
+            if active.task is not None and not keep:
                 active.task.cancel()
-            if active.on_lost is not None:
-                active.on_lost(active)
         self._queue.clear()
 
     def pause_writing(self) -> None:

@@ -1,0 +1,332 @@
+"""The response cache as a filter of the routes that have one.
+
+::
+
+    request    Cache-Control (no-store: bypass; no-cache: no read, refresh;
+               max-age=N), deterministic (temperature 0, or an embedding)? then
+               the key (native, one call: scope, endpoint, the model asked, the
+               body normalised) -> a hit answers at once, whole or replayed as a
+               stream in the client's dialect, with a new id; a miss becomes the
+               key's *flight* (identical misses meanwhile wait for its answer,
+               bounded by the model's total_s, instead of going upstream too)
+    response   a whole 2xx answer is stored (and handed to the flight's waiters)
+    chunk      a stream's bytes are recorded as they are relayed (no extra latency)
+    logging    a stream that ended well is stored; the flight ends (its waiters
+               get the answer, or the error, uncached)
+
+Every answer of a cached model says ``x-fastgw-cache: hit|miss|bypass``. A hit
+counts as a request for the limits (rpm) but spends no tokens and no budget.
+The store is shared by every route and kept across reloads that leave the
+``cache`` and ``redis`` sections as they were: in memory (LRU) or in Redis, where
+a failure is a miss, never an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastgw._native import cache_key
+from fastgw.cache import (
+    STREAM_ENDPOINTS,
+    CacheEntry,
+    MemoryCache,
+    RedisCache,
+    StreamRecorder,
+    fresh_id,
+    redis_cache,
+    to_stream,
+    with_id,
+)
+from fastgw.config import CacheConfig, RedisConfig
+from fastgw.errors import GatewayError
+from fastgw.metrics import CACHE, CACHE_SAVED
+from fastgw.pipeline.filters import Filter, Later, Reply
+
+if TYPE_CHECKING:
+    from fastgw.pipeline.ctx import RequestCtx
+    from fastgw.pipeline.snapshot import ModelRoute
+
+log = logging.getLogger("fastgw.cache")
+
+HIT, MISS, BYPASS = "hit", "miss", "bypass"
+_HEADERS = {r: b"x-fastgw-cache: " + r.encode() + b"\r\n" for r in (HIT, MISS, BYPASS)}
+_COUNT = {r: CACHE.labels(r) for r in (HIT, MISS, BYPASS)}
+_CACHEABLE = frozenset({"chat", "completions", "embeddings", "responses", "messages"})
+_MAX_AGE = re.compile(rb"max-age\s*=\s*(\d+)")
+_SSE_HEAD = (b"content-type: text/event-stream\r\ncache-control: no-cache\r\n"
+             b"x-accel-buffering: no\r\n")
+
+
+class Flight:
+    """The one upstream request of a key's identical misses: its waiters get its
+    outcome (a CacheEntry, a failure, or None: try yourself)."""
+
+    __slots__ = ("future", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.waiters = 0
+
+    def end(self, outcome: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+
+class SharedFailure(GatewayError):
+    """The error that ended the flight a request waited on, answered again."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = {400: "invalid_request_error", 401: "authentication_error",
+                     403: "permission_error", 404: "not_found_error",
+                     429: "rate_limit_error", 504: "timeout_error"}.get(
+                         status, "invalid_request_error" if status < 500 else "api_error")
+        self.code = "upstream_error" if status >= 500 else None
+
+
+class CacheStore:
+    """Where entries live (memory or Redis) and the flights in progress; shared by
+    every cached route of a configuration and kept across reloads."""
+
+    __slots__ = ("cfg", "flights", "loop", "memory", "redis", "redis_cfg", "writes")
+
+    def __init__(self, cfg: CacheConfig, redis_cfg: RedisConfig,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.cfg = cfg
+        self.redis_cfg = redis_cfg
+        self.loop = loop
+        self.memory = MemoryCache(cfg.max_entries, cfg.max_bytes) \
+            if cfg.backend == "memory" else None
+        self.redis: RedisCache | None = redis_cache(redis_cfg) \
+            if cfg.backend == "redis" else None
+        self.flights: dict[bytes, Flight] = {}
+        self.writes: set[asyncio.Task[bool]] = set()  # Redis writes in progress
+
+    def same(self, cfg: CacheConfig, redis_cfg: RedisConfig) -> bool:
+        return cfg == self.cfg and (cfg.backend != "redis" or redis_cfg == self.redis_cfg)
+
+    def put(self, key: bytes, entry: CacheEntry) -> None:
+        ttl = self.cfg.ttl_s
+        if self.memory is not None:
+            self.memory.put(key, entry, ttl, entry.created)
+        elif self.redis is not None:
+            task = self.loop.create_task(self.redis.put(key, entry, ttl))
+            self.writes.add(task)  # held until done: never collected half-way
+            task.add_done_callback(self.writes.discard)
+
+    async def close(self) -> None:
+        if self.writes:
+            await asyncio.wait(list(self.writes), timeout=self.redis_cfg.timeout_s * 4)
+        if self.redis is not None:
+            await self.redis.close()
+
+
+class CacheState:
+    """One request's dealings with the cache (``ctx.cache``)."""
+
+    __slots__ = ("flight", "key", "recorder", "result", "write")
+
+    def __init__(self, key: bytes, write: bool) -> None:
+        self.key = key
+        self.result = MISS
+        self.write = write  # the answer may be stored
+        self.flight: Flight | None = None  # led by this request
+        self.recorder: StreamRecorder | None = None
+
+    @property
+    def hit(self) -> bool:
+        return self.result == HIT
+
+    def keeps_going(self) -> bool:
+        """Others wait for this request's answer: its client leaving must not
+        cancel the upstream request."""
+        return self.flight is not None and self.flight.waiters > 0
+
+
+def _bypass(ctx: RequestCtx) -> None:
+    ctx.cache = CacheState(b"", False)
+    ctx.cache.result = BYPASS
+    ctx.extra_headers += _HEADERS[BYPASS]
+    _COUNT[BYPASS].inc()
+
+
+def _deterministic(doc: dict[str, Any]) -> bool:
+    t = doc.get("temperature")
+    return (type(t) is int or type(t) is float) and t == 0
+
+
+class CacheFilter(Filter):
+    """The cache of one route (see the module's docstring)."""
+
+    def __init__(self, store: CacheStore, route: ModelRoute) -> None:
+        self.store = store
+        self.cfg = store.cfg
+        self.route = route
+        self.global_scope = store.cfg.scope == "global"
+        # A Redis lookup waits: the route's requests take the task path.
+        self.awaits_lookup = store.redis is not None
+
+    # -- request -------------------------------------------------------------------------
+
+    def request(self, ctx: RequestCtx) -> Reply | Later | None:
+        endpoint = ctx.endpoint
+        if endpoint not in _CACHEABLE or (ctx.stream and endpoint not in STREAM_ENDPOINTS):
+            _bypass(ctx)  # a streamed Responses request: no replay of its event form
+            return None
+        read = write = True
+        max_age: float | None = None
+        control = ctx.cycle.header(b"cache-control")
+        if control is not None:
+            control = control.lower()
+            if b"no-store" in control:
+                read = write = False
+            elif b"no-cache" in control:
+                read = False  # refresh: go upstream, store the new answer
+            m = _MAX_AGE.search(control)
+            if m is not None:
+                max_age = float(m.group(1))
+        if not (read or write) or (self.cfg.only_deterministic and endpoint != "embeddings"
+                                   and not _deterministic(ctx.doc)):
+            _bypass(ctx)
+            return None
+        scope = b"" if self.global_scope else (ctx.key_name or "").encode()
+        try:
+            key = cache_key(ctx.body, scope, endpoint.encode(), ctx.model.encode())
+        except ValueError:
+            _bypass(ctx)
+            return None
+        state = ctx.cache = CacheState(key, write)
+        if not read:
+            return self._miss(ctx, state, follow=False)
+        if self.awaits_lookup:
+            return Later(lambda: self._lookup(ctx, state, max_age))
+        assert self.store.memory is not None
+        entry = self.store.memory.get(key, time.time(), max_age)
+        if entry is not None:
+            return self._hit(ctx, state, entry)
+        return self._miss(ctx, state, follow=True)
+
+    async def _lookup(self, ctx: RequestCtx, state: CacheState,
+                      max_age: float | None) -> Reply | None:
+        assert self.store.redis is not None
+        entry = await self.store.redis.get(state.key, max_age)
+        if entry is not None:
+            return self._hit(ctx, state, entry)
+        said = self._miss(ctx, state, follow=True)
+        return await said.wait() if isinstance(said, Later) else said
+
+    def _miss(self, ctx: RequestCtx, state: CacheState, follow: bool) -> Later | None:
+        flights = self.store.flights
+        flight = flights.get(state.key)
+        if follow and flight is not None:
+            return Later(lambda: self._follow(ctx, state, flight))
+        self._lead(ctx, state)
+        return None
+
+    def _lead(self, ctx: RequestCtx, state: CacheState) -> None:
+        """This request goes upstream; identical misses meanwhile wait for it."""
+        state.result = MISS
+        ctx.extra_headers += _HEADERS[MISS]
+        _COUNT[MISS].inc()
+        if state.write:
+            flights = self.store.flights
+            if state.key not in flights:
+                state.flight = flights[state.key] = Flight(self.store.loop)
+            if ctx.stream:
+                state.recorder = StreamRecorder(ctx.endpoint)
+
+    async def _follow(self, ctx: RequestCtx, state: CacheState, flight: Flight) -> Reply | None:
+        """Wait for the flight's answer (at most the model's total_s), then answer
+        from it; when it gave nothing, go upstream."""
+        limit = max((t.provider.timeouts.total_s for t in self.route.targets), default=600.0)
+        flight.waiters += 1
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(flight.future), limit)
+        except TimeoutError:
+            outcome = None
+        finally:
+            flight.waiters -= 1
+        if isinstance(outcome, CacheEntry):
+            return self._hit(ctx, state, outcome)
+        if isinstance(outcome, SharedFailure):
+            ctx.extra_headers += _HEADERS[MISS]
+            _COUNT[MISS].inc()
+            raise SharedFailure(outcome.status, outcome.message)
+        self._lead(ctx, state)
+        return None
+
+    def _hit(self, ctx: RequestCtx, state: CacheState, entry: CacheEntry) -> Reply:
+        state.result = HIT
+        state.write = False
+        ctx.extra_headers += _HEADERS[HIT]
+        _COUNT[HIT].inc()
+        route = ctx.route or self.route
+        saved = (entry.prompt_tokens * route.input_per_token
+                 + entry.completion_tokens * route.output_per_token)
+        if saved:
+            CACHE_SAVED.labels(route.name).inc(saved)
+        endpoint = ctx.endpoint
+        body = with_id(endpoint, entry.body, fresh_id(endpoint))
+        if not ctx.stream:
+            return Reply(200, body)
+        opts = ctx.doc.get("stream_options")
+        usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        return Reply(200, to_stream(endpoint, body, include_usage=usage), _SSE_HEAD, stream=True)
+
+    # -- the answer ------------------------------------------------------------------------
+
+    def response(self, ctx: RequestCtx, status: int, body: bytes) -> bytes:
+        state = ctx.cache
+        if state is not None and state.write and state.result == MISS:
+            state.write = False
+            entry = CacheEntry(time.time(), body, ctx.prompt_tokens, ctx.completion_tokens)
+            self.store.put(state.key, entry)
+            self._end_flight(state, entry)
+        return body
+
+    def chunk(self, ctx: RequestCtx, data: bytes) -> bytes:
+        state = ctx.cache
+        if state is not None and state.recorder is not None:
+            state.recorder.feed(data)
+        return data
+
+    def logging(self, ctx: RequestCtx) -> None:
+        state = ctx.cache
+        if state is None or state.result != MISS:
+            return
+        outcome: Any = None
+        recorder = state.recorder
+        if recorder is not None and state.write and 200 <= ctx.status < 300:
+            usage = ({"prompt_tokens": ctx.prompt_tokens,
+                      "completion_tokens": ctx.completion_tokens,
+                      "total_tokens": ctx.prompt_tokens + ctx.completion_tokens}
+                     if ctx.usage_known else None)
+            body = recorder.result(usage)
+            if body is not None:
+                outcome = CacheEntry(time.time(), body, ctx.prompt_tokens,
+                                     ctx.completion_tokens)
+                self.store.put(state.key, outcome)
+        elif ctx.status >= 400 and ctx.status != 499:
+            outcome = SharedFailure(ctx.status, ctx.error or "the upstream request failed")
+        state.recorder = None
+        self._end_flight(state, outcome)
+
+    def _end_flight(self, state: CacheState, outcome: Any) -> None:
+        flight = state.flight
+        if flight is None:
+            return
+        state.flight = None
+        if self.store.flights.get(state.key) is flight:
+            del self.store.flights[state.key]
+        flight.end(outcome)
+
+
+def cache_result(ctx: RequestCtx) -> str | None:
+    """The access log's ``cache`` field."""
+    state = ctx.cache
+    return None if state is None else state.result
