@@ -11,6 +11,7 @@ pub mod http;
 pub mod json;
 pub mod jwt;
 pub mod limiter;
+pub mod ojson;
 pub mod ring;
 pub mod shm;
 pub mod sse;
