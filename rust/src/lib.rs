@@ -15,6 +15,7 @@ pub mod ojson;
 pub mod ring;
 pub mod shm;
 pub mod sse;
+pub mod translate;
 
 #[cfg(feature = "python")]
 mod py;
@@ -42,6 +43,8 @@ mod _native {
     use crate::py::ring::HashRing;
     #[pymodule_export]
     use crate::py::sse::SseScanner;
+    #[pymodule_export]
+    use crate::py::translate::ChatFromMessagesStream;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
