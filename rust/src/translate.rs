@@ -1005,6 +1005,87 @@ mod tests {
     }
 
     #[test]
+    fn line_ends_across_reads() {
+        let delta = text(0, "\"a\"").replace("\n\n", "");
+        let head = start() + &text_start(0);
+        // A CR ending a read, then an empty read: the LF opening the next is a line end.
+        let mut t = ChatFromMessages::new(false, 7, DEFAULT_MAX_EVENT);
+        t.feed(head.as_bytes()).unwrap();
+        t.feed(format!("{delta}\r").as_bytes()).unwrap();
+        t.feed(b"").unwrap();
+        let (out, flags) = t.feed(b"\ndata: x\n\n").unwrap();
+        assert_eq!(
+            (String::from_utf8(out).unwrap(), flags),
+            (chunk("\"content\":\"a\""), COMMIT)
+        );
+        // Without the empty read the LF is the CR's pair: the event goes on.
+        let mut t = ChatFromMessages::new(false, 7, DEFAULT_MAX_EVENT);
+        t.feed(head.as_bytes()).unwrap();
+        t.feed(format!("{delta}\r").as_bytes()).unwrap();
+        assert_eq!(t.feed(b"\n\n").unwrap().1, COMMIT);
+        // A CRLF cut after the CR: one line end (the event keeps its type).
+        let mut t = ChatFromMessages::new(false, 7, DEFAULT_MAX_EVENT);
+        t.feed(b"event: error\r").unwrap();
+        assert_eq!(
+            t.feed(b"\ndata: {\"type\":\"x\"}\r\n\r\n").unwrap().1,
+            ERROR
+        );
+    }
+
+    #[test]
+    fn a_whole_read_drops_a_stray_line_feed() {
+        // After "\n\n\n" ending a read of whole events nothing is held, so 100
+        // more bytes fit a bound of 98 (held bytes may reach the bound + 2).
+        let mut t = ChatFromMessages::new(false, 7, 98);
+        t.feed(b"data: {\"type\":\"ping\"}\n\n\n").unwrap();
+        t.feed(&[b'x'; 50]).unwrap();
+        assert!(t.feed(&[b'x'; 50]).is_ok());
+        let mut t = ChatFromMessages::new(false, 7, 98);
+        t.feed(b"data: {\"type\":\"ping\"}\n").unwrap();
+        t.feed(b"\n\n").unwrap(); // not a whole read (bytes were held): "\n" is held
+        t.feed(&[b'x'; 50]).unwrap();
+        assert!(t.feed(&[b'x'; 50]).is_err());
+    }
+
+    #[test]
+    fn the_end_commits_an_empty_answer_and_nulls_keep_usage() {
+        let mut t = ChatFromMessages::new(true, 7, DEFAULT_MAX_EVENT);
+        assert_eq!(t.feed(start().as_bytes()).unwrap().1, USAGE);
+        let delta = ev(
+            "message_delta",
+            ",\"delta\":{},\"usage\":{\"input_tokens\":null,\"cache_read_input_tokens\":null}",
+        );
+        t.feed(delta.as_bytes()).unwrap();
+        let u = t.usage().unwrap();
+        assert_eq!((u.prompt_tokens, u.cached_tokens), (27, Some(7)));
+        let mut t = ChatFromMessages::new(true, 7, DEFAULT_MAX_EVENT);
+        t.feed(start().as_bytes()).unwrap();
+        assert_eq!(
+            t.feed(ev("message_stop", "").as_bytes()).unwrap().1,
+            DONE | COMMIT
+        );
+    }
+
+    #[test]
+    fn finish_reasons() {
+        for (stop, finish) in [
+            ("end_turn", "stop"),
+            ("stop_sequence", "stop"),
+            ("pause_turn", "stop"),
+            ("max_tokens", "length"),
+            ("model_context_window_exceeded", "length"),
+            ("tool_use", "tool_calls"),
+            ("refusal", "content_filter"),
+            ("other", "stop"),
+        ] {
+            let mut t = ChatFromMessages::new(false, 7, DEFAULT_MAX_EVENT);
+            let out = t.feed(end(stop).as_bytes()).unwrap().0;
+            let want = format!("\"finish_reason\":\"{finish}\"");
+            assert!(String::from_utf8(out).unwrap().contains(&want), "{stop}");
+        }
+    }
+
+    #[test]
     fn quirks_of_the_reference() {
         // A bool index is an int to Python: `True` in the text prefix, 1 as a tool key.
         let raw = start()
