@@ -5,7 +5,10 @@ The hot paths, each with a pure-Python reference of the same API in
 reserved together atomically), a weighted consistent-hash ring, a JWT
 verifier, an incremental SSE scanner for the relay loop, and whole HTTP/1.1
 messages parsed in one call (llhttp, through httptools, reads everything else),
-the access-log line, and the response cache's key.
+the access-log line, and the response cache's key. One more, the stream
+translator of OpenAI chat clients on Anthropic deployments
+(``ChatFromMessagesStream``), has its reference where it is used,
+``fastgw.providers.openai_anthropic``.
 """
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,6 +21,7 @@ __all__ = [
     "BadAudienceError",
     "BadIssuerError",
     "BadSignatureError",
+    "ChatFromMessagesStream",
     "ChunkedDecoder",
     "ExpiredTokenError",
     "HashRing",
@@ -351,6 +355,37 @@ class SseScanner:
     def boundaries(self) -> list[int]: ...
     @property
     def usage(self) -> dict[str, int] | None: ...
+
+# ---------------------------------------------------------------- stream translation
+
+@final
+class ChatFromMessagesStream:
+    """Anthropic Messages SSE in, OpenAI chat-completion chunks out, for an OpenAI chat
+    client on an Anthropic deployment. The same bytes, flags (``SseScanner``'s
+    ``COMMIT``, ``DONE``, ``ERROR``, ``USAGE``) and state as its pure-Python reference,
+    ``fastgw.providers.openai_anthropic.ChatFromMessagesStream``, for any input cut
+    anywhere; the rules are written out in ``rust/src/translate.rs``."""
+
+    def __new__(cls, *, include_usage: bool, created: int,
+                max_event_size: int = ...) -> Self: ...
+    def feed(self, chunk: bytes) -> tuple[bytes, int]:
+        """``(bytes for the client, flags)`` for the next piece of the upstream body.
+        ValueError when one event is larger than ``max_event_size``."""
+    def finish(self) -> bytes:
+        """At a clean end of the upstream body: what the client is still owed (an event
+        left without its blank line, then the finish chunk, usage chunk and ``[DONE]``
+        unless the upstream's end or an error came)."""
+    @property
+    def committed(self) -> bool: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def error(self) -> bool: ...
+    @property
+    def usage(self) -> dict[str, int] | None:
+        """``prompt_tokens``, ``completion_tokens``, ``total_tokens`` and, when
+        reported, ``cached_tokens``, ``cache_creation_tokens``, ``reasoning_tokens``;
+        None before any usage."""
 
 # ---------------------------------------------------------------- HTTP
 

@@ -6,7 +6,10 @@ Four pure translations (no I/O), one per direction and kind of body:
   ``/v1/messages`` JSON body;
 - :func:`translate_response`: a Messages answer -> a ``chat.completion``;
 - :class:`ChatFromMessagesStream`: Anthropic SSE in, OpenAI chat SSE out, event
-  by event (a drop-in for the native ``SseScanner`` in the relay);
+  by event (a drop-in for the native ``SseScanner`` in the relay). This class is
+  the pure-Python reference of ``fastgw._native.ChatFromMessagesStream``, which
+  gives the same bytes and flags for any input cut anywhere and is what the
+  registry plans (``tests/native/test_native_translate.py`` holds them equal);
 - :func:`translate_error`: Anthropic's error body -> OpenAI's envelope.
 
 Normalisations and choices (all deliberate, all tested):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fastgw._native import ChatFromMessagesStream
 from fastgw.config import ProviderConfig
 from fastgw.providers import anthropic, anthropic_openai, openai, openai_anthropic
 from fastgw.providers.base import ANTHROPIC, OPENAI, Translation
@@ -40,10 +41,12 @@ CLIENT_DIALECT: dict[str, str] = {
     "messages": ANTHROPIC,
 }
 
-# OpenAI chat clients on Anthropic Messages deployments, and the reverse.
+# OpenAI chat clients on Anthropic Messages deployments, and the reverse. The first
+# stream translator is the native one (openai_anthropic.ChatFromMessagesStream is its
+# pure-Python reference: the same bytes).
 CHAT_ON_MESSAGES = Translation(
     "openai->anthropic", openai_anthropic.translate_request,
-    openai_anthropic.translate_response, openai_anthropic.ChatFromMessagesStream,
+    openai_anthropic.translate_response, ChatFromMessagesStream,
     openai_anthropic.translate_error)
 MESSAGES_ON_CHAT = Translation(
     "anthropic->openai", anthropic_openai.translate_request,

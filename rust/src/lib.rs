@@ -12,9 +12,11 @@ pub mod http;
 pub mod json;
 pub mod jwt;
 pub mod limiter;
+pub mod ojson;
 pub mod ring;
 pub mod shm;
 pub mod sse;
+pub mod translate;
 
 #[cfg(feature = "python")]
 mod py;
@@ -44,6 +46,8 @@ mod _native {
     use crate::py::ring::HashRing;
     #[pymodule_export]
     use crate::py::sse::SseScanner;
+    #[pymodule_export]
+    use crate::py::translate::ChatFromMessagesStream;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {

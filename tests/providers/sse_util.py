@@ -17,7 +17,7 @@ from anthropic.types import RawMessageStreamEvent
 from openai.types.chat import ChatCompletionChunk
 
 from fastgw._native import SseScanner
-from fastgw.providers.sse_events import StreamTranslator
+from fastgw.types import StreamScanner
 
 COMMIT = SseScanner.COMMIT
 DONE = SseScanner.DONE
@@ -38,7 +38,7 @@ def sse(events: Sequence[tuple[str | None, object]], nl: str = "\n") -> bytes:
     return "".join(out).encode()
 
 
-def feed_cut(tr: StreamTranslator, stream: bytes,
+def feed_cut(tr: StreamScanner, stream: bytes,
              cuts: Sequence[int] = ()) -> tuple[bytes, list[tuple[bytes, int]], bytes]:
     """Feed ``stream`` cut at ``cuts``: (everything sent, each call's (output, flags),
     what ``finish`` added)."""

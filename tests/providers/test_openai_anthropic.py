@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion
 
+from fastgw import _native as native
 from fastgw.errors import BadRequest, UpstreamProtocolError
 from fastgw.providers import anthropic_openai, openai_anthropic
 from fastgw.providers.openai_anthropic import (
@@ -597,12 +598,22 @@ def chunk(delta: bytes, finish: bytes = b"null") -> bytes:
             + b'},"finish_reason":' + finish + b"}]}\n\n")
 
 
-def stream(include_usage: bool = True) -> ChatFromMessagesStream:
-    return ChatFromMessagesStream(include_usage=include_usage, created=1_700_000_000)
+# The stream tests run against the pure-Python class (the reference) and its native
+# twin, which must give the same bytes.
+STREAM_CLASSES = [pytest.param(ChatFromMessagesStream, id="python"),
+                  pytest.param(native.ChatFromMessagesStream, id="native")]
+both = pytest.mark.parametrize("cls", STREAM_CLASSES)
+Stream = ChatFromMessagesStream | native.ChatFromMessagesStream
 
 
-def test_a_text_stream_chunk_by_chunk() -> None:
-    tr = stream()
+def stream(cls: Any, include_usage: bool = True) -> Stream:
+    tr: Stream = cls(include_usage=include_usage, created=1_700_000_000)
+    return tr
+
+
+@both
+def test_a_text_stream_chunk_by_chunk(cls: Any) -> None:
+    tr = stream(cls)
     out, flags = tr.feed(sse([START]))
     assert (out, flags, tr.committed) == (chunk(b'"role":"assistant","content":""'), USAGE,
                                           False)
@@ -621,14 +632,16 @@ def test_a_text_stream_chunk_by_chunk() -> None:
     assert tr.feed(sse(text_block(1, "late"))) == (b"", 0)  # nothing after the end
 
 
-def test_the_usage_chunk_only_when_asked() -> None:
-    tr = stream(include_usage=False)
+@both
+def test_the_usage_chunk_only_when_asked(cls: Any) -> None:
+    tr = stream(cls, include_usage=False)
     out, _ = tr.feed(sse([START, *text_block(0, "x"), *end()]))
     assert out.endswith(chunk(b"", b'"stop"') + b"data: [DONE]\n\n")
     assert tr.usage is not None  # read all the same, for the gateway
 
 
-def test_tool_calls_reasoning_and_ignored_events() -> None:
+@both
+def test_tool_calls_reasoning_and_ignored_events(cls: Any) -> None:
     events = [START,
               ev("content_block_start", index=0, content_block={
                   "type": "thinking", "thinking": "", "signature": ""}),
@@ -641,7 +654,7 @@ def test_tool_calls_reasoning_and_ignored_events() -> None:
               *tool_block(2, "toolu_B", "g", "{}"),
               ev("some_future_event", x=1),
               *end("tool_use")]
-    out, flags = stream(include_usage=False).feed(sse(events))
+    out, flags = stream(cls, include_usage=False).feed(sse(events))
     assert flags == COMMIT | USAGE | DONE
     assert out == b"".join([
         chunk(b'"role":"assistant","content":""'),
@@ -658,8 +671,9 @@ def test_tool_calls_reasoning_and_ignored_events() -> None:
     ])
 
 
-def test_an_error_event_before_content() -> None:
-    tr = stream()
+@both
+def test_an_error_event_before_content(cls: Any) -> None:
+    tr = stream(cls)
     out, flags = tr.feed(sse([START]))
     out, flags = tr.feed(sse([ev("error", error={"type": "overloaded_error",
                                                  "message": "Overloaded"}),
@@ -671,8 +685,9 @@ def test_an_error_event_before_content() -> None:
     assert tr.finish() == b""
 
 
-def test_an_error_event_after_content_in_the_same_read() -> None:
-    tr = stream()
+@both
+def test_an_error_event_after_content_in_the_same_read(cls: Any) -> None:
+    tr = stream(cls)
     out, flags = tr.feed(sse([START, *text_block(0, "a"),
                               ev("error", error={"type": "api_error", "message": "boom"})]))
     assert flags == COMMIT | ERROR | USAGE
@@ -680,8 +695,9 @@ def test_an_error_event_after_content_in_the_same_read() -> None:
                         b'"param":null,"code":"api_error"}}\n\n')
 
 
-def test_text_deltas_as_the_upstream_escaped_them() -> None:
-    tr = stream()
+@both
+def test_text_deltas_as_the_upstream_escaped_them(cls: Any) -> None:
+    tr = stream(cls)
     tr.feed(sse([START, *text_block(0)[:1]]))
     # Anthropic's own escaping is kept as it is (the string is checked, not re-encoded)
     raw = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
@@ -698,8 +714,9 @@ def test_text_deltas_as_the_upstream_escaped_them() -> None:
     assert tr.feed(raw) == (b"", 0)
 
 
-def test_malformed_events_are_skipped() -> None:
-    tr = stream(include_usage=False)
+@both
+def test_malformed_events_are_skipped(cls: Any) -> None:
+    tr = stream(cls, include_usage=False)
     raw = (sse([START]) + b"event: content_block_delta\ndata: {not json\n\n"
            + sse([("content_block_delta", {"type": "content_block_delta", "index": 0,
                                            "delta": "oops"}),
@@ -714,46 +731,50 @@ def test_malformed_events_are_skipped() -> None:
     assert done and not errors and len(chunks) == 3
 
 
-def test_finish_gives_what_is_owed_at_a_clean_end() -> None:
-    tr = stream()
+@both
+def test_finish_gives_what_is_owed_at_a_clean_end(cls: Any) -> None:
+    tr = stream(cls)
     tr.feed(sse([START, *text_block(0, "a")]))
     assert tr.finish() == (chunk(b"", b'"stop"') + b"data: " + HEAD + b',"choices":[],"usage":'
                            b'{"prompt_tokens":32,"completion_tokens":1,"total_tokens":33,'
                            b'"prompt_tokens_details":{"cached_tokens":7}}}\n\n'
                            b"data: [DONE]\n\n")
     assert tr.done and tr.finish() == b""
-    tr = stream(include_usage=False)
+    tr = stream(cls, include_usage=False)
     tr.feed(sse([START, *text_block(0, "a"), end("max_tokens")[0]]))
     assert tr.finish() == b"data: [DONE]\n\n"
-    assert stream().finish() == b""  # nothing started: nothing owed
+    assert stream(cls).finish() == b""  # nothing started: nothing owed
 
 
-def test_a_last_event_without_its_blank_line() -> None:
-    tr = stream()
+@both
+def test_a_last_event_without_its_blank_line(cls: Any) -> None:
+    tr = stream(cls)
     body = sse([START, *text_block(0, "a"), *end()])
     out, _ = tr.feed(body[:-1])  # message_stop's blank line never comes
     tail = tr.finish()
-    whole, _ = stream().feed(body)
+    whole, _ = stream(cls).feed(body)
     assert out + tail == whole and tr.done
-    tr = stream(include_usage=False)
+    tr = stream(cls, include_usage=False)
     out, _ = tr.feed(sse([START, *text_block(0, "a")]) + b'event: content_block_delta\ndata: '
                      b'{"type":"content_block_delta","index":0,"delta":{"type":"text_d')
     assert tr.finish() == chunk(b"", b'"stop"') + b"data: [DONE]\n\n"  # the cut event: skipped
 
 
-def test_every_cut_of_a_crlf_stream() -> None:
+@both
+def test_every_cut_of_a_crlf_stream(cls: Any) -> None:
     raw = sse([START, *text_block(0, "héllo ", "wörld"), *tool_block(1, "t", "f", '{"a"', ":1}"),
                *end("tool_use")], nl="\r\n")
-    whole, steps, _ = feed_cut(stream(), raw)
+    whole, steps, _ = feed_cut(stream(cls), raw)
     for cut in range(len(raw)):
-        got, cut_steps, _ = feed_cut(stream(), raw, [cut])
+        got, cut_steps, _ = feed_cut(stream(cls), raw, [cut])
         assert got == whole and union(cut_steps) == union(steps)
-    got, cut_steps, _ = feed_cut(stream(), raw, list(range(len(raw))))
+    got, cut_steps, _ = feed_cut(stream(cls), raw, list(range(len(raw))))
     assert got == whole and [f & COMMIT for _, f in cut_steps].count(COMMIT) == 1
 
 
-def test_an_event_past_the_bound() -> None:
-    tr = ChatFromMessagesStream(include_usage=False, created=1, max_event_size=1000)
+@both
+def test_an_event_past_the_bound(cls: Any) -> None:
+    tr = cls(include_usage=False, created=1, max_event_size=1000)
     with pytest.raises(ValueError, match="larger than 1000"):
         tr.feed(sse(text_block(0, "x" * 2000)))
 
@@ -830,12 +851,14 @@ def anthropic_streams(draw: Any) -> tuple[list[tuple[str, Any]], dict[str, Any] 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=anthropic_streams(), nl=st.sampled_from(["\n", "\r\n"]),
        include_usage=st.booleans(), data=st.data())
-def test_any_cut_of_any_stream(case: Any, nl: str, include_usage: bool, data: Any) -> None:
+@both
+def test_any_cut_of_any_stream(cls: Any, case: Any, nl: str, include_usage: bool,
+                               data: Any) -> None:
     events, message, early_error = case
     raw = sse(events, nl=nl)
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=8))
-    whole, whole_steps, _ = feed_cut(stream(include_usage), raw)
-    got, steps, _ = feed_cut(stream(include_usage), raw, cuts)
+    whole, whole_steps, _ = feed_cut(stream(cls, include_usage), raw)
+    got, steps, _ = feed_cut(stream(cls, include_usage), raw, cuts)
     # the same bytes and flags whatever the cuts, COMMIT at most once
     assert got == whole
     assert union(steps) == union(whole_steps)
@@ -858,7 +881,7 @@ def test_any_cut_of_any_stream(case: Any, nl: str, include_usage: bool, data: An
     assert got_msg["message"] == expected["choices"][0]["message"]
     assert got_msg["finish_reason"] == expected["choices"][0]["finish_reason"]
     assert got_msg["usage"] == (expected["usage"] if include_usage else None)
-    tr = stream(include_usage)
+    tr = stream(cls, include_usage)
     feed_cut(tr, raw)
     assert tr.usage == translate_response(orjson.dumps(message))[1]
     assert all(c.id == message["id"] and c.model == "claude-t" and c.created == 1_700_000_000

@@ -13,6 +13,7 @@ pub(crate) mod jwt;
 pub(crate) mod limiter;
 pub(crate) mod ring;
 pub(crate) mod sse;
+pub(crate) mod translate;
 
 /// The UTF-8 of a `str`, or the contents of a `bytes`.
 fn key_bytes<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<&'a [u8]> {
