@@ -105,10 +105,13 @@ class MemoryTransport:
         return data
 
 
-def request_bytes(stream: bool, key: str | None, client: str = "openai") -> bytes:
+def request_bytes(stream: bool, key: str | None, client: str = "openai",
+                  cached: str | None = None) -> bytes:
     doc: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
     if stream:
         doc["stream"] = True
+    if cached is not None:
+        doc["temperature"] = 0  # deterministic: the cache takes it
     path = b"/v1/chat/completions"
     if client == "anthropic":
         doc["max_tokens"] = 256
@@ -170,6 +173,21 @@ def _on_anthropic(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
     return cfg
 
 
+def _cached(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
+    """The minimal policy with the response cache (memory)."""
+    cfg = minimal_config(mock_port, port, workdir)
+    cfg["cache"] = {"enabled": True}
+    return cfg
+
+
+def _cached_briefly(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
+    """The same, entries expired as soon as stored: every lookup misses (found
+    expired, forgotten), every answer is stored again."""
+    cfg = _cached(mock_port, port, workdir)
+    cfg["cache"]["ttl_s"] = 1e-9
+    return cfg
+
+
 # name -> (configuration, stream, client key, client dialect, upstream dialect)
 ROWS: dict[str, tuple[Any, bool, str | None, str, str]] = {
     "minimal": (minimal_config, False, None, "openai", "openai"),
@@ -181,6 +199,9 @@ ROWS: dict[str, tuple[Any, bool, str | None, str, str]] = {
     "translated-stream": (_on_anthropic, True, None, "openai", "anthropic"),
     "messages-stream": (minimal_config, True, None, "anthropic", "openai"),
     "messages-pass-stream": (_on_anthropic, True, None, "anthropic", "anthropic"),
+    # The response cache: every request a hit, or every request a miss.
+    "cache-hit": (_cached, False, None, "openai", "openai"),
+    "cache-miss": (_cached_briefly, False, None, "openai", "openai"),
     # Ablations of the full policy (not run by default).
     "full-no-log": (_without("log"), False, BENCH_KEY, "openai", "openai"),
     "full-no-limits": (_without("limits"), False, BENCH_KEY, "openai", "openai"),
@@ -194,7 +215,7 @@ class Rig:
     """One gateway, one client connection, one pooled upstream connection."""
 
     def __init__(self, app: App, stream: bool, key: str | None, client: str = "openai",
-                 upstream: str = "openai") -> None:
+                 upstream: str = "openai", cached: str | None = None) -> None:
         assert app.gateway is not None and app.server is not None
         self.app = app
         loop = asyncio.get_running_loop()
@@ -209,17 +230,20 @@ class Rig:
         self.pool.total += 1
         self.pool._keep(conn)  # an idle pooled connection, as after an exchange
         self.conn = conn
-        self.request = request_bytes(stream, key, client)
+        self.request = request_bytes(stream, key, client, cached)
         self.answer = upstream_answer(stream, upstream)
         self.stream = stream
+        self.hits = cached == "hit"  # answered from the cache (after the first)
 
     async def one(self) -> None:
         self.proto.data_received(self.request)
         if self.stream:  # the stream's task runs on the loop: let it
             await settle(lambda: bool(self.upstream.out))
-        assert self.upstream.out, "the request did not reach the upstream"
-        self.upstream.out.clear()
-        self.conn.data_received(self.answer)
+        if self.upstream.out:
+            self.upstream.out.clear()
+            self.conn.data_received(self.answer)
+        elif not (self.hits and self.client.out):
+            raise SystemExit("the request did not reach the upstream")
         if self.stream:
             await settle(lambda: bool(self.client.out)
                          and self.client.out[-1].endswith(b"0\r\n\r\n"))
@@ -272,7 +296,8 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
             app = App(cfg)
             await app.start()
             try:
-                rig = Rig(app, stream, key, client, upstream)
+                rig = Rig(app, stream, key, client, upstream,
+                          name.removeprefix("cache-") if name.startswith("cache-") else None)
                 await rig.run(min(2000, args.requests))  # warm up
                 if args.profile == name:
                     prof = cProfile.Profile()

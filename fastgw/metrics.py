@@ -124,6 +124,21 @@ class _Sum:
             self.value = 0.0
 
 
+# Counters added to off the Recorder (by filters, with labels fixed at load):
+# plain accumulators too, pushed by every Recorder's flush.
+_SHARED_SUMS: dict[tuple[Any, tuple[str, ...]], _Sum] = {}
+
+
+def batched(metric: Any, *labels: str) -> _Sum:
+    """An accumulator of ``metric{labels}`` for the request path: add to ``value``;
+    prometheus-client sees it at the next flush (once a second)."""
+    key = (metric, labels)
+    acc = _SHARED_SUMS.get(key)
+    if acc is None:
+        acc = _SHARED_SUMS[key] = _Sum(metric.labels(*labels))
+    return acc
+
+
 class _Finished:
     """Where one kind of finished request is counted: the accumulators of every
     metric it touches, found with one lookup per request."""
@@ -223,6 +238,8 @@ class Recorder:
     def flush(self) -> None:
         """Push everything recorded since the last flush into prometheus-client."""
         for c in self._sums.values():
+            c.flush()
+        for c in _SHARED_SUMS.values():
             c.flush()
         for h in self._hists.values():
             h.flush()

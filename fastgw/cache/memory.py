@@ -67,14 +67,15 @@ class MemoryCache:
         cost = entry.size + len(key)
         if ttl_s <= 0 or cost > self.max_bytes:
             return False
-        # Dead entries at the front first: they should not push live ones out.
-        for _ in range(_PURGE):
-            if not entries:
-                break
-            first = next(iter(entries))
-            if entries[first][1] > now:
-                break
-            self._bytes -= entries.pop(first)[2]
+        if len(entries) >= self.max_entries or self._bytes + cost > self.max_bytes:
+            # Full: dead entries at the front first, they should not push live ones out.
+            for _ in range(_PURGE):
+                if not entries:
+                    break
+                first = next(iter(entries))
+                if entries[first][1] > now:
+                    break
+                self._bytes -= entries.pop(first)[2]
         entries[key] = (entry, now + ttl_s, cost)
         self._bytes += cost
         while len(entries) > self.max_entries or self._bytes > self.max_bytes:

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import re
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fastgw._native import cache_key
@@ -43,7 +44,7 @@ from fastgw.cache import (
 )
 from fastgw.config import CacheConfig, RedisConfig
 from fastgw.errors import GatewayError
-from fastgw.metrics import CACHE, CACHE_SAVED
+from fastgw.metrics import CACHE, CACHE_SAVED, batched
 from fastgw.pipeline.filters import Filter, Later, Reply
 
 if TYPE_CHECKING:
@@ -54,26 +55,13 @@ log = logging.getLogger("fastgw.cache")
 
 HIT, MISS, BYPASS = "hit", "miss", "bypass"
 _HEADERS = {r: b"x-fastgw-cache: " + r.encode() + b"\r\n" for r in (HIT, MISS, BYPASS)}
-_COUNT = {r: CACHE.labels(r) for r in (HIT, MISS, BYPASS)}
+_COUNT = {r: batched(CACHE, r) for r in (HIT, MISS, BYPASS)}
+_MISS_HEADER, _MISS_COUNT = _HEADERS[MISS], _COUNT[MISS]
 _CACHEABLE = frozenset({"chat", "completions", "embeddings", "responses", "messages"})
+_ENDPOINT = {e: e.encode() for e in _CACHEABLE}
 _MAX_AGE = re.compile(rb"max-age\s*=\s*(\d+)")
 _SSE_HEAD = (b"content-type: text/event-stream\r\ncache-control: no-cache\r\n"
              b"x-accel-buffering: no\r\n")
-
-
-class Flight:
-    """The one upstream request of a key's identical misses: its waiters get its
-    outcome (a CacheEntry, a failure, or None: try yourself)."""
-
-    __slots__ = ("future", "waiters")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.future: asyncio.Future[Any] = loop.create_future()
-        self.waiters = 0
-
-    def end(self, outcome: Any) -> None:
-        if not self.future.done():
-            self.future.set_result(outcome)
 
 
 class SharedFailure(GatewayError):
@@ -104,7 +92,7 @@ class CacheStore:
             if cfg.backend == "memory" else None
         self.redis: RedisCache | None = redis_cache(redis_cfg) \
             if cfg.backend == "redis" else None
-        self.flights: dict[bytes, Flight] = {}
+        self.flights: dict[bytes, CacheState] = {}  # the miss leading each key's flight
         self.writes: set[asyncio.Task[bool]] = set()  # Redis writes in progress
 
     def same(self, cfg: CacheConfig, redis_cfg: RedisConfig) -> bool:
@@ -127,15 +115,20 @@ class CacheStore:
 
 
 class CacheState:
-    """One request's dealings with the cache (``ctx.cache``)."""
+    """One request's dealings with the cache (``ctx.cache``). A miss that goes
+    upstream leads its key's *flight*: identical misses meanwhile wait on it
+    (``future``, made by the first of them) for its outcome: a CacheEntry, a
+    SharedFailure, or None (try yourself)."""
 
-    __slots__ = ("flight", "key", "recorder", "result", "write")
+    __slots__ = ("future", "key", "leads", "recorder", "result", "waiters", "write")
 
-    def __init__(self, key: bytes, write: bool) -> None:
+    def __init__(self, key: bytes, write: bool, result: str = MISS) -> None:
         self.key = key
-        self.result = MISS
+        self.result = result
         self.write = write  # the answer may be stored
-        self.flight: Flight | None = None  # led by this request
+        self.leads = False  # this request's flight is registered
+        self.waiters = 0
+        self.future: asyncio.Future[Any] | None = None
         self.recorder: StreamRecorder | None = None
 
     @property
@@ -145,19 +138,21 @@ class CacheState:
     def keeps_going(self) -> bool:
         """Others wait for this request's answer: its client leaving must not
         cancel the upstream request."""
-        return self.flight is not None and self.flight.waiters > 0
+        return self.leads and self.waiters > 0
+
+    def wait_on(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        if self.future is None:
+            self.future = loop.create_future()
+        return self.future
+
+
+_BYPASSED = CacheState(b"", False, BYPASS)  # shared: a bypass keeps nothing
 
 
 def _bypass(ctx: RequestCtx) -> None:
-    ctx.cache = CacheState(b"", False)
-    ctx.cache.result = BYPASS
+    ctx.cache = _BYPASSED
     ctx.extra_headers += _HEADERS[BYPASS]
-    _COUNT[BYPASS].inc()
-
-
-def _deterministic(doc: dict[str, Any]) -> bool:
-    t = doc.get("temperature")
-    return (type(t) is int or type(t) is float) and t == 0
+    _COUNT[BYPASS].value += 1
 
 
 class CacheFilter(Filter):
@@ -168,6 +163,10 @@ class CacheFilter(Filter):
         self.cfg = store.cfg
         self.route = route
         self.global_scope = store.cfg.scope == "global"
+        self.only_deterministic = store.cfg.only_deterministic
+        self.names: dict[str, bytes] = {}  # model names asked, encoded once
+        self.memory = store.memory
+        self.ttl_s = store.cfg.ttl_s
         # A Redis lookup waits: the route's requests take the task path.
         self.awaits_lookup = store.redis is not None
 
@@ -180,7 +179,8 @@ class CacheFilter(Filter):
             return None
         read = write = True
         max_age: float | None = None
-        control = ctx.cycle.header(b"cache-control")
+        # The forwarded headers (lowercase names) say in one scan whether to look.
+        control = ctx.cycle.header(b"cache-control") if b"cache-control" in ctx.fwd else None
         if control is not None:
             control = control.lower()
             if b"no-store" in control:
@@ -190,26 +190,40 @@ class CacheFilter(Filter):
             m = _MAX_AGE.search(control)
             if m is not None:
                 max_age = float(m.group(1))
-        if not (read or write) or (self.cfg.only_deterministic and endpoint != "embeddings"
-                                   and not _deterministic(ctx.doc)):
+        if not (read or write):
             _bypass(ctx)
             return None
-        scope = b"" if self.global_scope else (ctx.key_name or "").encode()
+        if self.only_deterministic and endpoint != "embeddings":
+            t = ctx.doc.get("temperature")  # deterministic: 0, never a bool
+            if not ((type(t) is int or type(t) is float) and t == 0):
+                _bypass(ctx)
+                return None
+        names = self.names
+        model = names.get(ctx.model)
+        if model is None:
+            model = names[ctx.model] = ctx.model.encode()  # bounded: models of a config
+        # The scope: the caller (its key's or token subject's name), or everybody.
+        name = None if self.global_scope else ctx.key_name
         try:
-            key = cache_key(ctx.body, scope, endpoint.encode(), ctx.model.encode())
+            key = cache_key(ctx.body, name.encode() if name else b"", _ENDPOINT[endpoint],
+                            model)
         except ValueError:
             _bypass(ctx)
             return None
         state = ctx.cache = CacheState(key, write)
-        if not read:
-            return self._miss(ctx, state, follow=False)
-        if self.awaits_lookup:
-            return Later(lambda: self._lookup(ctx, state, max_age))
-        assert self.store.memory is not None
-        entry = self.store.memory.get(key, time.time(), max_age)
-        if entry is not None:
-            return self._hit(ctx, state, entry)
-        return self._miss(ctx, state, follow=True)
+        if read:
+            if self.awaits_lookup:
+                return Later(partial(self._lookup, ctx, state, max_age))
+            memory = self.memory
+            assert memory is not None
+            entry = memory.get(key, time.time(), max_age)
+            if entry is not None:
+                return self._hit(ctx, state, entry)
+            leader = self.store.flights.get(key)
+            if leader is not None:
+                return Later(partial(self._follow, ctx, state, leader))
+        self._lead(ctx, state)
+        return None
 
     async def _lookup(self, ctx: RequestCtx, state: CacheState,
                       max_age: float | None) -> Reply | None:
@@ -217,45 +231,42 @@ class CacheFilter(Filter):
         entry = await self.store.redis.get(state.key, max_age)
         if entry is not None:
             return self._hit(ctx, state, entry)
-        said = self._miss(ctx, state, follow=True)
-        return await said.wait() if isinstance(said, Later) else said
-
-    def _miss(self, ctx: RequestCtx, state: CacheState, follow: bool) -> Later | None:
-        flights = self.store.flights
-        flight = flights.get(state.key)
-        if follow and flight is not None:
-            return Later(lambda: self._follow(ctx, state, flight))
+        leader = self.store.flights.get(state.key)
+        if leader is not None:
+            return await self._follow(ctx, state, leader)
         self._lead(ctx, state)
         return None
 
     def _lead(self, ctx: RequestCtx, state: CacheState) -> None:
         """This request goes upstream; identical misses meanwhile wait for it."""
-        state.result = MISS
-        ctx.extra_headers += _HEADERS[MISS]
-        _COUNT[MISS].inc()
+        ctx.extra_headers += _MISS_HEADER
+        _MISS_COUNT.value += 1
         if state.write:
             flights = self.store.flights
             if state.key not in flights:
-                state.flight = flights[state.key] = Flight(self.store.loop)
+                flights[state.key] = state
+                state.leads = True
             if ctx.stream:
                 state.recorder = StreamRecorder(ctx.endpoint)
 
-    async def _follow(self, ctx: RequestCtx, state: CacheState, flight: Flight) -> Reply | None:
-        """Wait for the flight's answer (at most the model's total_s), then answer
+    async def _follow(self, ctx: RequestCtx, state: CacheState,
+                      leader: CacheState) -> Reply | None:
+        """Wait for the leader's answer (at most the model's total_s), then answer
         from it; when it gave nothing, go upstream."""
         limit = max((t.provider.timeouts.total_s for t in self.route.targets), default=600.0)
-        flight.waiters += 1
+        leader.waiters += 1
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(flight.future), limit)
+            outcome = await asyncio.wait_for(asyncio.shield(leader.wait_on(self.store.loop)),
+                                             limit)
         except TimeoutError:
             outcome = None
         finally:
-            flight.waiters -= 1
+            leader.waiters -= 1
         if isinstance(outcome, CacheEntry):
             return self._hit(ctx, state, outcome)
         if isinstance(outcome, SharedFailure):
             ctx.extra_headers += _HEADERS[MISS]
-            _COUNT[MISS].inc()
+            _COUNT[MISS].value += 1
             raise SharedFailure(outcome.status, outcome.message)
         self._lead(ctx, state)
         return None
@@ -264,12 +275,12 @@ class CacheFilter(Filter):
         state.result = HIT
         state.write = False
         ctx.extra_headers += _HEADERS[HIT]
-        _COUNT[HIT].inc()
+        _COUNT[HIT].value += 1
         route = ctx.route or self.route
         saved = (entry.prompt_tokens * route.input_per_token
                  + entry.completion_tokens * route.output_per_token)
         if saved:
-            CACHE_SAVED.labels(route.name).inc(saved)
+            batched(CACHE_SAVED, route.name).value += saved
         endpoint = ctx.endpoint
         body = with_id(endpoint, entry.body, fresh_id(endpoint))
         if not ctx.stream:
@@ -282,11 +293,17 @@ class CacheFilter(Filter):
 
     def response(self, ctx: RequestCtx, status: int, body: bytes) -> bytes:
         state = ctx.cache
-        if state is not None and state.write and state.result == MISS:
+        if state is not None and state.write:
             state.write = False
-            entry = CacheEntry(time.time(), body, ctx.prompt_tokens, ctx.completion_tokens)
-            self.store.put(state.key, entry)
-            self._end_flight(state, entry)
+            now = time.time()
+            entry = CacheEntry(now, body, ctx.prompt_tokens, ctx.completion_tokens)
+            memory = self.memory
+            if memory is not None:  # (inline of store.put: once per miss)
+                memory.put(state.key, entry, self.ttl_s, now)
+            else:
+                self.store.put(state.key, entry)
+            if state.leads:
+                self._land(state, entry)
         return body
 
     def chunk(self, ctx: RequestCtx, data: bytes) -> bytes:
@@ -297,8 +314,8 @@ class CacheFilter(Filter):
 
     def logging(self, ctx: RequestCtx) -> None:
         state = ctx.cache
-        if state is None or state.result != MISS:
-            return
+        if state is None or not (state.leads or state.recorder is not None):
+            return  # the usual end: a hit, a bypass, a whole answer stored already
         outcome: Any = None
         recorder = state.recorder
         if recorder is not None and state.write and 200 <= ctx.status < 300:
@@ -314,16 +331,18 @@ class CacheFilter(Filter):
         elif ctx.status >= 400 and ctx.status != 499:
             outcome = SharedFailure(ctx.status, ctx.error or "the upstream request failed")
         state.recorder = None
-        self._end_flight(state, outcome)
+        if state.leads:
+            self._land(state, outcome)
 
-    def _end_flight(self, state: CacheState, outcome: Any) -> None:
-        flight = state.flight
-        if flight is None:
-            return
-        state.flight = None
-        if self.store.flights.get(state.key) is flight:
-            del self.store.flights[state.key]
-        flight.end(outcome)
+    def _land(self, state: CacheState, outcome: Any) -> None:
+        """The flight is over: its waiters get ``outcome``."""
+        state.leads = False
+        flights = self.store.flights
+        if flights.get(state.key) is state:
+            del flights[state.key]
+        future = state.future
+        if future is not None and not future.done():
+            future.set_result(outcome)
 
 
 def cache_result(ctx: RequestCtx) -> str | None:
