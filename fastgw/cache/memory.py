@@ -78,10 +78,30 @@ class MemoryCache:
                 self._bytes -= entries.pop(first)[2]
         entries[key] = (entry, now + ttl_s, cost)
         self._bytes += cost
-        while len(entries) > self.max_entries or self._bytes > self.max_bytes:
-            self._bytes -= entries.popitem(last=False)[1][2]
-            self.evictions += 1
+        if len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._evict(now)
         return True
+
+    def _evict(self, now: float) -> None:
+        """Pop from the LRU's front until the bounds hold. A dead entry behind live
+        ones (TTLs differ) may free the room on its own: the live entries popped are
+        then put back, most recently used first, while they still fit."""
+        entries = self._entries
+        popped: list[tuple[bytes, tuple[CacheEntry, float, int]]] = []
+        while len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            key, slot = entries.popitem(last=False)
+            self._bytes -= slot[2]
+            if slot[1] > now:
+                popped.append((key, slot))
+        while popped:
+            key, slot = popped[-1]
+            if len(entries) + 1 > self.max_entries or self._bytes + slot[2] > self.max_bytes:
+                break
+            popped.pop()
+            entries[key] = slot
+            entries.move_to_end(key, last=False)
+            self._bytes += slot[2]
+        self.evictions += len(popped)
 
     def delete(self, key: bytes) -> bool:
         """Forget ``key``; False when it was not there."""

@@ -104,6 +104,25 @@ def test_expired_entries_at_the_front_go_before_live_ones_are_evicted() -> None:
     assert c.evictions == 0
 
 
+def test_a_dead_entry_behind_a_live_one_frees_the_room_before_the_live_one_goes() -> None:
+    """TTLs differ: the entry that expired is not at the LRU's front. Its room is
+    enough for the newcomer, so the live entry in front of it stays."""
+    a, b, n = cost(b"a", b""), cost(b"b", b"x" * 112), cost(b"n", b"y")
+    c = MemoryCache(3, a + b)  # room for a and b, or a and n, not for all three
+    assert n <= b
+    c.put(b"a", entry(b""), 2, T0)  # the least recently used, alive at T0 + 1
+    c.put(b"b", entry(b"x" * 112), 1, T0)  # expires at T0 + 1
+    c.put(b"n", entry(b"y"), 1, T0 + 1)
+    assert b"a" in c and b"n" in c and b"b" not in c
+    assert c.evictions == 0 and c.bytes == a + n
+    # and when the dead one's room is not enough, the LRU order decides as usual
+    c2 = MemoryCache(2, 10_000)
+    c2.put(b"a", entry(), 60, T0)
+    c2.put(b"b", entry(), 60, T0)
+    c2.put(b"c", entry(), 60, T0)
+    assert b"a" not in c2 and b"b" in c2 and b"c" in c2 and c2.evictions == 1
+
+
 def test_delete_and_clear() -> None:
     c = MemoryCache(10, 1 << 20)
     c.put(b"a", entry(), 60, T0)
