@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 
-from fastgw.config import Config, ServerConfig, load_config
-from fastgw.errors import ConfigError, NativeModuleMissing
+from fastgw.config import Config, load_config
+from fastgw.errors import ConfigError, NativeModuleMissing, StateDirError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,37 +66,41 @@ def serve(args: argparse.Namespace) -> int:
     else:
         cfg = Config(demo=True)
     s = cfg.server
-    cfg = _with_server(cfg, ServerConfig(
-        host=args.host or s.host, port=args.port if args.port is not None else s.port,
-        workers=args.workers if args.workers is not None else s.workers,
-        max_body_bytes=s.max_body_bytes, max_header_bytes=s.max_header_bytes,
-        keepalive_timeout_s=s.keepalive_timeout_s, header_timeout_s=s.header_timeout_s,
-        drain_timeout_s=s.drain_timeout_s, trusted_proxies=s.trusted_proxies,
-        backlog=s.backlog))
+    cfg = dataclasses.replace(cfg, server=dataclasses.replace(
+        s, host=args.host or s.host, port=args.port if args.port is not None else s.port,
+        workers=args.workers if args.workers is not None else s.workers))
     if cfg.server.workers < 1:
         print("fastgw: --workers must be at least 1", file=sys.stderr)
         return 1
+    state = None
     try:
+        if cfg.server.state_dir is not None and cfg.limits_backend == "local":
+            from fastgw.limits.state import LimitState
+
+            state = LimitState(cfg.server.state_dir)
+            state.use()
         if cfg.server.workers > 1:
             from fastgw.supervisor import supervise
 
-            return supervise(cfg)
+            return supervise(cfg, state)
         from fastgw.app import run_worker
 
+        if state is not None:
+            state.start_flusher(cfg.server.state_flush_s)
         return run_worker(cfg)
     except NativeModuleMissing as exc:
         print(f"fastgw: {exc}", file=sys.stderr)
         return 2
+    except StateDirError as exc:
+        print(f"fastgw: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"fastgw: cannot listen on {cfg.server.host}:{cfg.server.port}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 1
-
-
-def _with_server(cfg: Config, server: ServerConfig) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(cfg, server=server)
+    finally:
+        if state is not None:
+            state.close()
 
 
 if __name__ == "__main__":

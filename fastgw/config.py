@@ -46,6 +46,10 @@ class ServerConfig:
     # A client's FIN while its request is in flight: it left (as nginx), or it
     # only half-closed and still reads the answer.
     client_half_close: Literal["disconnect", "finish"] = "disconnect"
+    # Local limits and budgets kept across restarts (limits_backend: local): the
+    # table lives in a file here, written to disk every state_flush_s and at drain.
+    state_dir: str | None = None
+    state_flush_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -644,7 +648,10 @@ def _check_server(s: ServerConfig, path: str, errors: Errors) -> None:
     if not 0 <= s.port <= 65535:
         errors.append((_join(path, "port"), "must be between 0 and 65535"))
     _at_least(s, path, ("workers", "max_body_bytes", "max_header_bytes", "backlog"), 1, errors)
-    _positive(s, path, ("keepalive_timeout_s", "header_timeout_s", "drain_timeout_s"), errors)
+    _positive(s, path, ("keepalive_timeout_s", "header_timeout_s", "drain_timeout_s",
+                        "state_flush_s"), errors)
+    if s.state_dir is not None and not s.state_dir.strip():
+        errors.append((_join(path, "state_dir"), "must be a directory path (or left out)"))
     for i, cidr in enumerate(s.trusted_proxies):
         _check_cidr(cidr, f"{path}.trusted_proxies[{i}]", errors)
 

@@ -287,6 +287,10 @@ class InternalError(GatewayError):
 # --- configuration -------------------------------------------------------------
 
 
+class StateDirError(Exception):
+    """``server.state_dir`` cannot be used; the message says why and what to do."""
+
+
 class ConfigError(Exception):
     """The configuration is invalid; ``errors`` holds every (yaml path, message)."""
 

@@ -18,26 +18,36 @@ import socket
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from fastgw.config import Config
+
+if TYPE_CHECKING:
+    from fastgw.limits.state import LimitState
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 
 
-def supervise(cfg: Config) -> int:
+def supervise(cfg: Config, state: LimitState | None = None) -> int:
+    """Run the workers until SIGTERM/SIGINT. With ``state`` (``server.state_dir``)
+    the workers share its limits table, flushed here every ``state_flush_s``."""
     metrics_dir = tempfile.mkdtemp(prefix="fastgw-metrics-")
     # Must be set before prometheus_client is imported by any worker.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     from prometheus_client import multiprocess
 
-    # Local limits shared by the workers: each maps this file (limits/local.py).
-    shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    shm_path = os.path.join(shm_dir, f"fastgw-limits-{os.getpid()}")
-    try:
-        os.unlink(shm_path)  # left by an earlier process with our pid: start from zero
-    except OSError:
-        pass
-    os.environ["FASTGW_LIMITS_SHM"] = shm_path
+    # Local limits shared by the workers: each maps one file (limits/local.py),
+    # the state directory's, or a temporary one in memory.
+    shm_path: str | None = None
+    if state is None:
+        shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        shm_path = os.path.join(shm_dir, f"fastgw-limits-{os.getpid()}")
+        try:
+            os.unlink(shm_path)  # left by an earlier process with our pid: start from zero
+        except OSError:
+            pass
+        os.environ["FASTGW_LIMITS_SHM"] = shm_path
+    next_flush = time.monotonic() + cfg.server.state_flush_s
 
     s = cfg.server
     # Reserve the port (and learn it when 0 was asked): a bound, non-listening
@@ -124,13 +134,17 @@ def supervise(cfg: Config) -> int:
                 if when <= now and not stopping:
                     del restart_at[due]
                     spawn(due)
+            if state is not None and now >= next_flush:
+                state.flush()
+                next_flush = now + cfg.server.state_flush_s
     finally:
         holder.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
-        try:
-            os.unlink(shm_path)
-        except OSError:
-            pass
+        if shm_path is not None:
+            try:
+                os.unlink(shm_path)
+            except OSError:
+                pass
     return 0
 
 

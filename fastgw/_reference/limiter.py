@@ -370,6 +370,19 @@ class LimiterTable:
         s = self._entries[i][1]
         return (s.level, s.stamp)
 
+    def recover(self) -> int:
+        """Reference of ``SharedLimiterTable.recover`` (a table kept in a file, reopened
+        after a restart): every concurrency counter dropped, the other buckets kept.
+        Returns how many were dropped."""
+        i = n = 0
+        while i < len(self._keys):
+            if self._entries[i][0].kind == _CONCURRENCY:
+                self._swap_remove(i)
+                n += 1
+            else:
+                i += 1
+        return n
+
     def _swap_remove(self, i: int) -> None:
         last = len(self._keys) - 1
         del self._index[self._keys[i]]

@@ -299,6 +299,28 @@ impl ShmTable {
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
             .map_err(|_| io::Error::other("no system randomness"))?;
         let seed = u64::from_le_bytes(seed);
+        self.init_mutex()?;
+        (*h).version = VERSION;
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            (*h).ways = WAYS as u32;
+        }
+        (*h).sets = sets as u64;
+        (*h).seed = seed;
+        // Written last: a reader that sees the magic sees a whole header.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        (*h).magic = MAGIC;
+        Ok(seed)
+    }
+
+    /// Writes a fresh process-shared, robust mutex into the header (zeroed
+    /// first, so whatever a dead process left there is gone).
+    ///
+    /// # Safety
+    /// Nobody else uses the region meanwhile.
+    unsafe fn init_mutex(&self) -> io::Result<()> {
+        let m = ptr::addr_of_mut!((*self.base).mutex);
+        ptr::write_bytes(m, 0, 1);
         let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
         check_rc(
             libc::pthread_mutexattr_init(&raw mut attr),
@@ -312,20 +334,50 @@ impl ShmTable {
             libc::pthread_mutexattr_setrobust(&raw mut attr, libc::PTHREAD_MUTEX_ROBUST),
             "setrobust",
         )?;
-        let rc = libc::pthread_mutex_init(ptr::addr_of_mut!((*h).mutex), &raw const attr);
+        let rc = libc::pthread_mutex_init(m, &raw const attr);
         libc::pthread_mutexattr_destroy(&raw mut attr);
-        check_rc(rc, "pthread_mutex_init")?;
-        (*h).version = VERSION;
-        #[allow(clippy::cast_possible_truncation)]
-        {
-            (*h).ways = WAYS as u32;
+        check_rc(rc, "pthread_mutex_init")
+    }
+
+    /// Makes a region kept in a file usable again after the processes that
+    /// used it are gone (a restart, or a crash of the machine): a new mutex
+    /// (a lock held when the machine went down would otherwise never be
+    /// released) and every concurrency counter freed (the requests it
+    /// counted died with their process). Rate and budget buckets are kept as
+    /// they were. Returns the number of counters freed.
+    ///
+    /// # Errors
+    /// The mutex could not be set up or taken.
+    ///
+    /// # Safety
+    /// No other process or thread uses the region during the call (the
+    /// caller holds an exclusive lock on the state it belongs to).
+    pub unsafe fn recover(&self) -> io::Result<usize> {
+        self.init_mutex()?;
+        let g = self.lock()?;
+        let mut n = 0;
+        for s in g.slots.iter_mut() {
+            if s.kind == KIND_CONCURRENCY {
+                s.kind = 0;
+                n += 1;
+            }
         }
-        (*h).sets = sets as u64;
-        (*h).seed = seed;
-        // Written last: a reader that sees the magic sees a whole header.
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-        (*h).magic = MAGIC;
-        Ok(seed)
+        Ok(n)
+    }
+
+    /// Writes the region's changed pages to its file and waits for the disk
+    /// (`msync(MS_SYNC)`); a no-op for an anonymous region's memory.
+    ///
+    /// # Errors
+    /// The system call failed.
+    pub fn flush(&self) -> io::Result<()> {
+        // SAFETY: our own live mapping, of exactly `len` bytes.
+        let rc = unsafe { libc::msync(self.base.cast(), self.len, libc::MS_SYNC) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(os_err("msync"))
+        }
     }
 
     /// Number of slots (the most buckets the region can hold).
@@ -634,6 +686,37 @@ mod tests {
         drop(a);
         drop(b);
         std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_reopened_after_a_restart_keeps_rates_and_budgets_and_frees_counters() {
+        let path = std::env::temp_dir().join(format!("fastgw-shm-recover-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let rpm = Limit::rate(3.0, 60.0, None).unwrap();
+        let conc = Limit::concurrency(1.0).unwrap();
+        let bud = Limit::budget(2.0, Period::Month).unwrap();
+        let keys: [&[u8]; 3] = [b"rpm", b"conc", b"bud"];
+        let limits = [rpm, conc, bud];
+        let t = 1_700_000_000.0;
+        {
+            let a = ShmTable::open(&path, 1024).unwrap();
+            assert!(a.reserve(&keys, &limits, &[1.0, 1.0, 1.5], t).unwrap().admitted);
+            // The lock left held, as by a process that died without exiting.
+            let g = a.lock().unwrap();
+            std::mem::forget(g);
+            a.flush().unwrap();
+        }
+        let b = ShmTable::open(&path, 1024).unwrap();
+        // SAFETY: this test is the region's only user.
+        assert_eq!(unsafe { b.recover() }.unwrap(), 1);
+        // The counter is free again; the rate and the budget remember.
+        let out = b.reserve(&keys, &limits, &[1.0, 1.0, 0.5], t).unwrap();
+        assert!(out.admitted);
+        assert!((out.statuses[0].remaining - 1.0).abs() < 1e-9);
+        assert!((out.statuses[2].remaining - 0.0).abs() < 1e-9);
+        assert!(!b.reserve(&keys, &limits, &[1.0, 0.0, 0.5], t).unwrap().admitted);
+        drop(b);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

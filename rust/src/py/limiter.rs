@@ -788,6 +788,20 @@ impl SharedLimiterTable {
             .map_err(|e| PyOSError::new_err(e.to_string()))
     }
 
+    /// Makes a region kept in a file usable again after a restart: a new lock,
+    /// and every concurrency counter freed (rate and budget buckets kept).
+    /// Only while no other process uses the region. Returns the counters freed.
+    fn recover(&self) -> PyResult<usize> {
+        // SAFETY: the caller's contract (documented): the region's only user.
+        unsafe { self.inner.recover() }.map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
+    /// Writes the region's changed pages to its file and waits for the disk.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.flush())
+            .map_err(|e| PyOSError::new_err(e.to_string()))
+    }
+
     /// Most buckets the region holds.
     #[getter]
     fn capacity(&self) -> usize {
