@@ -178,7 +178,8 @@ def test_targets_follow_traffic_and_ejections(gw: Gateway) -> None:
     def row(model: str) -> dict[str, Any]:
         rows = [t for t in get(gw, "/admin/targets")["targets"] if t["model"] == model]
         assert len(rows) == 1
-        return rows[0]
+        found: dict[str, Any] = rows[0]
+        return found
 
     before = row("gpt-test")
     for _ in range(4):
