@@ -332,3 +332,48 @@ def test_admin_api_open_without_an_admin_key() -> None:
         assert wait_for(lambda: http(g.port, "GET", "/admin/stats").status == 200, timeout=5)
         cfg = orjson.loads(http(g.port, "GET", "/admin/config").body)
         assert cfg["providers"][0]["api_key"] == "***"
+
+
+def test_key_figures_come_from_redis_with_the_redis_backend() -> None:
+    import importlib
+
+    # tests/limits' real redis-server helper (by name: mypy knows it as limits_helpers)
+    helpers = importlib.import_module("limits.limits_helpers")
+    with helpers.redis_server() as srv:
+
+        def yaml_for(port: int) -> str:
+            return minimal_yaml(
+                port,
+                f"""
+admin: {{key_sha256: {sha(ADMIN)}}}
+limits_backend: redis
+redis: {{url: "{srv.url}"}}
+auth:
+  keys:
+    - name: alice
+      key_sha256: {sha(KEY_A)}
+      limits: {{rpm: 20, budget_usd: {{amount: 1.0, period: day}}}}
+""",
+            ).replace(
+                "input_per_mtok: 1.0, output_per_mtok: 2.0",
+                "input_per_mtok: 1000.0, output_per_mtok: 2000.0",
+            )
+
+        with running(yaml_for) as g:
+
+            def figures() -> dict[str, dict[str, Any]]:
+                doc = get(g, "/admin/keys/alice")
+                assert doc["backend"] == "redis"
+                return {x["limit"]: x for x in doc["limits"]}
+
+            first = figures()
+            for _ in range(4):
+                assert send(g, KEY_A)[0] == 200
+            second = figures()
+            assert 3.5 < first["rpm"]["remaining"] - second["rpm"]["remaining"] <= 4.0
+            spent = second["budget"]["spent_usd"] - first["budget"]["spent_usd"]
+            assert spent > 0
+            # The count lives in Redis: a direct look at its keys agrees.
+            assert any("budget" in k for k in srv.stored_keys())
+            # Reading changes nothing.
+            assert figures()["budget"]["spent_usd"] == pytest.approx(second["budget"]["spent_usd"])
