@@ -20,6 +20,7 @@ import uvloop
 
 from fastgw import _native_check
 from fastgw.accesslog import AccessLog
+from fastgw.admin import AdminApi
 from fastgw.config import Config, demo_config, load_config
 from fastgw.errors import ConfigError
 from fastgw.metrics import Recorder
@@ -75,6 +76,7 @@ class App:
         proxy = Proxy(self.loop, Recorder(obs.key_labels, obs.max_key_labels), self.access_log,
                       access)
         self.gateway = Gateway(GatewayState(snapshot), proxy, self.reload)
+        AdminApi(self.gateway, self.loop).mount()
         self.prober = Prober(self.loop)
         self.prober.start(snapshot)
         self._recorder = proxy.recorder

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
+from collections import deque
 from typing import Any
 
 from prometheus_client import (
@@ -65,6 +66,16 @@ TARGET_HEALTHY = Gauge("fastgw_target_healthy", "1 when a target is taking traff
 REDIS_FALLBACKS = Counter("fastgw_redis_fallbacks_total", "Decisions made without Redis "
                           "(unreachable or slow): limits by redis.on_error mode, and cache "
                           "lookups and writes (mode cache).", ["mode"])
+KEY_REQUESTS = Counter("fastgw_key_requests_total", "Requests answered, by API key or token "
+                       "subject (only with observability.key_labels; capped).", ["key"])
+KEY_TOKENS = Counter("fastgw_key_tokens_total", "Tokens counted from upstream usage, by key "
+                     "(only with observability.key_labels; capped).", ["key", "direction"])
+BUDGET_USD = Gauge("fastgw_budget_usd", "A USD budget's amount per period, by limit scope and "
+                   "bucket (local limits backend; read when scraped).", ["scope", "bucket"],
+                   multiprocess_mode="mostrecent")
+BUDGET_REMAINING_USD = Gauge("fastgw_budget_remaining_usd", "What is left of a USD budget in "
+                             "its current period (local limits backend; read when scraped).",
+                             ["scope", "bucket"], multiprocess_mode="mostrecent")
 JWKS_FETCHES = Counter("fastgw_jwks_fetches_total", "JWKS fetches from the identity provider.",
                        ["result"])
 
@@ -78,6 +89,23 @@ def render() -> tuple[bytes, bytes]:
     from prometheus_client import REGISTRY
 
     return CONTENT_TYPE.encode(), generate_latest(REGISTRY)
+
+
+RECENT_ERRORS = 100  # failed requests the admin API can show
+
+# (unix time, request id, status, model asked, provider, key name, message)
+RecentError = tuple[float, str, int, str, str, str | None, str | None]
+
+
+def families() -> list[Any]:
+    """The metric families as ``/metrics`` shows them (all workers aggregated)."""
+    if MULTIPROCESS:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return list(registry.collect())
+    from prometheus_client import REGISTRY
+
+    return list(REGISTRY.collect())
 
 
 class _Hist:
@@ -124,6 +152,24 @@ class _Sum:
             self.value = 0.0
 
 
+class _Fanout(_Sum):
+    """An amount added once on the request path and pushed into two counter children
+    when flushed (a model's count and its key's): per-key figures cost the request
+    path nothing more than the model's."""
+
+    __slots__ = ("other",)
+
+    def __init__(self, child: Any, other: Any) -> None:
+        super().__init__(child)
+        self.other = other
+
+    def flush(self) -> None:
+        if self.value:
+            self.child.inc(self.value)
+            self.other.inc(self.value)
+            self.value = 0.0
+
+
 # Counters added to off the Recorder (by filters, with labels fixed at load):
 # plain accumulators too, pushed by every Recorder's flush.
 _SHARED_SUMS: dict[tuple[Any, tuple[str, ...]], _Sum] = {}
@@ -147,12 +193,20 @@ class _Finished:
 
     def __init__(self, rec: Recorder, model: str, provider: str, status: int, route: str,
                  key: str) -> None:
-        self.requests = rec.sum(REQUESTS, (model, provider, str(status)))
         self.duration = rec.hist(DURATION, (model,))
         self.ttfb = rec.hist(UPSTREAM_TTFB, (provider,))
-        self.tokens_in = rec.sum(TOKENS, (route, "input"))
-        self.tokens_out = rec.sum(TOKENS, (route, "output"))
         self.cost = rec.sum(COST, (route, key))
+        if key:  # per-key labels: the same sums also feed the key's counters
+            self.requests: _Sum = rec.fanout(REQUESTS, (model, provider, str(status)),
+                                             KEY_REQUESTS, (key,))
+            self.tokens_in: _Sum = rec.fanout(TOKENS, (route, "input"), KEY_TOKENS,
+                                              (key, "input"))
+            self.tokens_out: _Sum = rec.fanout(TOKENS, (route, "output"), KEY_TOKENS,
+                                               (key, "output"))
+        else:
+            self.requests = rec.sum(REQUESTS, (model, provider, str(status)))
+            self.tokens_in = rec.sum(TOKENS, (route, "input"))
+            self.tokens_out = rec.sum(TOKENS, (route, "output"))
 
 
 class Recorder:
@@ -161,10 +215,14 @@ class Recorder:
     prometheus metrics by :meth:`flush` (every second, and before each scrape)."""
 
     __slots__ = ("_finished", "_hists", "_inflight_seen", "_keys", "_max_keys", "_overhead",
-                 "_sums", "inflight", "key_labels")
+                 "_sums", "errors", "inflight", "key_labels")
 
-    def __init__(self, key_labels: bool = False, max_key_labels: int = 100) -> None:
+    def __init__(self, key_labels: bool = False, max_key_labels: int = 100,
+                 recent_errors: int = RECENT_ERRORS) -> None:
         self.key_labels = key_labels
+        # The latest failed requests (status >= 400), newest last: appended by the
+        # log phase of a failure only, read by the admin API. Bounded.
+        self.errors: deque[RecentError] = deque(maxlen=recent_errors)
         self._max_keys = max_key_labels
         self._keys: set[str] = set()
         # (metric, label values) -> accumulator; label sets are bounded (see above)
@@ -186,6 +244,16 @@ class Recorder:
         c = self._sums.get((metric, labels))
         if c is None:
             c = self._sums[(metric, labels)] = _Sum(metric.labels(*labels))
+        return c
+
+    def fanout(self, metric: Any, labels: tuple[str, ...], other: Any,
+               other_labels: tuple[str, ...]) -> _Sum:
+        """An accumulator of ``metric{labels}`` that also adds to ``other{other_labels}``."""
+        key = (metric, (*labels, "\0", *other_labels))
+        c = self._sums.get(key)
+        if c is None:
+            c = self._sums[key] = _Fanout(metric.labels(*labels),
+                                          other.labels(*other_labels))
         return c
 
     def finished(self, model: str, provider: str, status: int, route: str, key: str | None,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from fastgw._native import LimiterTable, Reservation, SharedLimiterTable
-from fastgw.limits.rules import Plan
+from fastgw._native import LimiterTable, Reservation, Scope, SharedLimiterTable
+from fastgw.limits.rules import MAX_SCOPES, Plan, ScopeSpec
 
 SHM_ENV = "FASTGW_LIMITS_SHM"
 
@@ -55,6 +55,17 @@ class LocalLimiter:
     def release(self, res: object) -> None:
         if isinstance(res, Reservation):
             self.table.release(res)
+
+    def peek(self, specs: Sequence[ScopeSpec]) -> list[tuple[float, float]]:
+        """(remaining, seconds until reset) of each bucket now, changing nothing: a
+        reservation of nothing, given back at once. Not for the request path."""
+        out: list[tuple[float, float]] = []
+        for i in range(0, len(specs), MAX_SCOPES):
+            part = specs[i:i + MAX_SCOPES]
+            res = self.table.reserve([Scope(s.key, s.limit) for s in part], [0.0] * len(part))
+            self.table.release(res)
+            out.extend(zip(res.remaining, res.reset_after, strict=True))
+        return out
 
     async def close(self) -> None:
         """Nothing to close (the table lives as long as the process)."""

@@ -37,10 +37,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from fastgw._native import Reservation
 from fastgw.config import RedisConfig
 from fastgw.errors import ServiceUnavailable
 from fastgw.limits.local import LocalLimiter
-from fastgw.limits.rules import Outcome, Plan
+from fastgw.limits.rules import MAX_SCOPES, Outcome, Plan, ScopeSpec
 from fastgw.metrics import REDIS_FALLBACKS
 
 log = logging.getLogger("fastgw.limits")
@@ -392,6 +393,21 @@ class RedisLimiter:
                     self.cfg.url.rpartition("@")[2])
 
     # -- settle --------------------------------------------------------------------------
+
+    async def peek(self, specs: Sequence[ScopeSpec]) -> list[tuple[float, float]]:
+        """(remaining, seconds until reset) of each bucket now, as counted in Redis (in
+        this process's table while Redis is down): a reservation of nothing."""
+        out: list[tuple[float, float]] = []
+        for i in range(0, len(specs), MAX_SCOPES):
+            plan = Plan(specs[i:i + MAX_SCOPES])
+            res = await self.reserve(plan, [0.0] * len(plan.specs))
+            if len(res.remaining) != len(plan.specs):  # on_error: allow counts nothing
+                out.extend((float("nan"), 0.0) for _ in plan.specs)
+                continue
+            if isinstance(res, Reservation):
+                self.local.table.release(res)
+            out.extend(zip(res.remaining, res.reset_after, strict=True))
+        return out
 
     def settle(self, res: object, actual: Sequence[float]) -> None:
         """Correct a reservation (in the background: nobody waits for it)."""

@@ -309,6 +309,24 @@ class Rules:
         return Plan(specs)
 
 
+    def scopes_of(self, principal_id: str, name: str | None, tier: str | None,
+                  key_limits: LimitSpec | None,
+                  routes: Sequence[tuple[str, Sequence[str]]]) -> list[ScopeSpec]:
+        """Every bucket a caller may reserve from, over ``routes`` ((model, its
+        providers)...): the key's own limits and each matching rule's, once each."""
+        specs: list[ScopeSpec] = []
+        if key_limits is not None:
+            _specs(specs, key_limits, f"{self.tag}:key:{principal_id}", "key")
+        for rule in self._rules:
+            if any(rule.applies(name, tier, model, providers) for model, providers in routes):
+                who = principal_id if rule.cfg.per == "key" else "*"
+                _specs(specs, rule.cfg, f"{self.tag}:rule:{rule.rid}:{who}", rule.label)
+        return specs
+
+
+DIM_NAMES = _DIM_NAMES  # rpm, tpm, inflight, budget: by dimension
+
+
 def _specs(out: list[ScopeSpec], spec: LimitSpec | LimitRule, base: str, label: str) -> None:
     if spec.rpm is not None:
         out.append(ScopeSpec(f"{base}:rpm", REQUESTS, label, KIND_RATE, float(spec.rpm),

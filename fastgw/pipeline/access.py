@@ -121,6 +121,11 @@ class Access:
     def backend(self) -> Limiter | None:
         return self._backend
 
+    @property
+    def rules(self) -> Rules | None:
+        """The configuration's limit rules (None: no limits)."""
+        return self._rules
+
     # -- phases --------------------------------------------------------------------------
 
     async def authenticate(self, ctx: RequestCtx) -> None:

@@ -62,10 +62,11 @@ class GatewayState:
 
 
 ReloadFn = Callable[[], Awaitable[str]]
+Endpoint = Callable[[Cycle], Awaitable[None]]
 
 
 class Gateway:
-    __slots__ = ("_get", "_post", "proxy", "reload", "state")
+    __slots__ = ("_get", "_post", "_prefixes", "before_scrape", "proxy", "reload", "state")
 
     def __init__(self, state: GatewayState, proxy: Proxy, reload: ReloadFn) -> None:
         self.state = state
@@ -79,6 +80,17 @@ class Gateway:
         self._post: dict[bytes, Callable[[Cycle], Awaitable[None]]] = {
             b"/admin/reload": self.admin_reload,
         }
+        # GET endpoints named by a path prefix (the rest of the path is their argument).
+        self._prefixes: tuple[tuple[bytes, Endpoint], ...] = ()
+        # Gauges read only when scraped (the admin API's budgets): set before rendering.
+        self.before_scrape: list[Callable[[], None]] = []
+
+    def mount(self, get: dict[bytes, Endpoint],
+              prefixes: tuple[tuple[bytes, Endpoint], ...] = ()) -> None:
+        """Add GET endpoints served beside the built-in ones (the admin API): looked up
+        only for paths the proxy does not serve, so they cost proxied requests nothing."""
+        self._get.update(get)
+        self._prefixes += prefixes
 
     def __call__(self, cycle: Cycle) -> Coroutine[Any, Any, None] | None:
         proxied = PROXY_PATHS.get(cycle.path)
@@ -97,12 +109,18 @@ class Gateway:
                 handler = self._get.get(path)
                 if handler is None and path.startswith((b"/v1/models/", b"/models/")):
                     handler = self.model
+                if handler is None:
+                    for prefix, endpoint in self._prefixes:
+                        if path.startswith(prefix):
+                            handler = endpoint
+                            break
             elif method == b"POST":
                 handler = self._post.get(path)
             else:
                 handler = None
             if handler is None:
-                if path in self._get or path.startswith((b"/v1/models/", b"/models/")):
+                if path in self._get or path.startswith(
+                        (b"/v1/models/", b"/models/", *(p for p, _ in self._prefixes))):
                     raise self._method(path, b"GET, HEAD")
                 if path in self._post:
                     raise self._method(path, b"POST")
@@ -149,13 +167,15 @@ class Gateway:
         cycle.send(200, _JSON + _rid(cycle), orjson.dumps(model_object(route, snap.created)))
 
     async def metrics(self, cycle: Cycle) -> None:
-        self._admin(cycle)
+        self.require_admin(cycle)
         self.proxy.recorder.flush()
+        for hook in self.before_scrape:
+            hook()
         ctype, body = metrics.render()
         cycle.send(200, b"content-type: " + ctype + b"\r\n" + _rid(cycle), body)
 
     async def admin_reload(self, cycle: Cycle) -> None:
-        self._admin(cycle)
+        self.require_admin(cycle)
         try:
             summary = await self.reload()
         except ConfigError as exc:
@@ -166,8 +186,9 @@ class Gateway:
         cycle.send(200, _JSON + _rid(cycle), orjson.dumps({"status": "reloaded",
                                                            "summary": summary}))
 
-    def _admin(self, cycle: Cycle) -> None:
-        """Admin endpoints need the admin key when ``admin.key_sha256`` is set."""
+    def require_admin(self, cycle: Cycle) -> None:
+        """Admin endpoints need the admin key when ``admin.key_sha256`` is set: its
+        SHA-256 compared in constant time (Unauthorized otherwise)."""
         expected = self.state.snapshot.config.admin.key_sha256
         if expected is None:
             return
@@ -188,6 +209,11 @@ def _credential(cycle: Cycle) -> bytes | None:
             return token.strip()
     key = cycle.header(b"x-api-key")
     return key.strip() if key else None
+
+
+def request_id_line(cycle: Cycle) -> bytes:
+    """The answer's ``x-request-id`` line (the client's, when it sent a sane one)."""
+    return _rid(cycle)
 
 
 def _rid(cycle: Cycle) -> bytes:

@@ -186,6 +186,10 @@ class Responder:
                                ctx.key_name, duration, ctx.ttfb_s, ctx.overhead_s,
                                ctx.prompt_tokens if usage else 0,
                                ctx.completion_tokens if usage else 0, cost)
+        if ctx.status >= 400:  # failures only: the admin API's ring of recent errors
+            self.recorder.errors.append((
+                time.time(), ctx.request_id.decode("latin-1"), ctx.status, model, provider,
+                ctx.key_name, ctx.error))
         if self.access_log.enabled:
             cycle = ctx.cycle
             self.access_log.write_line(access_line(
