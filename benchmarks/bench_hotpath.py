@@ -59,6 +59,7 @@ from fastgw.mock.bodies import (  # noqa: E402
     message_events,
 )
 from fastgw.server.protocol import HttpProtocol  # noqa: E402
+from fastgw.tracing.otlp import encode  # noqa: E402
 from fastgw.upstream.connection import UpstreamConnection  # noqa: E402
 
 
@@ -188,6 +189,20 @@ def _cached_briefly(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
     return cfg
 
 
+def _traced(port: int = 9) -> Any:
+    """The full policy with traces at sample ratio 1.0, exported to ``port`` on
+    127.0.0.1 (9, discard: nothing listens; the exporter drops its batches)."""
+
+    def build(mock_port: int, gw_port: int, workdir: Path) -> dict[str, Any]:
+        cfg = full_config(mock_port, gw_port, workdir)
+        obs = cfg.setdefault("observability", {})
+        obs["otlp_endpoint"] = f"http://127.0.0.1:{port}"
+        obs["trace_sample_ratio"] = 1.0
+        return cfg
+
+    return build
+
+
 # name -> (configuration, stream, client key, client dialect, upstream dialect)
 ROWS: dict[str, tuple[Any, bool, str | None, str, str]] = {
     "minimal": (minimal_config, False, None, "openai", "openai"),
@@ -202,6 +217,12 @@ ROWS: dict[str, tuple[Any, bool, str | None, str, str]] = {
     # The response cache: every request a hit, or every request a miss.
     "cache-hit": (_cached, False, None, "openai", "openai"),
     "cache-miss": (_cached_briefly, False, None, "openai", "openai"),
+    # Traces (ratio 1.0) beside "full": every request sampled, its spans queued.
+    "full-traced": (_traced(), False, BENCH_KEY, "openai", "openai"),
+    "full-traced-stream": (_traced(), True, BENCH_KEY, "openai", "openai"),
+    # The same with each batch encoded to OTLP protobuf at once (a live collector's
+    # cost, the socket write aside).
+    "full-traced-encoded": (_traced(), False, BENCH_KEY, "openai", "openai"),
     # Ablations of the full policy (not run by default).
     "full-no-log": (_without("log"), False, BENCH_KEY, "openai", "openai"),
     "full-no-limits": (_without("limits"), False, BENCH_KEY, "openai", "openai"),
@@ -234,6 +255,8 @@ class Rig:
         self.answer = upstream_answer(stream, upstream)
         self.stream = stream
         self.hits = cached == "hit"  # answered from the cache (after the first)
+        self.exporter = app.exporter  # traced rows: its batches taken as the task would
+        self.encode = False  # True: each batch encoded (else dropped: the collector is down)
 
     async def one(self) -> None:
         self.proto.data_received(self.request)
@@ -250,6 +273,14 @@ class Rig:
         out = self.client.take()
         if not out.startswith(b"HTTP/1.1 200"):
             raise SystemExit(f"unexpected answer: {out[:300]!r}")
+        exporter = self.exporter
+        if exporter is not None and exporter.queued >= exporter.batch_spans:
+            # What the export task does with a full batch (it never runs here: a
+            # whole answer gives the loop no turn): encode it, or drop it unencoded
+            # while the collector is backed off.
+            batch = exporter.take()
+            if self.encode:
+                encode(batch)
 
     async def run(self, n: int) -> float:
         one = self.one
@@ -298,6 +329,7 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
             try:
                 rig = Rig(app, stream, key, client, upstream,
                           name.removeprefix("cache-") if name.startswith("cache-") else None)
+                rig.encode = name.endswith("-encoded")
                 await rig.run(min(2000, args.requests))  # warm up
                 if args.profile == name:
                     prof = cProfile.Profile()

@@ -32,6 +32,8 @@ from fastgw.pipeline.runner import Proxy
 from fastgw.pipeline.snapshot import build_snapshot
 from fastgw.server.lifecycle import drain, listen_socket, start_server
 from fastgw.server.protocol import ServerSettings, ServerState
+from fastgw.tracing import Tracer
+from fastgw.tracing.otlp import OtlpExporter
 from fastgw.upstream.client import UpstreamClient
 
 log = logging.getLogger("fastgw")
@@ -54,6 +56,7 @@ class App:
         self.mock: asyncio.Server | None = None
         self.access_log: AccessLog | None = None
         self.gateway: Gateway | None = None
+        self.exporter: OtlpExporter | None = None  # spans, when observability.otlp_endpoint
         self.stopped = asyncio.Event()
         self._reload_lock = asyncio.Lock()
 
@@ -73,8 +76,14 @@ class App:
         self.access_log = AccessLog(str(cfg.observability.access_log), self.loop)
         access = await self.access_state.build(cfg)
         obs = cfg.observability
+        tracer = None
+        if obs.otlp_endpoint is not None:
+            self.exporter = OtlpExporter(self.loop, obs.otlp_endpoint, obs.otlp_headers.items(),
+                                         timeout_s=obs.otlp_timeout_s)
+            self.exporter.start()
+            tracer = Tracer(obs.trace_sample_ratio, self.exporter.submit)
         proxy = Proxy(self.loop, Recorder(obs.key_labels, obs.max_key_labels), self.access_log,
-                      access)
+                      access, tracer)
         self.gateway = Gateway(GatewayState(snapshot), proxy, self.reload)
         AdminApi(self.gateway, self.loop).mount()
         self.prober = Prober(self.loop)
@@ -118,6 +127,8 @@ class App:
             old = self.config
             if new.server != old.server:
                 log.warning("server settings changed in %s; they apply after a restart", source)
+            if _tracing(new) != _tracing(old):
+                log.warning("trace settings changed in %s; they apply after a restart", source)
             new = dataclasses.replace(new, server=old.server)
             assert self.gateway is not None
             access = await self.access_state.build(new)  # ConfigError: nothing swapped yet
@@ -150,6 +161,8 @@ class App:
                 await cache.close()
             self.prober.stop()
             self._flusher.cancel()
+            if self.exporter is not None:
+                await self.exporter.stop()
             self._recorder.flush()
         self.client.close()
         if self.mock is not None:
@@ -157,6 +170,11 @@ class App:
         if self.access_log is not None:
             self.access_log.close()
         self.stopped.set()
+
+
+def _tracing(cfg: Config) -> tuple[object, ...]:
+    o = cfg.observability
+    return (o.otlp_endpoint, dict(o.otlp_headers), o.trace_sample_ratio, o.otlp_timeout_s)
 
 
 async def serve(config: Config, sock: socket.socket | None = None,

@@ -268,7 +268,13 @@ class ObservabilityConfig:
     # stdout | stderr | off | a file path (YAML's bare off/false also mean off)
     access_log: str | bool = "stdout"
     log_format: Literal["json"] = "json"
+    # Traces: spans exported over OTLP/HTTP (protobuf) to {otlp_endpoint}/v1/traces,
+    # with otlp_headers on every export (an authenticated collector's token);
+    # trace_sample_ratio of the traces are recorded, decided once per trace id.
     otlp_endpoint: str | None = None
+    otlp_headers: Mapping[str, str] = field(default_factory=dict)
+    trace_sample_ratio: float = 1.0
+    otlp_timeout_s: float = 5.0  # one export's limit: a slow collector loses its batch
     # Per-key labels (fastgw_cost_usd_total{key}) are opt-in and capped: past
     # max_key_labels distinct keys, the rest are counted under "_other".
     key_labels: bool = False
@@ -720,6 +726,7 @@ def _check_retry_budget(b: RetryBudgetConfig, path: str, errors: Errors) -> None
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token
 _JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384",
                    "PS512", "ES256", "ES384", "EdDSA")
 
@@ -831,8 +838,20 @@ def _check_observability(o: ObservabilityConfig, path: str, errors: Errors) -> N
     if not o.metrics_path.startswith("/"):
         errors.append((f"{path}.metrics_path", "must start with '/'"))
     if o.otlp_endpoint is not None:
-        errors.append((f"{path}.otlp_endpoint", "OTLP span export is not available in this "
-                                                "version; remove the setting"))
+        url = urlsplit(o.otlp_endpoint)
+        if url.scheme not in ("http", "https") or not url.hostname or url.query:
+            errors.append((f"{path}.otlp_endpoint", "must be an http:// or https:// URL "
+                                                    "without a query (spans go to "
+                                                    f"{{endpoint}}/v1/traces), got "
+                                                    f"{o.otlp_endpoint!r}"))
+    for name, value in o.otlp_headers.items():
+        if not _HEADER_NAME.fullmatch(name) or any(c in str(value) for c in "\r\n\0"):
+            errors.append((f"{path}.otlp_headers.{name}", "must be a valid header name "
+                                                          "and a one-line value"))
+    if not 0.0 <= o.trace_sample_ratio <= 1.0:
+        errors.append((f"{path}.trace_sample_ratio", "must be between 0 and 1, got "
+                                                     f"{o.trace_sample_ratio:g}"))
+    _positive(o, path, ("otlp_timeout_s",), errors)
     _at_least(o, path, ("max_key_labels",), 1, errors)
 
 

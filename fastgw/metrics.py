@@ -36,6 +36,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
                     120.0, 300.0)
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                      0.1)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0,
+                 2.5)
 
 REQUESTS = Counter("fastgw_requests_total", "Requests answered, by model asked, provider and "
                    "status.", ["model", "provider", "status"])
@@ -76,6 +78,16 @@ BUDGET_USD = Gauge("fastgw_budget_usd", "A USD budget's amount per period, by li
 BUDGET_REMAINING_USD = Gauge("fastgw_budget_remaining_usd", "What is left of a USD budget in "
                              "its current period (local limits backend; read when scraped).",
                              ["scope", "bucket"], multiprocess_mode="mostrecent")
+TTFT = Histogram("fastgw_ttft_seconds", "Streams: time from request received to the first "
+                 "content sent to the client, by the model that served.", ["model"],
+                 buckets=_LATENCY_BUCKETS)
+TPOT = Histogram("fastgw_tpot_seconds", "Streams: time per output token after the first, by "
+                 "the model that served.", ["model"], buckets=_TPOT_BUCKETS)
+TRACE_SPANS = Counter("fastgw_trace_spans_exported_total", "Spans the OTLP collector "
+                      "accepted.")
+TRACE_DROPPED = Counter("fastgw_trace_spans_dropped_total", "Spans not exported: queue_full "
+                        "(the collector is behind), unreachable, timeout, rejected (an error "
+                        "status).", ["reason"])
 JWKS_FETCHES = Counter("fastgw_jwks_fetches_total", "JWKS fetches from the identity provider.",
                        ["result"])
 
@@ -286,6 +298,13 @@ class Recorder:
             f.tokens_out.value += completion
         if cost:
             f.cost.value += cost
+
+    def stream_timing(self, model: str, ttft: float, tpot: float) -> None:
+        """A stream's time to first token and, when it had two output tokens or
+        more, its time per output token after the first (< 0: unknown)."""
+        self.hist(TTFT, (model,)).observe(ttft)
+        if tpot >= 0.0:
+            self.hist(TPOT, (model,)).observe(tpot)
 
     def key_label(self, key: str | None) -> str:
         """The ``key`` label value: empty unless per-key labels are on; capped."""

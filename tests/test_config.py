@@ -125,9 +125,21 @@ def test_load_config_records_source(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert load_config(str(f)).source == str(f)
 
 
-def test_otlp_endpoint_is_refused_until_supported() -> None:
-    errs = errors_of("observability: {otlp_endpoint: 'http://collector:4318'}")
-    assert "not available" in errs["observability.otlp_endpoint"]
+def test_otlp_settings_are_accepted() -> None:
+    cfg = parse_config("observability: {otlp_endpoint: 'http://collector:4318', "
+                       "otlp_headers: {authorization: Bearer t}, trace_sample_ratio: 0.25}")
+    obs = cfg.observability
+    assert obs.otlp_endpoint == "http://collector:4318"
+    assert dict(obs.otlp_headers) == {"authorization": "Bearer t"}
+    assert obs.trace_sample_ratio == 0.25
+
+
+def test_bad_otlp_settings_are_refused_with_their_path() -> None:
+    errs = errors_of("observability: {otlp_endpoint: 'collector:4318', trace_sample_ratio: 2, "
+                     "otlp_headers: {'bad name': x}}")
+    assert "http://" in errs["observability.otlp_endpoint"]
+    assert "between 0 and 1" in errs["observability.trace_sample_ratio"]
+    assert "header name" in errs["observability.otlp_headers.bad name"]
 
 
 # -- YAML 1.1 traps: what a user writes is what the gateway reads ---------------------

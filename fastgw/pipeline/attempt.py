@@ -5,6 +5,7 @@ goes to it, the in-flight count)."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from fastgw.errors import BadRequest
@@ -14,6 +15,7 @@ from fastgw.providers import openai
 from fastgw.routing.balancer import TargetState, usable
 from fastgw.routing.health import Health
 from fastgw.routing.quota import ProviderQuota
+from fastgw.tracing import AttemptSpan
 from fastgw.upstream.connection import UpstreamConnection
 
 NOTHING_TRIED: frozenset[int] = frozenset()
@@ -76,7 +78,7 @@ class Attempt:
     """
 
     __slots__ = ("conn", "ctx", "error", "estimate", "idx", "live", "pipe", "quota", "request",
-                 "route", "sent", "target", "trans")
+                 "route", "sent", "span", "target", "trans")
 
     def __init__(self, ctx: RequestCtx, route: ModelRoute, idx: int,
                  quota: ProviderQuota | None = None, estimate: int = 0) -> None:
@@ -108,8 +110,19 @@ class Attempt:
         if chain:
             for hook in chain.upstream_request:
                 body = hook(ctx, target, body)
-        self.request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
-                        % (len(body), ctx.request_id) + ctx.fwd + b"\r\n" + body)
+        trace = ctx.trace
+        if trace is None:
+            self.span: AttemptSpan | None = None
+            self.request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
+                            % (len(body), ctx.request_id) + ctx.fwd + b"\r\n" + body)
+        else:  # sampled: this attempt's span is the upstream request's parent
+            provider = target.provider
+            span = self.span = AttemptSpan(trace.new_id(), provider.name, provider.cfg.kind,
+                                           target.model, route.name)
+            trace.attempts.append(span)
+            self.request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
+                            % (len(body), ctx.request_id) + trace.header(span.span_id)
+                            + ctx.fwd + b"\r\n" + body)
         self.ctx = ctx
         self.route = route  # the model tried (the asked one, a variant or a fallback)
         self.target = target
@@ -132,6 +145,10 @@ class Attempt:
         if self.live:
             self.live = False
             self.target.state.inflight -= 1
+            span = self.span
+            if span is not None:
+                span.start = self.sent
+                span.end = perf_counter()
         quota = self.quota
         if quota is not None:
             self.quota = None

@@ -11,6 +11,7 @@ from fastgw.server.protocol import Cycle
 if TYPE_CHECKING:
     from fastgw.pipeline.attempt import Attempt
     from fastgw.pipeline.cache import CacheState
+    from fastgw.tracing import Trace
 
 
 class RequestCtx:
@@ -31,6 +32,7 @@ class RequestCtx:
         "endpoint",
         "error",
         "extra_headers",
+        "first_token",
         "fwd",
         "grant",
         "key_name",
@@ -47,6 +49,7 @@ class RequestCtx:
         "stream",
         "t0",
         "target",
+        "trace",
         "ttfb_s",
         "upstream_s",
         "usage_known",
@@ -97,3 +100,5 @@ class RequestCtx:
         self.order: list[int] | None = None
         self.attempt: Attempt | None = None  # the latest attempt
         self.running = False  # a task is answering (it ends the request itself)
+        self.trace: Trace | None = None  # set when traces are on and this one is sampled
+        self.first_token = 0.0  # a stream's first content went to the client (perf_counter)

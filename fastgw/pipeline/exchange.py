@@ -226,6 +226,16 @@ class Pipe:
                 raise error from None
         if error is None:
             relay.finish()
+            late = relay.late_error
+            if late is not None and not self.lost:
+                # The upstream ended the stream with an error event after its first
+                # content: the client has it (in-band); the request failed.
+                ctx = self.ctx
+                self.forwarder.recorder.upstream_error(self.provider.name,
+                                                       StreamFailedBeforeCommit.reason)
+                ctx.status = StreamFailedBeforeCommit.status
+                ctx.error = (f"upstream {self.provider.name!r} sent an error event after "
+                             f"the stream started: {error_message(late)}")
             return True
         if not self.lost:
             ctx = self.ctx
@@ -255,6 +265,8 @@ class Pipe:
         relay = self.relay
         if relay.opened:
             self.ctx.opened = True
+        if relay.committed_at:
+            self.ctx.first_token = relay.committed_at
         relay.release()
         self.failure.clear()
         self.flow.listener = None

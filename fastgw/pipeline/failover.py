@@ -173,6 +173,8 @@ class Failover:
                     # (and through their locals, itself) alive until a GC pass.
                     exc.__traceback__ = None
                     self.judge(target, exc)
+                    if ctx.trace is not None:
+                        _trace_failure(ctx, exc)
                     if isinstance(exc, UpstreamStatusError) and not exc.retryable:
                         raise
                     last = exc
@@ -264,6 +266,16 @@ class Failover:
                 await self.forwarder.whole(attempt, resumed=True)
         finally:
             attempt.end()
+
+
+def _trace_failure(ctx: RequestCtx, exc: UpstreamError) -> None:
+    """The failed attempt's span says how it failed."""
+    attempt = ctx.attempt
+    span = attempt.span if attempt is not None else None
+    if span is not None and span.error is None:
+        span.error = exc.reason
+        if isinstance(exc, UpstreamStatusError):
+            span.status = exc.upstream_status
 
 
 def _retry_allowed(retry_on: tuple[str, ...], exc: UpstreamError) -> bool:

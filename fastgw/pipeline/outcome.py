@@ -31,6 +31,7 @@ from fastgw.pipeline.ctx import RequestCtx
 from fastgw.pipeline.snapshot import TargetRuntime
 from fastgw.providers import openai
 from fastgw.providers.base import ANTHROPIC
+from fastgw.tracing import Trace, Tracer
 from fastgw.types import cache_counts, usage_numbers
 from fastgw.upstream.connection import UpstreamConnection
 
@@ -39,12 +40,14 @@ _CONTEXT_CODE = re.compile(rb'"code"\s*:\s*"context_length_exceeded"')
 
 
 class Responder:
-    __slots__ = ("access", "access_log", "recorder")
+    __slots__ = ("access", "access_log", "recorder", "tracer")
 
-    def __init__(self, recorder: Recorder, access_log: AccessLog, access: Access) -> None:
+    def __init__(self, recorder: Recorder, access_log: AccessLog, access: Access,
+                 tracer: Tracer | None = None) -> None:
         self.recorder = recorder
         self.access_log = access_log
         self.access = access
+        self.tracer = tracer
 
     # -- whole answers -------------------------------------------------------------------
 
@@ -190,6 +193,15 @@ class Responder:
             self.recorder.errors.append((
                 time.time(), ctx.request_id.decode("latin-1"), ctx.status, model, provider,
                 ctx.key_name, ctx.error))
+        first = ctx.first_token
+        if first and route is not None:  # a stream's first content reached the client
+            n = ctx.completion_tokens if usage else 0
+            self.recorder.stream_timing(route.name, first - ctx.t0,
+                                        (now - first) / (n - 1) if n > 1 else -1.0)
+        trace = ctx.trace
+        if trace is not None:
+            ctx.trace = None
+            self.trace(ctx, trace, now, usage)
         if self.access_log.enabled:
             cycle = ctx.cycle
             self.access_log.write_line(access_line(
@@ -199,6 +211,38 @@ class Responder:
                 ctx.status, ctx.stream, ctx.attempts, duration, ctx.ttfb_s, ctx.overhead_s,
                 (ctx.prompt_tokens, ctx.completion_tokens, cost) if usage else None, ctx.error,
                 None if ctx.cache is None else ctx.cache.result))
+
+
+    def trace(self, ctx: RequestCtx, trace: Trace, now: float, usage: bool) -> None:
+        """The request's span: what it reports, then the trace to the exporter."""
+        trace.start = ctx.t0
+        trace.finished = now
+        trace.status = ctx.status
+        trace.error = ctx.error
+        cycle = ctx.cycle
+        trace.method = cycle.method
+        trace.path = cycle.path
+        trace.endpoint = ctx.endpoint
+        trace.asked = ctx.model
+        route = ctx.route
+        if route is not None:
+            trace.served = route.name
+        target = ctx.target
+        if target is not None:
+            trace.response_model = target.model
+            trace.provider = target.provider.name
+        trace.key = ctx.key_name
+        trace.variant = ctx.variant
+        trace.cache = None if ctx.cache is None else ctx.cache.result
+        trace.request_id = ctx.request_id
+        trace.stream = ctx.stream
+        if usage:
+            trace.tokens = (ctx.prompt_tokens, ctx.completion_tokens)
+        trace.overhead_s = ctx.overhead_s
+        if ctx.first_token:
+            trace.ttft_s = ctx.first_token - ctx.t0
+        assert self.tracer is not None
+        self.tracer.submit(trace)
 
 
 def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:

@@ -74,6 +74,7 @@ from fastgw.providers.dialects import ClientDialect
 from fastgw.routing.balancer import TargetState
 from fastgw.routing.health import HEALTHY, Health
 from fastgw.server.protocol import Cycle
+from fastgw.tracing import Tracer
 
 log = logging.getLogger("fastgw.proxy")
 
@@ -85,15 +86,17 @@ _ADMITTED = 2  # only forwarding remains
 
 class Proxy:
     __slots__ = ("_done", "_head", "_lost", "_streamed", "access", "access_log", "failover",
-                 "forwarder", "loop", "recorder", "responder")
+                 "forwarder", "loop", "recorder", "responder", "tracer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, recorder: Recorder,
-                 access_log: AccessLog, access: Access | None = None) -> None:
+                 access_log: AccessLog, access: Access | None = None,
+                 tracer: Tracer | None = None) -> None:
         self.loop = loop
         self.recorder = recorder
         self.access_log = access_log
         self.access = access if access is not None else Access()
-        self.responder = Responder(recorder, access_log, self.access)
+        self.tracer = tracer  # None: no traces (the client's traceparent passes through)
+        self.responder = Responder(recorder, access_log, self.access, tracer)
         self.forwarder = Forwarder(loop, recorder, self.responder)
         self.failover = Failover(loop, recorder, self.forwarder)
         self._lost = self._on_lost  # bound once, not per request
@@ -115,6 +118,13 @@ class Proxy:
         (the server makes it a task)."""
         fwd, rid, has_controls = cycle.forwarded or hdr.forwarded(cycle.headers)
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id(), fwd, dialect)
+        tracer = self.tracer
+        if tracer is not None:
+            trace, incoming = tracer.start(cycle.headers)
+            if trace is not None:
+                ctx.trace = trace
+                if incoming is not None:  # upstream gets the gateway's span as parent
+                    ctx.fwd = fwd.replace(b"traceparent: " + incoming + b"\r\n", b"")
         self.recorder.inflight += 1
         snapshot.retry_budget.requests += 1
         cycle.owner = ctx

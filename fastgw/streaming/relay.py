@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from time import perf_counter
 
 import orjson
 
@@ -43,7 +44,8 @@ _ERROR = SseScanner.ERROR
 
 class StreamRelay:
     __slots__ = ("_error_event", "_held", "_on_commit", "_on_error", "_opening", "_resumed",
-                 "_scanner", "_sink", "committed", "error_payload", "failed", "opened")
+                 "_scanner", "_sink", "committed", "committed_at", "error_payload", "failed",
+                 "late_error", "opened")
 
     def __init__(self, sink: StreamSink, scanner: StreamScanner, *, resumed: bool,
                  on_error: Callable[[], None], error_event: Callable[[GatewayError], bytes],
@@ -65,9 +67,13 @@ class StreamRelay:
         self._on_commit = on_commit
         self._error_event = error_event
         self.committed = False
+        self.committed_at = 0.0  # when the first content went out (perf_counter)
         self.failed = False
         self.opened = False  # opening events went to the client
         self.error_payload: bytes | None = None
+        # An error event after the commit point: passed on (the client's stream
+        # ends with it), kept here so the request is counted as failed.
+        self.late_error: bytes | None = None
 
     @property
     def usage(self) -> tuple[int, int] | None:
@@ -91,6 +97,7 @@ class StreamRelay:
             # error without content (even one that ends the stream) fails over.
             if flags & _COMMIT or (flags & _DONE and not flags & _ERROR):
                 self.committed = True
+                self.committed_at = perf_counter()
                 if self._on_commit is not None:
                     self._on_commit()
                 if self._held is not None:
@@ -107,6 +114,8 @@ class StreamRelay:
                 return  # the client has had the opening events already
             elif out:
                 self.opened = True
+        if flags & _ERROR and self.committed:
+            self.late_error = out
         if out:
             self._sink.write(out)
 

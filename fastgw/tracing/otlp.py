@@ -1,0 +1,419 @@
+"""OTLP/HTTP span export: finished traces queued, encoded and posted in batches.
+
+:meth:`OtlpExporter.submit` is all the request path calls: one append to a
+bounded queue (counted in spans), or a drop when it is full. A background task
+takes a batch when the queue holds ``batch_spans`` or every ``interval_s``,
+builds the protobuf messages (opentelemetry-proto's definitions) and POSTs
+them to ``{endpoint}/v1/traces`` (``application/x-protobuf``) on a plain
+asyncio connection kept alive between batches. One export runs at a time,
+bounded by ``timeout_s``. A collector that is down or slow only loses spans
+(``fastgw_trace_spans_dropped_total{reason}``): a failed export drops its
+batch and, for a backoff that doubles up to 30 s, later batches are dropped
+without being encoded, so a dead collector costs almost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import time
+from collections.abc import Iterable
+from time import perf_counter
+from urllib.parse import urlsplit
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
+
+import fastgw
+from fastgw.metrics import TRACE_DROPPED, TRACE_SPANS, batched
+from fastgw.tracing import AttemptSpan, Trace
+
+log = logging.getLogger("fastgw.tracing")
+
+MAX_BACKOFF_S = 30.0
+_RESPONSE_HEAD_LIMIT = 64 * 1024
+
+# gen_ai.system (and its newer name gen_ai.provider.name) by provider kind; an
+# OpenAI-compatible server (vLLM, llama.cpp, ...) is none of the well-known ones.
+_SYSTEM = {
+    "openai": "openai",
+    "azure": "az.ai.openai",
+    "anthropic": "anthropic",
+    "openai-compatible": "_OTHER",
+}
+# gen_ai.operation.name by client endpoint
+_OPERATION = {
+    "chat": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+    "responses": "chat",
+    "messages": "chat",
+}
+_SERVER = Span.SpanKind.SPAN_KIND_SERVER
+_CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
+_ERROR = Status.StatusCode.STATUS_CODE_ERROR
+
+
+class OtlpExporter:
+    """The export queue and its background task, one per worker."""
+
+    __slots__ = (
+        "_backoff",
+        "_conn",
+        "_failures",
+        "_head",
+        "_host",
+        "_port",
+        "_queue",
+        "_queue_full",
+        "_retry_at",
+        "_ssl",
+        "_task",
+        "_wake",
+        "batch_spans",
+        "interval_s",
+        "loop",
+        "max_queue_spans",
+        "queued",
+        "timeout_s",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        endpoint: str,
+        headers: Iterable[tuple[str, str]] = (),
+        *,
+        timeout_s: float = 5.0,
+        max_queue_spans: int = 4096,
+        batch_spans: int = 512,
+        interval_s: float = 1.0,
+    ) -> None:
+        self.loop = loop
+        url = urlsplit(endpoint)
+        self._host = url.hostname or "127.0.0.1"
+        https = url.scheme == "https"
+        self._port = url.port or (443 if https else 80)
+        self._ssl = ssl.create_default_context() if https else None
+        path = url.path.rstrip("/")
+        if not path.endswith("/v1/traces"):
+            path += "/v1/traces"
+        host = self._host if url.port is None else f"{self._host}:{url.port}"
+        self._head = (
+            f"POST {path} HTTP/1.1\r\nhost: {host}\r\n"
+            "content-type: application/x-protobuf\r\n"
+            + "".join(f"{n}: {v}\r\n" for n, v in headers)
+        ).encode("latin-1")
+        self.timeout_s = timeout_s
+        self.max_queue_spans = max_queue_spans
+        self.batch_spans = batch_spans
+        self.interval_s = interval_s
+        self._queue: list[Trace] = []
+        self.queued = 0  # spans in the queue
+        self._queue_full = batched(TRACE_DROPPED, "queue_full")
+        self._wake: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._retry_at = 0.0  # monotonic: batches before it are dropped unencoded
+        self._backoff = 0.0
+        self._failures = 0
+
+    # -- the request path -------------------------------------------------------------------
+
+    def submit(self, trace: Trace) -> None:
+        """A finished trace: queued, or dropped (counted) when the queue is full."""
+        n = 1 + len(trace.attempts)
+        queued = self.queued + n
+        if queued > self.max_queue_spans:
+            self._queue_full.value += n
+            return
+        self._queue.append(trace)
+        self.queued = queued
+        if queued >= self.batch_spans:
+            wake = self._wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+    # -- the background task ------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = self.loop.create_task(self._run())
+
+    async def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop the task, then export what is queued (bounded by ``timeout_s``)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._queue and self.loop.time() >= self._retry_at:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.export_once(), timeout_s)
+        self._close()
+
+    async def _run(self) -> None:
+        loop = self.loop
+        while True:
+            if self.queued < self.batch_spans:
+                wake = self._wake = loop.create_future()
+                timer = loop.call_later(self.interval_s, _set, wake)
+                try:
+                    await wake
+                finally:
+                    timer.cancel()
+                    self._wake = None
+            try:
+                await self.export_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the exporter die: spans are only lost
+                log.exception("span export failed")
+
+    def take(self) -> list[Trace]:
+        """Up to one batch of traces off the queue."""
+        queue = self._queue
+        n = 0
+        i = 0
+        limit = self.batch_spans
+        while i < len(queue) and n < limit:
+            n += 1 + len(queue[i].attempts)
+            i += 1
+        batch = queue[:i]
+        del queue[:i]
+        self.queued -= n
+        return batch
+
+    async def export_once(self) -> None:
+        """Export one batch (or drop it while the collector is backed off)."""
+        batch = self.take()
+        if not batch:
+            return
+        spans = sum(1 + len(t.attempts) for t in batch)
+        if self.loop.time() < self._retry_at:
+            TRACE_DROPPED.labels("unreachable").inc(spans)
+            return
+        body = encode(batch)
+        try:
+            status = await asyncio.wait_for(self._post(body), self.timeout_s)
+        except TimeoutError as exc:  # first: it is an OSError too
+            self._close()
+            self._failed(spans, "timeout", exc)
+            return
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            ssl.SSLError,
+        ) as exc:
+            self._close()
+            self._failed(spans, "unreachable", exc)
+            return
+        if 200 <= status < 300:
+            TRACE_SPANS.inc(spans)
+            self._failures = 0
+            self._backoff = 0.0
+        else:
+            self._failed(spans, "rejected", RuntimeError(f"the collector answered {status}"))
+
+    def _failed(self, spans: int, reason: str, exc: BaseException) -> None:
+        TRACE_DROPPED.labels(reason).inc(spans)
+        self._backoff = min(MAX_BACKOFF_S, self._backoff * 2.0 or 1.0)
+        self._retry_at = self.loop.time() + self._backoff
+        self._failures += 1
+        if self._failures == 1:  # once per outage, not once per batch
+            log.warning(
+                "OTLP collector %s:%d: %s (%s); dropping spans, retrying in %g s",
+                self._host,
+                self._port,
+                reason,
+                str(exc) or type(exc).__name__,
+                self._backoff,
+            )
+
+    async def _post(self, body: bytes) -> int:
+        """POST one batch on the kept connection (a new one when there is none);
+        the collector's status. The connection is kept when the answer's end is
+        known (content-length) and the collector does not close it."""
+        conn = self._conn
+        if conn is None or conn[1].is_closing():
+            conn = self._conn = await asyncio.open_connection(
+                self._host, self._port, ssl=self._ssl, limit=_RESPONSE_HEAD_LIMIT
+            )
+        reader, writer = conn
+        writer.write(self._head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            raise ValueError(f"not an HTTP answer: {lines[0][:80]!r}")
+        status = int(parts[1])
+        length = -1
+        keep = parts[0] == b"HTTP/1.1"
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and b"close" in value.lower():
+                keep = False
+        if length >= 0:
+            await reader.readexactly(length)
+        if length < 0 or not keep:
+            self._close()
+        return status
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn[1].close()
+
+
+def _set(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+# -- encoding (off the request path) -----------------------------------------------------------
+
+
+def _ns(t: float, epoch: float) -> int:
+    return int((t + epoch) * 1e9)
+
+
+def _put(attrs: object, key: str, value: str | int | float | bool) -> None:
+    kv: KeyValue = attrs.add()  # type: ignore[attr-defined]
+    kv.key = key
+    v = kv.value
+    if isinstance(value, bool):
+        v.bool_value = value
+    elif isinstance(value, int):
+        v.int_value = value
+    elif isinstance(value, float):
+        v.double_value = value
+    else:
+        v.string_value = value
+
+
+def _resource(spans: ResourceSpans) -> None:
+    attrs = spans.resource.attributes
+    _put(attrs, "service.name", "fastgw")
+    _put(attrs, "service.version", fastgw.__version__)
+    _put(attrs, "process.pid", os.getpid())
+    spans.scope_spans.add(scope=InstrumentationScope(name="fastgw", version=fastgw.__version__))
+
+
+def encode(batch: list[Trace]) -> bytes:
+    """The OTLP ``ExportTraceServiceRequest`` of ``batch``, serialized: for each
+    trace its request span (SERVER, the client's span as parent) and one span per
+    upstream attempt (CLIENT, the request span as parent)."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    _resource(rs)
+    out = rs.scope_spans[0].spans
+    epoch = time.time() - perf_counter()  # perf_counter readings -> Unix time
+    for trace in batch:
+        _request_span(out.add(), trace, epoch)
+        last = len(trace.attempts) - 1
+        for i, attempt in enumerate(trace.attempts):
+            _attempt_span(out.add(), trace, attempt, i, i == last, epoch)
+    data: bytes = req.SerializeToString()
+    return data
+
+
+def _request_span(span: Span, t: Trace, epoch: float) -> None:
+    operation = _OPERATION.get(t.endpoint, t.endpoint)
+    span.trace_id = t.trace_id.to_bytes(16, "big")
+    span.span_id = t.span_id.to_bytes(8, "big")
+    if t.parent_id:
+        span.parent_span_id = t.parent_id.to_bytes(8, "big")
+    method = t.method.decode("latin-1")
+    path = t.path.decode("latin-1")
+    span.name = f"{operation} {t.asked}" if t.asked else f"{method} {path}"
+    span.kind = _SERVER
+    span.start_time_unix_nano = _ns(t.start, epoch)
+    span.end_time_unix_nano = _ns(t.finished, epoch)
+    a = span.attributes
+    _put(a, "gen_ai.operation.name", operation)
+    if t.attempts:
+        system = _SYSTEM.get(t.attempts[-1].kind, "_OTHER")
+        _put(a, "gen_ai.system", system)
+        _put(a, "gen_ai.provider.name", system)
+    if t.asked:
+        _put(a, "gen_ai.request.model", t.asked)
+    if t.response_model:
+        _put(a, "gen_ai.response.model", t.response_model)
+    if t.tokens is not None:
+        _put(a, "gen_ai.usage.input_tokens", t.tokens[0])
+        _put(a, "gen_ai.usage.output_tokens", t.tokens[1])
+    _put(a, "http.request.method", method)
+    _put(a, "url.path", path)
+    _put(a, "http.response.status_code", t.status)
+    _put(a, "fastgw.request_id", t.request_id.decode("latin-1"))
+    if t.key is not None:
+        _put(a, "fastgw.key", t.key)
+    if t.served:
+        _put(a, "fastgw.model", t.served)
+    if t.provider:
+        _put(a, "fastgw.provider", t.provider)
+    if t.variant is not None:
+        _put(a, "fastgw.variant", t.variant)
+    if t.cache is not None:
+        _put(a, "fastgw.cache", t.cache)
+    _put(a, "fastgw.attempts", len(t.attempts))
+    _put(a, "fastgw.stream", t.stream)
+    _put(a, "fastgw.overhead_ms", round(t.overhead_s * 1000.0, 3))
+    if t.ttft_s >= 0.0:
+        _put(a, "fastgw.ttft_ms", round(t.ttft_s * 1000.0, 3))
+    if t.error is not None:
+        _put(a, "error.type", str(t.status) if t.status >= 400 else "error")
+        span.status.code = _ERROR
+        span.status.message = t.error
+
+
+def _attempt_span(
+    span: Span, t: Trace, attempt: AttemptSpan, i: int, last: bool, epoch: float
+) -> None:
+    operation = _OPERATION.get(t.endpoint, t.endpoint)
+    system = _SYSTEM.get(attempt.kind, "_OTHER")
+    span.trace_id = t.trace_id.to_bytes(16, "big")
+    span.span_id = attempt.span_id.to_bytes(8, "big")
+    span.parent_span_id = t.span_id.to_bytes(8, "big")
+    span.name = f"{operation} {attempt.model}"
+    span.kind = _CLIENT
+    start = attempt.start or attempt.end or t.finished
+    span.start_time_unix_nano = _ns(start, epoch)
+    span.end_time_unix_nano = _ns(attempt.end or t.finished, epoch)
+    a = span.attributes
+    _put(a, "gen_ai.operation.name", operation)
+    _put(a, "gen_ai.system", system)
+    _put(a, "gen_ai.provider.name", system)
+    _put(a, "gen_ai.request.model", attempt.model)
+    _put(a, "fastgw.provider", attempt.provider)
+    _put(a, "fastgw.model", attempt.route)
+    _put(a, "fastgw.attempt", i + 1)
+    error = attempt.error
+    # The last attempt answered the request unless it failed itself; a stream's
+    # failure after its first content is the request's (and so this attempt's).
+    if last and error is None:
+        _put(a, "gen_ai.response.model", attempt.model)
+        if t.tokens is not None:
+            _put(a, "gen_ai.usage.input_tokens", t.tokens[0])
+            _put(a, "gen_ai.usage.output_tokens", t.tokens[1])
+        if t.status and t.attempts:
+            status = attempt.status or t.status
+            _put(a, "http.response.status_code", status)
+        if t.error is not None:
+            span.status.code = _ERROR
+            span.status.message = t.error
+    elif error is not None:
+        if attempt.status:
+            _put(a, "http.response.status_code", attempt.status)
+        _put(a, "error.type", error)
+        span.status.code = _ERROR
+        span.status.message = f"attempt failed: {error}"
