@@ -283,3 +283,55 @@ def test_the_access_log_says_the_cache_result(tmp_path: Any) -> None:
     assert [lines[i]["cache"] for i in ids] == ["miss", "hit", "bypass", None]
     assert lines[ids[1]]["status"] == 200
 
+
+
+# -- credentials and limits ------------------------------------------------------------------
+
+
+def test_a_bad_key_is_refused_before_the_cache(gw: Gateway) -> None:
+    d = doc(text=unique())
+    assert post(gw, d).headers["x-fastgw-cache"] == "miss"
+    before, calls = cache_counts(gw), upstream(gw)
+    for key in ("sk-not-a-key", ""):
+        r = post(gw, d, key=key)
+        assert r.status == 401, r.body
+        assert "x-fastgw-cache" not in r.headers
+        assert b"hello" not in r.body and b"mock response" not in r.body
+    assert counted_since(gw, before) == {"hit": 0, "miss": 0, "bypass": 0}
+    assert upstream(gw) == calls
+
+
+LIMITS = ", limits: {rpm: 4, tpm: 100000}"
+
+
+def spent(g: Gateway) -> list[float]:
+    """Tokens in and out and USD counted for ``gpt``."""
+    return [g.metric(metrics.TOKENS, "gpt", "input"), g.metric(metrics.TOKENS, "gpt", "output"),
+            g.metric(metrics.COST, "gpt", "")]
+
+
+def test_a_hit_counts_one_request_but_no_tokens_nor_spend() -> None:
+    with running(lambda p: cache_yaml(p, keys=LIMITS)) as g:
+        d = doc(text=unique())
+        miss = post(g, d)
+        assert miss.headers["x-fastgw-cache"] == "miss"
+        assert miss.headers["x-ratelimit-remaining-requests"] == "3"
+        tokens = spent(g)
+        assert tokens[0] > 0 and tokens[2] > 0
+        remaining = [int(miss.headers["x-ratelimit-remaining-tokens"])]
+        for left in ("2", "1", "0"):
+            r = post(g, d)
+            assert r.status == 200 and r.headers["x-fastgw-cache"] == "hit"
+            assert r.headers["x-ratelimit-remaining-requests"] == left
+            remaining.append(int(r.headers["x-ratelimit-remaining-tokens"]))
+        # tokens only refill: a hit reserves none
+        assert remaining == sorted(remaining)
+        assert spent(g) == tokens
+        # the rpm is spent: the next one is refused, hit or not, and is not a hit served
+        before, saved = cache_counts(g), g.metric(metrics.CACHE_SAVED, "gpt")
+        r = post(g, d)
+        assert r.status == 429 and "retry-after" in r.headers
+        assert b"mock response" not in r.body
+        assert counted_since(g, before)["hit"] == 0
+        assert g.metric(metrics.CACHE_SAVED, "gpt") == saved
+        assert upstream(g) == 1
