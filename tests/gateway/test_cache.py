@@ -172,10 +172,11 @@ def test_an_error_is_never_stored(gw: Gateway, fault: str, stream: bool) -> None
     assert post(gw, d).headers["x-fastgw-cache"] == "hit"
 
 
-@pytest.mark.parametrize("fault", ["cut:3", "error-event", "malformed"])
+@pytest.mark.parametrize("fault", ["cut:3", "cut:4", "error-event", "malformed"])
 def test_a_stream_that_failed_is_never_stored(gw: Gateway, fault: str) -> None:
     d = doc(text=unique(), stream=True)
-    r = post(gw, d, **{"x-mock-fault": fault})
+    # 2 chunks: cut:4 ends after the finish chunk, before the usage chunk and [DONE]
+    r = post(gw, d, **{"x-mock-fault": fault, "x-mock-chunks": "2"})
     assert r.status == 200  # the head went out before the failure
     assert r.headers["x-fastgw-cache"] == "miss"
     # cut and error-event end without [DONE]; a malformed event is relayed as it is
