@@ -120,7 +120,8 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` without persistence on a free port; ``kill`` stops it."""
+    """``redis-server`` without persistence on a free port; ``pause`` stalls it,
+    ``kill`` ends it."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -147,6 +148,11 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+
+    def pause(self) -> None:
+        """Stall it (SIGSTOP): connections stay open, nothing answers."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
