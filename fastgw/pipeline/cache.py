@@ -335,7 +335,9 @@ class CacheFilter(Filter):
                 outcome = CacheEntry(time.time(), body, ctx.prompt_tokens,
                                      ctx.completion_tokens)
                 self.store.put(state.key, outcome)
-        elif ctx.status >= 400 and ctx.status != 499:
+        elif ctx.status >= 400 and ctx.status != 499 and ctx.attempts:
+            # What the upstream answered; a refusal of this request's own (its limits,
+            # after the lookup) is not the waiters': they go upstream themselves.
             outcome = SharedFailure(ctx.status, ctx.error or "the upstream request failed")
         state.recorder = None
         if state.leads:
