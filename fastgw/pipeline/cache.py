@@ -120,7 +120,7 @@ class CacheState:
     (``future``, made by the first of them) for its outcome: a CacheEntry, a
     SharedFailure, or None (try yourself)."""
 
-    __slots__ = ("future", "key", "leads", "recorder", "result", "waiters", "write")
+    __slots__ = ("future", "key", "leads", "recorder", "result", "saved", "waiters", "write")
 
     def __init__(self, key: bytes, write: bool, result: str = MISS) -> None:
         self.key = key
@@ -130,6 +130,7 @@ class CacheState:
         self.waiters = 0
         self.future: asyncio.Future[Any] | None = None
         self.recorder: StreamRecorder | None = None
+        self.saved = 0.0  # a hit: the price of the tokens it did not spend
 
     @property
     def hit(self) -> bool:
@@ -275,12 +276,10 @@ class CacheFilter(Filter):
         state.result = HIT
         state.write = False
         ctx.extra_headers += _HEADERS[HIT]
-        _COUNT[HIT].value += 1
         route = ctx.route or self.route
-        saved = (entry.prompt_tokens * route.input_per_token
-                 + entry.completion_tokens * route.output_per_token)
-        if saved:
-            batched(CACHE_SAVED, route.name).value += saved
+        # Counted when the answer is sent (logging): limits may still refuse it.
+        state.saved = (entry.prompt_tokens * route.input_per_token
+                       + entry.completion_tokens * route.output_per_token)
         endpoint = ctx.endpoint
         body = with_id(endpoint, entry.body, fresh_id(endpoint))
         if not ctx.stream:
@@ -314,8 +313,16 @@ class CacheFilter(Filter):
 
     def logging(self, ctx: RequestCtx) -> None:
         state = ctx.cache
-        if state is None or not (state.leads or state.recorder is not None):
-            return  # the usual end: a hit, a bypass, a whole answer stored already
+        if state is None:
+            return
+        if state.result == HIT:
+            if ctx.status == 200:  # served (not refused by the limits after the lookup)
+                _COUNT[HIT].value += 1
+                if state.saved:
+                    batched(CACHE_SAVED, (ctx.route or self.route).name).value += state.saved
+            return
+        if not (state.leads or state.recorder is not None):
+            return  # the usual end: a bypass, a whole answer stored already
         outcome: Any = None
         recorder = state.recorder
         if recorder is not None and state.write and 200 <= ctx.status < 300:
@@ -328,7 +335,9 @@ class CacheFilter(Filter):
                 outcome = CacheEntry(time.time(), body, ctx.prompt_tokens,
                                      ctx.completion_tokens)
                 self.store.put(state.key, outcome)
-        elif ctx.status >= 400 and ctx.status != 499:
+        elif ctx.status >= 400 and ctx.status != 499 and ctx.attempts:
+            # What the upstream answered; a refusal of this request's own (its limits,
+            # after the lookup) is not the waiters': they go upstream themselves.
             outcome = SharedFailure(ctx.status, ctx.error or "the upstream request failed")
         state.recorder = None
         if state.leads:
