@@ -16,7 +16,7 @@ import os
 import queue
 import sys
 import threading
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
@@ -25,7 +25,7 @@ FLUSH_INTERVAL_S = 0.05
 
 class AccessLog:
     __slots__ = ("_buf", "_dropped", "_handle", "_lines", "_loop", "_max_pending", "_out",
-                 "_pending", "_queue", "_thread", "enabled")
+                 "_owned", "_pending", "_queue", "_thread", "enabled")
 
     def __init__(self, target: str, loop: asyncio.AbstractEventLoop,
                  max_pending: int = 100_000) -> None:
@@ -38,7 +38,8 @@ class AccessLog:
         self._pending = 0
         self._dropped = 0
         self._queue: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
-        self._out: BinaryIO | int | None = None
+        self._out: int | None = None
+        self._owned = False  # the file descriptor is ours to close
         self._thread: threading.Thread | None = None
         if not self.enabled:
             return
@@ -47,7 +48,11 @@ class AccessLog:
         elif target == "stderr":
             self._out = sys.stderr.fileno()
         else:
-            self._out = open(target, "ab")  # noqa: SIM115 - closed by close()
+            # O_APPEND and one write() per batch: with --workers N every process
+            # appends to the one file and lines never interleave.
+            self._out = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                                0o644)
+            self._owned = True
         self._thread = threading.Thread(target=self._writer, name="fastgw-access-log",
                                         daemon=True)
         self._thread.start()
@@ -89,14 +94,10 @@ class AccessLog:
                 return
             data, lines = item
             try:
-                if isinstance(out, int):
-                    view = memoryview(data)
-                    while view:
-                        n = os.write(out, view)
-                        view = view[n:]
-                elif out is not None:
-                    out.write(data)
-                    out.flush()
+                view = memoryview(data)
+                while view and out is not None:
+                    n = os.write(out, view)
+                    view = view[n:]
             except OSError:
                 pass  # a closed stdout must not take the gateway down
             # Lines leave the pending count only once written (bounded memory).
@@ -117,5 +118,6 @@ class AccessLog:
             self._queue.put(None)
             self._thread.join(timeout=5)
             self._thread = None
-        if self._out is not None and not isinstance(self._out, int):
-            self._out.close()
+        if self._out is not None and self._owned:
+            os.close(self._out)
+            self._out = None
