@@ -30,12 +30,15 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from fastgw._native import cache_key
 from fastgw.cache import (
     STREAM_ENDPOINTS,
     CacheEntry,
     MemoryCache,
     RedisCache,
+    ReplayError,
     StreamRecorder,
     fresh_id,
     redis_cache,
@@ -148,6 +151,14 @@ class CacheState:
 
 
 _BYPASSED = CacheState(b"", False, BYPASS)  # shared: a bypass keeps nothing
+
+
+def _whole_object(body: bytes) -> bool:
+    """Whether an upstream's whole answer is a JSON object (what a hit may replay)."""
+    try:
+        return type(orjson.loads(body)) is dict
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _bypass(ctx: RequestCtx) -> None:
@@ -272,7 +283,23 @@ class CacheFilter(Filter):
         self._lead(ctx, state)
         return None
 
-    def _hit(self, ctx: RequestCtx, state: CacheState, entry: CacheEntry) -> Reply:
+    def _hit(self, ctx: RequestCtx, state: CacheState, entry: CacheEntry) -> Reply | None:
+        """The answer from ``entry``; None (a miss: the request goes upstream and its
+        answer replaces the entry) when the entry cannot be replayed as asked."""
+        endpoint = ctx.endpoint
+        body = with_id(endpoint, entry.body, fresh_id(endpoint))
+        reply: Reply
+        if not ctx.stream:
+            reply = Reply(200, body)
+        else:
+            opts = ctx.doc.get("stream_options")
+            usage = isinstance(opts, dict) and opts.get("include_usage") is True
+            try:
+                reply = Reply(200, to_stream(endpoint, body, include_usage=usage), _SSE_HEAD,
+                              stream=True)
+            except ReplayError:
+                self._lead(ctx, state)
+                return None
         state.result = HIT
         state.write = False
         ctx.extra_headers += _HEADERS[HIT]
@@ -280,13 +307,7 @@ class CacheFilter(Filter):
         # Counted when the answer is sent (logging): limits may still refuse it.
         state.saved = (entry.prompt_tokens * route.input_per_token
                        + entry.completion_tokens * route.output_per_token)
-        endpoint = ctx.endpoint
-        body = with_id(endpoint, entry.body, fresh_id(endpoint))
-        if not ctx.stream:
-            return Reply(200, body)
-        opts = ctx.doc.get("stream_options")
-        usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        return Reply(200, to_stream(endpoint, body, include_usage=usage), _SSE_HEAD, stream=True)
+        return reply
 
     # -- the answer ------------------------------------------------------------------------
 
@@ -294,6 +315,10 @@ class CacheFilter(Filter):
         state = ctx.cache
         if state is not None and state.write:
             state.write = False
+            if not _whole_object(body):  # a 200 that is not a JSON object: never stored
+                if state.leads:
+                    self._land(state, None)
+                return body
             now = time.time()
             entry = CacheEntry(now, body, ctx.prompt_tokens, ctx.completion_tokens)
             memory = self.memory

@@ -25,6 +25,7 @@ from cache_gw import (
 from gwtest import Gateway, running
 
 from fastgw import metrics
+from fastgw.cache import CacheEntry
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,36 @@ def test_a_stream_that_failed_is_never_stored(gw: Gateway, fault: str) -> None:
     assert b"[DONE]" in r.body
     assert upstream(gw) == before + 1
     assert post(gw, d).headers["x-fastgw-cache"] == "hit"
+
+
+def test_a_whole_answer_that_is_not_json_is_never_stored(gw: Gateway) -> None:
+    d = doc(text=unique())
+    r = post(gw, d, **{"x-mock-fault": "malformed"})  # a 200 whose body is cut-off JSON
+    assert r.status == 200 and r.headers["x-fastgw-cache"] == "miss"
+    before = upstream(gw)
+    r = post(gw, d)
+    assert r.headers["x-fastgw-cache"] == "miss" and orjson.loads(r.body)["choices"]
+    assert upstream(gw) == before + 1
+    assert post(gw, d).headers["x-fastgw-cache"] == "hit"
+
+
+def test_an_entry_that_cannot_be_replayed_as_a_stream_is_a_miss(gw: Gateway) -> None:
+    # An entry that is not an answer of its endpoint's shape (written by another
+    # version into a shared Redis, say): a streamed request goes upstream instead of
+    # failing, and its answer replaces the entry.
+    d = doc(text=unique())
+    assert post(gw, d).headers["x-fastgw-cache"] == "miss"
+    memory = gw.app.gateway.state.snapshot.cache.memory  # type: ignore[union-attr]
+    assert memory is not None and len(memory._entries) >= 1
+    for key, (entry, expires, cost) in list(memory._entries.items()):
+        memory._entries[key] = (CacheEntry(entry.created, entry.body[:40], 1, 1), expires, cost)
+    before = upstream(gw)
+    r = post(gw, {**d, "stream": True})
+    assert r.status == 200 and r.headers["x-fastgw-cache"] == "miss"
+    assert r.body.rstrip().endswith(b"data: [DONE]")
+    assert upstream(gw) == before + 1
+    r = post(gw, {**d, "stream": True})
+    assert r.headers["x-fastgw-cache"] == "hit" and upstream(gw) == before + 1
 
 
 def test_a_whole_stream_is_stored(gw: Gateway) -> None:
