@@ -61,11 +61,15 @@ def test_valid_hs256_token_passes_and_names_the_caller() -> None:
         return hs_yaml(port).replace("observability: {access_log: off}",
                                      "observability: {access_log: off, key_labels: true}")
 
+    from fastgw import metrics
+
     with running(yaml) as gw:
+        # Counters are process-wide: the caller's spend is what this request adds.
+        before = gw.metric(metrics.COST, "gpt-test", "svc-search")
         status, doc = call(gw.port, hs(sub="svc-search"))
         assert status == 200, doc
-        metrics = http(gw.port, "GET", "/metrics").body.decode()
-        assert 'key="svc-search"' in metrics
+        assert gw.metric(metrics.COST, "gpt-test", "svc-search") - before > 0
+        assert 'key="svc-search"' in http(gw.port, "GET", "/metrics").body.decode()
         status, doc = http_json(gw.port, "GET", "/v1/models",
                                 headers={"authorization": f"Bearer {hs()}"})
         assert status == 200 and {m["id"] for m in doc["data"]} == {"gpt-test", "same-name"}
