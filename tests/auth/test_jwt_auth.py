@@ -191,8 +191,10 @@ def test_jwks_key_rotation_by_kid() -> None:
         time.sleep(1.1)
         assert call(gw.port, t2)[0] == 200  # stale keys still verify; refresh in background
         assert wait_for(lambda: idp.count() >= 3, timeout=3)
-        time.sleep(0.1)
-        status, doc = call(gw.port, k1.token(fastgw_models=["*"]))
+        retired = k1.token(fastgw_models=["*"])
+        # The refreshed keys are installed just after the fetch.
+        assert wait_for(lambda: call(gw.port, retired)[0] == 401, timeout=5)
+        status, doc = call(gw.port, retired)
         assert status == 401 and doc["error"]["code"] == "token_key_unknown"
         assert call(gw.port, t2)[0] == 200
 
