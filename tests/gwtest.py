@@ -31,6 +31,7 @@ class LoopThread:
 
     def __init__(self) -> None:
         self.loop = uvloop.new_event_loop()
+        self.closers: list[Callable[[], object]] = []  # run on the loop first by close()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
@@ -48,6 +49,8 @@ class LoopThread:
 
     def close(self) -> None:
         async def cancel_all() -> None:
+            for close in self.closers:
+                close()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for t in tasks:
                 t.cancel()

@@ -38,6 +38,9 @@ def test_batched_histograms_and_counters_equal_direct_observation() -> None:
     for v in [*values, 0.0]:
         direct.labels("m").observe(v)
     before = _samples(metrics.DURATION, {"model": "batch-check"})
+    # Counters are process-wide: what this test adds is the change.
+    tokens_before = metrics.TOKENS.labels("batch-check", "output")._value.get()
+    requests_before = metrics.REQUESTS.labels("batch-check", "p", "200")._value.get()
     rec = Recorder()
     for v in values:
         rec.finished("batch-check", "p", 200, "batch-check", None, v, -1.0, 0.0, 0, 0, 0.0)
@@ -54,18 +57,24 @@ def test_batched_histograms_and_counters_equal_direct_observation() -> None:
         if key[0].endswith("_created"):
             continue
         assert after[key] - before.get(key, 0.0) == value, key
-    assert metrics.TOKENS.labels("batch-check", "output")._value.get() == 7
-    assert metrics.REQUESTS.labels("batch-check", "p", "200")._value.get() == len(values)
+    assert metrics.TOKENS.labels("batch-check", "output")._value.get() - tokens_before == 7
+    assert (metrics.REQUESTS.labels("batch-check", "p", "200")._value.get() - requests_before
+            == len(values))
 
 
 def test_cost_and_tokens_go_to_the_serving_model_and_the_capped_key() -> None:
     from fastgw import metrics
 
+    def values() -> tuple[float, ...]:
+        return (metrics.COST.labels("served-m", "k1")._value.get(),
+                metrics.COST.labels("served-m", "_other")._value.get(),
+                metrics.TOKENS.labels("served-m", "input")._value.get(),
+                metrics.REQUESTS.labels("asked-m", "p", "200")._value.get())
+
+    before = values()  # counters are process-wide: what this test adds is the change
     rec = Recorder(key_labels=True, max_key_labels=1)
     rec.finished("asked-m", "p", 200, "served-m", "k1", 0.1, 0.05, 0.0001, 3, 4, 0.5)
     rec.finished("asked-m", "p", 200, "served-m", "k2", 0.1, -1.0, 0.0, 0, 0, 0.25)
     rec.flush()
-    assert metrics.COST.labels("served-m", "k1")._value.get() == 0.5
-    assert metrics.COST.labels("served-m", "_other")._value.get() == 0.25
-    assert metrics.TOKENS.labels("served-m", "input")._value.get() == 3
-    assert metrics.REQUESTS.labels("asked-m", "p", "200")._value.get() == 2
+    after = values()
+    assert [a - b for a, b in zip(after, before, strict=True)] == [0.5, 0.25, 3, 2]

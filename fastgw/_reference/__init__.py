@@ -4,7 +4,7 @@ Each module has the same API as its native counterpart and gives the same
 answers; tests run both on the same inputs. They are slow and exist to be
 read and compared against, not to serve traffic:
 
-- ``limiter``: ``Limit``, ``Scope``, ``Reservation``, ``LimiterTable``;
+- ``limiter``: ``Limit``, ``Scope``, ``Reservation``, ``LimiterTable``, ``Admission``;
 - ``ring``: ``HashRing`` and ``hash64`` (XXH3-64);
 - ``jwt``: ``JwtKeySet``, ``JwtVerifier`` and the ``JwtError`` family
   (needs PyJWT and cryptography, imported when used);

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Limit", "LimiterTable", "Reservation", "Scope"]
+__all__ = ["Admission", "Limit", "LimiterTable", "Reservation", "Scope"]
 
 _DAY = 86_400.0
 _MAX_VALUE = 9_007_199_254_740_992.0
@@ -329,6 +329,116 @@ class Reservation:
     def __bool__(self) -> bool:
         return self._admitted
 
+    def rate_headers(
+        self, requests: tuple[int, ...], tokens: tuple[int, ...], lines: tuple[bytes, ...], /
+    ) -> bytes | None:
+        """The ``x-ratelimit-*`` lines of the tightest requests scope among the indexes
+        ``requests`` and of the tightest tokens scope among ``tokens``; None when a
+        figure cannot be shown exactly."""
+        n = len(self._statuses)
+        if any(not 0 <= i < n for i in (*requests, *tokens)):
+            raise ValueError("scope index out of range")
+        picked = {i: lines[i] for i in (*requests, *tokens)}
+        for line in picked.values():
+            if not isinstance(line, bytes):
+                raise TypeError("a limit line is bytes")
+        return _render_rate_headers(self._statuses, requests, tokens, picked)
+
+
+def _reset_duration(seconds: float) -> bytes | None:
+    """OpenAI's reset format (``20ms``, ``1.5s``, ``6m0s``, ``1h2m4s``); None past 1e15 s."""
+    if seconds <= 0.0 or math.isnan(seconds) or seconds == math.inf:
+        return b"0s"
+    if seconds < 1.0:
+        return b"%dms" % math.ceil(seconds * 1000.0)
+    if seconds < 60.0:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".").encode() + b"s"
+    if seconds < 1e15:
+        m, sec = divmod(math.ceil(seconds), 60)
+        if m < 60:
+            return b"%dm%ds" % (m, sec)
+        return b"%dh%dm%ds" % (m // 60, m % 60, sec)
+    return None
+
+
+def _render_rate_headers(statuses: Sequence[tuple[float, float, float]],
+                         requests: Sequence[int], tokens: Sequence[int],
+                         lines: dict[int, bytes] | Sequence[bytes]) -> bytes | None:
+    """For requests, then tokens: the scope with the least remaining (the first of
+    equals), its limit line, remaining (toward zero) and reset lines."""
+    if not statuses:
+        return b""
+    out = b""
+    for idx, what in ((requests, b"requests"), (tokens, b"tokens")):
+        best: int | None = None
+        for i in idx:
+            if best is None or statuses[i][1] < statuses[best][1]:
+                best = i
+        if best is None:
+            continue
+        _, remaining, reset = statuses[best]
+        if not math.isfinite(remaining) or abs(remaining) >= 1e15:
+            return None
+        out += lines[best] + b"x-ratelimit-remaining-%s: %d\r\n" % (what, int(remaining))
+        text = _reset_duration(reset)
+        if text is None:
+            return None
+        out += b"x-ratelimit-reset-%s: %s\r\n" % (what, text)
+    return out
+
+
+_REQUESTS, _TOKENS, _INFLIGHT, _USD = 0, 1, 2, 3
+
+
+class Admission:
+    """A plan's scopes and what each counts (0 requests, 1 tokens, 2 in-flight, 3 USD),
+    with per scope the most one request reserves of it and its limit line."""
+
+    __slots__ = ("_caps", "_dims", "_lines", "_requests", "_scopes", "_tokens")
+
+    def __init__(self, scopes: Sequence[Scope], dims: Sequence[int], caps: Sequence[float],
+                 lines: Sequence[bytes]) -> None:
+        self._scopes = tuple(scopes)
+        for sc in self._scopes:
+            if not isinstance(sc, Scope):
+                raise TypeError("scopes must be Scope objects")
+        n = len(self._scopes)
+        self._dims = tuple(int(d) for d in dims)
+        self._caps = tuple(float(c) for c in caps)
+        self._lines = tuple(bytes(line) for line in lines)
+        if len(self._dims) != n or len(self._caps) != n or len(self._lines) != n:
+            raise ValueError("dims, caps and lines need one entry per scope")
+        if any(not 0 <= d <= _USD for d in self._dims):
+            raise ValueError("a dimension is 0, 1, 2 or 3")
+        self._requests = tuple(i for i in range(n) if self._dims[i] == _REQUESTS)
+        self._tokens = tuple(i for i in range(n) if self._dims[i] == _TOKENS)
+
+    def costs(self, tokens: float, usd: float) -> list[float]:
+        """1 per request and in-flight slot; the estimates, at most the cap, otherwise."""
+        out = []
+        for d, cap in zip(self._dims, self._caps, strict=True):
+            if d == _TOKENS:
+                out.append(_fmin(float(tokens), cap))
+            elif d == _USD:
+                out.append(_fmin(float(usd), cap))
+            else:
+                out.append(1.0)
+        return out
+
+    def actual(self, requests: float, tokens: float, usd: float) -> list[float]:
+        """The settlement per scope (in-flight slots given back)."""
+        by_dim = (float(requests), float(tokens), 0.0, float(usd))
+        return [by_dim[d] for d in self._dims]
+
+
+def _fmin(a: float, b: float) -> float:
+    """IEEE minNum, as Rust's ``f64::min``: a NaN argument gives the other."""
+    if math.isnan(a):
+        return b
+    if math.isnan(b):
+        return a
+    return a if a < b else b
+
 
 def _floats(values: Iterable[float], what: str, n: int) -> list[float]:
     out = [float(v) for v in values]
@@ -509,6 +619,21 @@ class LimiterTable:
             elif s.stamp == reservation._windows[i]:
                 self._entries[slot] = (lim, _State(max(s.level + delta, 0.0), s.stamp))
         return True
+
+    def admit(self, admission: Admission, tokens: float, usd: float,
+              now: float | None = None) -> tuple[Reservation, bytes | None]:
+        """``reserve`` of the admission's scopes at its costs for ``tokens`` and ``usd``,
+        and the reservation's ``x-ratelimit-*`` lines (None: not exactly renderable)."""
+        res = self.reserve(admission._scopes, admission.costs(tokens, usd), now)
+        head = _render_rate_headers(res._statuses, admission._requests, admission._tokens,
+                                    admission._lines)
+        return res, head
+
+    def settle_admitted(self, reservation: Reservation, admission: Admission,
+                        requests: float, tokens: float, usd: float,
+                        now: float | None = None) -> bool:
+        """``settle`` with the admission's settlement for what the request used."""
+        return self.settle(reservation, admission.actual(requests, tokens, usd), now)
 
     def release(self, reservation: Reservation, now: float | None = None) -> bool:
         """Gives back everything reserved."""

@@ -21,7 +21,7 @@ from fastgw.errors import StreamFailedBeforeCommit, UpstreamError, UpstreamTimeo
 from fastgw.metrics import Recorder
 from fastgw.pipeline.attempt import Attempt
 from fastgw.pipeline.filters import ChunkSink
-from fastgw.pipeline.outcome import Responder
+from fastgw.pipeline.outcome import Responder, scrub
 from fastgw.streaming.relay import StreamRelay, error_message
 from fastgw.types import StreamScanner, StreamSink
 from fastgw.upstream.client import exchange, recover, start_pooled
@@ -198,6 +198,7 @@ class Pipe:
         """An error event before any content: fail this attempt (it may fail over)."""
         payload = self.relay.error_payload
         assert payload is not None
+        payload = scrub(payload, self.provider.secrets)
         self.failure.append(StreamFailedBeforeCommit(
             f"upstream {self.provider.name!r} sent an error before any content: "
             f"{error_message(payload)}", sent=True))

@@ -103,19 +103,21 @@ class Responder:
         if overhead < 0.0:
             overhead = 0.0
         ctx.overhead_s = overhead
+        passed = hdr.response_headers(up_headers)
+        if passed:  # an upstream may echo its credential in a header it sends
+            passed = scrub(passed, target.provider.secrets)
         return (b"content-type: " + ctype + b"\r\nx-request-id: " + ctx.request_id + b"\r\n"
                 + target.response_headers
                 + b"x-fastgw-attempts: %d\r\nx-fastgw-overhead-ms: %.3f\r\n"
                 % (ctx.attempts, overhead * 1000.0)
-                + ctx.extra_headers + hdr.response_headers(up_headers))
+                + ctx.extra_headers + passed)
 
     def status_error(self, attempt: Attempt, status: int, body: bytes,
                      up_headers: list[tuple[bytes, bytes]]) -> UpstreamStatusError:
         """An upstream's error status as the error the runner judges: provider
         secrets scrubbed, the body in the client's dialect."""
         provider = attempt.target.provider
-        for secret in provider.secrets:
-            body = body.replace(secret, b"[redacted]")
+        body = scrub(body, provider.secrets)
         message = _upstream_message(body)
         text = f"upstream {provider.name!r} answered {status}" + (f": {message}"
                                                                    if message else "")
@@ -243,6 +245,14 @@ class Responder:
             trace.ttft_s = ctx.first_token - ctx.t0
         assert self.tracer is not None
         self.tracer.submit(trace)
+
+
+def scrub(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """``data`` with every provider secret replaced."""
+    for secret in secrets:
+        if secret in data:
+            data = data.replace(secret, b"[redacted]")
+    return data
 
 
 def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:

@@ -61,11 +61,15 @@ def test_valid_hs256_token_passes_and_names_the_caller() -> None:
         return hs_yaml(port).replace("observability: {access_log: off}",
                                      "observability: {access_log: off, key_labels: true}")
 
+    from fastgw import metrics
+
     with running(yaml) as gw:
+        # Counters are process-wide: the caller's spend is what this request adds.
+        before = gw.metric(metrics.COST, "gpt-test", "svc-search")
         status, doc = call(gw.port, hs(sub="svc-search"))
         assert status == 200, doc
-        metrics = http(gw.port, "GET", "/metrics").body.decode()
-        assert 'key="svc-search"' in metrics
+        assert gw.metric(metrics.COST, "gpt-test", "svc-search") - before > 0
+        assert 'key="svc-search"' in http(gw.port, "GET", "/metrics").body.decode()
         status, doc = http_json(gw.port, "GET", "/v1/models",
                                 headers={"authorization": f"Bearer {hs()}"})
         assert status == 200 and {m["id"] for m in doc["data"]} == {"gpt-test", "same-name"}
@@ -187,8 +191,10 @@ def test_jwks_key_rotation_by_kid() -> None:
         time.sleep(1.1)
         assert call(gw.port, t2)[0] == 200  # stale keys still verify; refresh in background
         assert wait_for(lambda: idp.count() >= 3, timeout=3)
-        time.sleep(0.1)
-        status, doc = call(gw.port, k1.token(fastgw_models=["*"]))
+        retired = k1.token(fastgw_models=["*"])
+        # The refreshed keys are installed just after the fetch.
+        assert wait_for(lambda: call(gw.port, retired)[0] == 401, timeout=5)
+        status, doc = call(gw.port, retired)
         assert status == 401 and doc["error"]["code"] == "token_key_unknown"
         assert call(gw.port, t2)[0] == 200
 

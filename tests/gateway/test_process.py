@@ -15,7 +15,17 @@ from pathlib import Path
 
 import orjson
 import pytest
-from gwtest import LoopThread, Reader, chat, connect, http, http_json, wait_for
+from gwtest import (
+    LoopThread,
+    Reader,
+    Response,
+    chat,
+    connect,
+    http,
+    http_json,
+    recv_until_closed,
+    wait_for,
+)
 
 from fastgw.mock import MockOptions, start_mock
 
@@ -69,6 +79,14 @@ def gateway_process(args: list[str], port: int) -> Iterator[subprocess.Popen[byt
             proc.stderr.close()
 
 
+def _refused(port: int) -> bool:
+    try:
+        connect(port, timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def _healthy(port: int) -> bool:
     try:
         return http(port, "GET", "/healthz", timeout=1).status == 200
@@ -93,15 +111,59 @@ def test_sighup_reloads_and_a_bad_file_is_refused(tmp_path: Path) -> None:
         cfg.write_text(config_text(mport, "gpt-a"))
         with gateway_process(["--config", str(cfg)], port) as proc:
             assert http(port, "POST", "/v1/chat/completions", chat(model="gpt-b")).status == 404
+            # A keep-alive connection and a stream in flight across the reload.
+            kept = connect(port)
+            kept_reader = Reader(kept, limit_s=10)
+            assert _keepalive_post(kept, kept_reader, "gpt-a").status == 200
+            streaming = connect(port)
+            data = orjson.dumps(chat(model="gpt-a", stream=True))
+            streaming.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                              b"x-mock-chunk-interval-ms: 50\r\nx-mock-chunks: 40\r\n"
+                              b"content-length: %d\r\n\r\n%s" % (len(data), data))
             cfg.write_text(config_text(mport, "gpt-a,gpt-b"))
             proc.send_signal(signal.SIGHUP)
             assert wait_for(lambda: http(port, "POST", "/v1/chat/completions",
-                                         chat(model="gpt-b")).status == 200, timeout=5)
+                                         chat(model="gpt-b")).status == 200, timeout=10)
+            # The connection opened before the reload serves the new configuration.
+            r = _keepalive_post(kept, kept_reader, "gpt-b")
+            assert r.status == 200 and r.headers.get("connection") != "close"
+            r = Reader(streaming, limit_s=20).next()
+            assert r.status == 200 and r.body.endswith(b"data: [DONE]\n\n")
+            kept.close()
+            streaming.close()
+            errors = _Stderr(proc)
             cfg.write_text("models: [{name: broken}]\nnonsense: 1\n")
             proc.send_signal(signal.SIGHUP)
-            time.sleep(0.5)
+            assert wait_for(lambda: "reload refused" in errors.read(), timeout=10)
             assert proc.poll() is None
             assert http(port, "POST", "/v1/chat/completions", chat(model="gpt-b")).status == 200
+
+
+def _keepalive_post(s: socket.socket, reader: Reader, model: str) -> Response:
+    data = orjson.dumps(chat(model=model))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+              b"content-length: %d\r\n\r\n%s" % (len(data), data))
+    return reader.next()
+
+
+class _Stderr:
+    """What the process wrote on stderr so far (read without blocking)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        self.fd = proc.stderr.fileno()
+        os.set_blocking(self.fd, False)
+        self.text = ""
+
+    def read(self) -> str:
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return self.text
+            if not chunk:
+                return self.text
+            self.text += chunk.decode(errors="replace")
 
 
 def test_admin_reload_needs_admin_key(tmp_path: Path) -> None:
@@ -133,7 +195,8 @@ def test_admin_reload_needs_admin_key(tmp_path: Path) -> None:
 def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.yaml"
     port = free_port()
-    with mock_upstream(chunks=15, chunk_interval_ms=100) as mport:
+    # A stream of about 5 s: long enough to observe the drain while it is in flight.
+    with mock_upstream(chunks=50, chunk_interval_ms=100) as mport:
         cfg.write_text(config_text(mport))
         with gateway_process(["--config", str(cfg)], port) as proc:
             s = connect(port)
@@ -144,10 +207,15 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None
             first = s.recv(65536)
             assert first.startswith(b"HTTP/1.1 200")
             proc.send_signal(signal.SIGTERM)
-            reader = Reader(s, limit_s=10)
+            # While the stream is in flight (the process is still alive, draining), a new
+            # connection is refused: the listener is closed at once, not at exit.
+            assert wait_for(lambda: _refused(port), timeout=10)
+            assert proc.poll() is None
+            reader = Reader(s, limit_s=30)
             reader.buf = first
             r = reader.next()
             assert r.body.endswith(b"data: [DONE]\n\n")
+            assert r.body.count(b'"content"') >= 40  # every event of the stream arrived
             # The head went out before SIGTERM; after the stream the server closes.
             s.settimeout(5)
             assert s.recv(1) == b""
@@ -155,6 +223,31 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None
             assert proc.wait(timeout=10) == 0
             with pytest.raises(OSError):
                 connect(port, timeout=1).close()
+
+
+def test_sigterm_waits_at_most_drain_timeout_s_for_a_stream(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.yaml"
+    port = free_port()
+    # A stream of about 20 s against a drain bound of 1 s.
+    with mock_upstream(chunks=200, chunk_interval_ms=100) as mport:
+        cfg.write_text(config_text(mport, extra="server: {drain_timeout_s: 1}\n"))
+        with gateway_process(["--config", str(cfg)], port) as proc:
+            s = connect(port)
+            data = orjson.dumps(chat(stream=True))
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                      b"content-length: %d\r\n\r\n%s" % (len(data), data))
+            s.settimeout(5)
+            first = s.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200")
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+            # Well before the stream's end (generous for a loaded machine).
+            assert time.monotonic() - t0 < 12
+            rest = first + recv_until_closed(s, 10)
+            s.close()
+            assert b"data: [DONE]" not in rest  # cut at the bound, not finished
+            assert rest.count(b'"content"') < 190
 
 
 def test_access_log_line_has_the_fields_and_no_secret(tmp_path: Path) -> None:

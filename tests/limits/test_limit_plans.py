@@ -69,15 +69,27 @@ def test_plans_collect_key_limits_and_matching_rules() -> None:
     key = LimitSpec(rpm=600, max_inflight=3, budget_usd=BudgetConfig(50.0, "day"))
     plan = rules.plan("k:team-a", "team-a", "free", key, "gpt-4o", ["openai", "azure-eu"])
     assert plan is not None
-    assert [k.split(":", 2)[2] for k in plan.keys] == [
-        "k:team-a:rpm", "k:team-a:inflight", "k:team-a:budget:day",
-        *[k.split(":", 2)[2] for k in plan.keys[3:]]]
-    assert len(plan.keys) == 8
-    assert all(k.startswith("{fastgw}:") for k in plan.keys)
+    # A rule's bucket is named by a digest of its match and ``per`` (so counts in Redis
+    # survive restarts and reloads that keep the match): written out, not recomputed.
+    assert plan.keys == (
+        "{fastgw}:key:k:team-a:rpm",
+        "{fastgw}:key:k:team-a:inflight",
+        "{fastgw}:key:k:team-a:budget:day",
+        "{fastgw}:rule:2b9164799ad7:k:team-a:rpm",  # model: gpt-4o*
+        "{fastgw}:rule:47d58bb77747:k:team-a:rpm",  # tier: free
+        "{fastgw}:rule:366ca65d4821:k:team-a:rpm",  # provider: azure-*
+        "{fastgw}:rule:3ebba4b2cc05:k:team-a:rpm",  # key: team-?
+        "{fastgw}:rule:9339416fb1bb:*:tpm",  # per: rule -> one count for everybody
+    )
     assert plan.labels == ("key", "key", "key", "model", "tier", "provider", "key", "model")
-    assert plan.keys[-1].endswith(":*:tpm")  # per: rule -> one count for everybody
     other = rules.plan("k:team-b", "team-b", None, None, "gpt-4o-mini", ["openai"])
     assert other is not None and other.labels == ("model", "key")
+    assert other.keys == ("{fastgw}:rule:2b9164799ad7:k:team-b:rpm",
+                          "{fastgw}:rule:3ebba4b2cc05:k:team-b:rpm")
+    prefixed = Rules([rule(100, model="gpt-4o*")], key_prefix="gw2").plan(
+        "k:team-a", "team-a", None, None, "gpt-4o", [])
+    assert prefixed is not None
+    assert prefixed.keys == ("{gw2}:rule:2b9164799ad7:k:team-a:rpm",)
     assert rules.plan("-", None, None, None, "llama", []) is None
 
 

@@ -140,6 +140,13 @@ def test_budget_cannot_be_overspent_by_more_than_one_reservation() -> None:
         body = chat("pricey", stream=True, max_tokens=8)
         reservation = len(orjson.dumps(body)) // 4 + 1 + 8
 
+        def spent_so_far() -> float:
+            # Per-key labels are opt-in; only key-a spends here. The total is
+            # process-wide (other tests spend on this model too): the change counts.
+            return metric(gw.port, "fastgw_cost_usd_total", model="pricey", key="")
+
+        before = spent_so_far()
+
         def stream(_: int) -> int:
             r = post(gw.port, KEY_A, "pricey", headers={"x-mock-chunk-interval-ms": "20"},
                      stream=True, max_tokens=8)
@@ -154,8 +161,7 @@ def test_budget_cannot_be_overspent_by_more_than_one_reservation() -> None:
             pass
 
         def spent() -> float:
-            # Per-key labels are opt-in; only key-a spends here, so the total is its spend.
-            return metric(gw.port, "fastgw_cost_usd_total", model="pricey", key="")
+            return spent_so_far() - before
 
         assert wait_for(lambda: spent() > 0)
         total = spent()

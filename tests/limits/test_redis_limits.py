@@ -56,8 +56,8 @@ def test_one_script_call_per_admission_and_per_settle(redis_srv: RedisServer) ->
         redis_srv.url)
     with running(lambda p: gw_yaml(p, extra)) as gw:
         assert post(gw.port).status == 200
-        assert wait_for(lambda: redis_srv.evalsha_calls() >= 2)
-        time.sleep(0.1)
+        # The first request's admission and its settle (sent just after the answer).
+        assert wait_for(lambda: redis_srv.evalsha_calls() == 2)
         base = redis_srv.evalsha_calls()
         stats = redis_srv.client().info("commandstats")
         loads = stats.get("cmdstat_script|load", stats.get("cmdstat_script", {})).get("calls")
@@ -84,9 +84,10 @@ def test_tokens_inflight_and_budget_settle_in_redis(redis_srv: RedisServer) -> N
                                "period: month}") + redis_extra(redis_srv.url)
     with running(lambda p: gw_yaml(p, extra)) as gw, \
             concurrent.futures.ThreadPoolExecutor(3) as pool:
-        slow = [pool.submit(post, gw.port, headers={"x-mock-latency-ms": "500"})
+        before = gw.mock_stats()["requests"]
+        slow = [pool.submit(post, gw.port, headers={"x-mock-latency-ms": "2000"})
                 for _ in range(2)]
-        time.sleep(0.25)
+        assert wait_for(lambda: gw.mock_stats()["requests"] - before == 2)  # both in flight
         assert post(gw.port).status == 429  # max_inflight
         assert [f.result().status for f in slow] == [200, 200]
         time.sleep(0.2)  # a settle goes to Redis just after its answer went out

@@ -139,3 +139,64 @@ def test_bounded_load_rounds_its_bound_up_so_keys_stay_put_at_low_concurrency(
     assert ring.lookup(key, [2.0, 0.0]) == "b"
     # Balanced load keeps it at any level.
     assert ring.lookup(key, [7.0, 7.0]) == "a"
+
+
+def _same_ring(a: Any, b: Any, probe: list[Any]) -> None:
+    assert (a.targets, a.weights, a.replicas, a.points, len(a)) == (
+        b.targets, b.weights, b.replicas, b.points, len(b))
+    for key in probe:
+        assert a.candidates(key) == b.candidates(key)
+        if a.points:
+            assert a.lookup(key) == b.lookup(key)
+
+
+def _outcome(fn: Any, *args: Any) -> Any:
+    """What a call returns, or the type of what it raises."""
+    try:
+        return fn(*args)
+    except (ValueError, TypeError, LookupError) as e:
+        return type(e)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    targets=memberships,
+    replicas=st.integers(1, 40),
+    changes=st.lists(
+        st.one_of(
+            st.tuples(st.just("with"), st.text(st.characters(codec="utf-8"), min_size=1,
+                                               max_size=12),
+                      st.one_of(st.sampled_from([0.0, 0.5, 1.0, 3.0]), st.floats(-1.0, 4.0),
+                                st.just(float("nan")))),
+            st.tuples(st.just("without"), st.text(st.characters(codec="utf-8"), max_size=12),
+                      st.just(0.0)),
+            # Changes to names the ring already has (reweighting, removal).
+            st.tuples(st.sampled_from(["with", "without"]), st.integers(0, 7),
+                      st.sampled_from([0.0, 0.5, 2.0])),
+        ),
+        max_size=8,
+    ),
+    probe=st.lists(keys, min_size=1, max_size=6),
+)
+def test_with_and_without_target_match_the_reference(
+    targets: dict[str, float], replicas: int, changes: list[Any], probe: list[Any]
+) -> None:
+    a: Any = native.HashRing(targets, replicas=replicas)
+    b: Any = ref.HashRing(targets, replicas=replicas)
+    for kind, name, weight in changes:
+        if isinstance(name, int):
+            if not a.targets:
+                continue
+            name = a.targets[name % len(a.targets)]
+        if kind == "with":
+            na, nb = _outcome(a.with_target, name, weight), _outcome(b.with_target, name, weight)
+        else:
+            na, nb = _outcome(a.without_target, name), _outcome(b.without_target, name)
+        if isinstance(na, type) or isinstance(nb, type):
+            assert na == nb  # refused alike (a bad weight), the ring unchanged
+            continue
+        _same_ring(na, nb, probe)
+        # The change gives the ring built from the same membership directly.
+        _same_ring(na, native.HashRing(dict(zip(na.targets, na.weights, strict=True)),
+                                       replicas=replicas), probe)
+        a, b = na, nb

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from fastgw import _native as native
@@ -126,3 +126,86 @@ def test_a_full_region_stays_bounded_and_keeps_counting() -> None:
     before = len(table)
     assert table.evict_idle(T0 + 10_000) == before
     assert len(table) == 0
+
+
+EVICT_KEYS = [f"user-{i}" for i in range(40)]
+
+
+def _evict_limit(mod: Any, i: int) -> Any:
+    # Rate buckets go idle as they refill; in-flight counters never do (nothing is
+    # released here), so a full table must evict its least recently used one.
+    return mod.Limit.rate(3) if i % 3 else mod.Limit.concurrency(2)
+
+
+class _OneSetModel:
+    """The 16 slots of a one-set shared table, each key's bucket kept by its own
+    reference table: a new key takes an empty slot, else the first idle one
+    (lossless), else the least recently used one (its count is forgotten)."""
+
+    def __init__(self, ways: int) -> None:
+        self.slots: list[str | None] = [None] * ways
+        self.last_used: dict[str, float] = {}
+        self.tables: dict[str, Any] = {}
+        self.lost = 0  # busy buckets evicted
+
+    def reserve(self, i: int, cost: float, now: float) -> Any:
+        key = EVICT_KEYS[i]
+        if key not in self.tables:
+            if None in self.slots:
+                at = self.slots.index(None)
+            else:
+                # An idle bucket is dropped from its reference table: absent and idle
+                # are the same state.
+                idle = [n for n, k in enumerate(self.slots) if k is not None
+                        and (self.tables[k].evict_idle(now) == 1 or not len(self.tables[k]))]
+                if idle:
+                    at = idle[0]
+                else:
+                    at = min(range(len(self.slots)),
+                             key=lambda n: self.last_used[self.slots[n] or ""])
+                    self.lost += 1
+                old = self.slots[at]
+                assert old is not None
+                del self.tables[old], self.last_used[old]
+            self.slots[at] = key
+            self.tables[key] = ref.LimiterTable()
+        self.last_used[key] = now
+        return self.tables[key].reserve([ref.Scope(key, _evict_limit(ref, i))], [cost], now)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(st.integers(0, len(EVICT_KEYS) - 1),
+                              st.sampled_from([0.0, 1.0, 1.0, 2.0]),
+                              st.sampled_from([0.001, 0.01, 0.25, 1.0, 7.5, 20.0, 61.0])),
+                    max_size=120))
+def test_a_full_table_evicts_idle_then_least_recently_used_buckets(ops: list[Any]) -> None:
+    # 16 slots are one set: where a key lands does not depend on the region's hash seed.
+    table = native.SharedLimiterTable(slots=16)
+    assert table.capacity == 16
+    model = _OneSetModel(16)
+    now = T0
+    # The table is full from the start (every slot busy), so new keys evict.
+    prefill = [(i, 1.0, 0.001) for i in range(0, 32, 2)]
+    for i, spend, step in prefill + ops:
+        now += step  # strictly increasing: the least recently used slot is unique
+        got = table.reserve([native.Scope(EVICT_KEYS[i], _evict_limit(native, i))], [spend],
+                            now)
+        want = model.reserve(i, spend, now)
+        assert _view(got) == _view(want)
+        assert len(table) == sum(k is not None for k in model.slots) <= 16
+    event(f"busy buckets evicted: {min(model.lost, 3)}+")
+
+
+def test_a_busy_bucket_evicted_from_a_full_table_starts_afresh() -> None:
+    table = native.SharedLimiterTable(slots=16)
+    inflight = native.Limit.concurrency(1)
+    for i in range(16):
+        assert table.reserve([native.Scope(f"busy-{i}", inflight)], [1], T0 + i).admitted
+    assert not table.reserve([native.Scope("busy-5", inflight)], [1], T0 + 16).admitted
+    # A 17th key: no slot is idle, so the least recently used one (busy-0) goes.
+    assert table.reserve([native.Scope("new", inflight)], [1], T0 + 17).admitted
+    assert len(table) == 16
+    assert table.reserve([native.Scope("busy-0", inflight)], [1], T0 + 18).admitted
+    # busy-5 was used at T0 + 16, so it stayed (and still counts); busy-1 went for busy-0.
+    assert not table.reserve([native.Scope("busy-5", inflight)], [1], T0 + 19).admitted
+    assert table.reserve([native.Scope("busy-1", inflight)], [1], T0 + 20).admitted

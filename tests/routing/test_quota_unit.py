@@ -51,7 +51,7 @@ def test_rate_is_respected() -> None:
 
     elapsed = run(main())
     assert isinstance(elapsed, float)
-    assert 0.18 <= elapsed <= 1.0  # 20 refills at 10 ms each
+    assert elapsed >= 0.18  # 20 refills at 10 ms each: never faster than the rate
 
 
 def test_full_queue_and_timeout_raise_quota_exceeded() -> None:
