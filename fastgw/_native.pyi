@@ -46,7 +46,6 @@ __all__ = [
     "cache_key",
     "forwarded",
     "hash64",
-    "is_json_object",
     "parse_request",
     "parse_response",
     "usage",
@@ -460,10 +459,6 @@ def access_line(
     written in milliseconds cut to the microsecond."""
 
 # ---------------------------------------------------------------- response cache
-
-def is_json_object(data: bytes, /) -> bool:
-    """Whether ``data`` is one JSON object, read exactly as ``orjson.loads`` reads JSON
-    (no Python objects made). Reference: ``fastgw._reference.cachekey.is_json_object``."""
 
 def cache_key(body: bytes, scope: bytes, endpoint: bytes, model: bytes, /) -> bytes:
     """The response cache's key: 16 bytes, XXH3-128 (big-endian, as

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["cache_key", "is_json_object"]
+__all__ = ["cache_key"]
 
 LEFT_OUT = frozenset({"fastgw", "stream", "stream_options", "user"})
 _EXACT = 2**53  # integral floats up to this magnitude are written as integers
@@ -36,14 +36,6 @@ _ESCAPES = {c: f"\\u{c:04x}" for c in range(0x20)} | {
     ord("\r"): "\\r",
     ord("\t"): "\\t",
 }
-
-
-def is_json_object(data: bytes, /) -> bool:
-    """Reference of ``fastgw._native.is_json_object``."""
-    try:
-        return type(orjson.loads(data)) is dict
-    except orjson.JSONDecodeError:
-        return False
 
 
 def cache_key(body: bytes, scope: bytes, endpoint: bytes, model: bytes, /) -> bytes:

@@ -30,7 +30,9 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from fastgw._native import cache_key, is_json_object
+import orjson
+
+from fastgw._native import cache_key
 from fastgw.cache import (
     STREAM_ENDPOINTS,
     CacheEntry,
@@ -149,6 +151,14 @@ class CacheState:
 
 
 _BYPASSED = CacheState(b"", False, BYPASS)  # shared: a bypass keeps nothing
+
+
+def _whole_object(body: bytes) -> bool:
+    """Whether an upstream's whole answer is a JSON object (what a hit may replay)."""
+    try:
+        return type(orjson.loads(body)) is dict
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _bypass(ctx: RequestCtx) -> None:
@@ -305,7 +315,7 @@ class CacheFilter(Filter):
         state = ctx.cache
         if state is not None and state.write:
             state.write = False
-            if not is_json_object(body):  # a 200 that is not a JSON object: never stored
+            if not _whole_object(body):  # a 200 that is not a JSON object: never stored
                 if state.leads:
                     self._land(state, None)
                 return body

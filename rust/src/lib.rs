@@ -33,7 +33,7 @@ mod _native {
     #[pymodule_export]
     use crate::py::accesslog::access_line;
     #[pymodule_export]
-    use crate::py::cachekey::{cache_key, is_json_object};
+    use crate::py::cachekey::cache_key;
     #[pymodule_export]
     use crate::py::http::{forwarded, parse_request, parse_response, usage, ChunkedDecoder};
     #[pymodule_export]

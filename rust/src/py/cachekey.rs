@@ -33,17 +33,3 @@ pub(crate) fn cache_key<'py>(
         Err(e) => Err(PyValueError::new_err(e.to_string())),
     }
 }
-
-/// Whether `data` is one JSON object as `orjson.loads` reads JSON (what the
-/// cache may store and replay): a validating read, no Python objects made.
-/// Reference: `fastgw._reference.cachekey.is_json_object`.
-#[pyfunction]
-#[pyo3(signature = (data, /))]
-pub(crate) fn is_json_object(py: Python<'_>, data: &[u8]) -> bool {
-    let check = || matches!(crate::ojson::parse(data), Ok(crate::ojson::Value::Obj(_)));
-    if data.len() >= DETACH_AT {
-        py.detach(check)
-    } else {
-        check()
-    }
-}
