@@ -484,7 +484,9 @@ def main() -> int:
           f"{args.concurrency} clients; verdicts {report.get('verdicts')}; "
           f"statuses {report.get('statuses')}")
     print(f"  faults injected: {report.get('faults')}")
-    print(f"  events: {report.get('events')}")
+    events = report.get("events", [])
+    print(f"  events: {sum(1 for e in events if e[0] == 'sighup')} SIGHUP reloads; "
+          + ", ".join(f"{what} at {t:g} s" for what, t in events if what != "sighup"))
     for c in report["checks"]:
         print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['what']}: {c['detail']}")
     if args.json:
