@@ -175,6 +175,7 @@ VERSIONS = [b"HTTP/1.0", b"HTTP/0.9", b"HTTP/2.0", b"HTTP/1.2", b"HTTP/1", b"", 
             b"http/1.1", b"HTTP/1.1 ", b"HTTP/1.1\x00"]
 TE_VALUES = [b"chunked", b"Chunked", b"\tchunked", b"chunked ", b"xchunked", b"chunked, identity",
              b"identity, chunked", b"gzip, chunked", b",chunked", b"chunked,", b"identity", b""]
+VALUE_BYTES = [*range(0x20, 0x7f), *range(0x80, 0x100), 0x09, 0x00, 0x0d, 0x0a, 0x7f, 0x01]
 INSERTS = [b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b",", b"\r\n\r\n", b"\xff",
            b"\x7f", b"GET / HTTP/1.1\r\n\r\n"]
 
@@ -228,7 +229,8 @@ def mutate(rng: random.Random, head: bytes, body: bytes) -> tuple[bytes, bytes, 
     if kind == 10:  # a header with random bytes
         name = rng.choice([b"x-r", b"expect", b"upgrade", b"connection", b"host", b"te",
                            b"x r", b"x\x00r", b"content-type"])
-        value = bytes(rng.randrange(256) for _ in range(rng.randint(0, 12)))
+        # Mostly what llhttp lets through (visible ASCII, tab, obs-text), some controls.
+        value = bytes(rng.choice(VALUE_BYTES) for _ in range(rng.randint(0, 12)))
         if rng.random() < 0.5:
             value = rng.choice([b"100-continue", b"close", b"keep-alive", b"upgrade", b"h2c",
                                 b"trailers", b"gzip", value])
