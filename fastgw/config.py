@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import json
 import os
 import re
 import types
@@ -373,7 +374,12 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     elif text.startswith("0x"):
         value = _YamlInt(int(text[2:], 16))
     else:
-        value = _YamlInt(int(text, 10))
+        try:
+            value = _YamlInt(int(text, 10))
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(text)} digits is too long",
+                node.start_mark) from None
     value.text = text
     return value
 
@@ -418,7 +424,44 @@ class _Substituted(str):
     __slots__ = ()
 
 
-def _substitute(node: Any, path: str, errors: list[tuple[str, str]]) -> Any:
+# Values a configuration may hold once its aliases are expanded: far beyond any real
+# one, and a bound on YAML's "billion laughs" (anchors of anchors of anchors...).
+MAX_VALUES = 100_000
+
+
+class _Expansion:
+    """What :func:`_substitute` has walked: the containers on its way down (an alias
+    used inside its own anchor is a cycle) and how many values in all."""
+
+    __slots__ = ("active", "count")
+
+    def __init__(self) -> None:
+        self.active: set[int] = set()
+        self.count = 0
+
+
+def _substitute(node: Any, path: str, errors: list[tuple[str, str]],
+                seen: _Expansion | None = None) -> Any:
+    if seen is None:
+        seen = _Expansion()
+    seen.count += 1
+    if seen.count == MAX_VALUES + 1:
+        errors.append((path, f"the configuration expands to more than {MAX_VALUES} values "
+                             "(anchors and aliases repeated within each other)"))
+    if seen.count > MAX_VALUES:
+        return None
+    if isinstance(node, dict | list):
+        if id(node) in seen.active:
+            errors.append((path, "an alias refers to a mapping or list that contains it"))
+            return None
+        seen.active.add(id(node))
+        try:
+            if isinstance(node, dict):
+                return {k: _substitute(v, _join(path, str(k)), errors, seen)
+                        for k, v in node.items()}
+            return [_substitute(v, f"{path}[{i}]", errors, seen) for i, v in enumerate(node)]
+        finally:
+            seen.active.discard(id(node))
     if isinstance(node, str):
         if "${" not in node:
             return node
@@ -435,15 +478,19 @@ def _substitute(node: Any, path: str, errors: list[tuple[str, str]]) -> Any:
             return value
 
         return _Substituted(_VAR.sub(repl, node))
-    if isinstance(node, dict):
-        return {k: _substitute(v, _join(path, str(k)), errors) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute(v, f"{path}[{i}]", errors) for i, v in enumerate(node)]
     return node
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]+")
+
+
 def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+    """The YAML path of ``key`` under ``path``; a key that is not a plain name (empty,
+    with spaces, dots, brackets, colons or control characters) is quoted:
+    ``server["a b"]``, ``[""]``."""
+    if _PLAIN_KEY.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"
 
 
 # --- generic builder from type hints -----------------------------------------
@@ -992,7 +1039,17 @@ def parse_config(text: str, source: str | None = None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+            before = text[:exc.position]
+            where = (f"line {before.count(chr(10)) + 1}, "
+                     f"column {exc.position - before.rfind(chr(10))}")
+            char = exc.character
+            code = char if isinstance(char, int) else ord(char)
+            problem = f"character #x{code:04x} is not allowed in YAML"
+        problem = " ".join(str(problem).split())  # one line per error
         raise ConfigError([(where, f"invalid YAML: {problem}")]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError([("", "invalid YAML: collections nested too deeply")]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -1010,10 +1067,18 @@ def parse_config(text: str, source: str | None = None) -> Config:
 def load_config(path: str) -> Config:
     """Read and validate a configuration file."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
         raise ConfigError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError([(f"line {line}, column {column}",
+                            f"not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                            "save the file as UTF-8")]) from None
     return parse_config(text, source=path)
 
 
