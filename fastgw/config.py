@@ -635,6 +635,10 @@ def _describe(value: Any) -> str:
         return "a list"
     if isinstance(value, _YamlInt | _YamlFloat):
         return value.text
+    if isinstance(value, str) and (isinstance(value, _Substituted) or len(value) > 32):
+        # Errors are printed and logged (a refused reload): a key put in the wrong
+        # place, or a ${VAR} (where keys come from), is not shown.
+        return f"a string of {len(value)} characters (not shown: it may be a secret)"
     return f"{value!r}"
 
 
@@ -713,7 +717,7 @@ def _check_provider(p: ProviderConfig, path: str, errors: Errors) -> None:
     url = urlsplit(p.base_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         errors.append((f"{path}.base_url",
-                       f"must be an http:// or https:// URL, got {p.base_url!r}"))
+                       f"must be an http:// or https:// URL, got {_describe(p.base_url)}"))
     _at_least(p, path, ("max_connections",), 1, errors)
     _positive(p.timeouts, f"{path}.timeouts", ("connect_s", "first_byte_s", "idle_s", "total_s"),
               errors)
@@ -849,7 +853,7 @@ def _check_jwt(jwt: JwtConfig, path: str, errors: Errors) -> None:
         url = urlsplit(jwt.jwks_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             errors.append((f"{path}.jwks_url", "must be an http:// or https:// URL, got "
-                                               f"{jwt.jwks_url!r}"))
+                                               f"{_describe(jwt.jwks_url)}"))
     if jwt.public_key_pem is not None and "-----BEGIN" not in jwt.public_key_pem:
         errors.append((f"{path}.public_key_pem", "must be a PEM public key "
                                                  "(-----BEGIN PUBLIC KEY-----...)"))
@@ -874,7 +878,7 @@ def _check_redis(r: RedisConfig, path: str, errors: Errors) -> None:
     url = urlsplit(r.url)
     if url.scheme not in ("redis", "rediss", "unix"):
         errors.append((f"{path}.url", "must be a redis://, rediss:// or unix:// URL, got "
-                                      f"{r.url!r}"))
+                                      f"{_describe(r.url)}"))
     _positive(r, path, ("timeout_s",), errors)
     if not r.key_prefix or any(c in r.key_prefix for c in "{} \t\r\n"):
         errors.append((f"{path}.key_prefix", "must be a non-empty name without braces or "
@@ -890,7 +894,7 @@ def _check_observability(o: ObservabilityConfig, path: str, errors: Errors) -> N
             errors.append((f"{path}.otlp_endpoint", "must be an http:// or https:// URL "
                                                     "without a query (spans go to "
                                                     f"{{endpoint}}/v1/traces), got "
-                                                    f"{o.otlp_endpoint!r}"))
+                                                    f"{_describe(o.otlp_endpoint)}"))
     for name, value in o.otlp_headers.items():
         if not _HEADER_NAME.fullmatch(name) or any(c in str(value) for c in "\r\n\0"):
             errors.append((f"{path}.otlp_headers.{name}", "must be a valid header name "
