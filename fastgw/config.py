@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import json
 import os
 import re
 import types
@@ -373,7 +374,12 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     elif text.startswith("0x"):
         value = _YamlInt(int(text[2:], 16))
     else:
-        value = _YamlInt(int(text, 10))
+        try:
+            value = _YamlInt(int(text, 10))
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(text)} digits is too long",
+                node.start_mark) from None
     value.text = text
     return value
 
@@ -418,7 +424,44 @@ class _Substituted(str):
     __slots__ = ()
 
 
-def _substitute(node: Any, path: str, errors: list[tuple[str, str]]) -> Any:
+# Values a configuration may hold once its aliases are expanded: far beyond any real
+# one, and a bound on YAML's "billion laughs" (anchors of anchors of anchors...).
+MAX_VALUES = 100_000
+
+
+class _Expansion:
+    """What :func:`_substitute` has walked: the containers on its way down (an alias
+    used inside its own anchor is a cycle) and how many values in all."""
+
+    __slots__ = ("active", "count")
+
+    def __init__(self) -> None:
+        self.active: set[int] = set()
+        self.count = 0
+
+
+def _substitute(node: Any, path: str, errors: list[tuple[str, str]],
+                seen: _Expansion | None = None) -> Any:
+    if seen is None:
+        seen = _Expansion()
+    seen.count += 1
+    if seen.count == MAX_VALUES + 1:
+        errors.append((path, f"the configuration expands to more than {MAX_VALUES} values "
+                             "(anchors and aliases repeated within each other)"))
+    if seen.count > MAX_VALUES:
+        return None
+    if isinstance(node, dict | list):
+        if id(node) in seen.active:
+            errors.append((path, "an alias refers to a mapping or list that contains it"))
+            return None
+        seen.active.add(id(node))
+        try:
+            if isinstance(node, dict):
+                return {k: _substitute(v, _join(path, str(k)), errors, seen)
+                        for k, v in node.items()}
+            return [_substitute(v, f"{path}[{i}]", errors, seen) for i, v in enumerate(node)]
+        finally:
+            seen.active.discard(id(node))
     if isinstance(node, str):
         if "${" not in node:
             return node
@@ -435,15 +478,19 @@ def _substitute(node: Any, path: str, errors: list[tuple[str, str]]) -> Any:
             return value
 
         return _Substituted(_VAR.sub(repl, node))
-    if isinstance(node, dict):
-        return {k: _substitute(v, _join(path, str(k)), errors) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute(v, f"{path}[{i}]", errors) for i, v in enumerate(node)]
     return node
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]+")
+
+
 def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
+    """The YAML path of ``key`` under ``path``; a key that is not a plain name (empty,
+    with spaces, dots, brackets, colons or control characters) is quoted:
+    ``server["a b"]``, ``[""]``."""
+    if _PLAIN_KEY.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"
 
 
 # --- generic builder from type hints -----------------------------------------
@@ -588,6 +635,10 @@ def _describe(value: Any) -> str:
         return "a list"
     if isinstance(value, _YamlInt | _YamlFloat):
         return value.text
+    if isinstance(value, str) and (isinstance(value, _Substituted) or len(value) > 32):
+        # Errors are printed and logged (a refused reload): a key put in the wrong
+        # place, or a ${VAR} (where keys come from), is not shown.
+        return f"a string of {len(value)} characters (not shown: it may be a secret)"
     return f"{value!r}"
 
 
@@ -666,7 +717,7 @@ def _check_provider(p: ProviderConfig, path: str, errors: Errors) -> None:
     url = urlsplit(p.base_url)
     if url.scheme not in ("http", "https") or not url.hostname:
         errors.append((f"{path}.base_url",
-                       f"must be an http:// or https:// URL, got {p.base_url!r}"))
+                       f"must be an http:// or https:// URL, got {_describe(p.base_url)}"))
     _at_least(p, path, ("max_connections",), 1, errors)
     _positive(p.timeouts, f"{path}.timeouts", ("connect_s", "first_byte_s", "idle_s", "total_s"),
               errors)
@@ -802,7 +853,7 @@ def _check_jwt(jwt: JwtConfig, path: str, errors: Errors) -> None:
         url = urlsplit(jwt.jwks_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             errors.append((f"{path}.jwks_url", "must be an http:// or https:// URL, got "
-                                               f"{jwt.jwks_url!r}"))
+                                               f"{_describe(jwt.jwks_url)}"))
     if jwt.public_key_pem is not None and "-----BEGIN" not in jwt.public_key_pem:
         errors.append((f"{path}.public_key_pem", "must be a PEM public key "
                                                  "(-----BEGIN PUBLIC KEY-----...)"))
@@ -827,7 +878,7 @@ def _check_redis(r: RedisConfig, path: str, errors: Errors) -> None:
     url = urlsplit(r.url)
     if url.scheme not in ("redis", "rediss", "unix"):
         errors.append((f"{path}.url", "must be a redis://, rediss:// or unix:// URL, got "
-                                      f"{r.url!r}"))
+                                      f"{_describe(r.url)}"))
     _positive(r, path, ("timeout_s",), errors)
     if not r.key_prefix or any(c in r.key_prefix for c in "{} \t\r\n"):
         errors.append((f"{path}.key_prefix", "must be a non-empty name without braces or "
@@ -843,7 +894,7 @@ def _check_observability(o: ObservabilityConfig, path: str, errors: Errors) -> N
             errors.append((f"{path}.otlp_endpoint", "must be an http:// or https:// URL "
                                                     "without a query (spans go to "
                                                     f"{{endpoint}}/v1/traces), got "
-                                                    f"{o.otlp_endpoint!r}"))
+                                                    f"{_describe(o.otlp_endpoint)}"))
     for name, value in o.otlp_headers.items():
         if not _HEADER_NAME.fullmatch(name) or any(c in str(value) for c in "\r\n\0"):
             errors.append((f"{path}.otlp_headers.{name}", "must be a valid header name "
@@ -992,7 +1043,17 @@ def parse_config(text: str, source: str | None = None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow
+            before = text[:exc.position]
+            where = (f"line {before.count(chr(10)) + 1}, "
+                     f"column {exc.position - before.rfind(chr(10))}")
+            char = exc.character
+            code = char if isinstance(char, int) else ord(char)
+            problem = f"character #x{code:04x} is not allowed in YAML"
+        problem = " ".join(str(problem).split())  # one line per error
         raise ConfigError([(where, f"invalid YAML: {problem}")]) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError([("", "invalid YAML: collections nested too deeply")]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -1010,10 +1071,18 @@ def parse_config(text: str, source: str | None = None) -> Config:
 def load_config(path: str) -> Config:
     """Read and validate a configuration file."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
         raise ConfigError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError([(f"line {line}, column {column}",
+                            f"not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                            "save the file as UTF-8")]) from None
     return parse_config(text, source=path)
 
 

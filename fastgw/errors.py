@@ -139,6 +139,20 @@ class RateLimited(ClientError):
     default_code = "rate_limit_exceeded"
 
 
+class ExpectationFailed(ClientError):
+    """An ``Expect`` header other than ``100-continue``."""
+
+    status = 417
+    default_code = "expectation_failed"
+
+
+class HttpVersionNotSupported(ClientError):
+    """A request line of an HTTP version other than 1.0 and 1.1 (0.9, 2.0 in plain text)."""
+
+    status = 505
+    default_code = "http_version_not_supported"
+
+
 class HeadersTooLarge(ClientError):
     """The request head is larger than ``server.max_header_bytes``."""
 

@@ -186,7 +186,8 @@ class Pipe:
                                          on_error=self._on_error,
                                          error_event=dialect.error_event,
                                          on_commit=conn.sink_per_read,
-                                         opening=dialect.opening)
+                                         opening=dialect.opening,
+                                         secrets=self.provider.secrets)
         flow = self.flow = cycle.flow
         flow.listener = (conn.pause_reading, conn.resume_reading)
         if flow.write_paused:

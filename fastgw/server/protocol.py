@@ -8,7 +8,8 @@ requests queue behind the active one and are answered in order; reading
 pauses when too many wait. Every way a request can be malformed or too big is
 answered here, before any handler sees it:
 431 (head too large), 413 (body too large, from Content-Length before reading),
-408 (slow client), 400 (bad or ambiguous framing: never forwarded).
+408 (slow client), 400 (bad or ambiguous framing: never forwarded), 417 (an
+expectation other than 100-continue), 505 (HTTP versions other than 1.0 and 1.1).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import httptools
 from fastgw._native import parse_request
 from fastgw.errors import (
     BadFraming,
+    ExpectationFailed,
     GatewayError,
     HeadersTooLarge,
+    HttpVersionNotSupported,
     InternalError,
     PayloadTooLarge,
     RequestTimeout,
@@ -563,16 +566,38 @@ class HttpProtocol(asyncio.Protocol):
         parser = self._parser
         cycle = Cycle(self, self._url, self._headers)
         cycle.method = parser.get_method()
-        cycle.http10 = parser.get_http_version() == "1.0"
         cycle.keep_alive = parser.should_keep_alive()
-        self._current = cycle
+        self._current = cycle  # a refusal below answers in this request's version
+        version = parser.get_http_version()
+        if version != "1.1":
+            if version != "1.0":  # llhttp reads "GET /" as 0.9 and takes 2.0
+                raise _Reject(HttpVersionNotSupported(
+                    f"HTTP/{version} is not supported; send HTTP/1.1 requests"))
+            cycle.http10 = True
+        if parser.should_upgrade():
+            # Upgrade and CONNECT: llhttp would end the message at the head and
+            # hand the rest over as tunnel bytes. Refused before any handler runs,
+            # so the request gets one answer and its body is never read as a request.
+            raise _Reject(BadFraming("protocol upgrades (h2c, websocket) and CONNECT are "
+                                     "not supported; send plain HTTP/1.1 requests"))
         length = -1
         for name, value in self._headers:
             if name == b"content-length":
                 # llhttp has already refused duplicates and non-digits.
                 length = int(value)
-            elif (name == b"expect" and value.lower() == b"100-continue"
-                  and not cycle.http10):  # 1.0 clients know no 1xx: ignore (RFC 9110)
+            elif name == b"transfer-encoding":
+                # llhttp reads a body as chunked when "chunked" is the last coding
+                # ("gzip, chunked", ",chunked") and also on HTTP/1.0, and has refused
+                # Content-Length beside it. Only a plain "chunked" on 1.1 is
+                # unambiguous (as nginx): every other coding list is refused.
+                if cycle.http10 or value.strip(b" \t").lower() != b"chunked":
+                    raise _Reject(BadFraming(
+                        "Transfer-Encoding other than a single 'chunked' on HTTP/1.1 is "
+                        "not accepted; send a Content-Length body or plain chunked"))
+            elif name == b"expect" and not cycle.http10:  # 1.0 knows no 1xx (RFC 9110)
+                if value.strip(b" \t").lower() != b"100-continue":
+                    raise _Reject(ExpectationFailed(
+                        "the only expectation supported is 'Expect: 100-continue'"))
                 cycle.expect_continue = True
         cycle.content_length = length
         if length > self.settings.max_body_bytes:

@@ -44,14 +44,18 @@ _ERROR = SseScanner.ERROR
 
 class StreamRelay:
     __slots__ = ("_error_event", "_held", "_on_commit", "_on_error", "_opening", "_resumed",
-                 "_scanner", "_sink", "committed", "committed_at", "error_payload", "failed",
-                 "late_error", "opened")
+                 "_scanner", "_secrets", "_sink", "committed", "committed_at", "error_payload",
+                 "failed", "late_error", "opened")
 
     def __init__(self, sink: StreamSink, scanner: StreamScanner, *, resumed: bool,
                  on_error: Callable[[], None], error_event: Callable[[GatewayError], bytes],
                  on_commit: Callable[[], None] | None = None,
-                 opening: re.Pattern[bytes] | None = None) -> None:
+                 opening: re.Pattern[bytes] | None = None,
+                 secrets: tuple[bytes, ...] = ()) -> None:
         self._scanner = scanner
+        # The provider's keys: an upstream's error event may quote the key it was
+        # sent, and that event reaches the client, the logs and the errors.
+        self._secrets = secrets
         self._sink = sink
         # The client has had an earlier upstream's opening events: this one's are
         # left out.
@@ -104,7 +108,7 @@ class StreamRelay:
                     out = self._release_held(out)
             elif flags & _ERROR:
                 self.failed = True
-                self.error_payload = out
+                self.error_payload = scrub(out, self._secrets)
                 self._on_error()
                 return
             elif self._held is not None:
@@ -115,7 +119,7 @@ class StreamRelay:
             elif out:
                 self.opened = True
         if flags & _ERROR and self.committed:
-            self.late_error = out
+            out = self.late_error = scrub(out, self._secrets)
         if out:
             self._sink.write(out)
 
@@ -186,6 +190,13 @@ class _Discard:
 
 
 _DISCARD = _Discard()
+
+
+def scrub(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """``data`` with every secret replaced by ``[redacted]``."""
+    for secret in secrets:
+        data = data.replace(secret, b"[redacted]")
+    return data
 
 
 def error_message(payload: bytes) -> str:
