@@ -5,7 +5,9 @@ test needs a failover. Every process is stopped by its PID at the end."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -15,7 +17,9 @@ from pathlib import Path
 
 import redis
 from gwtest import wait_for
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.retry import Retry
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -59,6 +63,7 @@ class RedisServer:
         self.own_slots = own_slots
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
+        self.paused = False
 
     @property
     def url(self) -> str:
@@ -91,8 +96,10 @@ class RedisServer:
         except redis.RedisError:
             return False
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+    def client(self, timeout_s: float = 2.0) -> redis.Redis:
+        """A client of this node alone; a call that fails or times out is not retried."""
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout_s,
+                           socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
 
     def stored_keys(self) -> list[str]:
         return sorted(k.decode() if isinstance(k, bytes) else str(k)
@@ -102,12 +109,19 @@ class RedisServer:
         stats = self.client().info("commandstats")
         return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing answers (a hung host)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        self.paused = True
+
     def stop(self) -> None:
-        """SIGKILL, then reap: the port is free when this returns."""
+        """SIGKILL (a paused one too), then reap: the port is free when this returns."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+        self.paused = False
 
 
 @contextmanager
@@ -164,7 +178,9 @@ class RedisClusterNodes:
         self.started_in_s = time.monotonic() - t0
 
     def live(self) -> list[RedisServer]:
-        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        """The nodes running and not paused."""
+        return [n for n in self.nodes
+                if n.proc is not None and n.proc.poll() is None and not n.paused]
 
     def wait_ok(self, timeout_s: float = 20.0) -> None:
         """Every live node says ``cluster_state:ok`` and agrees on who serves every slot."""
@@ -194,7 +210,7 @@ class RedisClusterNodes:
         slot = key_slot(key.encode() if isinstance(key, str) else key)
         for n in self.live():
             try:
-                shards = n.client().execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+                shards = n.client(0.5).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
             except redis.RedisError:
                 continue
             for lo, hi, master, *_ in shards:
@@ -213,7 +229,7 @@ class RedisClusterNodes:
         return sorted(out)
 
     def get(self, key: str) -> bytes | None:
-        value = self.master_of(key).client().get(key)
+        value = self.master_of(key).client(0.5).get(key)
         return value.encode() if isinstance(value, str) else value
 
     def stop(self) -> None:
