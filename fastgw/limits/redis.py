@@ -276,7 +276,8 @@ class RedisLimiter:
     """Reserve and settle in Redis; ``local`` is the fallback (and settles its own
     reservations made while Redis was down)."""
 
-    __slots__ = ("_down", "_down_until", "_fallback_counter", "_logged_at", "_month",
+    __slots__ = ("_answered_at", "_down", "_down_until", "_fallback_counter", "_logged_at",
+                 "_month",
                  "_pending", "_probing", "_reserve", "_settle", "_unlogged", "calls", "cfg",
                  "client", "fallbacks", "local", "mode")
 
@@ -293,6 +294,7 @@ class RedisLimiter:
         self._month = _Month()
         self._down = False
         self._down_until = 0.0
+        self._answered_at = 0.0  # monotonic time of Redis's last answer
         self._probing = False
         self._pending: set[asyncio.Task[None]] = set()
         self._fallback_counter = REDIS_FALLBACKS.labels(cfg.on_error)
@@ -349,6 +351,7 @@ class RedisLimiter:
             task.add_done_callback(functools.partial(self._undo, plan, costs))
             self._failed(exc)
             return self._fall_back(plan, costs)
+        self._answered_at = time.monotonic()
         if self._down:
             self._recovered()
         return RedisReservation(raw, plan, costs)
@@ -429,12 +432,20 @@ class RedisLimiter:
         for s, r, a, w in zip(plan.specs, res.costs, actual, res.windows, strict=True):
             args += (s.kind, s.p1, s.p2, r, a, w)
         self.calls += 1
+        sent = time.monotonic()
         try:
             # No asyncio timeout here: cancelling would close the connection with the
             # script maybe unread; the socket timeout bounds it and nobody waits.
             await self._settle(keys=plan.keys, args=args)
         except Exception as exc:  # Redis down: the correction is lost (bucket TTLs bound it)
-            self._failed(exc)
+            # Only news if Redis has not answered since: a settle stuck on a node that
+            # hung (a master since failed over) fails when its socket gives up, seconds
+            # after the promoted replica answered; marking Redis down then would send
+            # requests to redis.on_error for a second while limits could be shared.
+            if self._answered_at < sent:
+                self._failed(exc)
+        else:
+            self._answered_at = time.monotonic()
 
     async def close(self) -> None:
         """Let pending settles finish (briefly), then close the connections."""

@@ -1,12 +1,10 @@
-"""Helpers for limit tests: a real redis-server on a free port (stoppable and
-restartable on the same port), gateway processes, and a configuration with a
-cheap model, a pricey model and a second provider."""
+"""Helpers for limit tests: a real redis-server on a free port (``redistest``:
+stoppable and restartable on the same port), gateway processes, and a
+configuration with a cheap model, a pricey model and a second provider."""
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,10 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import redis
 from gwtest import http, wait_for
+from redistest import RedisServer, free_port, redis_server
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+__all__ = ["KEY_A", "KEY_B", "RedisServer", "bearer", "free_port", "gateway_process",
+           "gw_yaml", "keys_yaml", "metric", "redis_server", "sha"]
 
 KEY_A = "sk-limits-a-0001"
 KEY_B = "sk-limits-b-0002"
@@ -30,12 +29,6 @@ def sha(key: str) -> str:
 
 def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gw_yaml(mock_port: int, extra: str = "", server: str = "") -> str:
@@ -80,87 +73,6 @@ def metric(port: int, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free and valid too."""
-    for _ in range(100):
-        with socket.socket() as a, socket.socket() as b:
-            try:
-                a.bind(("127.0.0.1", 0))
-                port = int(a.getsockname()[1])
-                if port + 10000 > 65535:
-                    continue
-                b.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-class RedisServer:
-    """``redis-server --port P --save '' --appendonly no``; ``stop()`` then ``start()``
-    brings it back on the same port (empty, as after a crash without persistence)."""
-
-    def __init__(self, port: int | None = None, cluster: bool = False,
-                 workdir: Path | None = None) -> None:
-        self.port = port or (_cluster_port() if cluster else free_port())
-        self.cluster = cluster
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no"]
-        if self.cluster:
-            assert self.workdir is not None
-            args += ["--cluster-enabled", "yes", "--cluster-config-file",
-                     str(self.workdir / f"nodes-{self.port}.conf"), "--dir", str(self.workdir)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        ok = wait_for(self._ping, timeout=10, interval=0.02)
-        assert ok, "redis-server did not start"
-        if self.cluster:
-            c = self.client()
-            c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
-            assert wait_for(lambda: b"cluster_state:ok" in c.execute_command(  # type: ignore[no-untyped-call]
-                "CLUSTER", "INFO"), timeout=10)
-
-    def _ping(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-
-    def stored_keys(self) -> list[str]:
-        return sorted(k.decode() if isinstance(k, bytes) else str(k)
-                      for k in self.client().keys("*"))
-
-    def evalsha_calls(self) -> int:
-        stats = self.client().info("commandstats")
-        return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-
-@contextmanager
-def redis_server(**kwargs: object) -> Iterator[RedisServer]:
-    server = RedisServer(**kwargs)  # type: ignore[arg-type]
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @contextmanager

@@ -229,3 +229,71 @@ def test_redis_cluster_client_and_hash_tags(tmp_path: Path) -> None:
             # four keys in one script: they must share a slot, or Redis answers CROSSSLOT
             assert [post(gw.port).status for _ in range(3)] == [200, 200, 429]
         assert srv.stored_keys() and all(k.startswith("{fastgw}:") for k in srv.stored_keys())
+
+
+class _Script:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    async def __call__(self, keys: Any, args: Any) -> Any:
+        return await self.answer()
+
+
+class _Client:
+    """A stand-in for redis-py's client: scripts answer as the test says."""
+
+    def __init__(self) -> None:
+        self.reserve: Any = None
+        self.settle: Any = None
+
+    def register_script(self, source: str) -> _Script:
+        from fastgw.limits.redis import RESERVE_LUA
+
+        return _Script(lambda: (self.reserve if source == RESERVE_LUA else self.settle)())
+
+
+def test_a_late_settle_failure_does_not_mark_a_recovered_redis_down() -> None:
+    """A settle sent to a node that then hung (a failed-over master) fails only when its
+    socket gives up, after the limiter already found Redis again: it says nothing about
+    Redis now, so limits stay shared."""
+    import asyncio
+
+    from fastgw.config import LimitSpec, RedisConfig
+    from fastgw.limits import LocalLimiter, Rules
+    from fastgw.limits.redis import RedisLimiter
+
+    async def main() -> None:
+        client = _Client()
+        limiter = RedisLimiter(RedisConfig(url="redis://127.0.0.1:1/0", timeout_s=0.05),
+                               LocalLimiter(), client=client)  # type: ignore[arg-type]
+        plan = Rules([]).plan("k:a", "a", None, LimitSpec(rpm=100), "m", ["p"])
+        assert plan is not None
+        hang = asyncio.Event()
+
+        def up() -> bool:
+            return limiter.healthy
+
+        async def answer() -> list[str]:
+            return ["1", "0", "-1", "99", "0.6", "1"]
+
+        async def stalled() -> list[str]:
+            await hang.wait()
+            raise ConnectionError("the node's socket gave up")
+
+        client.reserve, client.settle = answer, stalled
+        res = await limiter.reserve(plan, [1.0])
+        limiter.settle(res, [1.0])  # goes to the node that is about to hang
+        await asyncio.sleep(0)
+        client.reserve = stalled
+        await limiter.reserve(plan, [1.0])  # times out: Redis is down
+        assert not up()
+        await asyncio.sleep(1.1)  # RETRY_S later, one request probes the promoted node
+        client.reserve = answer
+        assert type(await limiter.reserve(plan, [1.0])).__name__ == "RedisReservation"
+        assert up()
+        hang.set()  # now the old settle fails
+        await asyncio.sleep(0.01)
+        assert up()
+        assert type(await limiter.reserve(plan, [1.0])).__name__ == "RedisReservation"
+
+    asyncio.run(main())
