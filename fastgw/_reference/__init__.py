@@ -12,9 +12,12 @@ read and compared against, not to serve traffic:
 - ``accesslog``: ``access_line`` (one JSON access-log line);
 - ``cachekey``: ``cache_key`` (the response cache's key; needs xxhash);
 - ``http``: ``parse_request``, ``parse_response``, ``forwarded`` and ``usage``
-  (the parsers: what llhttp reads, which the native ones match or leave to it).
+  (the parsers: what llhttp reads, which the native ones match or leave to it);
+- ``otlp``: ``encode`` (a batch of traces as OTLP protobuf, built field by field;
+  not native: the exporter's ``fastgw.tracing.otlp.encode`` reuses serialized
+  pieces and must decode to the same message).
 """
 
 from __future__ import annotations
 
-__all__ = ["accesslog", "cachekey", "http", "jwt", "limiter", "ring", "sse"]
+__all__ = ["accesslog", "cachekey", "http", "jwt", "limiter", "otlp", "ring", "sse"]

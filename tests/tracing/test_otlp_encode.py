@@ -1,0 +1,116 @@
+"""The exporter's span encoder (constant parts kept as bytes, merged with each span's
+own part) against the plain construction, field by field, of the same spans
+(``fastgw._reference.otlp``): the same message once decoded, for varied traces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from fastgw._reference import otlp as reference
+from fastgw.tracing import AttemptSpan, Trace, otlp
+
+EPOCH = 1_700_000_000.25
+
+ids64 = st.integers(1, (1 << 64) - 1)
+names = st.sampled_from(["gpt-4o", "mock-model", "mock-model-a", "claude-3", "", "é-model"])
+kinds = st.sampled_from(["openai", "azure", "anthropic", "openai-compatible", "other"])
+times = st.floats(0.0, 1e6, allow_nan=False)
+maybe = st.one_of(st.none(), st.sampled_from(["a", "b", "hit", "miss", "team-ü"]))
+errors = st.one_of(st.none(), st.sampled_from(["connect", "timeout", "status", "stream"]))
+
+
+@st.composite
+def attempts(draw: Any) -> AttemptSpan:
+    a = AttemptSpan(draw(ids64), draw(st.sampled_from(["mock", "down", "azure-east"])),
+                    draw(kinds), draw(names), draw(names))
+    a.start = draw(st.sampled_from([0.0, 12.5, 100.000123]))
+    a.end = draw(st.sampled_from([0.0, 12.75, 100.000456]))
+    a.error = draw(errors)
+    a.status = draw(st.sampled_from([0, 200, 429, 500]))
+    return a
+
+
+@st.composite
+def traces(draw: Any) -> Trace:
+    t = Trace(draw(st.integers(1, (1 << 128) - 1)), draw(st.one_of(st.just(0), ids64)),
+              draw(ids64))
+    t.attempts = draw(st.lists(attempts(), max_size=3))
+    t.start = draw(times)
+    t.finished = t.start + draw(st.floats(0.0, 100.0))
+    t.status = draw(st.sampled_from([0, 200, 400, 429, 502]))
+    t.error = draw(st.one_of(st.none(), st.sampled_from(["upstream timed out", "stream: ü"])))
+    t.method = draw(st.sampled_from([b"POST", b"GET"]))
+    t.path = draw(st.sampled_from([b"/v1/chat/completions", b"/v1/messages", b"/v1/models"]))
+    t.endpoint = draw(st.sampled_from(["chat", "completions", "embeddings", "messages", ""]))
+    t.asked = draw(names)
+    t.served = draw(names)
+    t.response_model = draw(names)
+    t.provider = draw(st.sampled_from(["", "mock", "down"]))
+    t.key = draw(maybe)
+    t.cache = draw(maybe)
+    t.variant = draw(maybe)
+    t.request_id = b"req_%016x" % draw(ids64)
+    t.stream = draw(st.booleans())
+    t.tokens = draw(st.one_of(st.none(), st.tuples(st.integers(0, 1 << 20),
+                                                   st.integers(0, 1 << 20))))
+    t.overhead_s = draw(st.floats(0.0, 1.0))
+    t.ttft_s = draw(st.one_of(st.just(-1.0), st.floats(0.0, 10.0)))
+    return t
+
+
+def decoded(data: bytes) -> ExportTraceServiceRequest:
+    return ExportTraceServiceRequest.FromString(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(traces(), max_size=6))
+def test_the_encoded_batch_is_the_plain_construction(batch: list[Trace]) -> None:
+    got = decoded(otlp.encode(batch, EPOCH))
+    want = decoded(reference.encode(batch, EPOCH))
+    assert got == want
+    # Twice: the second time from the kept constant parts and refilled templates.
+    assert decoded(otlp.encode(batch, EPOCH)) == want
+
+
+def test_spans_of_one_kind_share_their_constant_part_and_keep_their_own() -> None:
+    batch = []
+    for i in range(3):
+        t = Trace(1000 + i, (i + 1) % 3, 2000 + i)  # the last one without a parent
+        a = AttemptSpan(3000 + i, "mock", "openai", "gpt-4o", "gpt")
+        a.start, a.end = 1.0 + i, 2.0 + i
+        t.attempts.append(a)
+        t.start, t.finished, t.status = 0.5 + i, 3.0 + i, 200
+        t.method, t.path, t.endpoint, t.asked = b"POST", b"/v1/chat/completions", "chat", "gpt"
+        t.request_id = b"req_%d" % i
+        t.tokens = (10 + i, 20 + i) if i != 1 else None
+        t.ttft_s = 0.25 if i == 2 else -1.0
+        batch.append(t)
+    req = decoded(otlp.encode(batch, EPOCH))
+    assert req == decoded(reference.encode(batch, EPOCH))
+    spans = req.resource_spans[0].scope_spans[0].spans
+    assert [s.span_id for s in spans] == [
+        x.to_bytes(8, "big") for x in (2000, 3000, 2001, 3001, 2002, 3002)
+    ]
+    assert spans[2].parent_span_id == (2).to_bytes(8, "big") and not spans[4].parent_span_id
+    request_ids = [kv.value.string_value for s in spans[::2] for kv in s.attributes
+                   if kv.key == "fastgw.request_id"]
+    assert request_ids == ["req_0", "req_1", "req_2"]
+    tokens = [[kv.value.int_value for kv in s.attributes if kv.key.startswith("gen_ai.usage")]
+              for s in spans]
+    assert tokens == [[10, 20], [10, 20], [], [], [12, 22], [12, 22]]
+
+
+def test_the_kept_constant_parts_are_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(otlp, "CACHE_MAX", 4)
+    batch = []
+    for i in range(10):
+        t = Trace(1 + i, 0, 1 + i)
+        t.key = f"key-{i}"
+        t.request_id = b"req"
+        batch.append(t)
+    assert decoded(otlp.encode(batch, EPOCH)) == decoded(reference.encode(batch, EPOCH))
+    assert len(otlp._REQUEST_CONST) <= 4
