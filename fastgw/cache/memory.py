@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Final
 
-from fastgw.cache.entry import CacheEntry
+from fastgw.cache.entry import ENTRY_OVERHEAD, CacheEntry
 
 __all__ = ["MemoryCache"]
 
@@ -64,7 +64,7 @@ class MemoryCache:
         old = entries.pop(key, None)
         if old is not None:
             self._bytes -= old[2]
-        cost = entry.size + len(key)
+        cost = len(entry.body) + ENTRY_OVERHEAD + len(key)  # (entry.size, inline)
         if ttl_s <= 0 or cost > self.max_bytes:
             return False
         if len(entries) >= self.max_entries or self._bytes + cost > self.max_bytes:

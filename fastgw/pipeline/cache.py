@@ -121,17 +121,20 @@ class CacheState:
     (``future``, made by the first of them) for its outcome: a CacheEntry, a
     SharedFailure, or None (try yourself)."""
 
-    __slots__ = ("future", "key", "leads", "recorder", "result", "saved", "waiters", "write")
+    # No __slots__: the attributes most requests never set are read from these class
+    # defaults, so making a state costs two stores (one per request of a cached route).
+    result: str = MISS
+    leads = False  # this request's flight is registered
+    waiters = 0
+    future: asyncio.Future[Any] | None = None
+    recorder: StreamRecorder | None = None
+    saved = 0.0  # a hit: the price of the tokens it did not spend
 
     def __init__(self, key: bytes, write: bool, result: str = MISS) -> None:
         self.key = key
-        self.result = result
         self.write = write  # the answer may be stored
-        self.leads = False  # this request's flight is registered
-        self.waiters = 0
-        self.future: asyncio.Future[Any] | None = None
-        self.recorder: StreamRecorder | None = None
-        self.saved = 0.0  # a hit: the price of the tokens it did not spend
+        if result is not MISS:
+            self.result = result
 
     @property
     def hit(self) -> bool:
@@ -223,6 +226,7 @@ class CacheFilter(Filter):
             _bypass(ctx)
             return None
         state = ctx.cache = CacheState(key, write)
+        flights = self.store.flights
         if read:
             if self.awaits_lookup:
                 return Later(partial(self._lookup, ctx, state, max_age))
@@ -231,10 +235,18 @@ class CacheFilter(Filter):
             entry = memory.get(key, time.time(), max_age)
             if entry is not None:
                 return self._hit(ctx, state, entry)
-            leader = self.store.flights.get(key)
+            leader = flights.get(key)
             if leader is not None:
                 return Later(partial(self._follow, ctx, state, leader))
-        self._lead(ctx, state)
+        # (_lead, inline: once per miss)
+        ctx.extra_headers += _MISS_HEADER
+        _MISS_COUNT.value += 1
+        if write:
+            if key not in flights:
+                flights[key] = state
+                state.leads = True
+            if ctx.stream:
+                state.recorder = StreamRecorder(endpoint)
         return None
 
     async def _lookup(self, ctx: RequestCtx, state: CacheState,
@@ -315,8 +327,8 @@ class CacheFilter(Filter):
         state = ctx.cache
         if state is not None and state.write:
             state.write = False
-            if not _whole_object(body):  # a 200 that is not a JSON object: never stored
-                if state.leads:
+            if not (body.endswith(b"}") and body.startswith(b"{")) and not _whole_object(body):
+                if state.leads:  # a 200 that is not a JSON object: never stored
                     self._land(state, None)
                 return body
             now = time.time()
@@ -327,7 +339,15 @@ class CacheFilter(Filter):
             else:
                 self.store.put(state.key, entry)
             if state.leads:
-                self._land(state, entry)
+                # (_land, inline: once per miss)
+                state.leads = False
+                key = state.key
+                flights = self.store.flights
+                if flights.get(key) is state:
+                    del flights[key]
+                future = state.future
+                if future is not None and not future.done():
+                    future.set_result(entry)
         return body
 
     def chunk(self, ctx: RequestCtx, data: bytes) -> bytes:

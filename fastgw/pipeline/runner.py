@@ -141,10 +141,16 @@ class Proxy:
             if chain:
                 if chain.awaits:
                     return self._proceed(ctx, has_controls, controls, None, _ROUTED)
-                i, said = self._request_hooks(ctx, chain)
-                if isinstance(said, Later):  # a hook must wait after all: a task
-                    return self._proceed(ctx, has_controls, controls, None, _ROUTED, (i, said))
-                reply = said
+                # The request hooks in order, until one answers or must wait.
+                for i, hook in enumerate(chain.request):
+                    said = hook(ctx)
+                    if said is None:
+                        continue
+                    if type(said) is Later:  # a hook must wait after all: a task
+                        return self._proceed(ctx, has_controls, controls, None, _ROUTED,
+                                             (i, said))
+                    reply = said
+                    break
             if not access.passthrough:  # open: no credentials, IP rules nor limits
                 access.admit_now(ctx)  # a filter's answer counts as a request too
             if reply is not None:
@@ -243,16 +249,6 @@ class Proxy:
         return False
 
     # -- the route's request filters ---------------------------------------------------------
-
-    @staticmethod
-    def _request_hooks(ctx: RequestCtx, chain: Chain) -> tuple[int, Reply | Later | None]:
-        """The route's request hooks, in order, until one answers or must wait:
-        (its place in the chain, what it said)."""
-        for i, hook in enumerate(chain.request):
-            reply = hook(ctx)
-            if reply is not None:
-                return i, reply
-        return -1, None
 
     @staticmethod
     async def _request_hooks_async(ctx: RequestCtx, chain: Chain,
