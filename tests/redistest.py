@@ -115,6 +115,12 @@ class RedisServer:
         os.kill(self.proc.pid, signal.SIGSTOP)
         self.paused = True
 
+    def resume(self) -> None:
+        """SIGCONT: a paused server answers again."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+        self.paused = False
+
     def stop(self) -> None:
         """SIGKILL (a paused one too), then reap: the port is free when this returns."""
         if self.proc is not None and self.proc.poll() is None:

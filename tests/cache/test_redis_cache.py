@@ -14,8 +14,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cache_helpers import RedisServer, fallbacks, run, wait_for
+from cache_helpers import fallbacks, run, wait_for
 from redis.crc import key_slot
+from redistest import RedisServer
 
 from fastgw.cache.entry import CacheEntry
 from fastgw.cache.redis import RedisCache, make_client, redis_cache
@@ -33,12 +34,12 @@ KEY = bytes.fromhex("00ff" * 16)
 
 @pytest.fixture
 def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
+    server = RedisServer(workdir=tmp_path)
     server.start()
     try:
         yield server
     finally:
-        server.kill()
+        server.stop()
 
 
 def cfg(server: RedisServer, **kw: object) -> RedisConfig:
@@ -176,7 +177,7 @@ def test_a_killed_redis_is_a_miss_within_the_timeout(redis_srv: RedisServer) -> 
         cache = redis_cache(cfg(redis_srv))
         try:
             await cache.put(KEY, entry(), 60)
-            redis_srv.kill()
+            redis_srv.stop()
             t0 = time.monotonic()
             got = await cache.get(KEY)
             stored = await cache.put(b"other", entry(), 60)
@@ -195,7 +196,7 @@ def test_redis_is_used_again_once_it_is_back(redis_srv: RedisServer) -> None:
     async def go() -> tuple[bool, CacheEntry | None]:
         cache = redis_cache(cfg(redis_srv))
         try:
-            redis_srv.kill()
+            redis_srv.stop()
             assert await cache.get(KEY) is None
             assert not cache.healthy
             redis_srv.start()  # empty, on the same port
@@ -242,7 +243,7 @@ def test_a_stalled_redis_is_a_miss_after_the_timeout_then_left_alone(
 
 
 def test_redis_down_at_start_misses_without_raising(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path)  # never started: nothing listens on its port
+    server = RedisServer(workdir=tmp_path)  # never started: nothing listens on its port
 
     async def go() -> tuple[bool, CacheEntry | None, bool]:
         cache = redis_cache(cfg(server))
@@ -257,7 +258,7 @@ def test_redis_down_at_start_misses_without_raising(tmp_path: Path) -> None:
 
 def test_failures_are_logged_at_most_once_per_ten_seconds(
         redis_srv: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
-    redis_srv.kill()
+    redis_srv.stop()
 
     async def go() -> None:
         cache = redis_cache(cfg(redis_srv))
@@ -274,7 +275,7 @@ def test_failures_are_logged_at_most_once_per_ten_seconds(
 
 
 def test_a_cluster_client_stores_and_reads_entries(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path, cluster=True)
+    server = RedisServer(cluster=True, workdir=tmp_path)
     server.start()
     try:
         async def go() -> CacheEntry | None:
@@ -292,4 +293,4 @@ def test_a_cluster_client_stores_and_reads_entries(tmp_path: Path) -> None:
         assert got is not None and got.body == BODY
         assert len(server.client().keys("fastgw:cache:*")) == 20
     finally:
-        server.kill()
+        server.stop()

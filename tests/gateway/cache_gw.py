@@ -6,17 +6,11 @@ on a free port that a test may kill."""
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import redis
-from gwtest import Gateway, Response, http, wait_for
+from gwtest import Gateway, Response, http
 
 from fastgw import metrics
 
@@ -111,51 +105,3 @@ def counted_since(gw: Gateway, before: dict[str, float]) -> dict[str, float]:
 
 
 # -- a real redis-server -------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """``redis-server`` without persistence on a free port; ``pause`` stalls it,
-    ``kill`` ends it."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert wait_for(self._ping, timeout=10), "redis-server did not start"
-
-    def _ping(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-
-    def pause(self) -> None:
-        """Stall it (SIGSTOP): connections stay open, nothing answers."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None

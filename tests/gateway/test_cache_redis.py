@@ -12,8 +12,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cache_gw import KEY_B, RedisServer, cache_yaml, doc, post, unique, upstream
+from cache_gw import KEY_B, cache_yaml, doc, post, unique, upstream
 from gwtest import Gateway, running, wait_for
+from redistest import RedisServer
 
 from fastgw import metrics
 
@@ -22,12 +23,12 @@ REDIS_CACHE = "{enabled: true, backend: redis}"
 
 @pytest.fixture
 def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
+    server = RedisServer(workdir=tmp_path)
     server.start()
     try:
         yield server
     finally:
-        server.kill()
+        server.stop()
 
 
 def stored(server: RedisServer) -> int:
@@ -92,7 +93,7 @@ def test_redis_down_mid_run_turns_lookups_into_misses(redis_srv: RedisServer,
         assert wait_for(lambda: stored(redis_srv) == 1, timeout=10)
         assert post(g, d).headers["x-fastgw-cache"] == "hit"
         before_fallbacks, calls = fallbacks(g), upstream(g)
-        redis_srv.kill() if how == "kill" else redis_srv.pause()
+        redis_srv.stop() if how == "kill" else redis_srv.pause()
         for body in (d, doc(text=unique(), stream=stream), d):
             t0 = time.monotonic()
             r = post(g, body)
