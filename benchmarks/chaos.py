@@ -380,7 +380,7 @@ def soak(duration: float, concurrency: int, seed: int, keep: bool = False) -> di
         report["examples"] = {str(st): [(o.rid, o.kind, o.fault) for o in outcomes
                                         if o.status == st][:5]
                               for st in report["statuses"]}
-        kill_at = killed.get("at", -1.0)
+        kill_at = float(killed.get("at", -1.0))
 
         def near_kill(o: Outcome) -> bool:
             return o.start <= kill_at + 0.5 and o.end >= kill_at - 0.5

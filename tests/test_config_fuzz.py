@@ -96,7 +96,7 @@ def mutated_configs(draw: st.DrawFn) -> Any:
             if draw(st.booleans()):
                 return draw(values)  # a whole configuration that is not a mapping
             continue
-        parent = cfg
+        parent: Any = cfg
         for step in where[:-1]:
             parent = parent[step]
         last = where[-1]

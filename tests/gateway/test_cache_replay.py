@@ -142,7 +142,7 @@ def test_anthropic_client_whole_then_streamed(gw: Gateway, claude: anthropic.Ant
         streamed = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert upstream(gw) - before == 1
-    assert streamed == whole.content[0].text  # type: ignore[union-attr]
+    assert streamed == whole.content[0].text
     assert final.id != whole.id and final.stop_reason == whole.stop_reason
 
 
@@ -158,6 +158,6 @@ def test_anthropic_client_streamed_then_whole(gw: Gateway, claude: anthropic.Ant
     assert raw.headers["x-fastgw-cache"] == "hit"
     whole = raw.parse()
     assert upstream(gw) - before == 1
-    assert whole.content[0].text == streamed  # type: ignore[union-attr]
+    assert whole.content[0].text == streamed
     assert whole.id != first.id
     assert whole.usage.output_tokens == first.usage.output_tokens

@@ -187,10 +187,10 @@ def mutate(rng: random.Random, head: bytes, body: bytes) -> tuple[bytes, bytes, 
     if kind in (2, 3) and len(lines) < 2:
         kind = 0  # no header line left to duplicate or remove
     if kind == 0:  # flip a bit
-        data = bytearray(head + body)
-        i = rng.randrange(len(data))
-        data[i] ^= 1 << rng.randrange(8)
-        return bytes(data), b"", f"flip@{i}"
+        flipped = bytearray(head + body)
+        i = rng.randrange(len(flipped))
+        flipped[i] ^= 1 << rng.randrange(8)
+        return bytes(flipped), b"", f"flip@{i}"
     if kind == 1:  # insert a troublesome byte sequence
         data = head + body
         i = rng.randrange(len(data) + 1)

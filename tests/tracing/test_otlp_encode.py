@@ -63,7 +63,9 @@ def traces(draw: Any) -> Trace:
 
 
 def decoded(data: bytes) -> ExportTraceServiceRequest:
-    return ExportTraceServiceRequest.FromString(data)
+    msg = ExportTraceServiceRequest()
+    msg.ParseFromString(data)
+    return msg
 
 
 @settings(max_examples=300, deadline=None)
