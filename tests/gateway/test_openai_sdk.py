@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import openai
@@ -108,14 +107,13 @@ def test_upstream_500_becomes_502_api_error(client: openai.OpenAI) -> None:
 
 
 def test_upstream_stall_past_first_byte_s_becomes_504(client: openai.OpenAI) -> None:
-    t0 = time.monotonic()
+    # The stall outlasts the client's own 10 s timeout: the 504 is the gateway's.
     with pytest.raises(openai.APIStatusError) as info:
         client.chat.completions.create(model="gpt-test",
                                        messages=[{"role": "user", "content": "hi"}],
-                                       extra_headers={"x-mock-fault": "stall:5000"})
+                                       extra_headers={"x-mock-fault": "stall:30000"})
     assert info.value.status_code == 504
     assert "first_byte_s" in info.value.message
-    assert time.monotonic() - t0 < 3.0
 
 
 def test_missing_model_is_bad_request(client: openai.OpenAI) -> None:

@@ -225,6 +225,56 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None
                 connect(port, timeout=1).close()
 
 
+def _closed_by_peer(s: socket.socket) -> bool:
+    s.settimeout(0.2)
+    try:
+        return s.recv(65536) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_readiness_during_a_drain_is_a_closed_connection_not_an_answer(tmp_path: Path) -> None:
+    """``/readyz`` answers 200 while serving. On SIGTERM the listener closes and so do idle
+    keep-alive connections, at once, while a stream in flight goes on: a readiness check
+    sent afterwards on a connection opened before gets no answer, and a new one is
+    refused."""
+    cfg = tmp_path / "gw.yaml"
+    port = free_port()
+    with mock_upstream(chunks=50, chunk_interval_ms=100) as mport:
+        cfg.write_text(config_text(mport))
+        with gateway_process(["--config", str(cfg)], port) as proc:
+            probe = connect(port)
+            probe.sendall(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
+            r = Reader(probe, limit_s=10).next()
+            assert r.status == 200 and "connection" not in r.headers  # kept alive
+            stream = connect(port)
+            data = orjson.dumps(chat(stream=True))
+            stream.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                           b"content-length: %d\r\n\r\n%s" % (len(data), data))
+            stream.settimeout(10)
+            first = stream.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200")
+            proc.send_signal(signal.SIGTERM)
+            assert wait_for(lambda: _refused(port), timeout=10)
+            # The idle keep-alive connection is closed by the gateway, not kept for a check.
+            assert wait_for(lambda: _closed_by_peer(probe), timeout=10)
+            try:
+                probe.sendall(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
+                answer = recv_until_closed(probe, 2)
+            except (BrokenPipeError, ConnectionResetError):
+                answer = b""
+            assert answer == b""
+            probe.close()
+            assert proc.poll() is None  # still draining: the stream is in flight
+            reader = Reader(stream, limit_s=30)
+            reader.buf = first
+            assert reader.next().body.endswith(b"data: [DONE]\n\n")
+            stream.close()
+            assert proc.wait(timeout=30) == 0
+
+
 def test_sigterm_waits_at_most_drain_timeout_s_for_a_stream(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.yaml"
     port = free_port()

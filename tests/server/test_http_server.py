@@ -233,15 +233,15 @@ def test_a_client_that_half_closes_mid_request_has_left_and_its_upstream_is_clos
     # gave up. The upstream exchange is dropped at once, not after the answer.
     closed_before = gw.mock_stats()["closed_by_peer"]
     with connect(gw.port) as s:
-        s.sendall(chat_request({"x-mock-latency-ms": "3000"}))
+        s.sendall(chat_request({"x-mock-latency-ms": "30000"}))
         assert wait_for(lambda: gw.mock_stats()["requests"] >= 1, timeout=5)
         s.shutdown(socket.SHUT_WR)
         t0 = time.monotonic()
         data, closed = read_to_eof(s, 5)
         assert closed and data == b""
         assert wait_for(lambda: gw.mock_stats()["closed_by_peer"] > closed_before, timeout=5)
-        # Well before the mock's 3 s answer: the upstream was dropped, not awaited.
-        assert time.monotonic() - t0 < 2.5
+        # Well before the mock's 30 s answer: the upstream was dropped, not awaited.
+        assert time.monotonic() - t0 < 15
 
 
 # -- request bodies ----------------------------------------------------------------------
@@ -407,7 +407,7 @@ def test_too_long_url_is_431(gw: Gateway) -> None:
 def test_unterminated_huge_header_is_431_without_waiting_for_its_end() -> None:
     # A single header line that never ends must not be buffered until it does
     # (nor until the header timeout): the head limit applies while it grows.
-    cfg = ", max_header_bytes: 2048, header_timeout_s: 5"
+    cfg = ", max_header_bytes: 2048, header_timeout_s: 60"
     with gwtest.running(server_yaml(cfg)) as gw, connect(gw.port) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nx-big: ")
         t0 = time.monotonic()
@@ -417,11 +417,11 @@ def test_unterminated_huge_header_is_431_without_waiting_for_its_end() -> None:
                 time.sleep(0.01)
         except OSError:
             pass  # the server may already have answered and closed
-        data, closed = read_to_eof(s, 3)
+        data, closed = read_to_eof(s, 30)
         elapsed = time.monotonic() - t0
     assert closed
     assert_error(parse_one(data), 431, "headers_too_large")
-    assert elapsed < 3.0
+    assert elapsed < 30  # on the size, not at header_timeout_s
 
 
 def test_content_length_over_limit_is_413_without_reading_the_body(gw: Gateway) -> None:
