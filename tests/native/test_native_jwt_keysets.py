@@ -101,7 +101,8 @@ KIDS = st.sampled_from([None, "a", "b", "c"])
 @st.composite
 def entries(draw: st.DrawFn, secrets: list[bytes]) -> Entry:
     if draw(st.booleans()):
-        secret = draw(st.sampled_from(secrets) if secrets and draw(st.booleans()) else SECRETS)
+        seen = bool(secrets) and draw(st.booleans())
+        secret = draw(st.sampled_from(secrets)) if seen else draw(SECRETS)
         secrets.append(secret)
         pinned = draw(st.none() | st.sampled_from(FITS["hmac"]))
         return Entry(secret, None, draw(KIDS), pinned)
@@ -130,13 +131,14 @@ def tokens(draw: st.DrawFn, keys: list[Entry], secrets: list[bytes], now: float)
             kid = signer.kid
     elif draw(st.booleans()):
         kind = "hmac"
-        key = draw(st.sampled_from(secrets) if secrets and draw(st.booleans()) else SECRETS)
+        seen = bool(secrets) and draw(st.booleans())
+        key = draw(st.sampled_from(secrets)) if seen else draw(SECRETS)
     else:
         pool = POOL[draw(st.integers(0, len(POOL) - 1))]
         kind, key = pool.kind, pool.private
     alg = draw(st.sampled_from(FITS[kind]))
     exp = now + draw(st.sampled_from([3600, 3600, -3600]))
-    claims = {"sub": draw(st.text(max_size=8)), "exp": exp}
+    claims: dict[str, Any] = {"sub": draw(st.text(max_size=8)), "exp": exp}
     headers: dict[str, Any] = {}
     if kid is not None:
         headers["kid"] = kid

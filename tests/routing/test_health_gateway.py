@@ -39,7 +39,8 @@ def target(gw: Gateway, name: str) -> dict[str, Any]:
     assert status == 200, doc
     rows = [r for r in doc["targets"] if r["target"] == name]
     assert len(rows) == 1, doc
-    return rows[0]
+    row: dict[str, Any] = rows[0]
+    return row
 
 
 def send(gw: Gateway, model: str, fault: str | None = None) -> int:
