@@ -273,6 +273,19 @@ def read_response(s: socket.socket, limit_s: float = 5.0) -> Response:
     return Reader(s, limit_s).next()
 
 
+def metric(port: int, name: str, **labels: str) -> float:
+    """Sum of a metric's samples, scraped from the gateway at ``port``, whose labels
+    include ``labels``."""
+    body = http(port, "GET", "/metrics").body.decode()
+    total = 0.0
+    for line in body.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def http(port: int, method: str, path: str, body: bytes | dict[str, Any] | None = None,
          headers: dict[str, str] | None = None, timeout: float = 10.0) -> Response:
     """One request on a fresh connection."""

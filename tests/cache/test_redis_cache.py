@@ -16,7 +16,7 @@ import orjson
 import pytest
 from cache_helpers import fallbacks, run, wait_for
 from redis.crc import key_slot
-from redistest import RedisServer
+from redistest import RedisServer, redis_server
 
 from fastgw.cache.entry import CacheEntry
 from fastgw.cache.redis import RedisCache, make_client, redis_cache
@@ -34,12 +34,8 @@ KEY = bytes.fromhex("00ff" * 16)
 
 @pytest.fixture
 def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(workdir=tmp_path)
-    server.start()
-    try:
+    with redis_server(workdir=tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def cfg(server: RedisServer, **kw: object) -> RedisConfig:

@@ -91,19 +91,6 @@ def gateways(configs: Sequence[str], workdir: Path) -> Iterator[list[int]]:
         yield [port for _, port, _ in procs]
 
 
-def metric(port: int, name: str, **labels: str) -> float:
-    """Sum of a metric's samples (on the gateway at ``port``) whose labels include
-    ``labels``."""
-    body = http(port, "GET", "/metrics").body.decode()
-    total = 0.0
-    for line in body.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def gateway_yaml(mock_port: int, redis_url: str, keys: Sequence[tuple[str, str]], *,
                  on_error: str = "local", timeout_s: float = 0.25, extra: str = "") -> str:
     """One model (``gpt-test``, $1,000 per million tokens either way: $0.001 a token)

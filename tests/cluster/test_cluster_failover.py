@@ -20,11 +20,11 @@ from cluster_helpers import (
     gateway_yaml,
     gateways,
     load,
-    metric,
     mock_upstream,
     request,
     run_async,
 )
+from gwtest import metric
 from redistest import RedisClusterNodes, redis_cluster
 
 TIMEOUT_S = 0.25  # redis.timeout_s

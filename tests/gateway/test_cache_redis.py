@@ -14,7 +14,7 @@ import orjson
 import pytest
 from cache_gw import KEY_B, cache_yaml, doc, post, unique, upstream
 from gwtest import Gateway, running, wait_for
-from redistest import RedisServer
+from redistest import RedisServer, redis_server
 
 from fastgw import metrics
 
@@ -23,12 +23,8 @@ REDIS_CACHE = "{enabled: true, backend: redis}"
 
 @pytest.fixture
 def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(workdir=tmp_path)
-    server.start()
-    try:
+    with redis_server(workdir=tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def stored(server: RedisServer) -> int:

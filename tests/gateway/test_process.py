@@ -87,6 +87,20 @@ def _refused(port: int) -> bool:
     return False
 
 
+def start_stream(port: int, headers: bytes = b"",
+                 timeout: float = 5) -> tuple[socket.socket, bytes]:
+    """A streamed chat request on a raw connection: the socket and the first bytes of
+    its 200 answer (``headers``: extra request lines, each ending with CRLF)."""
+    s = connect(port)
+    data = orjson.dumps(chat(stream=True))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n" + headers
+              + b"content-length: %d\r\n\r\n%s" % (len(data), data))
+    s.settimeout(timeout)
+    first = s.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200")
+    return s, first
+
+
 def _healthy(port: int) -> bool:
     try:
         return http(port, "GET", "/healthz", timeout=1).status == 200
@@ -199,13 +213,7 @@ def test_sigterm_drains_in_flight_stream_then_exits_zero(tmp_path: Path) -> None
     with mock_upstream(chunks=50, chunk_interval_ms=100) as mport:
         cfg.write_text(config_text(mport))
         with gateway_process(["--config", str(cfg)], port) as proc:
-            s = connect(port)
-            data = orjson.dumps(chat(stream=True))
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                      b"content-length: %d\r\n\r\n%s" % (len(data), data))
-            s.settimeout(5)
-            first = s.recv(65536)
-            assert first.startswith(b"HTTP/1.1 200")
+            s, first = start_stream(port)
             proc.send_signal(signal.SIGTERM)
             # While the stream is in flight (the process is still alive, draining), a new
             # connection is refused: the listener is closed at once, not at exit.
@@ -249,13 +257,7 @@ def test_readiness_during_a_drain_is_a_closed_connection_not_an_answer(tmp_path:
             probe.sendall(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n")
             r = Reader(probe, limit_s=10).next()
             assert r.status == 200 and "connection" not in r.headers  # kept alive
-            stream = connect(port)
-            data = orjson.dumps(chat(stream=True))
-            stream.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                           b"content-length: %d\r\n\r\n%s" % (len(data), data))
-            stream.settimeout(10)
-            first = stream.recv(65536)
-            assert first.startswith(b"HTTP/1.1 200")
+            stream, first = start_stream(port, timeout=10)
             proc.send_signal(signal.SIGTERM)
             assert wait_for(lambda: _refused(port), timeout=10)
             # The idle keep-alive connection is closed by the gateway, not kept for a check.
@@ -282,13 +284,7 @@ def test_sigterm_waits_at_most_drain_timeout_s_for_a_stream(tmp_path: Path) -> N
     with mock_upstream(chunks=200, chunk_interval_ms=100) as mport:
         cfg.write_text(config_text(mport, extra="server: {drain_timeout_s: 1}\n"))
         with gateway_process(["--config", str(cfg)], port) as proc:
-            s = connect(port)
-            data = orjson.dumps(chat(stream=True))
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                      b"content-length: %d\r\n\r\n%s" % (len(data), data))
-            s.settimeout(5)
-            first = s.recv(65536)
-            assert first.startswith(b"HTTP/1.1 200")
+            s, first = start_stream(port)
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0

@@ -10,10 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import orjson
 import pytest
-from gwtest import chat, connect, http, wait_for
-from test_process import _children, free_port, gateway_process, mock_upstream
+from gwtest import chat, http, wait_for
+from test_process import _children, free_port, gateway_process, mock_upstream, start_stream
 
 KEY_R, KEY_B, KEY_C = "sk-rate-0001", "sk-budget-0002", "sk-inflight-0003"
 
@@ -92,13 +91,7 @@ def test_in_flight_counts_of_a_crashed_run_are_freed(tmp_path: Path) -> None:
         port = free_port()
         with gateway_process(["--config", str(cfg)], port) as proc:
             # A stream holds key c's only slot; a second request is refused.
-            s = connect(port)
-            data = orjson.dumps(chat(stream=True))
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-                      b"authorization: Bearer " + KEY_C.encode() + b"\r\n"
-                      b"content-length: %d\r\n\r\n%s" % (len(data), data))
-            s.settimeout(5)
-            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            s, _ = start_stream(port, b"authorization: Bearer " + KEY_C.encode() + b"\r\n")
             assert ask(port, KEY_C) == 429
             proc.kill()  # the slot is never given back by this run
             assert proc.wait(timeout=10) == -signal.SIGKILL

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gwtest import http, wait_for
+from gwtest import http, metric, wait_for
 from redistest import RedisServer, free_port, redis_server
 
 __all__ = ["KEY_A", "KEY_B", "RedisServer", "bearer", "free_port", "gateway_process",
@@ -61,18 +61,6 @@ def keys_yaml(a_limits: str = "", b_limits: str = "", a_extra: str = "",
     - {{name: key-a, key_sha256: "{sha(KEY_A)}"{limits(a_limits)}{a_extra}}}
     - {{name: key-b, key_sha256: "{sha(KEY_B)}"{limits(b_limits)}{b_extra}}}
 """
-
-
-def metric(port: int, name: str, **labels: str) -> float:
-    """Sum of a metric's samples whose labels include ``labels``."""
-    body = http(port, "GET", "/metrics").body.decode()
-    total = 0.0
-    for line in body.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @contextmanager

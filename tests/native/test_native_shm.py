@@ -39,10 +39,13 @@ pytestmark = pytest.mark.filterwarnings(
     )
 )
 def test_shared_table_matches_the_reference(ops: list[Any]) -> None:
-    shared = native.SharedLimiterTable(slots=4096)
-    local = ref.LimiterTable()
+    run_both(native.SharedLimiterTable(slots=4096), ref.LimiterTable(), ops, T0)
+
+
+def run_both(shared: Any, local: Any, ops: list[Any], now: float) -> float:
+    """``ops`` (scope indexes, costs, time step, then keep | settle | release) on the
+    shared table and on the reference, every answer compared; the time reached."""
     scopes = (_scopes(native), _scopes(ref))
-    now = T0
     for idx, costs, step, then in ops:
         now += step
         a = shared.reserve([scopes[0][i] for i in idx], costs[: len(idx)], now)
@@ -53,6 +56,7 @@ def test_shared_table_matches_the_reference(ops: list[Any]) -> None:
             assert shared.settle(a, actual, now) == local.settle(b, actual, now)
         elif then == "release":
             assert shared.release(a, now) == local.release(b, now)
+    return now
 
 
 def test_forked_children_share_one_count() -> None:

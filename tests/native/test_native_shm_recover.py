@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from fastgw import _native as native
 from fastgw._reference import limiter as ref
 
-from .test_native_limiter import KEYS, T0, _scopes, _view, cost, dt
+from .test_native_limiter import KEYS, T0, cost, dt
+from .test_native_shm import run_both
 
 _runs = itertools.count()
 
@@ -29,19 +30,6 @@ ops = st.lists(
 )
 
 
-def _run(shared: Any, local: Any, steps: list[Any], now: float) -> float:
-    scopes = (_scopes(native), _scopes(ref))
-    for idx, costs, step, then in steps:
-        now += step
-        a = shared.reserve([scopes[0][i] for i in idx], costs[: len(idx)], now)
-        b = local.reserve([scopes[1][i] for i in idx], costs[: len(idx)], now)
-        assert _view(a) == _view(b)
-        if then == "settle":
-            actual = list(reversed(costs))[: len(idx)]
-            assert shared.settle(a, actual, now) == local.settle(b, actual, now)
-        elif then == "release":
-            assert shared.release(a, now) == local.release(b, now)
-    return now
 
 
 @settings(max_examples=60, deadline=None)
@@ -51,7 +39,7 @@ def test_reopened_and_recovered_table_matches_the_reference(
     path: Path = tmp_path_factory.getbasetemp() / f"recover-{next(_runs)}.table"
     local = ref.LimiterTable()
     shared = native.SharedLimiterTable(path, slots=4096)
-    now = _run(shared, local, before, T0)
+    now = run_both(shared, local, before, T0)
     shared.flush()
     del shared  # the process that used it is gone
     reopened = native.SharedLimiterTable(path, slots=99)  # an existing file keeps its size
@@ -61,7 +49,7 @@ def test_reopened_and_recovered_table_matches_the_reference(
     freed = reopened.recover()
     local.recover()
     assert freed >= busy
-    _run(reopened, local, after, now)
+    run_both(reopened, local, after, now)
 
 
 def test_flush_writes_what_a_new_mapping_reads(tmp_path: Path) -> None:
