@@ -21,8 +21,8 @@ from fastgw.errors import StreamFailedBeforeCommit, UpstreamError, UpstreamTimeo
 from fastgw.metrics import Recorder
 from fastgw.pipeline.attempt import Attempt
 from fastgw.pipeline.filters import ChunkSink
-from fastgw.pipeline.outcome import Responder, scrub
-from fastgw.streaming.relay import StreamRelay, error_message
+from fastgw.pipeline.outcome import Responder
+from fastgw.streaming.relay import StreamRelay, error_message, scrub
 from fastgw.types import StreamScanner, StreamSink
 from fastgw.upstream.client import exchange, recover, start_pooled
 from fastgw.upstream.connection import UpstreamConnection

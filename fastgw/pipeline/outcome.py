@@ -31,6 +31,7 @@ from fastgw.pipeline.ctx import RequestCtx
 from fastgw.pipeline.snapshot import TargetRuntime
 from fastgw.providers import openai
 from fastgw.providers.base import ANTHROPIC
+from fastgw.streaming.relay import scrub
 from fastgw.tracing import Trace, Tracer
 from fastgw.types import cache_counts, usage_numbers
 from fastgw.upstream.connection import UpstreamConnection
@@ -245,14 +246,6 @@ class Responder:
             trace.ttft_s = ctx.first_token - ctx.t0
         assert self.tracer is not None
         self.tracer.submit(trace)
-
-
-def scrub(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
-    """``data`` with every provider secret replaced."""
-    for secret in secrets:
-        if secret in data:
-            data = data.replace(secret, b"[redacted]")
-    return data
 
 
 def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:

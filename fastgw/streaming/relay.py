@@ -195,7 +195,8 @@ _DISCARD = _Discard()
 def scrub(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
     """``data`` with every secret replaced by ``[redacted]``."""
     for secret in secrets:
-        data = data.replace(secret, b"[redacted]")
+        if secret in data:  # (no copy of data without one)
+            data = data.replace(secret, b"[redacted]")
     return data
 
 
