@@ -201,12 +201,15 @@ class _Finished:
     """Where one kind of finished request is counted: the accumulators of every
     metric it touches, found with one lookup per request."""
 
-    __slots__ = ("cost", "duration", "requests", "tokens_in", "tokens_out", "ttfb")
+    __slots__ = ("cost", "duration", "requests", "tokens_in", "tokens_out", "tpot", "ttfb",
+                 "ttft")
 
     def __init__(self, rec: Recorder, model: str, provider: str, status: int, route: str,
                  key: str) -> None:
         self.duration = rec.hist(DURATION, (model,))
         self.ttfb = rec.hist(UPSTREAM_TTFB, (provider,))
+        self.ttft = rec.hist(TTFT, (route,))  # streams: by the model that served
+        self.tpot = rec.hist(TPOT, (route,))
         self.cost = rec.sum(COST, (route, key))
         if key:  # per-key labels: the same sums also feed the key's counters
             self.requests: _Sum = rec.fanout(REQUESTS, (model, provider, str(status)),
@@ -270,10 +273,11 @@ class Recorder:
 
     def finished(self, model: str, provider: str, status: int, route: str, key: str | None,
                  duration: float, ttfb: float, overhead: float, prompt: int, completion: int,
-                 cost: float) -> None:
+                 cost: float, ttft: float = -1.0, tpot: float = -1.0) -> None:
         """One finished request: ``model`` as asked, ``route`` the model that served
         (for tokens and cost), ``ttfb`` < 0 when no upstream answered, ``overhead``
-        0 when unknown."""
+        0 when unknown; a stream's time to first token and time per output token
+        after the first (< 0: not a stream, or unknown)."""
         f = self._finished.get((model, provider, status, route, key))
         if f is None:
             if len(self._finished) > 10_000:
@@ -288,6 +292,14 @@ class Recorder:
             h = f.ttfb
             h.counts[bisect_left(h.bounds, ttfb)] += 1
             h.total += ttfb
+        if ttft >= 0.0:
+            h = f.ttft
+            h.counts[bisect_left(h.bounds, ttft)] += 1
+            h.total += ttft
+            if tpot >= 0.0:
+                h = f.tpot
+                h.counts[bisect_left(h.bounds, tpot)] += 1
+                h.total += tpot
         if overhead:
             h = self._overhead
             h.counts[bisect_left(h.bounds, overhead)] += 1
@@ -298,13 +310,6 @@ class Recorder:
             f.tokens_out.value += completion
         if cost:
             f.cost.value += cost
-
-    def stream_timing(self, model: str, ttft: float, tpot: float) -> None:
-        """A stream's time to first token and, when it had two output tokens or
-        more, its time per output token after the first (< 0: unknown)."""
-        self.hist(TTFT, (model,)).observe(ttft)
-        if tpot >= 0.0:
-            self.hist(TPOT, (model,)).observe(tpot)
 
     def key_label(self, key: str | None) -> str:
         """The ``key`` label value: empty unless per-key labels are on; capped."""

@@ -188,19 +188,21 @@ class Responder:
             if cache is not None:  # cache reads and writes at their own prices
                 cost += (cache[0] * (route.cached_input_per_token - route.input_per_token)
                          + cache[1] * (route.cache_write_per_token - route.input_per_token))
+        ttft = tpot = -1.0
+        first = ctx.first_token
+        if first and route is not None:  # a stream's first content reached the client
+            ttft = first - ctx.t0
+            n = ctx.completion_tokens if usage else 0
+            if n > 1:
+                tpot = (now - first) / (n - 1)
         self.recorder.finished(model, provider, ctx.status, route.name if route else model,
                                ctx.key_name, duration, ctx.ttfb_s, ctx.overhead_s,
                                ctx.prompt_tokens if usage else 0,
-                               ctx.completion_tokens if usage else 0, cost)
+                               ctx.completion_tokens if usage else 0, cost, ttft, tpot)
         if ctx.status >= 400:  # failures only: the admin API's ring of recent errors
             self.recorder.errors.append((
                 time.time(), ctx.request_id.decode("latin-1"), ctx.status, model, provider,
                 ctx.key_name, ctx.error))
-        first = ctx.first_token
-        if first and route is not None:  # a stream's first content reached the client
-            n = ctx.completion_tokens if usage else 0
-            self.recorder.stream_timing(route.name, first - ctx.t0,
-                                        (now - first) / (n - 1) if n > 1 else -1.0)
         trace = ctx.trace
         if trace is not None:
             ctx.trace = None
