@@ -1,15 +1,20 @@
-"""The exporter's span encoder (constant parts kept as bytes, merged with each span's
-own part) against the plain construction, field by field, of the same spans
-(``fastgw._reference.otlp``): the same message once decoded, for varied traces."""
+"""The exporter's span encoder (native, the Rust opentelemetry-proto crate's messages)
+against the plain construction, field by field, of the same spans with the Python
+opentelemetry-proto classes (``fastgw._reference.otlp``): the same message once
+decoded, span for span and attribute for attribute, for varied traces."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+import fastgw
+from fastgw._native import OtlpEncoder
 from fastgw._reference import otlp as reference
 from fastgw.tracing import AttemptSpan, Trace, otlp
 
@@ -74,11 +79,11 @@ def test_the_encoded_batch_is_the_plain_construction(batch: list[Trace]) -> None
     got = decoded(otlp.encode(batch, EPOCH))
     want = decoded(reference.encode(batch, EPOCH))
     assert got == want
-    # Twice: the second time from the kept constant parts and refilled templates.
+    # Twice: the second time from the kept constant parts.
     assert decoded(otlp.encode(batch, EPOCH)) == want
 
 
-def test_spans_of_one_kind_share_their_constant_part_and_keep_their_own() -> None:
+def test_spans_keep_their_ids_parents_and_own_attributes() -> None:
     batch = []
     for i in range(3):
         t = Trace(1000 + i, (i + 1) % 3, 2000 + i)  # the last one without a parent
@@ -106,13 +111,37 @@ def test_spans_of_one_kind_share_their_constant_part_and_keep_their_own() -> Non
     assert tokens == [[10, 20], [10, 20], [], [], [12, 22], [12, 22]]
 
 
-def test_the_kept_constant_parts_are_bounded(monkeypatch: Any) -> None:
-    monkeypatch.setattr(otlp, "CACHE_MAX", 4)
+def test_times_and_rounding_follow_python() -> None:
+    """Nanoseconds as ``int((t + epoch) * 1e9)``, milliseconds as ``round(x, 3)``
+    (exact ties to even), for awkward values."""
     batch = []
-    for i in range(10):
+    for overhead in (0.0000625, 0.0010005, 0.002675, 1e-9, 0.123456789, 3.0):
+        t = Trace(7, 0, 8)
+        t.start, t.finished = 0.1, 0.30000000000000004
+        t.overhead_s = overhead
+        t.ttft_s = overhead / 2
+        t.request_id = b"req_\xe9"  # Latin-1, as the reference decodes it
+        batch.append(t)
+    assert decoded(otlp.encode(batch, EPOCH)) == decoded(reference.encode(batch, EPOCH))
+
+
+def test_a_malformed_trace_is_a_type_error_not_a_crash() -> None:
+    t = Trace(1, 0, 2)
+    t.request_id = "not bytes"  # type: ignore[assignment]
+    with pytest.raises(TypeError):
+        otlp.encode([t], EPOCH)
+
+
+def test_the_kept_constant_parts_are_bounded() -> None:
+    """More kinds of spans than the bound: what is kept stays bounded, the spans
+    stay right."""
+    enc = OtlpEncoder()
+    batch = []
+    for i in range(4100):
         t = Trace(1 + i, 0, 1 + i)
         t.key = f"key-{i}"
         t.request_id = b"req"
         batch.append(t)
-    assert decoded(otlp.encode(batch, EPOCH)) == decoded(reference.encode(batch, EPOCH))
-    assert len(otlp._REQUEST_CONST) <= 4
+    got = enc.encode(batch, EPOCH, os.getpid(), fastgw.__version__)
+    assert enc.kept()[0] <= 4096
+    assert decoded(got) == decoded(reference.encode(batch, EPOCH))
