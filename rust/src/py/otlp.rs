@@ -1,7 +1,8 @@
 //! `encode_traces`: a batch of finished traces as one OTLP request (see `crate::otlp`).
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::exceptions::PyTypeError;
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use std::sync::{Mutex, PoisonError};
 
@@ -28,6 +29,13 @@ fn attempt(a: &Bound<'_, PyAny>) -> PyResult<AttemptRec> {
     })
 }
 
+/// Bytes or str item `i` of a report, as a string (Latin-1 for bytes).
+fn text(r: &Bound<'_, PyTuple>, i: usize) -> PyResult<String> {
+    latin1(&r.get_item(i)?)
+}
+
+/// One `fastgw.tracing.Trace`: its ids and attempts, and its `report` (a
+/// `fastgw.tracing.Report`, read by position in the order of its fields).
 fn trace(t: &Bound<'_, PyAny>) -> PyResult<TraceRec> {
     let py = t.py();
     let attempts = t.getattr(intern!(py, "attempts"))?;
@@ -36,32 +44,43 @@ fn trace(t: &Bound<'_, PyAny>) -> PyResult<TraceRec> {
     for a in attempts.iter() {
         recs.push(attempt(&a)?);
     }
+    let report = t.getattr(intern!(py, "report"))?;
+    let r = report.cast::<PyTuple>()?;
+    if r.len() != REPORT_FIELDS {
+        return Err(PyTypeError::new_err(format!(
+            "a trace's report has {REPORT_FIELDS} fields, not {}",
+            r.len()
+        )));
+    }
     Ok(TraceRec {
         trace_id: t.getattr(intern!(py, "trace_id"))?.extract()?,
         parent_id: t.getattr(intern!(py, "parent_id"))?.extract()?,
         span_id: t.getattr(intern!(py, "span_id"))?.extract()?,
         attempts: recs,
-        start: t.getattr(intern!(py, "start"))?.extract()?,
-        finished: t.getattr(intern!(py, "finished"))?.extract()?,
-        status: t.getattr(intern!(py, "status"))?.extract()?,
-        error: t.getattr(intern!(py, "error"))?.extract()?,
-        method: latin1(&t.getattr(intern!(py, "method"))?)?,
-        path: latin1(&t.getattr(intern!(py, "path"))?)?,
-        endpoint: t.getattr(intern!(py, "endpoint"))?.extract()?,
-        asked: t.getattr(intern!(py, "asked"))?.extract()?,
-        served: t.getattr(intern!(py, "served"))?.extract()?,
-        response_model: t.getattr(intern!(py, "response_model"))?.extract()?,
-        provider: t.getattr(intern!(py, "provider"))?.extract()?,
-        key: t.getattr(intern!(py, "key"))?.extract()?,
-        cache: t.getattr(intern!(py, "cache"))?.extract()?,
-        variant: t.getattr(intern!(py, "variant"))?.extract()?,
-        request_id: latin1(&t.getattr(intern!(py, "request_id"))?)?,
-        stream: t.getattr(intern!(py, "stream"))?.extract()?,
-        tokens: t.getattr(intern!(py, "tokens"))?.extract()?,
-        overhead_s: t.getattr(intern!(py, "overhead_s"))?.extract()?,
-        ttft_s: t.getattr(intern!(py, "ttft_s"))?.extract()?,
+        start: r.get_item(0)?.extract()?,
+        finished: r.get_item(1)?.extract()?,
+        status: r.get_item(2)?.extract()?,
+        error: r.get_item(3)?.extract()?,
+        method: text(r, 4)?,
+        path: text(r, 5)?,
+        endpoint: r.get_item(6)?.extract()?,
+        asked: r.get_item(7)?.extract()?,
+        served: r.get_item(8)?.extract()?,
+        response_model: r.get_item(9)?.extract()?,
+        provider: r.get_item(10)?.extract()?,
+        key: r.get_item(11)?.extract()?,
+        cache: r.get_item(12)?.extract()?,
+        variant: r.get_item(13)?.extract()?,
+        request_id: text(r, 14)?,
+        stream: r.get_item(15)?.extract()?,
+        tokens: r.get_item(16)?.extract()?,
+        overhead_s: r.get_item(17)?.extract()?,
+        ttft_s: r.get_item(18)?.extract()?,
     })
 }
+
+/// The fields of `fastgw.tracing.Report`.
+const REPORT_FIELDS: usize = 19;
 
 /// The span encoder of one exporter (`crate::otlp::Encoder`): it keeps each kind
 /// of span's serialized constant part.
