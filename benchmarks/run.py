@@ -1136,6 +1136,7 @@ def spec_checks(
             ">=",
             0.85 if scaling["pinned"] else None,
             "x",
+            scaling.get("refused"),
         )
     return checks
 
@@ -1157,7 +1158,7 @@ def print_checks(checks: list[dict[str, Any]]) -> None:
     if not any(c["what"].startswith("--workers") for c in checks):
         print(
             f"  {'--workers N on N free cores':<42}{'':<13}{'-':>12}{'>= 0.85 x N':>15}"
-            "  not measured (--scaling N, needs 2N CPUs)"
+            "  not measured (--scaling N: needs 2N free CPUs)"
         )
 
 
@@ -1346,7 +1347,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.scaling and not args.soak_only:
                 from scaling import run_scaling  # imports this module: only when asked
 
-                scaling = report["scaling"] = run_scaling(args.scaling, not args.no_pin, s, workdir)
+                scaling = report["scaling"] = run_scaling(
+                    args.scaling, not args.no_pin, s, workdir, args.rounds
+                )
             report["spec"] = spec_checks(report.get("results", {}), soak, scaling)
             print_checks(report["spec"])
     finally:

@@ -196,11 +196,18 @@ def parse_output(stdout: str, url: str = "", connections: int = 0) -> LoadResult
         errors["status"] = status
     lat = None
     if requests:
-        ms = {k: _number(latency, k, "latency_us.") / 1000 for k in
-              ("min", "max", "mean", "p50", "p90", "p99", "p999")}
+        ms = {
+            k: _number(latency, k, "latency_us.") / 1000
+            for k in ("min", "max", "mean", "p50", "p90", "p99", "p999")
+        }
         lat = Percentiles(
-            p50=ms["p50"], p90=ms["p90"], p99=ms["p99"], p999=ms["p999"],
-            min=ms["min"], max=ms["max"], mean=ms["mean"],
+            p50=ms["p50"],
+            p90=ms["p90"],
+            p99=ms["p99"],
+            p999=ms["p999"],
+            min=ms["min"],
+            max=ms["max"],
+            mean=ms["mean"],
         )
     bad = sum(non_2xx.values())
     return LoadResult(
