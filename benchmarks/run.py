@@ -1028,7 +1028,7 @@ def spec_checks(
         note: str | None = None,
     ) -> None:
         ok = None
-        if value is not None and target is not None:
+        if value is not None and target is not None and note is None:
             ok = value >= target if op == ">=" else value <= target
         checks.append(
             {
