@@ -1174,8 +1174,9 @@ def mock_answer(mock_port: int) -> bytes:
 
 def run_upstream_check(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, Any]:
     """The mock alone vs nginx serving the same JSON as a static answer, each on
-    the gateway's CPU with the load generator on the other: the mock must not
-    be the bottleneck of a proxy row."""
+    the gateway's CPU with the load generator on the other (wrk, unless
+    --max-client loadgen or wrk is missing; streams: loadgen.py): the mock must
+    not be the bottleneck of a proxy row."""
     gw_cpu, client_cpu = cpus(args)
     procs = Processes(workdir)
     try:
@@ -1201,7 +1202,11 @@ def run_upstream_check(args: argparse.Namespace, s: Settings, workdir: Path) -> 
                 duration=s.duration,
                 warmup=s.warmup,
             )
-            m = measure(spec, tree_pids(pid))
+            if not stream and args.max_client == "wrk" and WRK is not None:
+                ws = wrk_spec(spec, args.wrk_threads)
+                m = measure_wrk(ws, spec.warmup, tree_pids(pid), workdir, client_cpu)
+            else:
+                m = measure(spec, tree_pids(pid))
             out[name] = {
                 **m.result.as_dict(),
                 "server_cpu": m.cpu_util,
