@@ -206,22 +206,15 @@ def run_scaling(
     finally:
         procs.stop()
     med = {name: _median(ms) for name, ms in runs.items()}
-    rate = {name: m.result.rps for name, m in med.items()}
-    one = rate["fastgw-1w"]
-    refused_nginx = vs_nginx_refusal(rate["direct"], rate["nginx"])
-    refused_scaling = vs_nginx_refusal(rate["direct"], rate[f"fastgw-{workers}w"])
-    if refused_scaling is not None:
-        refused_scaling = refused_scaling.replace("nginx's", f"fastgw --workers {workers}'s")
+    fig = figures({name: m.result.rps for name, m in med.items()}, workers)
     print(
         f"  {'row':<14}{'req/s':>12}{'p50 ms':>10}{'CPU':>7}{'vs 1 worker x n':>17}{'vs nginx':>10}"
     )
     for name, m in med.items():
-        n = int(name.removeprefix("fastgw-").removesuffix("w")) if name.startswith("fastgw") else 0
-        eff = rate[name] / (n * one) if n and one and not refused_scaling else None
-        vs = rate[name] / rate["nginx"] if name != "direct" and not refused_nginx else None
+        eff, vs = fig["rows"][name]["vs_one_worker"], fig["rows"][name]["vs_nginx"]
         p50 = m.result.latency_ms.p50 if m.result.latency_ms else None
         out[name] = {
-            "rps": rate[name],
+            "rps": m.result.rps,
             "p50_ms": p50,
             "server_cpu": m.cpu_util,
             "cpu_us_per_req": m.cpu_us_per_req,
@@ -230,22 +223,44 @@ def run_scaling(
             "rounds": [r.result.rps for r in runs[name]],
         }
         cells = [
-            f"{rate[name]:>12,.0f}",
+            f"{m.result.rps:>12,.0f}",
             f"{p50:>10.3f}" if p50 is not None else f"{'-':>10}",
             f"{m.cpu_util:>7.0%}" if m.cpu_util is not None else f"{'-':>7}",
             f"{eff:>17.2f}" if eff is not None else f"{'-':>17}",
             f"{vs:>10.2f}" if vs is not None else f"{'-':>10}",
         ]
         print(f"  {name:<14}{''.join(cells)}")
-    for why in dict.fromkeys(w for w in (refused_nginx, refused_scaling) if w):
+    for why in dict.fromkeys(w for w in (fig["vs_nginx_refused"], fig["refused"]) if w):
         print(f"  refused: {why}")
-    out["ratio"] = out[f"fastgw-{workers}w"]["vs_one_worker"]
-    out["vs_nginx"] = out[f"fastgw-{workers}w"]["vs_nginx"]
-    out["refused"] = refused_scaling
-    out["vs_nginx_refused"] = refused_nginx
+    for key in ("ratio", "vs_nginx", "refused", "vs_nginx_refused"):
+        out[key] = fig[key]
     if out["ratio"] is not None:
         print(
             f"  req/s({workers}) / ({workers} x req/s(1)) = {out['ratio']:.2f} "
             f"(target >= {TARGET_SHARE})"
         )
     return out
+
+
+def figures(rate: dict[str, float], workers: int) -> dict[str, Any]:
+    """From each row's req/s (direct, nginx, fastgw-1w..fastgw-Nw): per row the
+    rate over n x one worker's and over nginx's, each None when refused; the
+    N-worker figures; and the reasons for refusing."""
+    one = rate["fastgw-1w"]
+    top = f"fastgw-{workers}w"
+    refused_nginx = vs_nginx_refusal(rate["direct"], rate["nginx"])
+    refused = vs_nginx_refusal(rate["direct"], rate[top], against=f"fastgw --workers {workers}")
+    rows: dict[str, dict[str, float | None]] = {}
+    for name, r in rate.items():
+        n = int(name.removeprefix("fastgw-").removesuffix("w")) if name.startswith("fastgw") else 0
+        rows[name] = {
+            "vs_one_worker": r / (n * one) if n and one and not refused else None,
+            "vs_nginx": r / rate["nginx"] if name != "direct" and not refused_nginx else None,
+        }
+    return {
+        "rows": rows,
+        "ratio": rows[top]["vs_one_worker"],
+        "vs_nginx": rows[top]["vs_nginx"],
+        "refused": refused,
+        "vs_nginx_refused": refused_nginx,
+    }

@@ -53,6 +53,37 @@ def test_scaling_gives_each_part_its_own_cpus(monkeypatch: pytest.MonkeyPatch) -
     assert free.cpus(free.proxy) is None and free.client_threads == 2
 
 
+def test_scaling_figures_and_their_refusals() -> None:
+    rate = {"direct": 200e3, "nginx": 100e3, "fastgw-1w": 30e3, "fastgw-2w": 55e3}
+    fig = scaling.figures(rate, 2)
+    assert fig["ratio"] == pytest.approx(55 / 60) and fig["vs_nginx"] == pytest.approx(0.55)
+    assert fig["rows"]["fastgw-1w"]["vs_one_worker"] == 1.0
+    assert fig["rows"]["direct"] == {"vs_one_worker": None, "vs_nginx": None}
+    assert fig["refused"] is None and fig["vs_nginx_refused"] is None
+    slow_client = scaling.figures({**rate, "direct": 60e3}, 2)
+    assert slow_client["ratio"] is None and slow_client["vs_nginx"] is None
+    assert "1.09x fastgw --workers 2's 55,000" in slow_client["refused"]
+    assert "0.60x nginx's 100,000" in slow_client["vs_nginx_refused"]
+    # The client outruns the gateway but not nginx: only the nginx ratio is refused.
+    middle = scaling.figures({**rate, "direct": 100e3}, 2)
+    assert middle["ratio"] == pytest.approx(55 / 60) and middle["vs_nginx"] is None
+
+
+def test_the_cache_figure_is_refused_when_the_client_side_sets_its_pace() -> None:
+    def check(direct: float) -> dict[str, object]:
+        rows = {
+            "direct": {"rate": direct},
+            "fastgw": {"rate": 30e3, "vs_nginx": None, "cpu_vs_nginx": None},
+            "fastgw-cache": {"rate": 45e3, "vs_nginx": None, "cpu_vs_nginx": None},
+        }
+        checks = run.spec_checks({"max_rps": {"rows": rows}}, None)
+        return next(c for c in checks if c["what"].startswith("max req/s, cache hits"))
+
+    assert check(60e3)["ok"] is True and check(60e3)["note"] is None
+    slow = check(50e3)
+    assert slow["ok"] is None and "1.11x fastgw-cache's 45,000" in str(slow["note"])
+
+
 def test_the_driver_refuses_before_measuring_anything(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
