@@ -557,7 +557,7 @@ def derive(
         if mine is not None:
             row["p50_ms"], row["p99_ms"] = mine
         closed = r.mode == "closed"  # an open-loop rate is the schedule's, not the row's
-        judged = closed and not refused and nginx is not None and nginx.rps
+        judged = closed and not refused and nginx is not None and nginx.rps > 0
         row["vs_nginx"] = r.rps / nginx.rps if judged and nginx is not None else None
         d = lat(direct) if direct is not None else None
         if d is not None and mine is not None:
