@@ -1,10 +1,13 @@
 """wrk (Debian's ``wrk`` package) as the closed-loop load generator of the benchmarks.
 
-wrk is C on epoll with LuaJIT scripting: a few microseconds of CPU per
-request, against the Python load generator's ~15, so on a core shared with
-the mock it outruns every proxy row. The driver uses it for the maximum-rate
-rows; open-loop latency and SSE timing stay with ``loadgen.py``, which
-schedules requests (wrk's closed loop cannot) and reads events.
+wrk is a client made for the job: C on epoll, one pre-built request, and
+Lua only for a status count per answer, with no interpreter or event loop
+of ours on the client core. The driver uses it for the maximum-rate rows;
+open-loop latency and SSE timing stay with ``loadgen.py``, which schedules
+requests (wrk's closed loop cannot) and reads events. Whether the client
+side outran the proxies in a given run is not assumed: the driver's
+``direct`` row shows it, and run.vs_nginx_refusal withholds the ratios when
+it did not.
 
 The request (method, body, headers) is set once in a generated Lua script,
 so wrk sends the same pre-built bytes on every connection. The script's
