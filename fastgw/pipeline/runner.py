@@ -483,7 +483,7 @@ class Proxy:
             ctx.variant = variant.name
             ctx.extra_headers += b"x-fastgw-variant: " + variant.name.encode() + b"\r\n"
             VARIANTS.labels(route.name, variant.name).inc()
-            route = models[variant.model]
+            route = variant.route or models[variant.model]  # with its feedback filter
         ctx.route = route
 
 
