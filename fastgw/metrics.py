@@ -193,6 +193,8 @@ class _Fanout(_Sum):
             self.value = 0.0
 
 
+Accumulator = _Sum  # what batched() gives: add to ``value``
+
 # Counters added to off the Recorder (by filters, with labels fixed at load):
 # plain accumulators too, pushed by every Recorder's flush.
 _SHARED_SUMS: dict[tuple[Any, tuple[str, ...]], _Sum] = {}

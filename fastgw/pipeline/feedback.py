@@ -81,7 +81,7 @@ class _Kept:
     def __init__(self, answer: Answer, expires: float) -> None:
         self.answer = answer
         self.expires = expires
-        self.scored: set[str] = set()
+        self.scored: set[str] | None = None  # the names scored (made by the first score)
 
 
 class AlreadyScored(ClientError):
@@ -96,7 +96,7 @@ class FeedbackStore:
     variant of a configuration and kept across reloads with the same settings."""
 
     __slots__ = ("_down_until", "_head", "_logged_at", "_unlogged", "cfg", "fallbacks",
-                 "kept", "loop", "redis", "redis_cfg", "writes")
+                 "kept", "loop", "max_entries", "redis", "redis_cfg", "ttl_s", "writes")
 
     def __init__(self, cfg: FeedbackConfig, redis_cfg: RedisConfig,
                  loop: asyncio.AbstractEventLoop) -> None:
@@ -104,6 +104,8 @@ class FeedbackStore:
         self.redis_cfg = redis_cfg
         self.loop = loop
         self.kept: dict[bytes, _Kept] = {}  # in arrival order: the oldest first
+        self.ttl_s = cfg.ttl_s
+        self.max_entries = cfg.max_entries
         self.redis: Any = make_client(redis_cfg) if cfg.backend == "redis" else None
         prefix = redis_cfg.key_prefix.replace("{", "").replace("}", "")
         self._head = prefix.encode() + b":feedback:{"
@@ -133,19 +135,17 @@ class FeedbackStore:
     def _keep(self, request_id: bytes, answer: Answer) -> None:
         kept = self.kept
         now = time.monotonic()
-        old = kept.get(request_id)
-        if old is not None:
-            if old.expires > now:
+        if request_id in kept:
+            if kept[request_id].expires > now:
                 return  # the first request with this id owns it
             del kept[request_id]
-        kept[request_id] = _Kept(answer, now + self.cfg.ttl_s)
-        if len(kept) > self.cfg.max_entries:
+        kept[request_id] = _Kept(answer, now + self.ttl_s)
+        if len(kept) > self.max_entries:
             del kept[next(iter(kept))]
-        for _ in range(2):  # expired entries at the front, a few per store
-            first = next(iter(kept))
-            if kept[first].expires > now:
-                break
-            del kept[first]
+        for oldest in kept:  # the front expired: dropped, one per store
+            if kept[oldest].expires <= now:
+                del kept[oldest]
+            break
 
     async def _put(self, request_id: bytes, answer: Answer) -> None:
         value = orjson.dumps(list(answer))
@@ -180,8 +180,11 @@ class FeedbackStore:
                            "another caller's (only answers of models with variants are "
                            "kept)", param="request_id", code="request_not_found")
         if kept is not None:
-            first = name not in kept.scored
-            kept.scored.add(name)
+            scored = kept.scored
+            if scored is None:
+                scored = kept.scored = set()
+            first = name not in scored
+            scored.add(name)
         else:
             mark = self.redis_key(request_id) + b":" + name.encode()
             ttl = max(1, int(self.cfg.ttl_s))

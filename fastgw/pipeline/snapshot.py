@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from fastgw.config import Config, ModelConfig, ProviderConfig, RetryConfig
-from fastgw.metrics import TARGET_HEALTHY
+from fastgw.metrics import TARGET_HEALTHY, VARIANTS, Accumulator, batched
 from fastgw.pipeline.cache import CacheFilter, CacheStore
 from fastgw.pipeline.feedback import FeedbackStore, VariantFeedback
 from fastgw.pipeline.filters import Chain, Filter, compile_chain
@@ -79,6 +79,8 @@ class Variant:
     name: str
     model: str
     weight: float
+    requests: Accumulator  # fastgw_variant_requests_total{model,variant}, batched
+    header: bytes = b""  # the answer's x-fastgw-variant line
     # The model it names, with the variant's feedback filter last in its chain.
     route: ModelRoute | None = None
 
@@ -199,7 +201,11 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
         input_price = price.input_per_mtok / 1e6 if price else 0.0
         cached_price = price.cached_input_per_mtok if price else None
         write_price = price.cache_write_per_mtok if price else None
-        variants = tuple(Variant(v.name or v.model, v.model, v.weight) for v in mc.variants)
+        variants = tuple(Variant(v.name or v.model, v.model, v.weight,
+                                 batched(VARIANTS, mc.name, v.name or v.model),
+                                 b"x-fastgw-variant: " + _header_value(v.name or v.model)
+                                 + b"\r\n")
+                         for v in mc.variants)
         models[mc.name] = ModelRoute(
             name=mc.name, cfg=mc, targets=tuple(targets),
             balancer=make_balancer(mc.balance, [t.state for t in targets]) if targets else None,
