@@ -3,7 +3,7 @@ scores given with POST /v1/feedback (httpx) under the caller's own key. A score
 counts for the variant that answered; another key's answer, an unknown or
 expired one and a plain model's are 404 alike; bad bodies are 400 naming the
 field; a second score of a name is 409. With Redis, an answer made on one
-gateway is scored on another; Redis killed, answers are kept in memory (never
+gateway is scored on another; Redis killed or stalled, answers are kept in memory (never
 an error), counted in fastgw_redis_fallbacks_total{mode="feedback"}."""
 
 from __future__ import annotations
@@ -252,13 +252,14 @@ def test_an_answer_made_on_one_gateway_is_scored_on_another(redis_srv: RedisServ
             a.metric(metrics.REDIS_FALLBACKS, "feedback")  # nothing fell back
 
 
-def test_redis_killed_answers_are_kept_in_memory(redis_srv: RedisServer) -> None:
+@pytest.mark.parametrize("how", ["kill", "pause"])
+def test_redis_down_answers_are_kept_in_memory(redis_srv: RedisServer, how: str) -> None:
     def yaml(p: int) -> str:
         return feedback_yaml(p, "{names: [score], backend: redis}", redis_url=redis_srv.url)
 
     with running(yaml) as gw:
         before = gw.metric(metrics.REDIS_FALLBACKS, "feedback")
-        redis_srv.stop()
+        redis_srv.stop() if how == "kill" else redis_srv.pause()
         t0 = time.monotonic()
         rid, variant = ask(gw)
         assert variant is not None
