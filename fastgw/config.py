@@ -758,6 +758,11 @@ def _check_model(m: ModelConfig, path: str, errors: Errors) -> None:
         errors.append((f"{path}.hash_key", "expected 'header:NAME', 'key', 'body:user' or "
                                            f"'prefix', got {m.hash_key!r}"))
     _at_least(m, path, ("default_max_tokens",), 1, errors)
+    variant_names = [v.name or v.model for v in m.variants]
+    for j, name in enumerate(variant_names):
+        if name in variant_names[:j]:  # one label, one header value, one arm of the test
+            errors.append((f"{path}.variants[{j}].name", f"{name!r} names another variant "
+                                                         "already; give each a unique name"))
     if m.balance == "consistent-hash" and m.hash_key is None and m.targets:
         errors.append((f"{path}.hash_key", "required with balance: consistent-hash "
                                            "(header:NAME, key, body:user or prefix)"))

@@ -159,6 +159,11 @@ def test_bad_feedback_settings_are_refused_with_their_path(
     assert {"feedback.ttl_s", "feedback.max_entries"} <= set(errs)
     assert "feedback.backend" in errors_of(GOOD + "feedback: {backend: disk}\n")
     assert "at least one" in errors_of(GOOD + "feedback: {names: []}\n")["feedback.names"]
+    both = """
+  - name: bot
+    variants: [{model: gpt-4o-mini, name: a}, {model: gpt-4o-mini, name: a}]
+"""
+    assert "unique name" in errors_of(GOOD + both)["models[1].variants[1].name"]
 
 
 def test_retry_on_takes_unquoted_status_codes() -> None:
