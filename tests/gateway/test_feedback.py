@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import openai
 import orjson
 import pytest
@@ -25,6 +26,13 @@ from fastgw import metrics
 
 KEY_A = "sk-team-a-feedback"
 KEY_B = "sk-team-b-feedback"
+JWT_SECRET = "feedback-hmac-secret-0123456789abcdef"
+
+
+def token(subject: str) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": subject, "aud": "fastgw", "iat": now, "exp": now + 300},
+                      JWT_SECRET, algorithm="HS256")
 
 
 def _sha(key: str) -> str:
@@ -64,6 +72,8 @@ auth:
   keys:
     - {{name: team-a, key_sha256: "{_sha(KEY_A)}"}}
     - {{name: team-b, key_sha256: "{_sha(KEY_B)}"}}
+    - {{name: alice, key_sha256: "{_sha("sk-alice-key")}"}}
+  jwt: {{secret: {JWT_SECRET}, algorithms: [HS256], audience: fastgw}}
 feedback: {feedback}
 {redis}
 observability: {{access_log: off}}
@@ -185,6 +195,19 @@ def test_only_the_caller_answered_can_score_it() -> None:
         assert score(gw, {"request_id": rid, "name": "score", "value": 1}).status_code == 200
 
 
+def test_a_token_scores_its_own_answers_by_subject() -> None:
+    with running(feedback_yaml) as gw:
+        rid, _ = ask(gw, key=token("alice"))
+        body = {"request_id": rid, "name": "score", "value": 1}
+        # another subject, and the API key named like the subject, are other callers
+        assert score(gw, body, key=token("bob")).status_code == 404
+        assert score(gw, body, key="sk-alice-key").status_code == 404
+        assert score(gw, body, key=KEY_A).status_code == 404
+        # a new token of the same subject is the same caller
+        r = score(gw, body, key=token("alice"))
+        assert r.status_code == 200, r.text
+
+
 @pytest.mark.parametrize(("body", "param", "words"), [
     (b"not json", None, "not valid JSON"),
     (b"[1, 2]", None, "JSON object"),
@@ -216,6 +239,13 @@ def test_answers_are_forgotten_after_ttl_and_past_max_entries() -> None:
         assert score(gw, {"request_id": first, "name": "score", "value": 1}).status_code == 404
         assert score(gw, {"request_id": third, "name": "score", "value": 1}).status_code == 200
         assert score(gw, {"request_id": second, "name": "score", "value": 1}).status_code == 200
+
+
+def test_answers_survive_a_reload_with_the_same_feedback_settings() -> None:
+    with running(feedback_yaml) as gw:
+        rid, _ = ask(gw)
+        gw.reconfigure(feedback_yaml(gw.mock.port))
+        assert score(gw, {"request_id": rid, "name": "score", "value": 1}).status_code == 200
 
 
 def test_an_answer_served_by_a_fallback_can_be_scored() -> None:
