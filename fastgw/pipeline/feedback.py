@@ -73,15 +73,10 @@ class Answer(NamedTuple):
     variant: str
 
 
-class _Kept:
-    """One answer remembered in memory."""
-
-    __slots__ = ("answer", "expires", "scored")
-
-    def __init__(self, answer: Answer, expires: float) -> None:
-        self.answer = answer
-        self.expires = expires
-        self.scored: set[str] | None = None  # the names scored (made by the first score)
+# One answer remembered in memory: (expires, owner, model, variant, names scored).
+# A plain tuple of strings and a float: the collector stops tracking it, so a
+# full store costs garbage collections nothing.
+_Kept = tuple[float, str, str, str, tuple[str, ...]]
 
 
 class AlreadyScored(ClientError):
@@ -123,37 +118,37 @@ class FeedbackStore:
 
     # -- remembering ---------------------------------------------------------------------
 
-    def remember(self, request_id: bytes, answer: Answer) -> None:
+    def remember(self, request_id: bytes, owner: str, model: str, variant: str) -> None:
         """Remember an answer (the logging phase: never waits)."""
         if self.redis is None:
-            self._keep(request_id, answer)
+            self._keep(request_id, owner, model, variant)
             return
-        task = self.loop.create_task(self._put(request_id, answer))
+        task = self.loop.create_task(self._put(request_id, owner, model, variant))
         self.writes.add(task)  # held until done: never collected half-way
         task.add_done_callback(self.writes.discard)
 
-    def _keep(self, request_id: bytes, answer: Answer) -> None:
+    def _keep(self, request_id: bytes, owner: str, model: str, variant: str) -> None:
         kept = self.kept
         now = time.monotonic()
         if request_id in kept:
-            if kept[request_id].expires > now:
+            if kept[request_id][0] > now:
                 return  # the first request with this id owns it
             del kept[request_id]
-        kept[request_id] = _Kept(answer, now + self.ttl_s)
+        kept[request_id] = (now + self.ttl_s, owner, model, variant, ())
         if len(kept) > self.max_entries:
             del kept[next(iter(kept))]
         for oldest in kept:  # the front expired: dropped, one per store
-            if kept[oldest].expires <= now:
+            if kept[oldest][0] <= now:
                 del kept[oldest]
             break
 
-    async def _put(self, request_id: bytes, answer: Answer) -> None:
-        value = orjson.dumps(list(answer))
+    async def _put(self, request_id: bytes, owner: str, model: str, variant: str) -> None:
+        value = orjson.dumps([owner, model, variant])
         ttl = max(1, int(self.cfg.ttl_s))
         key = self.redis_key(request_id)
         done = await self._ask(lambda: self.redis.set(key, value, ex=ttl, nx=True), "store")
         if done is _FAILED:
-            self._keep(request_id, answer)
+            self._keep(request_id, owner, model, variant)
 
     # -- scoring -------------------------------------------------------------------------
 
@@ -172,19 +167,17 @@ class FeedbackStore:
         kept = None
         if answer is None:
             kept = self.kept.get(request_id)
-            if kept is not None and kept.expires > time.monotonic():
-                answer = kept.answer
+            if kept is not None and kept[0] > time.monotonic():
+                answer = Answer(kept[1], kept[2], kept[3])
         if answer is None or answer.owner != caller:
             raise NotFound(f"no answer with request id {request_id.decode()!r} can be scored "
                            "by this caller: it is unknown, older than feedback.ttl_s, or was "
                            "another caller's (only answers of models with variants are "
                            "kept)", param="request_id", code="request_not_found")
         if kept is not None:
-            scored = kept.scored
-            if scored is None:
-                scored = kept.scored = set()
-            first = name not in scored
-            scored.add(name)
+            first = name not in kept[4]
+            if first:
+                self.kept[request_id] = (*kept[:4], (*kept[4], name))
         else:
             mark = self.redis_key(request_id) + b":" + name.encode()
             ttl = max(1, int(self.cfg.ttl_s))
@@ -253,7 +246,7 @@ class VariantFeedback(Filter):
         elif 200 <= status < 300:
             grant = ctx.grant
             owner = ANONYMOUS if grant is None else grant.principal.id
-            self.store.remember(ctx.request_id, Answer(owner, self.model, self.variant))
+            self.store.remember(ctx.request_id, owner, self.model, self.variant)
 
 
 # -- POST /v1/feedback -----------------------------------------------------------------------
