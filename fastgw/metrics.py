@@ -70,7 +70,8 @@ FEEDBACK = Counter("fastgw_feedback_total", "Scores given with POST /v1/feedback
 FEEDBACK_VALUE = Summary("fastgw_feedback_value", "The scores' values: _sum over "
                          "fastgw_feedback_total is the mean score.", ["model", "variant", "name"])
 VARIANT_DURATION = Histogram("fastgw_variant_request_duration_seconds", "Time from request "
-                             "received to response finished, per variant of a model.",
+                             "received to response finished, per variant of a model (answers "
+                             "and 5xx; 4xx left out).",
                              ["model", "variant"], buckets=_LATENCY_BUCKETS)
 VARIANT_ERRORS = Counter("fastgw_variant_errors_total", "Requests of a variant answered with "
                          "a 5xx status (upstream or gateway failures).", ["model", "variant"])

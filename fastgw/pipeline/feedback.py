@@ -239,11 +239,13 @@ class VariantFeedback(Filter):
         self.errors = batched(VARIANT_ERRORS, model, variant)
 
     def logging(self, ctx: RequestCtx) -> None:
-        self.duration.observe(perf_counter() - ctx.t0)
         status = ctx.status
+        if 400 <= status < 500:
+            return  # the client's doing (refused, limited, gone): not the variant's
+        self.duration.observe(perf_counter() - ctx.t0)
         if status >= 500:
             self.errors.value += 1.0
-        elif 200 <= status < 300:
+        elif status < 300:
             grant = ctx.grant
             owner = ANONYMOUS if grant is None else grant.principal.id
             self.store.remember(ctx.request_id, owner, self.model, self.variant)

@@ -46,7 +46,7 @@ def _dead_port() -> int:
 
 
 def feedback_yaml(port: int, feedback: str = "{names: [score, thumbs]}", redis_url: str = "",
-                  dead: int | None = None) -> str:
+                  dead: int | None = None, fallbacks: str = "[m2]") -> str:
     dead_provider = f"""
   - {{name: dead, kind: openai-compatible, base_url: "http://127.0.0.1:{dead}/v1",
      api_key: sk-x, timeouts: {{connect_s: 1}}}}""" if dead else ""
@@ -65,7 +65,7 @@ models:
     sticky: header:x-user
   - name: m1
     targets: {m1_targets}
-    fallbacks: [m2]
+    fallbacks: {fallbacks}
   - name: m2
     targets: [{{provider: mock, model: d2}}]
 auth:
@@ -230,11 +230,16 @@ def test_bad_bodies_are_400_naming_the_field(body: Any, param: str | None, words
         assert words in err["message"]
 
 
-def test_answers_are_forgotten_after_ttl_and_past_max_entries() -> None:
-    with running(lambda p: feedback_yaml(p, "{ttl_s: 0.5, max_entries: 2}")) as gw:
-        old = ask(gw)[0]
-        time.sleep(0.7)
-        assert score(gw, {"request_id": old, "name": "score", "value": 1}).status_code == 404
+def test_answers_are_forgotten_after_ttl_s() -> None:
+    with running(lambda p: feedback_yaml(p, "{names: [score, thumbs], ttl_s: 1.5}")) as gw:
+        rid = ask(gw)[0]
+        assert score(gw, {"request_id": rid, "name": "thumbs", "value": 1}).status_code == 200
+        time.sleep(2.0)
+        assert score(gw, {"request_id": rid, "name": "score", "value": 1}).status_code == 404
+
+
+def test_at_most_max_entries_answers_are_kept() -> None:
+    with running(lambda p: feedback_yaml(p, "{max_entries: 2}")) as gw:
         first, second, third = (ask(gw, user=f"u{i}")[0] for i in range(3))
         assert score(gw, {"request_id": first, "name": "score", "value": 1}).status_code == 404
         assert score(gw, {"request_id": third, "name": "score", "value": 1}).status_code == 200
@@ -258,6 +263,27 @@ def test_an_answer_served_by_a_fallback_can_be_scored() -> None:
         r = score(gw, {"request_id": rid, "name": "score", "value": 2})
         assert r.status_code == 200, r.text
         assert r.json()["variant"] == "v1"
+
+
+def test_a_failed_answer_counts_as_its_variant_error_and_cannot_be_scored() -> None:
+    with running(lambda p: feedback_yaml(p, dead=_dead_port(), fallbacks="[]")) as gw:
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=KEY_A, max_retries=0)
+        before = gw.metric(metrics.VARIANT_ERRORS, "bot", "v1")
+        rid = None
+        for i in range(40):
+            try:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="bot", messages=[{"role": "user", "content": "hello"}],
+                    extra_headers={"x-user": f"user-{i}"})
+            except openai.APIStatusError as exc:  # v1: m1's only target is down
+                assert exc.status_code == 502
+                assert exc.response.headers["x-fastgw-variant"] == "v1"
+                rid = exc.response.headers["x-request-id"]
+                break
+            assert raw.headers["x-fastgw-variant"] == "v2"
+        assert rid is not None
+        assert gw.metric(metrics.VARIANT_ERRORS, "bot", "v1") == before + 1
+        assert score(gw, {"request_id": rid, "name": "score", "value": 0}).status_code == 404
 
 
 def test_an_answer_made_on_one_gateway_is_scored_on_another(redis_srv: RedisServer) -> None:
