@@ -120,7 +120,7 @@ class Proxy:
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id(), fwd, dialect)
         tracer = self.tracer
         if tracer is not None:
-            trace, incoming = tracer.start(cycle.headers)
+            trace, incoming = tracer.start(cycle.headers, fwd)
             if trace is not None:
                 ctx.trace = trace
                 if incoming is not None:  # upstream gets the gateway's span as parent

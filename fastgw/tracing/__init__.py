@@ -141,15 +141,19 @@ class Tracer:
         _RNG.seed()
         self.submit = submit  # the exporter's queue
 
-    def start(self, headers: list[tuple[bytes, bytes]]) -> tuple[Trace | None, bytes | None]:
+    def start(self, headers: list[tuple[bytes, bytes]],
+              forwarded: bytes) -> tuple[Trace | None, bytes | None]:
         """The request's trace, or None when it is not sampled; and the client's
         ``traceparent`` value when it sent one (the caller removes it from what
-        goes upstream, which then carries the gateway's own)."""
+        goes upstream, which then carries the gateway's own). ``forwarded``: the
+        header lines forwarded upstream (lowercase names), where one search says
+        whether to look for it at all."""
         incoming = None
-        for name, value in headers:
-            if name == b"traceparent":
-                incoming = value
-                break
+        if b"traceparent:" in forwarded:
+            for name, value in headers:
+                if name == b"traceparent":
+                    incoming = value
+                    break
         ids = None if incoming is None else parse_traceparent(incoming)
         bits = _BITS
         if ids is None:
