@@ -32,6 +32,7 @@ __all__ = [
     "Limit",
     "LimiterTable",
     "MalformedTokenError",
+    "MemoryCache",
     "MissingClaimError",
     "NotYetValidError",
     "OtlpEncoder",
@@ -460,6 +461,37 @@ def access_line(
     written in milliseconds cut to the microsecond."""
 
 # ---------------------------------------------------------------- response cache
+
+@final
+class MemoryCache:
+    """Cache entries by key in an LRU bounded by entry count and by bytes, with a
+    TTL per entry (reference: ``fastgw._reference.memcache``). An entry is any
+    object with ``created`` (unix seconds) and ``body`` (bytes); it costs its
+    body's and its key's lengths plus ``overhead`` bytes."""
+
+    def __init__(self, max_entries: int, max_bytes: int, overhead: int = 0) -> None: ...
+    def get(self, key: bytes, now: float, max_age: float | None = None) -> Any | None:
+        """The entry under ``key`` unless it has expired (then dropped), or is
+        ``max_age`` seconds old or older (kept); a hit becomes the most recently used."""
+    def put(self, key: bytes, entry: Any, ttl_s: float, now: float) -> bool:
+        """Store ``entry`` for ``ttl_s`` seconds from ``now``, replacing what ``key``
+        held, evicting the least recently used past the bounds (an expired entry's
+        room first); False (nothing stored, the old entry gone too) when ``ttl_s``
+        is not positive or the entry alone is over ``max_bytes``."""
+    def delete(self, key: bytes) -> bool: ...
+    def clear(self) -> None: ...
+    def keys(self) -> list[bytes]:
+        """The keys from least to most recently used."""
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def evictions(self) -> int: ...
+    @property
+    def max_entries(self) -> int: ...
+    @property
+    def max_bytes(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, key: object) -> bool: ...
 
 @final
 class OtlpEncoder:

@@ -1,128 +1,25 @@
-"""The in-process cache: an LRU bounded by entry count and by bytes.
+"""The in-process cache: an LRU bounded by entry count and by bytes, with a TTL.
 
-One ``OrderedDict`` from key to ``(entry, expires, cost)``: a hit moves its key
-to the end, eviction pops from the front, so every operation is O(1) (plus the
-entries an insertion evicts). Expiry is lazy: an entry past its TTL is dropped
-when it is looked up, or when it reaches the front of the LRU; a few expired
-entries at the front are also dropped on each insertion, so with one TTL for
-all (the usual configuration) dead entries do not linger until the bounds push
-them out.
+The store is native (``fastgw._native.MemoryCache``, ``rust/src/lrucache.rs``):
+a lookup and an insertion are one call each. Expiry is lazy: an entry past its
+TTL is dropped when it is looked up, or when it reaches the front of the LRU; a
+few expired entries at the front are also dropped on each insertion into a full
+store, so dead entries do not push live ones out. An entry costs its body's and
+its key's lengths plus :data:`~fastgw.cache.entry.ENTRY_OVERHEAD`.
 
 Time is passed in (``now``, unix seconds, the clock of ``CacheEntry.created``):
 the caller reads the clock once per request, and tests need no clock at all.
+The reference, the same store in Python, is ``fastgw._reference.memcache``.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Final
+from fastgw._native import MemoryCache
+from fastgw.cache.entry import ENTRY_OVERHEAD
 
-from fastgw.cache.entry import ENTRY_OVERHEAD, CacheEntry
-
-__all__ = ["MemoryCache"]
-
-_PURGE: Final = 2  # expired entries looked for at the LRU's front per insertion
+__all__ = ["MemoryCache", "memory_cache"]
 
 
-class MemoryCache:
-    """Whole answers by key, least recently used evicted first."""
-
-    __slots__ = ("_bytes", "_entries", "evictions", "max_bytes", "max_entries")
-
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
-        if max_entries < 1 or max_bytes < 1:
-            raise ValueError("a memory cache needs max_entries >= 1 and max_bytes >= 1")
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[bytes, tuple[CacheEntry, float, int]] = OrderedDict()
-        self._bytes = 0
-        self.evictions = 0  # entries pushed out by a bound (not by their TTL)
-
-    def get(self, key: bytes, now: float, max_age: float | None = None) -> CacheEntry | None:
-        """The entry under ``key`` unless it has expired, or is ``max_age`` seconds old or
-        older (HTTP's freshness rule: ``max-age=0`` accepts nothing). A hit becomes the
-        most recently used; an entry too old for this ``max_age`` is kept for others."""
-        slot = self._entries.get(key)
-        if slot is None:
-            return None
-        entry, expires, cost = slot
-        if now >= expires:
-            del self._entries[key]
-            self._bytes -= cost
-            return None
-        if max_age is not None and now - entry.created >= max_age:
-            return None
-        self._entries.move_to_end(key)
-        return entry
-
-    def put(self, key: bytes, entry: CacheEntry, ttl_s: float, now: float) -> bool:
-        """Store ``entry`` for ``ttl_s`` seconds from ``now``, replacing what ``key`` held,
-        and evict the least recently used entries past the bounds. False (and nothing
-        stored, the old entry gone too) when ``ttl_s`` is not positive or the entry alone
-        is larger than ``max_bytes``."""
-        entries = self._entries
-        old = entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old[2]
-        cost = len(entry.body) + ENTRY_OVERHEAD + len(key)  # (entry.size, inline)
-        if ttl_s <= 0 or cost > self.max_bytes:
-            return False
-        if len(entries) >= self.max_entries or self._bytes + cost > self.max_bytes:
-            # Full: dead entries at the front first, they should not push live ones out.
-            for _ in range(_PURGE):
-                if not entries:
-                    break
-                first = next(iter(entries))
-                if entries[first][1] > now:
-                    break
-                self._bytes -= entries.pop(first)[2]
-        entries[key] = (entry, now + ttl_s, cost)
-        self._bytes += cost
-        if len(entries) > self.max_entries or self._bytes > self.max_bytes:
-            self._evict(now)
-        return True
-
-    def _evict(self, now: float) -> None:
-        """Pop from the LRU's front until the bounds hold. A dead entry behind live
-        ones (TTLs differ) may free the room on its own: the live entries popped are
-        then put back, most recently used first, while they still fit."""
-        entries = self._entries
-        popped: list[tuple[bytes, tuple[CacheEntry, float, int]]] = []
-        while len(entries) > self.max_entries or self._bytes > self.max_bytes:
-            key, slot = entries.popitem(last=False)
-            self._bytes -= slot[2]
-            if slot[1] > now:
-                popped.append((key, slot))
-        while popped:
-            key, slot = popped[-1]
-            if len(entries) + 1 > self.max_entries or self._bytes + slot[2] > self.max_bytes:
-                break
-            popped.pop()
-            entries[key] = slot
-            entries.move_to_end(key, last=False)
-            self._bytes += slot[2]
-        self.evictions += len(popped)
-
-    def delete(self, key: bytes) -> bool:
-        """Forget ``key``; False when it was not there."""
-        slot = self._entries.pop(key, None)
-        if slot is None:
-            return False
-        self._bytes -= slot[2]
-        return True
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
-
-    @property
-    def bytes(self) -> int:
-        """Bytes held: every entry's :attr:`CacheEntry.size` plus its key's length."""
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: object) -> bool:
-        """Whether ``key`` is held, expired or not (no LRU change)."""
-        return key in self._entries
+def memory_cache(max_entries: int, max_bytes: int) -> MemoryCache:
+    """A store of cache entries bounded by ``max_entries`` and ``max_bytes``."""
+    return MemoryCache(max_entries, max_bytes, ENTRY_OVERHEAD)

@@ -39,6 +39,7 @@ from fastgw.cache import (
     ReplayError,
     StreamRecorder,
     fresh_id,
+    memory_cache,
     redis_cache,
     to_stream,
     with_id,
@@ -89,7 +90,7 @@ class CacheStore:
         self.cfg = cfg
         self.redis_cfg = redis_cfg
         self.loop = loop
-        self.memory = MemoryCache(cfg.max_entries, cfg.max_bytes) \
+        self.memory: MemoryCache | None = memory_cache(cfg.max_entries, cfg.max_bytes) \
             if cfg.backend == "memory" else None
         self.redis: RedisCache | None = redis_cache(redis_cfg) \
             if cfg.backend == "redis" else None

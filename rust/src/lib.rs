@@ -12,6 +12,7 @@ pub mod http;
 pub mod json;
 pub mod jwt;
 pub mod limiter;
+pub mod lrucache;
 pub mod ojson;
 pub mod otlp;
 pub mod ring;
@@ -43,6 +44,8 @@ mod _native {
     use crate::py::limiter::{
         Admission, Limit, LimiterTable, Reservation, Scope, SharedLimiterTable,
     };
+    #[pymodule_export]
+    use crate::py::lrucache::MemoryCache;
     #[pymodule_export]
     use crate::py::otlp::OtlpEncoder;
     #[pymodule_export]

@@ -491,7 +491,11 @@ impl Encoder {
             request_key(t, &mut key);
             let own = request_own(t, epoch);
             let constant = kept(&mut self.requests, &key, || request_const(t));
-            frame(SCOPE_SPANS_SPANS, constant.len() + own.encoded_len(), &mut spans);
+            frame(
+                SCOPE_SPANS_SPANS,
+                constant.len() + own.encoded_len(),
+                &mut spans,
+            );
             spans.extend_from_slice(constant);
             own.encode_raw(&mut spans);
             let last = t.attempts.len().wrapping_sub(1);
@@ -500,7 +504,11 @@ impl Encoder {
                 attempt_key(t, at, n, m, &mut key);
                 let own = attempt_own(t, at, m, epoch);
                 let constant = kept(&mut self.attempts, &key, || attempt_const(t, at, n, m));
-                frame(SCOPE_SPANS_SPANS, constant.len() + own.encoded_len(), &mut spans);
+                frame(
+                    SCOPE_SPANS_SPANS,
+                    constant.len() + own.encoded_len(),
+                    &mut spans,
+                );
                 spans.extend_from_slice(constant);
                 own.encode_raw(&mut spans);
             }
@@ -629,11 +637,18 @@ mod tests {
         assert_eq!(spans[0].start_time_unix_nano, 101_000_000_000);
         assert_eq!(spans[1].parent_span_id, 7u64.to_be_bytes().to_vec());
         assert_eq!(spans[1].name, "chat claude");
-        let keys: Vec<&str> = spans[1].attributes.iter().map(|kv| kv.key.as_str()).collect();
+        let keys: Vec<&str> = spans[1]
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect();
         assert!(keys.contains(&"gen_ai.usage.output_tokens"));
-        assert_eq!(spans[1].attributes[1].value, Some(AnyValue {
-            value: Some(Value::StringValue("anthropic".into()))
-        }));
+        assert_eq!(
+            spans[1].attributes[1].value,
+            Some(AnyValue {
+                value: Some(Value::StringValue("anthropic".into()))
+            })
+        );
         assert!(spans[0].status.is_none());
     }
 
@@ -654,8 +669,14 @@ mod tests {
         };
         let req = decoded(&Encoder::new().encode(&[t], 0.0, 1, "x"));
         let spans = &req.resource_spans[0].scope_spans[0].spans;
-        assert_eq!(spans[1].status.as_ref().unwrap().message, "attempt failed: timeout");
-        assert_eq!(spans[0].status.as_ref().unwrap().code, StatusCode::Error as i32);
+        assert_eq!(
+            spans[1].status.as_ref().unwrap().message,
+            "attempt failed: timeout"
+        );
+        assert_eq!(
+            spans[0].status.as_ref().unwrap().code,
+            StatusCode::Error as i32
+        );
         assert_eq!(spans[0].name, " "); // no model, no method or path given
     }
 
@@ -687,7 +708,11 @@ mod tests {
                 method: "POST".into(),
                 path: "/v1/chat/completions".into(),
                 endpoint: ["chat", "embeddings", ""][(n % 3) as usize].into(),
-                asked: if n % 5 == 0 { String::new() } else { "m".into() },
+                asked: if n % 5 == 0 {
+                    String::new()
+                } else {
+                    "m".into()
+                },
                 key: (n % 2 == 0).then(|| "team".to_owned()),
                 request_id: format!("req_{n}"),
                 stream: n % 2 == 1,
@@ -711,7 +736,11 @@ mod tests {
         // Again, from the kept parts.
         assert_eq!(decoded(&enc.encode(&batch, 10.0, 7, "v")), want);
         assert_eq!(enc.kept(), kept);
-        assert_eq!(decoded(&enc.encode(&[], 10.0, 7, "v")).resource_spans[0].scope_spans[0]
-            .spans.len(), 0);
+        assert_eq!(
+            decoded(&enc.encode(&[], 10.0, 7, "v")).resource_spans[0].scope_spans[0]
+                .spans
+                .len(),
+            0
+        );
     }
 }

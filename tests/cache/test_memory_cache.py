@@ -1,19 +1,32 @@
-"""MemoryCache: LRU bounded by entries and bytes, TTL and max_age, O(1) bookkeeping
-that stays exact (checked against a plain model under random operations)."""
+"""MemoryCache (native, and its pure-Python reference): LRU bounded by entries and
+bytes, TTL and max_age, O(1) bookkeeping that stays exact (checked against a plain
+model under random operations); the two give the same answers, the same order and
+the same counts for the same operations."""
 
 from __future__ import annotations
 
 import os
 import tracemalloc
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastgw._native import MemoryCache as NativeCache
+from fastgw._reference.memcache import MemoryCache as ReferenceCache
 from fastgw.cache.entry import ENTRY_OVERHEAD, CacheEntry
-from fastgw.cache.memory import MemoryCache
 
 T0 = 1_700_000_000.0
+
+Make = Callable[[int, int], Any]
+
+
+@pytest.fixture(params=[NativeCache, ReferenceCache], ids=["native", "reference"])
+def MemoryCache(request: pytest.FixtureRequest) -> Make:
+    cls = request.param
+    return lambda max_entries, max_bytes: cls(max_entries, max_bytes, ENTRY_OVERHEAD)
 
 
 def entry(body: bytes = b"{}", created: float = T0) -> CacheEntry:
@@ -24,7 +37,7 @@ def cost(key: bytes, body: bytes) -> int:
     return len(key) + len(body) + ENTRY_OVERHEAD
 
 
-def test_get_returns_what_put_stored() -> None:
+def test_get_returns_what_put_stored(MemoryCache: Make) -> None:
     c = MemoryCache(10, 1 << 20)
     e = entry(b'{"id":"a"}')
     assert c.put(b"k", e, 60, T0)
@@ -33,7 +46,7 @@ def test_get_returns_what_put_stored() -> None:
     assert len(c) == 1 and c.bytes == cost(b"k", b'{"id":"a"}')
 
 
-def test_entry_count_bound_evicts_the_least_recently_used() -> None:
+def test_entry_count_bound_evicts_the_least_recently_used(MemoryCache: Make) -> None:
     c = MemoryCache(3, 1 << 20)
     for k in (b"a", b"b", b"c"):
         c.put(k, entry(), 60, T0)
@@ -44,7 +57,7 @@ def test_entry_count_bound_evicts_the_least_recently_used() -> None:
     assert len(c) == 3 and c.evictions == 1
 
 
-def test_byte_bound_evicts_until_the_total_fits() -> None:
+def test_byte_bound_evicts_until_the_total_fits(MemoryCache: Make) -> None:
     body = b"x" * 1000
     one = cost(b"k0", body)
     c = MemoryCache(100, 3 * one + 10)
@@ -58,7 +71,7 @@ def test_byte_bound_evicts_until_the_total_fits() -> None:
     assert c.bytes == cost(b"big", big)
 
 
-def test_an_entry_larger_than_the_byte_bound_is_not_stored() -> None:
+def test_an_entry_larger_than_the_byte_bound_is_not_stored(MemoryCache: Make) -> None:
     c = MemoryCache(10, 2000)
     c.put(b"small", entry(b"s"), 60, T0)
     assert not c.put(b"huge", entry(b"h" * 2000), 60, T0)
@@ -66,18 +79,18 @@ def test_an_entry_larger_than_the_byte_bound_is_not_stored() -> None:
     assert b"small" in c  # nothing evicted for it
 
 
-def test_replacing_a_key_replaces_its_bytes() -> None:
+def test_replacing_a_key_replaces_its_bytes(MemoryCache: Make) -> None:
     c = MemoryCache(10, 1 << 20)
     c.put(b"k", entry(b"a" * 500), 60, T0)
     c.put(b"k", entry(b"b" * 10), 60, T0)
     assert len(c) == 1 and c.bytes == cost(b"k", b"b" * 10)
-    assert c.get(b"k", T0) is not None and c.get(b"k", T0).body == b"b" * 10  # type: ignore[union-attr]
+    assert c.get(b"k", T0) is not None and c.get(b"k", T0).body == b"b" * 10
     # a replacement that cannot be stored leaves nothing (the old answer is stale)
     assert not c.put(b"k", entry(b"c"), 0, T0)
     assert b"k" not in c and c.bytes == 0
 
 
-def test_ttl_expires_an_entry() -> None:
+def test_ttl_expires_an_entry(MemoryCache: Make) -> None:
     c = MemoryCache(10, 1 << 20)
     c.put(b"k", entry(), 30, T0)
     assert c.get(b"k", T0 + 29.9) is not None
@@ -85,7 +98,7 @@ def test_ttl_expires_an_entry() -> None:
     assert len(c) == 0 and c.bytes == 0  # dropped when found expired
 
 
-def test_max_age_refuses_an_older_entry_but_keeps_it() -> None:
+def test_max_age_refuses_an_older_entry_but_keeps_it(MemoryCache: Make) -> None:
     c = MemoryCache(10, 1 << 20)
     c.put(b"k", entry(created=T0 - 100), 3600, T0)
     assert c.get(b"k", T0, max_age=50) is None
@@ -95,7 +108,7 @@ def test_max_age_refuses_an_older_entry_but_keeps_it() -> None:
     assert c.get(b"k", T0) is not None  # still there for requests without max-age
 
 
-def test_expired_entries_at_the_front_go_before_live_ones_are_evicted() -> None:
+def test_expired_entries_at_the_front_go_before_live_ones_are_evicted(MemoryCache: Make) -> None:
     c = MemoryCache(2, 1 << 20)
     c.put(b"old", entry(), 10, T0)
     c.put(b"live", entry(), 1000, T0)
@@ -104,7 +117,8 @@ def test_expired_entries_at_the_front_go_before_live_ones_are_evicted() -> None:
     assert c.evictions == 0
 
 
-def test_a_dead_entry_behind_a_live_one_frees_the_room_before_the_live_one_goes() -> None:
+def test_a_dead_entry_behind_a_live_one_frees_the_room_before_the_live_one_goes(
+        MemoryCache: Make) -> None:
     """TTLs differ: the entry that expired is not at the LRU's front. Its room is
     enough for the newcomer, so the live entry in front of it stays."""
     a, b, n = cost(b"a", b""), cost(b"b", b"x" * 112), cost(b"n", b"y")
@@ -123,7 +137,7 @@ def test_a_dead_entry_behind_a_live_one_frees_the_room_before_the_live_one_goes(
     assert b"a" not in c2 and b"b" in c2 and b"c" in c2 and c2.evictions == 1
 
 
-def test_delete_and_clear() -> None:
+def test_delete_and_clear(MemoryCache: Make) -> None:
     c = MemoryCache(10, 1 << 20)
     c.put(b"a", entry(), 60, T0)
     c.put(b"b", entry(), 60, T0)
@@ -133,14 +147,14 @@ def test_delete_and_clear() -> None:
     assert len(c) == 0 and c.bytes == 0
 
 
-def test_bounds_must_be_positive() -> None:
+def test_bounds_must_be_positive(MemoryCache: Make) -> None:
     with pytest.raises(ValueError):
         MemoryCache(0, 100)
     with pytest.raises(ValueError):
         MemoryCache(10, 0)
 
 
-def test_bytes_is_an_honest_measure_of_memory() -> None:
+def test_bytes_is_an_honest_measure_of_memory(MemoryCache: Make) -> None:
     """What ``bytes`` says the cache holds is at least what Python really allocated."""
     n = 5000
     for body_len in (0, 100, 4000):
@@ -154,7 +168,8 @@ def test_bytes_is_an_honest_measure_of_memory() -> None:
         finally:
             tracemalloc.stop()
         assert grown <= c.bytes, (body_len, grown / n, c.bytes / n)
-        assert c.bytes <= grown * 1.6  # and not a wild overestimate
+        if isinstance(c, ReferenceCache):  # (the native store's own nodes are not traced)
+            assert c.bytes <= grown * 1.6  # and not a wild overestimate
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["put", "get", "delete"]),
@@ -165,9 +180,11 @@ OPS = st.lists(st.tuples(st.sampled_from(["put", "get", "delete"]),
                min_size=8, max_size=120)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # a stateless factory
 @given(OPS, st.integers(1, 4), st.integers(600, 2500))
 def test_random_operations_keep_lru_order_bounds_and_exact_bytes(
+        MemoryCache: Make,
         ops: list[tuple[str, int, int, int, int]], max_entries: int, max_bytes: int) -> None:
     c = MemoryCache(max_entries, max_bytes)
     held: dict[bytes, tuple[int, float, int]] = {}  # key -> (body length, expires, cost)
@@ -218,3 +235,28 @@ def test_random_operations_keep_lru_order_bounds_and_exact_bytes(
         assert len(c) == len(held)
         assert c.bytes == sum(v[2] for v in held.values())
         assert len(c) <= max_entries and c.bytes <= max_bytes
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPS, st.integers(1, 4), st.integers(600, 2500),
+       st.lists(st.one_of(st.none(), st.integers(0, 30)), min_size=1, max_size=8))
+def test_native_and_reference_agree(ops: list[tuple[str, int, int, int, int]],
+                                    max_entries: int, max_bytes: int,
+                                    ages: list[int | None]) -> None:
+    native = NativeCache(max_entries, max_bytes, ENTRY_OVERHEAD)
+    ref = ReferenceCache(max_entries, max_bytes, ENTRY_OVERHEAD)
+    now = T0
+    for i, (op, k, blen, step, ttl) in enumerate(ops):
+        now += step
+        key = b"key%d" % k
+        if op == "put":
+            e = entry(b"b" * blen, created=now - step)
+            assert native.put(key, e, ttl, now) == ref.put(key, e, ttl, now)
+        elif op == "get":
+            age = ages[i % len(ages)]
+            assert native.get(key, now, age) is ref.get(key, now, age)
+        else:
+            assert native.delete(key) == ref.delete(key)
+        assert native.keys() == ref.keys()
+        assert (len(native), native.bytes, native.evictions) == (
+            len(ref), ref.bytes, ref.evictions)

@@ -6,6 +6,7 @@ request went upstream."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -208,9 +209,12 @@ def test_an_entry_that_cannot_be_replayed_as_a_stream_is_a_miss(gw: Gateway) -> 
     d = doc(text=unique())
     assert post(gw, d).headers["x-fastgw-cache"] == "miss"
     memory = gw.app.gateway.state.snapshot.cache.memory  # type: ignore[union-attr]
-    assert memory is not None and len(memory._entries) >= 1
-    for key, (entry, expires, cost) in list(memory._entries.items()):
-        memory._entries[key] = (CacheEntry(entry.created, entry.body[:40], 1, 1), expires, cost)
+    assert memory is not None and len(memory) >= 1
+    now = time.time()
+    for key in list(memory.keys()):
+        entry = memory.get(key, now)
+        if entry is not None:
+            assert memory.put(key, CacheEntry(entry.created, entry.body[:40], 1, 1), 3600, now)
     before = upstream(gw)
     r = post(gw, {**d, "stream": True})
     assert r.status == 200 and r.headers["x-fastgw-cache"] == "miss"

@@ -1,7 +1,7 @@
 //! `encode_traces`: a batch of finished traces as one OTLP request (see `crate::otlp`).
+use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::exceptions::PyTypeError;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use std::sync::{Mutex, PoisonError};
@@ -123,6 +123,9 @@ impl OtlpEncoder {
 
     /// Constant parts kept: (request spans, attempt spans).
     fn kept(&self) -> (usize, usize) {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).kept()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .kept()
     }
 }
