@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Final
+from typing import Final, NamedTuple
 
 import zstandard
 
@@ -58,17 +58,16 @@ class CorruptEntry(ValueError):
     """A stored value that is not a cache entry this gateway can read (a miss)."""
 
 
-class CacheEntry:
-    """A whole answer, when it was made (unix seconds) and its token counts."""
+class CacheEntry(NamedTuple):
+    """A whole answer, when it was made (unix seconds) and its token counts.
 
-    __slots__ = ("body", "completion_tokens", "created", "prompt_tokens")
+    A named tuple: immutable, and made without a Python ``__init__`` where a miss
+    stores one (``tuple.__new__(CacheEntry, (...))``)."""
 
-    def __init__(self, created: float, body: bytes, prompt_tokens: int = 0,
-                 completion_tokens: int = 0) -> None:
-        self.created = created
-        self.body = body
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = completion_tokens
+    created: float
+    body: bytes
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     @property
     def size(self) -> int:

@@ -27,8 +27,9 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fastgw._native import cache_key
 from fastgw.cache import (
@@ -62,6 +63,8 @@ _MISS_HEADER, _MISS_COUNT = _HEADERS[MISS], _COUNT[MISS]
 _CACHEABLE = frozenset({"chat", "completions", "embeddings", "responses", "messages"})
 _ENDPOINT = {e: e.encode() for e in _CACHEABLE}
 _MAX_AGE = re.compile(rb"max-age\s*=\s*(\d+)")
+# A CacheEntry from a plain tuple, without the named tuple's Python __new__.
+_entry = cast("Callable[[type[CacheEntry], tuple[Any, ...]], CacheEntry]", tuple.__new__)
 _SSE_HEAD = (b"content-type: text/event-stream\r\ncache-control: no-cache\r\n"
              b"x-accel-buffering: no\r\n")
 
@@ -333,7 +336,7 @@ class CacheFilter(Filter):
                     self._land(state, None)
                 return body
             now = time.time()
-            entry = CacheEntry(now, body, ctx.prompt_tokens, ctx.completion_tokens)
+            entry = _entry(CacheEntry, (now, body, ctx.prompt_tokens, ctx.completion_tokens))
             memory = self.memory
             if memory is not None:  # (inline of store.put: once per miss)
                 memory.put(state.key, entry, self.ttl_s, now)
