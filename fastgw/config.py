@@ -786,6 +786,12 @@ def _check_model(m: ModelConfig, path: str, errors: Errors) -> None:
     elif not kinds:
         errors.append((f"{path}.targets", "a model needs at least one target (or variants, "
                                           "or a cascade)"))
+    if m.shadow is not None and m.variants:
+        errors.append((f"{path}.shadow", "a model with variants has no shadow of its own; "
+                                         "set it on the variants' models"))
+    if m.cascade and m.cascade[-1].escalate_on:
+        errors.append((f"{path}.cascade[{len(m.cascade) - 1}].escalate_on",
+                       "the last step has no next step to escalate to"))
     if m.sticky is not None and not _STICKY.fullmatch(m.sticky):
         errors.append((f"{path}.sticky", f"expected 'key' or 'header:NAME', got {m.sticky!r}"))
     if m.hash_key is not None and not _HASH_KEY.fullmatch(m.hash_key):

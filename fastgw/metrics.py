@@ -63,6 +63,10 @@ FALLBACKS = Counter("fastgw_fallbacks_total", "Fallbacks from one model to anoth
                     ["from", "to"])
 VARIANTS = Counter("fastgw_variant_requests_total", "Requests per variant of a model.",
                    ["model", "variant"])
+CASCADE = Counter("fastgw_cascade_total", "Requests to a cascade model, by the step used "
+                  "(its model); an escalation counts the next step too.", ["model", "step"])
+SHADOW = Counter("fastgw_shadow_total", "Requests mirrored to a model's shadow, by result "
+                 "(ok, error, skipped: past max_inflight).", ["model", "result"])
 TARGET_HEALTHY = Gauge("fastgw_target_healthy", "1 when a target is taking traffic.",
                        ["provider", "model"], multiprocess_mode="livemax")
 REDIS_FALLBACKS = Counter("fastgw_redis_fallbacks_total", "Decisions made without Redis "

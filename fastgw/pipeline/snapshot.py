@@ -14,6 +14,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -21,6 +22,8 @@ from fastgw.config import Config, ModelConfig, ProviderConfig, RetryConfig
 from fastgw.metrics import TARGET_HEALTHY
 from fastgw.pipeline.cache import CacheFilter, CacheStore
 from fastgw.pipeline.filters import Chain, Filter, compile_chain
+from fastgw.pipeline.orchestrate import orchestrate
+from fastgw.pipeline.internal import Internal
 from fastgw.providers import registry
 from fastgw.providers.base import Translation
 from fastgw.routing.balancer import Balancer, TargetState, make_balancer
@@ -29,6 +32,9 @@ from fastgw.routing.health import Health
 from fastgw.routing.quota import ProviderQuota
 from fastgw.upstream.client import Endpoint, Timeouts, UpstreamClient
 from fastgw.upstream.pool import Pool
+
+if TYPE_CHECKING:
+    from fastgw.pipeline.cascade import Escalation
 
 
 @dataclass(slots=True, eq=False)
@@ -103,6 +109,9 @@ class ModelRoute:
     cached_input_per_token: float = 0.0
     cache_write_per_token: float = 0.0
     usage_detail: bool = False
+    # A cascade step's route whose answers may escalate to the next step
+    # (pipeline/cascade.py); None everywhere else.
+    escalation: Escalation | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -113,6 +122,8 @@ class Snapshot:
     retry_budget: RetryBudget
     created: int = 0
     cache: CacheStore | None = None  # the response cache's store, when a model has one
+    # Requests the gateway makes to itself (judges, shadows); one per process.
+    internal: Internal = field(default_factory=Internal)
 
     def models_body(self, names: list[str] | None = None) -> bytes:
         """``GET /v1/models`` answer for the given model names (all by default)."""
@@ -208,8 +219,10 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
     budget = previous.retry_budget if previous is not None and \
         previous.config.retry_budget == config.retry_budget else RetryBudget(config.retry_budget)
     cache = _features(config, models, loop, previous)
+    internal = previous.internal if previous is not None else Internal()
+    orchestrate(models, internal)
     return Snapshot(config=config, providers=providers, models=models, retry_budget=budget,
-                    created=created, cache=cache)
+                    created=created, cache=cache, internal=internal)
 
 
 def _features(config: Config, models: dict[str, ModelRoute], loop: asyncio.AbstractEventLoop,
