@@ -1038,7 +1038,7 @@ def _check_orchestration(raw: dict[str, Any], errors: Errors) -> None:
                 and listed[-1].get("accept_if"):
             errors.append((f"{where}.cascade[{len(listed) - 1}].accept_if",
                            "the last step takes what the others left: it has no accept_if"))
-        for j, v in _entries(m, "variants"):
+        for _, v in _entries(m, "variants"):
             other = _text(v.get("model"))
             if other is not None and other in models:
                 out.append(other)

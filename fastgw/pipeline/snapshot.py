@@ -22,8 +22,8 @@ from fastgw.config import Config, ModelConfig, ProviderConfig, RetryConfig
 from fastgw.metrics import TARGET_HEALTHY
 from fastgw.pipeline.cache import CacheFilter, CacheStore
 from fastgw.pipeline.filters import Chain, Filter, compile_chain
-from fastgw.pipeline.orchestrate import orchestrate
 from fastgw.pipeline.internal import Internal
+from fastgw.pipeline.orchestrate import orchestrate
 from fastgw.providers import registry
 from fastgw.providers.base import Translation
 from fastgw.routing.balancer import Balancer, TargetState, make_balancer
