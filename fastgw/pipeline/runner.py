@@ -7,6 +7,8 @@ log line. Its parts live beside it, one job each::
     exchange.py   one exchange with an upstream; a stream's Pipe
     outcome.py    the answer, every error answer, the log line
     filters.py    the per-route filter chains
+    cascade.py    a cascade's step choice and escalation (the task path's forward)
+    internal.py   requests the gateway makes to itself (judges, shadows)
 
 The order of the phases::
 
