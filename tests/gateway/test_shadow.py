@@ -121,6 +121,7 @@ def test_the_mirror_is_the_clients_request_with_the_shadow_model(
         env: tuple[Gateway, Mock, Path], client: openai.OpenAI) -> None:
     gw, _, log = env
     _quiet(gw)
+    time.sleep(0.2)  # the earlier mirrors' log lines are written (every 50 ms)
     seen = len(_shadow_lines(log))
     ok = gw.metric(SHADOW, "mirrored", "ok")
     client.chat.completions.create(model="mirrored", temperature=0.3,
@@ -130,7 +131,7 @@ def test_the_mirror_is_the_clients_request_with_the_shadow_model(
     assert line["model"] == "candidate" and line["served_model"] == "candidate-v2"
     assert line["status"] == 200 and line["tokens_in"] > 0 and line["cost_usd"] > 0
     assert line["latency_ms"] >= SLOW_S * 1000 * 0.9
-    assert gw.metric(SHADOW, "mirrored", "ok") == ok + 1
+    assert wait_for(lambda: gw.metric(SHADOW, "mirrored", "ok") == ok + 1, timeout=5)
 
 
 def test_past_max_inflight_mirrors_are_skipped_and_counted(
