@@ -6,6 +6,7 @@ the judge is a small upstream of this test that answers SIMPLE or COMPLEX."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,7 @@ class JudgeUpstream:
             writer.close()
 
 
-def _yaml(mock_port: int, judge_port: int, log: Path) -> str:
+def _yaml(mock_port: int, judge_port: int, log: Path, extra: str = "") -> str:
     judge = ("{model: judge, prompt: 'Answer SIMPLE or COMPLEX. {input}', accept: '^SIMPLE', "
              "timeout_ms: 400, on_error: %s}")
     return f"""
@@ -122,7 +123,7 @@ models:
       - {{model: broken, escalate_on: [length]}}
       - {{model: big}}
 observability: {{access_log: {log}}}
-"""
+{extra}"""
 
 
 @pytest.fixture(scope="module")
@@ -340,3 +341,35 @@ def test_error_without_escalate_on_error_is_the_answer(client: openai.OpenAI) ->
     with pytest.raises(openai.APIStatusError) as err:
         _ask(client, "not-on-errors", "hello")
     assert err.value.status_code == 502
+
+
+# -- the caller's credentials and limits ------------------------------------------------
+
+
+def test_the_judge_asks_as_the_caller_and_counts_against_its_limits(tmp_path: Path) -> None:
+    """A key allowed only the cascade model: its judge (a model the key may not
+    name) is still asked, as that key, and each judged request costs two of the
+    key's requests per minute."""
+    digest = hashlib.sha256(b"sk-team").hexdigest()
+    auth = f"""auth:
+  keys: [{{name: team, key_sha256: "{digest}", models: [judged], limits: {{rpm: 3}}}}]
+"""
+    lt = LoopThread()
+    judge = JudgeUpstream()
+    try:
+        judge_port = lt.run(judge.start())
+        with running(lambda port: _yaml(port, judge_port, tmp_path / "a.log", auth), lt=lt) \
+                as gw, openai.OpenAI(base_url=gw.url + "/v1", api_key="sk-team",
+                                     max_retries=0, timeout=10) as team:
+            model, _ = _ask(team, "judged", "what is the capital of Chile?")
+            assert model == "cheap-deployment"  # the judge answered SIMPLE
+            assert judge.prompts == ["Answer SIMPLE or COMPLEX. what is the capital of Chile?"]
+            with pytest.raises(openai.RateLimitError):  # judge 3rd of 3, the step 4th
+                _ask(team, "judged", "and of Peru?")
+            assert len(judge.prompts) == 2
+            with pytest.raises(openai.PermissionDeniedError):  # the key itself may not
+                _ask(team, "judge", "hello")
+    finally:
+        if judge.server is not None:
+            lt.call(judge.server.close)
+        lt.close()
