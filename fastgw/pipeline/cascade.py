@@ -1,7 +1,7 @@
 """Cascades: a model made of steps (cheap first), each used when its rules hold.
 
 A cascade model has no targets of its own. Its :class:`CascadeFilter` (the
-route's first ``request`` hook) picks the step: the first whose ``accept_if``
+route's last ``request`` hook, after its own filters') picks the step: the first whose ``accept_if``
 rules all hold, the last step otherwise, and points the request at that step's
 route (``ctx.route``), as a variant would; from there the request is the step
 model's (its targets, retries, fallbacks, filters; ``x-fastgw-model`` and the
@@ -31,7 +31,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from fastgw.pipeline.snapshot import ModelRoute
 
 log = logging.getLogger("fastgw.cascade")
+
+_T = TypeVar("_T")
 
 
 class Escalate(GatewayError):
@@ -133,10 +135,6 @@ class Step:
         return True
 
 
-async def _go_on() -> Reply | None:
-    return None
-
-
 class CascadeFilter(Filter):
     """The cascade model's first request hook: chooses the step."""
 
@@ -158,13 +156,20 @@ class CascadeFilter(Filter):
         return self._use(ctx, steps[last])
 
     def _use(self, ctx: RequestCtx, step: Step) -> Later | None:
+        if not ctx.stream and step.route.escalation is not None:
+            # A step that may escalate needs the task path (forward walks the
+            # steps): the request is pointed at it there, before the next hook.
+            return Later(_bind(self._enter_later, ctx, step))
+        self._enter(ctx, step)
+        return None
+
+    def _enter(self, ctx: RequestCtx, step: Step) -> None:
         self._used[step.model].value += 1
-        if ctx.stream:
-            ctx.route = step.stream_route
-            return None
-        route = ctx.route = step.route
-        # A step that may escalate needs the task path (forward walks the steps).
-        return Later(_go_on) if route.escalation is not None else None
+        ctx.route = step.stream_route if ctx.stream else step.route
+
+    async def _enter_later(self, ctx: RequestCtx, step: Step) -> Reply | None:
+        self._enter(ctx, step)
+        return None
 
     async def _judged(self, ctx: RequestCtx, start: int) -> Reply | None:
         """From step ``start`` (its rules hold, it has a judge) on, with the judges
@@ -177,9 +182,9 @@ class CascadeFilter(Filter):
                 continue
             judge = step.judge
             if judge is None or await self.ask(ctx, judge):
-                self._use(ctx, step)
+                self._enter(ctx, step)
                 return None
-        self._use(ctx, steps[last])
+        self._enter(ctx, steps[last])
         return None
 
     async def ask(self, ctx: RequestCtx, judge: Judge) -> bool:
@@ -203,10 +208,10 @@ class CascadeFilter(Filter):
         return judge.accept.search(text) is not None
 
 
-def _bind(fn: Callable[[RequestCtx, int], Awaitable[Reply | None]], ctx: RequestCtx,
-          i: int) -> Callable[[], Awaitable[Reply | None]]:
+def _bind(fn: Callable[[RequestCtx, _T], Awaitable[Reply | None]], ctx: RequestCtx,
+          arg: _T) -> Callable[[], Awaitable[Reply | None]]:
     def wait() -> Awaitable[Reply | None]:
-        return fn(ctx, i)
+        return fn(ctx, arg)
 
     return wait
 

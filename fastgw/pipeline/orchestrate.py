@@ -3,11 +3,12 @@ own filters, pipeline/snapshot.py's ``_features``).
 
 A model with ``shadow`` gets a :class:`~fastgw.pipeline.shadow.ShadowFilter`
 last in its chain. A cascade model gets a
-:class:`~fastgw.pipeline.cascade.CascadeFilter` first in its chain, and each of
-its steps a route of its own when the step needs one: the step model's route
-(same targets, live state, balancer) with the step's
-:class:`~fastgw.pipeline.cascade.EscalateFilter` in front of the model's
-filters, the cascade's shadow behind them, and where an escalation goes. Other
+:class:`~fastgw.pipeline.cascade.CascadeFilter` last in its chain (its own
+request filters, a cache, come first), and each of its steps a route of its
+own when the step needs one: the step model's route (same targets, live state,
+balancer) with the step's :class:`~fastgw.pipeline.cascade.EscalateFilter` in
+front of the model's filters, the cascade's own filters and shadow behind
+them, and where an escalation goes. Other
 routes are left as they are: a model used as a step costs its own requests
 nothing.
 """
@@ -56,7 +57,10 @@ def orchestrate(models: dict[str, ModelRoute], internal: Internal) -> None:
         if not steps_cfg:
             continue
         shadow = _shadow(route, internal)
-        tail: tuple[Filter, ...] = (shadow,) if shadow is not None else ()
+        # The cascade model's own filters (a cache...) and shadow see the answers
+        # of its steps: they ride on the steps' routes.
+        own = _filters(route)
+        tail: tuple[Filter, ...] = (*own, shadow) if shadow is not None else own
         steps: list[Step] = []
         nxt: ModelRoute | None = None
         for i in range(len(steps_cfg) - 1, -1, -1):
@@ -80,4 +84,5 @@ def orchestrate(models: dict[str, ModelRoute], internal: Internal) -> None:
             nxt = whole
         steps.reverse()
         cascade = CascadeFilter(route.name, tuple(steps), internal)
-        route.chain = compile_chain((cascade, *_filters(route)))
+        # Last: its own request filters first (a cache hit needs no step, nor judge).
+        route.chain = compile_chain((*own, cascade))

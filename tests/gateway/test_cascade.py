@@ -100,6 +100,11 @@ models:
     cascade:
       - {{model: cheap, accept_if: {{judge: {judge % "escalate"}}}}}
       - {{model: big}}
+  - name: judged-cached
+    cache: true
+    cascade:
+      - {{model: cheap, accept_if: {{judge: {judge % "escalate"}}}}}
+      - {{model: big}}
   - name: judged-lenient
     cascade:
       - {{model: cheap, accept_if: {{judge: {judge % "accept"}}}}}
@@ -250,6 +255,25 @@ def test_streams_use_the_judge_too(client: openai.OpenAI) -> None:
         assert raw.headers["x-fastgw-model"] == "big-deployment"
         text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
     assert text
+
+
+def test_a_cached_cascade_answers_a_repeat_without_its_judge(
+        env: tuple[Gateway, JudgeUpstream, Path], client: openai.OpenAI) -> None:
+    gw, judge, _ = env
+    asked = len(judge.prompts)
+    before = gw.mock_stats()["requests"]
+    answers = []
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(
+            model="judged-cached", temperature=0,
+            messages=[{"role": "user", "content": "cache this simple one"}])
+        answers.append((raw.headers.get("x-fastgw-cache"), raw.headers.get("x-fastgw-model"),
+                        raw.parse().choices[0].message.content))
+    assert [a[0] for a in answers] == ["miss", "hit"]
+    assert answers[0][1] == "cheap-deployment"  # a hit names no deployment: none answered
+    assert answers[0][2] == answers[1][2]
+    assert len(judge.prompts) == asked + 1  # the hit needed no judge
+    assert gw.mock_stats()["requests"] == before + 1
 
 
 # -- request-side rules -------------------------------------------------------------------
