@@ -189,6 +189,20 @@ def _cached_briefly(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
     return cfg
 
 
+def _variants(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
+    """The minimal policy's model made of two variants (each answer remembered for
+    feedback, in memory)."""
+    cfg = minimal_config(mock_port, port, workdir)
+    target = cfg["models"][0]["targets"]
+    cfg["models"] = [
+        {"name": MODEL, "variants": [{"model": "model-a", "weight": 1, "name": "a"},
+                                     {"model": "model-b", "weight": 1, "name": "b"}]},
+        {"name": "model-a", "targets": target},
+        {"name": "model-b", "targets": target},
+    ]
+    return cfg
+
+
 def _traced(port: int = 9) -> Any:
     """The full policy with traces at sample ratio 1.0, exported to ``port`` on
     127.0.0.1 (9, discard: nothing listens; the exporter drops its batches)."""
@@ -242,6 +256,11 @@ ROWS: dict[str, tuple[Any, bool, str | None, str, str]] = {
     # The response cache: every request a hit, or every request a miss.
     "cache-hit": (_cached, False, None, "openai", "openai"),
     "cache-miss": (_cached_briefly, False, None, "openai", "openai"),
+    # A model of two variants beside "minimal"; "feedback": the same, each answer then
+    # scored with POST /v1/feedback (the call's cost is the difference).
+    "variants": (_variants, False, None, "openai", "openai"),
+    "variants-stream": (_variants, True, None, "openai", "openai"),
+    "feedback": (_variants, False, None, "openai", "openai"),
     # Traces (ratio 1.0) beside "full": every request sampled, its spans queued.
     "full-traced": (_traced(), False, BENCH_KEY, "openai", "openai"),
     "full-traced-stream": (_traced(), True, BENCH_KEY, "openai", "openai"),
@@ -287,7 +306,7 @@ class Rig:
         self.encode = False  # True: each batch encoded (else dropped: the collector is down)
         self.shadow = False  # True: each request is mirrored, and the mirror answered too
 
-    async def one(self) -> None:
+    async def one(self) -> bytes:
         self.proto.data_received(self.request)
         if self.stream:  # the stream's task runs on the loop: let it
             await settle(lambda: bool(self.upstream.out))
@@ -316,6 +335,7 @@ class Rig:
             batch = exporter.take()
             if self.encode:
                 encode(batch)
+        return out
 
     async def run(self, n: int) -> float:
         one = self.one
@@ -323,6 +343,24 @@ class Rig:
         for _ in range(n):
             await one()
         return (time.perf_counter() - t0) / n
+
+
+class FeedbackRig(Rig):
+    """Each answer then scored by its caller: ``POST /v1/feedback`` on the same
+    connection (a task, as a request that awaits)."""
+
+    async def one(self) -> bytes:
+        out = await super().one()
+        rid = out.split(b"\r\nx-request-id: ", 1)[1].split(b"\r\n", 1)[0]
+        body = b'{"request_id":"' + rid + b'","name":"score","value":1}'
+        self.proto.data_received(b"POST /v1/feedback HTTP/1.1\r\nhost: gw\r\ncontent-type: "
+                                 b"application/json\r\ncontent-length: "
+                                 + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await settle(lambda: bool(self.client.out))
+        scored = self.client.take()
+        if not scored.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"unexpected feedback answer: {scored[:300]!r}")
+        return out
 
 
 async def settle(done: Any, rounds: int = 50) -> None:
@@ -362,8 +400,9 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
             app = App(cfg)
             await app.start()
             try:
-                rig = Rig(app, stream, key, client, upstream,
-                          name.removeprefix("cache-") if name.startswith("cache-") else None)
+                rig = (FeedbackRig if name == "feedback" else Rig)(
+                    app, stream, key, client, upstream,
+                    name.removeprefix("cache-") if name.startswith("cache-") else None)
                 rig.encode = name.endswith("-encoded")
                 rig.shadow = name == "shadow"
                 await rig.run(min(2000, args.requests))  # warm up

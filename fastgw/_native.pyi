@@ -34,6 +34,7 @@ __all__ = [
     "MalformedTokenError",
     "MissingClaimError",
     "NotYetValidError",
+    "OtlpEncoder",
     "Reservation",
     "Scope",
     "SharedLimiterTable",
@@ -459,6 +460,22 @@ def access_line(
     written in milliseconds cut to the microsecond."""
 
 # ---------------------------------------------------------------- response cache
+
+@final
+class OtlpEncoder:
+    """The span encoder of one exporter: it keeps each kind of span's serialized
+    constant part (bounded), so a span costs its own part."""
+
+    def __init__(self) -> None: ...
+    def encode(self, batch: list[Any], epoch: float, pid: int, version: str, /) -> bytes:
+        """The serialized OTLP ``ExportTraceServiceRequest`` of ``batch`` (a list of
+        ``fastgw.tracing.Trace``): the resource (``service.name`` fastgw, ``version``,
+        ``process.pid``), the fastgw scope, and per trace its request span and one
+        span per upstream attempt; ``epoch`` turns perf_counter readings into Unix
+        time. The reference is ``fastgw._reference.otlp.encode``; the traces are
+        read, then encoded with the GIL released."""
+    def kept(self) -> tuple[int, int]:
+        """Constant parts kept: (request spans, attempt spans)."""
 
 def cache_key(body: bytes, scope: bytes, endpoint: bytes, model: bytes, /) -> bytes:
     """The response cache's key: 16 bytes, XXH3-128 (big-endian, as

@@ -139,6 +139,8 @@ class App:
             self.gateway.state.snapshot = snapshot
             if previous.cache is not None and previous.cache is not snapshot.cache:
                 await previous.cache.close()
+            if previous.feedback is not None and previous.feedback is not snapshot.feedback:
+                await previous.feedback.close()
             self.prober.start(snapshot)
             self.gateway.proxy.set_access(access)
             self.config = new
@@ -160,6 +162,9 @@ class App:
             cache = self.gateway.state.snapshot.cache
             if cache is not None:
                 await cache.close()
+            feedback = self.gateway.state.snapshot.feedback
+            if feedback is not None:
+                await feedback.close()
             self.prober.stop()
             self._flusher.cancel()
             if self.exporter is not None:

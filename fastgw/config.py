@@ -306,6 +306,16 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackConfig:
+    """Scores for the answers of models with variants (``POST /v1/feedback``)."""
+
+    names: tuple[str, ...] = ("score",)  # the accepted score names (a metric label)
+    backend: Literal["memory", "redis"] = "memory"  # redis: the `redis` section's server
+    ttl_s: float = 86400.0  # how long an answer can be scored
+    max_entries: int = 100_000  # answers remembered in memory (the oldest forgotten first)
+
+
+@dataclass(frozen=True, slots=True)
 class ObservabilityConfig:
     metrics_path: str = "/metrics"
     # stdout | stderr | off | a file path (YAML's bare off/false also mean off)
@@ -345,6 +355,7 @@ class Config:
     limits_backend: Literal["local", "redis"] = "local"
     redis: RedisConfig = field(default_factory=RedisConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     retry_budget: RetryBudgetConfig = field(default_factory=RetryBudgetConfig)
     # Set by the loader, not by YAML: where the file came from (for reloads).
@@ -798,6 +809,11 @@ def _check_model(m: ModelConfig, path: str, errors: Errors) -> None:
         errors.append((f"{path}.hash_key", "expected 'header:NAME', 'key', 'body:user' or "
                                            f"'prefix', got {m.hash_key!r}"))
     _at_least(m, path, ("default_max_tokens",), 1, errors)
+    variant_names = [v.name or v.model for v in m.variants]
+    for j, name in enumerate(variant_names):
+        if name in variant_names[:j]:  # one label, one header value, one arm of the test
+            errors.append((f"{path}.variants[{j}].name", f"{name!r} names another variant "
+                                                         "already; give each a unique name"))
     if m.balance == "consistent-hash" and m.hash_key is None and m.targets:
         errors.append((f"{path}.hash_key", "required with balance: consistent-hash "
                                            "(header:NAME, key, body:user or prefix)"))
@@ -1070,6 +1086,23 @@ def _check_orchestration(raw: dict[str, Any], errors: Errors) -> None:
             visit(name, [name])
 
 
+FEEDBACK_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def _check_feedback(f: FeedbackConfig, path: str, errors: Errors) -> None:
+    _positive(f, path, ("ttl_s",), errors)
+    _at_least(f, path, ("max_entries",), 1, errors)
+    if not f.names:
+        errors.append((f"{path}.names", "name at least one score name (e.g. [score])"))
+    for i, name in enumerate(f.names):
+        if not FEEDBACK_NAME.fullmatch(name):
+            errors.append((f"{path}.names[{i}]", f"{name!r} is not a valid score name: a "
+                                                 "lowercase letter, then up to 39 lowercase "
+                                                 "letters, digits or '_'"))
+    if len(set(f.names)) != len(f.names):
+        errors.append((f"{path}.names", "names must be unique"))
+
+
 def _check_admin(a: AdminConfig, path: str, errors: Errors) -> None:
     if a.key_sha256 is not None and not _SHA256_HEX.fullmatch(a.key_sha256):
         errors.append((f"{path}.key_sha256", "must be 64 lowercase hex characters "
@@ -1100,6 +1133,7 @@ _CHECKS: dict[type, Callable[[Any, str, Errors], None]] = {
     AcceptIfConfig: _check_accept_if,
     CascadeStepConfig: _check_cascade_step,
     ShadowConfig: _check_shadow,
+    FeedbackConfig: _check_feedback,
 }
 
 

@@ -26,6 +26,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Summary,
     generate_latest,
     multiprocess,
 )
@@ -67,6 +68,17 @@ CASCADE = Counter("fastgw_cascade_total", "Requests to a cascade model, by the s
                   "(its model); an escalation counts the next step too.", ["model", "step"])
 SHADOW = Counter("fastgw_shadow_total", "Requests mirrored to a model's shadow, by result "
                  "(ok, error, skipped: past max_inflight).", ["model", "result"])
+FEEDBACK = Counter("fastgw_feedback_total", "Scores given with POST /v1/feedback, by model "
+                   "asked, the variant that answered and the score's name.",
+                   ["model", "variant", "name"])
+FEEDBACK_VALUE = Summary("fastgw_feedback_value", "The scores' values: _sum over "
+                         "fastgw_feedback_total is the mean score.", ["model", "variant", "name"])
+VARIANT_DURATION = Histogram("fastgw_variant_request_duration_seconds", "Time from request "
+                             "received to response finished, per variant of a model (answers "
+                             "and 5xx; 4xx left out).",
+                             ["model", "variant"], buckets=_LATENCY_BUCKETS)
+VARIANT_ERRORS = Counter("fastgw_variant_errors_total", "Requests of a variant answered with "
+                         "a 5xx status (upstream or gateway failures).", ["model", "variant"])
 TARGET_HEALTHY = Gauge("fastgw_target_healthy", "1 when a target is taking traffic.",
                        ["provider", "model"], multiprocess_mode="livemax")
 REDIS_FALLBACKS = Counter("fastgw_redis_fallbacks_total", "Decisions made without Redis "
@@ -186,6 +198,8 @@ class _Fanout(_Sum):
             self.value = 0.0
 
 
+Accumulator = _Sum  # what batched() gives: add to ``value``
+
 # Counters added to off the Recorder (by filters, with labels fixed at load):
 # plain accumulators too, pushed by every Recorder's flush.
 _SHARED_SUMS: dict[tuple[Any, tuple[str, ...]], _Sum] = {}
@@ -198,6 +212,18 @@ def batched(metric: Any, *labels: str) -> _Sum:
     acc = _SHARED_SUMS.get(key)
     if acc is None:
         acc = _SHARED_SUMS[key] = _Sum(metric.labels(*labels))
+    return acc
+
+
+_SHARED_HISTS: dict[tuple[Any, tuple[str, ...]], _Hist] = {}
+
+
+def batched_hist(metric: Any, *labels: str) -> _Hist:
+    """:func:`batched` for a histogram: ``observe`` on the request path."""
+    key = (metric, labels)
+    acc = _SHARED_HISTS.get(key)
+    if acc is None:
+        acc = _SHARED_HISTS[key] = _Hist(metric.labels(*labels))
     return acc
 
 
@@ -337,6 +363,8 @@ class Recorder:
             c.flush()
         for c in _SHARED_SUMS.values():
             c.flush()
+        for h in _SHARED_HISTS.values():
+            h.flush()
         for h in self._hists.values():
             h.flush()
         if self.inflight != self._inflight_seen:

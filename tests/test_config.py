@@ -145,6 +145,27 @@ def test_bad_otlp_settings_are_refused_with_their_path() -> None:
 # -- YAML 1.1 traps: what a user writes is what the gateway reads ---------------------
 
 
+def test_bad_feedback_settings_are_refused_with_their_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEY", "k")
+    cfg = parse_config(GOOD + "feedback: {names: [score, thumbs_up], backend: redis}\n")
+    assert cfg.feedback.names == ("score", "thumbs_up") and cfg.feedback.backend == "redis"
+    assert parse_config(GOOD).feedback.names == ("score",)
+    errs = errors_of(GOOD + "feedback: {names: [Score, ok, ok, 'a b'], ttl_s: 0, "
+                            "max_entries: 0}\n")
+    assert "not a valid score name" in errs["feedback.names[0]"]
+    assert "not a valid score name" in errs["feedback.names[3]"]
+    assert "unique" in errs["feedback.names"]
+    assert {"feedback.ttl_s", "feedback.max_entries"} <= set(errs)
+    assert "feedback.backend" in errors_of(GOOD + "feedback: {backend: disk}\n")
+    assert "at least one" in errors_of(GOOD + "feedback: {names: []}\n")["feedback.names"]
+    both = """
+  - name: bot
+    variants: [{model: gpt-4o-mini, name: a}, {model: gpt-4o-mini, name: a}]
+"""
+    assert "unique name" in errors_of(GOOD + both)["models[1].variants[1].name"]
+
+
 def test_retry_on_takes_unquoted_status_codes() -> None:
     cfg = parse_config(GOOD.replace("targets: [{provider: openai, model: gpt-4o-mini}]",
                                     "targets: [{provider: openai, model: gpt-4o-mini}]\n"

@@ -13,9 +13,9 @@ read and compared against, not to serve traffic:
 - ``cachekey``: ``cache_key`` (the response cache's key; needs xxhash);
 - ``http``: ``parse_request``, ``parse_response``, ``forwarded`` and ``usage``
   (the parsers: what llhttp reads, which the native ones match or leave to it);
-- ``otlp``: ``encode`` (a batch of traces as OTLP protobuf, built field by field;
-  not native: the exporter's ``fastgw.tracing.otlp.encode`` reuses serialized
-  pieces and must decode to the same message).
+- ``otlp``: ``encode`` (a batch of traces as OTLP protobuf, built field by field
+  with the Python opentelemetry-proto classes), the reference of ``OtlpEncoder.encode``
+  (with the Rust opentelemetry-proto crate's messages).
 """
 
 from __future__ import annotations

@@ -90,12 +90,14 @@ def encode(batch: list[Any], epoch: float | None = None) -> bytes:
     return data
 
 
-def request_span(span: Span, t: Any, epoch: float) -> None:
+def request_span(span: Span, trace: Any, epoch: float) -> None:
+    t = trace.report
+    attempts = trace.attempts
     operation = OPERATION.get(t.endpoint, t.endpoint)
-    span.trace_id = t.trace_id.to_bytes(16, "big")
-    span.span_id = t.span_id.to_bytes(8, "big")
-    if t.parent_id:
-        span.parent_span_id = t.parent_id.to_bytes(8, "big")
+    span.trace_id = trace.trace_id.to_bytes(16, "big")
+    span.span_id = trace.span_id.to_bytes(8, "big")
+    if trace.parent_id:
+        span.parent_span_id = trace.parent_id.to_bytes(8, "big")
     method = t.method.decode("latin-1")
     path = t.path.decode("latin-1")
     span.name = f"{operation} {t.asked}" if t.asked else f"{method} {path}"
@@ -104,8 +106,8 @@ def request_span(span: Span, t: Any, epoch: float) -> None:
     span.end_time_unix_nano = _ns(t.finished, epoch)
     a = span.attributes
     put(a, "gen_ai.operation.name", operation)
-    if t.attempts:
-        system = SYSTEM.get(t.attempts[-1].kind, "_OTHER")
+    if attempts:
+        system = SYSTEM.get(attempts[-1].kind, "_OTHER")
         put(a, "gen_ai.system", system)
         put(a, "gen_ai.provider.name", system)
     if t.asked:
@@ -125,7 +127,7 @@ def request_span(span: Span, t: Any, epoch: float) -> None:
         put(a, "fastgw.variant", t.variant)
     if t.cache is not None:
         put(a, "fastgw.cache", t.cache)
-    put(a, "fastgw.attempts", len(t.attempts))
+    put(a, "fastgw.attempts", len(attempts))
     put(a, "fastgw.stream", t.stream)
     if t.error is not None:
         put(a, "error.type", str(t.status) if t.status >= 400 else "error")
@@ -140,12 +142,13 @@ def request_span(span: Span, t: Any, epoch: float) -> None:
         put(a, "fastgw.ttft_ms", round(t.ttft_s * 1000.0, 3))
 
 
-def attempt_span(span: Span, t: Any, attempt: Any, i: int, last: bool, epoch: float) -> None:
+def attempt_span(span: Span, trace: Any, attempt: Any, i: int, last: bool, epoch: float) -> None:
+    t = trace.report
     operation = OPERATION.get(t.endpoint, t.endpoint)
     system = SYSTEM.get(attempt.kind, "_OTHER")
-    span.trace_id = t.trace_id.to_bytes(16, "big")
+    span.trace_id = trace.trace_id.to_bytes(16, "big")
     span.span_id = attempt.span_id.to_bytes(8, "big")
-    span.parent_span_id = t.span_id.to_bytes(8, "big")
+    span.parent_span_id = trace.span_id.to_bytes(8, "big")
     span.name = f"{operation} {attempt.model}"
     span.kind = _CLIENT
     start = attempt.start or attempt.end or t.finished

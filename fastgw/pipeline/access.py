@@ -299,6 +299,14 @@ class Access:
         principal = grant.principal
         return [name for name in snapshot.models if principal.allows(name)]
 
+    async def caller(self, cycle: Cycle, snapshot: Snapshot) -> str:
+        """Who is calling, as a request's grant names it (``k:<key>``, ``j:<subject>``;
+        ``-`` when the gateway asks for no credentials); 401/403 as for a request."""
+        ctx = RequestCtx(cycle, snapshot, "feedback", b"", b"")
+        await self.authenticate(ctx)
+        grant: Grant | None = ctx.grant
+        return "-" if grant is None else grant.principal.id
+
     # -- helpers -------------------------------------------------------------------------
 
     def client_ip(self, cycle: Cycle) -> str:

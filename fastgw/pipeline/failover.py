@@ -59,7 +59,7 @@ class Failover:
         attempt maybe ``begun`` already)."""
         route = ctx.route
         assert route is not None
-        models = ctx.snapshot.models
+        models = route.fallback_routes or ctx.snapshot.models  # a variant's: its copies
         chain = [route]
         if controls.allow_fallbacks:
             chain += [models[n] for n in route.cfg.fallbacks]

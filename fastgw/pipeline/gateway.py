@@ -23,6 +23,7 @@ from fastgw.errors import (
     Unauthorized,
 )
 from fastgw.pipeline import headers as hdr
+from fastgw.pipeline.feedback import give_score
 from fastgw.pipeline.runner import Proxy
 from fastgw.pipeline.snapshot import Snapshot, model_object
 from fastgw.providers.base import ANTHROPIC
@@ -78,7 +79,7 @@ class Gateway:
             b"/v1/models": self.models, b"/models": self.models, metrics_path: self.metrics,
         }
         self._post: dict[bytes, Callable[[Cycle], Awaitable[None]]] = {
-            b"/admin/reload": self.admin_reload,
+            b"/admin/reload": self.admin_reload, b"/v1/feedback": self.feedback,
         }
         # GET endpoints named by a path prefix (the rest of the path is their argument).
         self._prefixes: tuple[tuple[bytes, Endpoint], ...] = ()
@@ -165,6 +166,14 @@ class Gateway:
             raise ModelNotFound(f"the model {name!r} does not exist; GET /v1/models lists the "
                                 "models you can use", param="model")
         cycle.send(200, _JSON + _rid(cycle), orjson.dumps(model_object(route, snap.created)))
+
+    async def feedback(self, cycle: Cycle) -> None:
+        """``POST /v1/feedback``: a score for an answer of a model with variants, from
+        the caller it went to (pipeline/feedback.py)."""
+        snap = self.state.snapshot
+        caller = await self.proxy.access.caller(cycle, snap)
+        body = await give_score(snap.feedback, caller, cycle.body, snap.config.feedback.names)
+        cycle.send(200, _JSON + _rid(cycle), body)
 
     async def metrics(self, cycle: Cycle) -> None:
         self.require_admin(cycle)

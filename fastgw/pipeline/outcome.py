@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from time import perf_counter
+from typing import Any, cast
 
 import orjson
 
@@ -32,9 +34,12 @@ from fastgw.pipeline.snapshot import TargetRuntime
 from fastgw.providers import openai
 from fastgw.providers.base import ANTHROPIC
 from fastgw.streaming.relay import scrub
-from fastgw.tracing import Trace, Tracer
+from fastgw.tracing import Report, Trace, Tracer
 from fastgw.types import cache_counts, usage_numbers
 from fastgw.upstream.connection import UpstreamConnection
+
+# A Report from a plain tuple, without the named tuple's Python __new__.
+_report = cast("Callable[[type[Report], tuple[Any, ...]], Report]", tuple.__new__)
 
 _JSON = b"application/json"
 _CONTEXT_CODE = re.compile(rb'"code"\s*:\s*"context_length_exceeded"')
@@ -220,32 +225,22 @@ class Responder:
 
     def trace(self, ctx: RequestCtx, trace: Trace, now: float, usage: bool) -> None:
         """The request's span: what it reports, then the trace to the exporter."""
-        trace.start = ctx.t0
-        trace.finished = now
-        trace.status = ctx.status
-        trace.error = ctx.error
         cycle = ctx.cycle
-        trace.method = cycle.method
-        trace.path = cycle.path
-        trace.endpoint = ctx.endpoint
-        trace.asked = ctx.model
         route = ctx.route
-        if route is not None:
-            trace.served = route.name
         target = ctx.target
-        if target is not None:
-            trace.response_model = target.model
-            trace.provider = target.provider.name
-        trace.key = ctx.key_name
-        trace.variant = ctx.variant
-        trace.cache = None if ctx.cache is None else ctx.cache.result
-        trace.request_id = ctx.request_id
-        trace.stream = ctx.stream
-        if usage:
-            trace.tokens = (ctx.prompt_tokens, ctx.completion_tokens)
-        trace.overhead_s = ctx.overhead_s
-        if ctx.first_token:
-            trace.ttft_s = ctx.first_token - ctx.t0
+        cache = ctx.cache
+        first = ctx.first_token
+        # One tuple (a Report, built without its __new__): what the encoder reads.
+        trace.report = _report(Report, (
+            ctx.t0, now, ctx.status, ctx.error, cycle.method, cycle.path, ctx.endpoint,
+            ctx.model, "" if route is None else route.name,
+            "" if target is None else target.model,
+            "" if target is None else target.provider.name,
+            ctx.key_name, None if cache is None else cache.result, ctx.variant,
+            ctx.request_id, ctx.stream,
+            (ctx.prompt_tokens, ctx.completion_tokens) if usage else None,
+            ctx.overhead_s, first - ctx.t0 if first else -1.0,
+        ))  # fmt: skip
         assert self.tracer is not None
         self.tracer.submit(trace)
 

@@ -55,7 +55,7 @@ import orjson
 
 from fastgw.accesslog import AccessLog
 from fastgw.errors import BadRequest, GatewayError, InternalError, ModelNotFound, UpstreamError
-from fastgw.metrics import VARIANTS, Recorder
+from fastgw.metrics import Recorder
 from fastgw.pipeline import cascade
 from fastgw.pipeline import headers as hdr
 from fastgw.pipeline.access import Access
@@ -123,7 +123,7 @@ class Proxy:
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id(), fwd, dialect)
         tracer = self.tracer
         if tracer is not None:
-            trace, incoming = tracer.start(cycle.headers)
+            trace, incoming = tracer.start(cycle.headers, fwd)
             if trace is not None:
                 ctx.trace = trace
                 if incoming is not None:  # upstream gets the gateway's span as parent
@@ -488,9 +488,9 @@ class Proxy:
         if route.variants:
             variant = choose_variant(ctx, route, self.failover.rng.random())
             ctx.variant = variant.name
-            ctx.extra_headers += b"x-fastgw-variant: " + variant.name.encode() + b"\r\n"
-            VARIANTS.labels(route.name, variant.name).inc()
-            route = models[variant.model]
+            ctx.extra_headers += variant.header
+            variant.requests.value += 1.0  # pushed to prometheus-client at the next flush
+            route = variant.route or models[variant.model]  # with its feedback filter
         ctx.route = route
 
 

@@ -11,6 +11,7 @@ targets and providers that did not change.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +20,9 @@ from typing import TYPE_CHECKING
 import orjson
 
 from fastgw.config import Config, ModelConfig, ProviderConfig, RetryConfig
-from fastgw.metrics import TARGET_HEALTHY
+from fastgw.metrics import TARGET_HEALTHY, VARIANTS, Accumulator, batched
 from fastgw.pipeline.cache import CacheFilter, CacheStore
+from fastgw.pipeline.feedback import FeedbackStore, VariantFeedback
 from fastgw.pipeline.filters import Chain, Filter, compile_chain
 from fastgw.pipeline.internal import Internal
 from fastgw.pipeline.orchestrate import orchestrate
@@ -83,6 +85,10 @@ class Variant:
     name: str
     model: str
     weight: float
+    requests: Accumulator  # fastgw_variant_requests_total{model,variant}, batched
+    header: bytes = b""  # the answer's x-fastgw-variant line
+    # The model it names, with the variant's feedback filter last in its chain.
+    route: ModelRoute | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -112,6 +118,9 @@ class ModelRoute:
     # A cascade step's route whose answers may escalate to the next step
     # (pipeline/cascade.py); None everywhere else.
     escalation: Escalation | None = None
+    # Where this route's fallbacks are looked up, when not in the snapshot's models:
+    # a variant's copies, which keep the variant's feedback filter.
+    fallback_routes: dict[str, ModelRoute] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -124,6 +133,7 @@ class Snapshot:
     cache: CacheStore | None = None  # the response cache's store, when a model has one
     # Requests the gateway makes to itself (judges, shadows); one per process.
     internal: Internal = field(default_factory=Internal)
+    feedback: FeedbackStore | None = None  # answers to score, when a model has variants
 
     def models_body(self, names: list[str] | None = None) -> bytes:
         """``GET /v1/models`` answer for the given model names (all by default)."""
@@ -202,7 +212,11 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
         input_price = price.input_per_mtok / 1e6 if price else 0.0
         cached_price = price.cached_input_per_mtok if price else None
         write_price = price.cache_write_per_mtok if price else None
-        variants = tuple(Variant(v.name or v.model, v.model, v.weight) for v in mc.variants)
+        variants = tuple(Variant(v.name or v.model, v.model, v.weight,
+                                 batched(VARIANTS, mc.name, v.name or v.model),
+                                 b"x-fastgw-variant: " + _header_value(v.name or v.model)
+                                 + b"\r\n")
+                         for v in mc.variants)
         models[mc.name] = ModelRoute(
             name=mc.name, cfg=mc, targets=tuple(targets),
             balancer=make_balancer(mc.balance, [t.state for t in targets]) if targets else None,
@@ -221,8 +235,9 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
     cache = _features(config, models, loop, previous)
     internal = previous.internal if previous is not None else Internal()
     orchestrate(models, internal)
+    feedback = _variants(config, models, loop, previous)
     return Snapshot(config=config, providers=providers, models=models, retry_budget=budget,
-                    created=created, cache=cache, internal=internal)
+                    created=created, cache=cache, feedback=feedback, internal=internal)
 
 
 def _features(config: Config, models: dict[str, ModelRoute], loop: asyncio.AbstractEventLoop,
@@ -242,6 +257,36 @@ def _features(config: Config, models: dict[str, ModelRoute], loop: asyncio.Abstr
         if store is not None and route in cached:
             filters.append(CacheFilter(store, route))
         route.chain = compile_chain(tuple(filters))
+    return store
+
+
+def _variants(config: Config, models: dict[str, ModelRoute], loop: asyncio.AbstractEventLoop,
+              previous: Snapshot | None) -> FeedbackStore | None:
+    """Each variant's route: a copy of the model it names (and of the models it may
+    fall back to) whose chain ends with the variant's feedback filter, so only
+    requests served through a variant pay for it. The store of answers to score,
+    kept from the previous snapshot when its settings are the same."""
+    with_variants = [r for r in models.values() if r.variants]
+    if not with_variants:
+        return None
+    kept = previous.feedback if previous is not None else None
+    store = kept if kept is not None and kept.same(config.feedback, config.redis) else \
+        FeedbackStore(config.feedback, config.redis, loop)
+    for route in with_variants:
+        for variant in route.variants:
+            tagged = VariantFeedback(store, route.name, variant.name)
+            copies: dict[str, ModelRoute] = {}
+            todo = [variant.model]
+            while todo:
+                name = todo.pop()
+                if name in copies:
+                    continue
+                base = models[name]
+                filters = (base.chain.filters if base.chain else ()) + (tagged,)
+                copies[name] = dataclasses.replace(base, chain=compile_chain(filters),
+                                                   fallback_routes=copies)
+                todo += base.cfg.fallbacks + base.cfg.context_fallbacks
+            variant.route = copies[variant.model]
     return store
 
 

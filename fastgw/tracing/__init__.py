@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import NamedTuple
 
-__all__ = ["AttemptSpan", "Trace", "Tracer", "parse_traceparent"]
+__all__ = ["AttemptSpan", "Report", "Trace", "Tracer", "parse_traceparent"]
 
 _LOW64 = (1 << 64) - 1
 # Ids need to be unique, not secret. Seeded anew by each Tracer (one per worker,
@@ -41,36 +42,39 @@ class AttemptSpan:
         self.status = 0  # the upstream's status when it answered one
 
 
+class Report(NamedTuple):
+    """What a finished request's span reports (pipeline/outcome.py fills it in once,
+    as one tuple: the exporter's encoder reads it by position)."""
+
+    start: float = 0.0  # perf_counter
+    finished: float = 0.0
+    status: int = 0
+    error: str | None = None
+    method: bytes = b""
+    path: bytes = b""
+    endpoint: str = ""
+    asked: str = ""
+    served: str = ""
+    response_model: str = ""
+    provider: str = ""
+    key: str | None = None
+    cache: str | None = None
+    variant: str | None = None
+    request_id: bytes = b""
+    stream: bool = False
+    tokens: tuple[int, int] | None = None
+    overhead_s: float = 0.0
+    ttft_s: float = -1.0  # negative: none
+
+
+_NO_REPORT = Report()
+
+
 class Trace:
     """One sampled request: the trace it belongs to, its own span, its attempts,
     and (once finished) what the request span reports."""
 
-    __slots__ = (
-        "asked",
-        "attempts",
-        "cache",
-        "endpoint",
-        "error",
-        "finished",
-        "key",
-        "method",
-        "overhead_s",
-        "parent_id",
-        "path",
-        "prefix",
-        "provider",
-        "request_id",
-        "response_model",
-        "served",
-        "span_id",
-        "start",
-        "status",
-        "stream",
-        "tokens",
-        "trace_id",
-        "ttft_s",
-        "variant",
-    )
+    __slots__ = ("attempts", "parent_id", "prefix", "report", "span_id", "trace_id")
 
     def __init__(self, trace_id: int, parent_id: int, span_id: int) -> None:
         self.trace_id = trace_id
@@ -79,26 +83,7 @@ class Trace:
         # The outgoing header up to the parent id, rendered once per request.
         self.prefix = b"traceparent: 00-%032x-" % trace_id
         self.attempts: list[AttemptSpan] = []
-        # Filled in when the request ends (pipeline/outcome.py).
-        self.start = 0.0
-        self.finished = 0.0
-        self.status = 0
-        self.error: str | None = None
-        self.method = b""
-        self.path = b""
-        self.endpoint = ""
-        self.asked = ""
-        self.served = ""
-        self.response_model = ""
-        self.provider = ""
-        self.key: str | None = None
-        self.cache: str | None = None
-        self.variant: str | None = None
-        self.request_id = b""
-        self.stream = False
-        self.tokens: tuple[int, int] | None = None
-        self.overhead_s = 0.0
-        self.ttft_s = -1.0
+        self.report = _NO_REPORT  # set when the request ends
 
     @staticmethod
     def new_id() -> int:
@@ -156,15 +141,19 @@ class Tracer:
         _RNG.seed()
         self.submit = submit  # the exporter's queue
 
-    def start(self, headers: list[tuple[bytes, bytes]]) -> tuple[Trace | None, bytes | None]:
+    def start(self, headers: list[tuple[bytes, bytes]],
+              forwarded: bytes) -> tuple[Trace | None, bytes | None]:
         """The request's trace, or None when it is not sampled; and the client's
         ``traceparent`` value when it sent one (the caller removes it from what
-        goes upstream, which then carries the gateway's own)."""
+        goes upstream, which then carries the gateway's own). ``forwarded``: the
+        header lines forwarded upstream (lowercase names), where one search says
+        whether to look for it at all."""
         incoming = None
-        for name, value in headers:
-            if name == b"traceparent":
-                incoming = value
-                break
+        if b"traceparent:" in forwarded:
+            for name, value in headers:
+                if name == b"traceparent":
+                    incoming = value
+                    break
         ids = None if incoming is None else parse_traceparent(incoming)
         bits = _BITS
         if ids is None:

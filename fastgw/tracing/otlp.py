@@ -3,7 +3,7 @@
 :meth:`OtlpExporter.submit` is all the request path calls: one append to a
 bounded queue (counted in spans), or a drop when it is full. A background task
 takes a batch when the queue holds ``batch_spans`` or every ``interval_s``,
-builds the protobuf messages (opentelemetry-proto's definitions) and POSTs
+encodes it (natively, with the opentelemetry-proto crate's messages) and POSTs
 them to ``{endpoint}/v1/traces`` (``application/x-protobuf``) on a plain
 asyncio connection kept alive between batches. One export runs at a time,
 bounded by ``timeout_s``. A collector that is down or slow only loses spans
@@ -24,38 +24,15 @@ from collections.abc import Iterable
 from time import perf_counter
 from urllib.parse import urlsplit
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
-
 import fastgw
+from fastgw._native import OtlpEncoder
 from fastgw.metrics import TRACE_DROPPED, TRACE_SPANS, batched
-from fastgw.tracing import AttemptSpan, Trace
+from fastgw.tracing import Trace
 
 log = logging.getLogger("fastgw.tracing")
 
 MAX_BACKOFF_S = 30.0
 _RESPONSE_HEAD_LIMIT = 64 * 1024
-
-# gen_ai.system (and its newer name gen_ai.provider.name) by provider kind; an
-# OpenAI-compatible server (vLLM, llama.cpp, ...) is none of the well-known ones.
-_SYSTEM = {
-    "openai": "openai",
-    "azure": "az.ai.openai",
-    "anthropic": "anthropic",
-    "openai-compatible": "_OTHER",
-}
-# gen_ai.operation.name by client endpoint
-_OPERATION = {
-    "chat": "chat",
-    "completions": "text_completion",
-    "embeddings": "embeddings",
-    "responses": "chat",
-    "messages": "chat",
-}
-_SERVER = Span.SpanKind.SPAN_KIND_SERVER
-_CLIENT = Span.SpanKind.SPAN_KIND_CLIENT
-_ERROR = Status.StatusCode.STATUS_CODE_ERROR
 
 
 class OtlpExporter:
@@ -280,257 +257,24 @@ def _set(fut: asyncio.Future[None]) -> None:
 
 
 # -- encoding (off the request path) -----------------------------------------------------------
-#
-# Building a span field by field from Python costs about a microsecond per attribute
-# (each one a KeyValue and an AnyValue), and most of a span's attributes are the same
-# for every request of its kind: its route, target, provider, key, status... So a span
-# is built from two serialized pieces, by protobuf's merge rule (a message's
-# serialization followed by another's parses as the two merged, repeated fields
-# appended): its kind's constant part (name, kind, those attributes), built once and
-# kept as bytes, and its own part (ids, times, tokens, request id, overhead), set on a
-# kept template message of its shape and serialized. One ``MergeFromString`` puts the
-# span in the batch. The attributes come in that order, constant ones first; the plain
-# construction, field by field, is ``fastgw._reference.otlp`` (the tests compare them).
-
-# Constant parts kept (each map emptied when it reaches this: a bound, never reached
-# by a configuration's routes, keys and statuses).
-CACHE_MAX = 4096
-
-
-def _ns(t: float, epoch: float) -> int:
-    return int((t + epoch) * 1e9)
-
-
-def _put(attrs: object, key: str, value: str | int | float | bool) -> None:
-    kv: KeyValue = attrs.add()  # type: ignore[attr-defined]
-    kv.key = key
-    v = kv.value
-    if isinstance(value, bool):
-        v.bool_value = value
-    elif isinstance(value, int):
-        v.int_value = value
-    elif isinstance(value, float):
-        v.double_value = value
-    else:
-        v.string_value = value
-
-
-_ENVELOPE: dict[int, bytes] = {}
-
-
-def _envelope() -> bytes:
-    """A request with its resource (this process) and scope, and no span yet."""
-    pid = os.getpid()
-    data = _ENVELOPE.get(pid)
-    if data is None:
-        req = ExportTraceServiceRequest()
-        spans = req.resource_spans.add()
-        attrs = spans.resource.attributes
-        _put(attrs, "service.name", "fastgw")
-        _put(attrs, "service.version", fastgw.__version__)
-        _put(attrs, "process.pid", pid)
-        spans.scope_spans.add(scope=InstrumentationScope(name="fastgw", version=fastgw.__version__))
-        _ENVELOPE.clear()
-        data = _ENVELOPE[pid] = req.SerializeToString()
-    return data
-
-
-class _Own:
-    """A span's own part, one shape of it: a kept message refilled for each span, with
-    its attributes' values at hand (None: not in this shape)."""
-
-    __slots__ = ("input_tokens", "msg", "output_tokens", "overhead", "request_id", "status", "ttft")
-
-    def __init__(self, *, tokens: bool, message: bool, request: bool, ttft: bool) -> None:
-        msg = self.msg = Span()
-        a = msg.attributes
-        if tokens:
-            _put(a, "gen_ai.usage.input_tokens", 0)
-            _put(a, "gen_ai.usage.output_tokens", 0)
-        if request:
-            _put(a, "fastgw.request_id", "")
-            _put(a, "fastgw.overhead_ms", 0.0)
-        if ttft:
-            _put(a, "fastgw.ttft_ms", 0.0)
-        values = [kv.value for kv in a]
-        self.input_tokens = values.pop(0) if tokens else None
-        self.output_tokens = values.pop(0) if tokens else None
-        self.request_id = values.pop(0) if request else None
-        self.overhead = values.pop(0) if request else None
-        self.ttft = values.pop(0) if ttft else None
-        self.status = msg.status if message else None
-
-
-# By shape: tokens + 2 * time to first token + 4 * error message.
-_REQUEST_OWN = [
-    _Own(tokens=bool(i & 1), ttft=bool(i & 2), message=bool(i & 4), request=True) for i in range(8)
-]
-# By shape: tokens + 2 * error message.
-_ATTEMPT_OWN = [
-    _Own(tokens=bool(i & 1), ttft=False, message=bool(i & 2), request=False) for i in range(4)
-]
-_REQUEST_CONST: dict[tuple[object, ...], bytes] = {}
-_ATTEMPT_CONST: dict[tuple[object, ...], bytes] = {}
 
 
 def encode(batch: list[Trace], epoch: float | None = None) -> bytes:
     """The OTLP ``ExportTraceServiceRequest`` of ``batch``, serialized: for each
     trace its request span (SERVER, the client's span as parent) and one span per
     upstream attempt (CLIENT, the request span as parent). ``epoch`` turns
-    perf_counter readings into Unix time (now's when not given)."""
+    perf_counter readings into Unix time (now's when not given).
+
+    Native (``rust/src/otlp.rs``, the Rust ``opentelemetry-proto`` crate's
+    messages): the traces are read, then encoded with the GIL released; each kind
+    of span's constant part (name, route, target, key, status...) is serialized
+    once and kept, so a span costs its own part (ids, times, a few numbers). The
+    specification is ``fastgw._reference.otlp``, the same spans built field by
+    field with the Python ``opentelemetry-proto`` classes (the tests compare them)."""
     if epoch is None:
         epoch = time.time() - perf_counter()
-    req = ExportTraceServiceRequest.FromString(_envelope())
-    add = req.resource_spans[0].scope_spans[0].spans.add
-    request_const = _REQUEST_CONST
-    attempt_const = _ATTEMPT_CONST
-    request_own = _REQUEST_OWN
-    attempt_own = _ATTEMPT_OWN
-    for t in batch:
-        attempts = t.attempts
-        n = len(attempts)
-        error = t.error
-        endpoint = t.endpoint
-        key: tuple[object, ...] = (
-            endpoint, attempts[-1].kind if n else "", t.asked, t.response_model, t.method,
-            t.path, t.status, t.key, t.served, t.provider, t.variant, t.cache, n, t.stream,
-            error is None,
-        )  # fmt: skip
-        const = request_const.get(key)
-        if const is None:
-            if len(request_const) >= CACHE_MAX:
-                request_const.clear()
-            const = request_const[key] = _request_const(t)
-        tokens = t.tokens
-        ttft = t.ttft_s
-        own = request_own[
-            (tokens is not None) + (2 if ttft >= 0.0 else 0) + (4 if error is not None else 0)
-        ]
-        m = own.msg
-        trace_id = m.trace_id = t.trace_id.to_bytes(16, "big")
-        span_id = m.span_id = t.span_id.to_bytes(8, "big")
-        m.parent_span_id = t.parent_id.to_bytes(8, "big") if t.parent_id else b""
-        m.start_time_unix_nano = int((t.start + epoch) * 1e9)
-        finished = t.finished
-        m.end_time_unix_nano = int((finished + epoch) * 1e9)
-        if tokens is not None:
-            own.input_tokens.int_value = tokens[0]  # type: ignore[union-attr]
-            own.output_tokens.int_value = tokens[1]  # type: ignore[union-attr]
-        own.request_id.string_value = t.request_id.decode("latin-1")  # type: ignore[union-attr]
-        own.overhead.double_value = round(t.overhead_s * 1000.0, 3)  # type: ignore[union-attr]
-        if ttft >= 0.0:
-            own.ttft.double_value = round(ttft * 1000.0, 3)  # type: ignore[union-attr]
-        if error is not None:
-            own.status.message = error  # type: ignore[union-attr]
-        add().MergeFromString(const + m.SerializeToString())
-        last = n - 1
-        for i, a in enumerate(attempts):
-            failed = a.error
-            detail: tuple[int, str | bool] | None
-            if failed is not None:
-                mode, detail = 1, (a.status, failed)
-            elif i == last:
-                # The last attempt answered the request unless it failed itself; a
-                # stream's failure after its first content is the request's (and so
-                # this attempt's).
-                mode, detail = 0, ((a.status or t.status) if t.status else 0, error is None)
-            else:
-                mode, detail = 2, None
-            akey = (endpoint, a.kind, a.model, a.provider, a.route, i, mode, detail)
-            const = attempt_const.get(akey)
-            if const is None:
-                if len(attempt_const) >= CACHE_MAX:
-                    attempt_const.clear()
-                const = attempt_const[akey] = _attempt_const(t, a, i, mode)
-            with_tokens = mode == 0 and tokens is not None
-            with_message = mode == 0 and error is not None
-            own = attempt_own[with_tokens + (2 if with_message else 0)]
-            m = own.msg
-            m.trace_id = trace_id
-            m.span_id = a.span_id.to_bytes(8, "big")
-            m.parent_span_id = span_id
-            end = a.end or finished
-            m.start_time_unix_nano = int(((a.start or end) + epoch) * 1e9)
-            m.end_time_unix_nano = int((end + epoch) * 1e9)
-            if with_tokens:
-                own.input_tokens.int_value = tokens[0]  # type: ignore[union-attr,index]
-                own.output_tokens.int_value = tokens[1]  # type: ignore[union-attr,index]
-            if with_message:
-                own.status.message = error  # type: ignore[union-attr]
-            add().MergeFromString(const + m.SerializeToString())
-    data: bytes = req.SerializeToString()
-    return data
+    return ENCODER.encode(batch, epoch, os.getpid(), fastgw.__version__)
 
 
-def _request_const(t: Trace) -> bytes:
-    """The request span's constant part (what the key in :func:`encode` decides)."""
-    span = Span()
-    operation = _OPERATION.get(t.endpoint, t.endpoint)
-    method = t.method.decode("latin-1")
-    path = t.path.decode("latin-1")
-    span.name = f"{operation} {t.asked}" if t.asked else f"{method} {path}"
-    span.kind = _SERVER
-    a = span.attributes
-    _put(a, "gen_ai.operation.name", operation)
-    if t.attempts:
-        system = _SYSTEM.get(t.attempts[-1].kind, "_OTHER")
-        _put(a, "gen_ai.system", system)
-        _put(a, "gen_ai.provider.name", system)
-    if t.asked:
-        _put(a, "gen_ai.request.model", t.asked)
-    if t.response_model:
-        _put(a, "gen_ai.response.model", t.response_model)
-    _put(a, "http.request.method", method)
-    _put(a, "url.path", path)
-    _put(a, "http.response.status_code", t.status)
-    if t.key is not None:
-        _put(a, "fastgw.key", t.key)
-    if t.served:
-        _put(a, "fastgw.model", t.served)
-    if t.provider:
-        _put(a, "fastgw.provider", t.provider)
-    if t.variant is not None:
-        _put(a, "fastgw.variant", t.variant)
-    if t.cache is not None:
-        _put(a, "fastgw.cache", t.cache)
-    _put(a, "fastgw.attempts", len(t.attempts))
-    _put(a, "fastgw.stream", t.stream)
-    if t.error is not None:
-        _put(a, "error.type", str(t.status) if t.status >= 400 else "error")
-        span.status.code = _ERROR
-    data: bytes = span.SerializeToString()
-    return data
-
-
-def _attempt_const(t: Trace, attempt: AttemptSpan, i: int, mode: int) -> bytes:
-    """An attempt span's constant part; ``mode`` 0: the attempt that answered (the
-    last one, not failed itself), 1: an attempt that failed, 2: neither."""
-    operation = _OPERATION.get(t.endpoint, t.endpoint)
-    system = _SYSTEM.get(attempt.kind, "_OTHER")
-    span = Span()
-    span.name = f"{operation} {attempt.model}"
-    span.kind = _CLIENT
-    a = span.attributes
-    _put(a, "gen_ai.operation.name", operation)
-    _put(a, "gen_ai.system", system)
-    _put(a, "gen_ai.provider.name", system)
-    _put(a, "gen_ai.request.model", attempt.model)
-    _put(a, "fastgw.provider", attempt.provider)
-    _put(a, "fastgw.model", attempt.route)
-    _put(a, "fastgw.attempt", i + 1)
-    if mode == 0:
-        _put(a, "gen_ai.response.model", attempt.model)
-        if t.status:
-            _put(a, "http.response.status_code", attempt.status or t.status)
-        if t.error is not None:
-            span.status.code = _ERROR
-    elif mode == 1:
-        error = attempt.error
-        assert error is not None
-        if attempt.status:
-            _put(a, "http.response.status_code", attempt.status)
-        _put(a, "error.type", error)
-        span.status.code = _ERROR
-        span.status.message = f"attempt failed: {error}"
-    data: bytes = span.SerializeToString()
-    return data
+# The worker's encoder (the event loop's thread is its only user).
+ENCODER = OtlpEncoder()

@@ -13,6 +13,7 @@ pub mod json;
 pub mod jwt;
 pub mod limiter;
 pub mod ojson;
+pub mod otlp;
 pub mod ring;
 pub mod shm;
 pub mod sse;
@@ -42,6 +43,8 @@ mod _native {
     use crate::py::limiter::{
         Admission, Limit, LimiterTable, Reservation, Scope, SharedLimiterTable,
     };
+    #[pymodule_export]
+    use crate::py::otlp::OtlpEncoder;
     #[pymodule_export]
     use crate::py::ring::HashRing;
     #[pymodule_export]

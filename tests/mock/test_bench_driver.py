@@ -1,9 +1,11 @@
-"""benchmarks/run.py: --scaling (when it refuses to run, how its figure is judged) and
---rounds (which round is reported)."""
+"""benchmarks/run.py: --scaling (what it needs, when it refuses to run, how its figure is
+judged), the "vs nginx" refusal rule (direct >= 1.2x nginx), wrk as a requirement of
+max_rps, and --rounds (which round is reported)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,26 +18,157 @@ import scaling  # type: ignore[import-not-found,unused-ignore]
 from loadgen import LoadResult, Percentiles  # type: ignore[import-not-found,unused-ignore]
 
 
-def test_scaling_needs_two_cpus_per_worker_when_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 6)
-    assert scaling.refusal(3, pin=True) is None
-    why = scaling.refusal(4, pin=True)
-    assert why is not None and "needs 8 CPUs" in why and "has 6" in why
+def _cpus(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(n)))
+
+
+def test_scaling_states_what_it_needs_and_refuses_with_too_few_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scaling, "WRK", "/usr/bin/wrk")
+    _cpus(monkeypatch, 8)
+    assert scaling.refusal(4, pin=True) is None
+    assert scaling.refusal(3, pin=True) is None  # 3 + 2 + 2
+    _cpus(monkeypatch, 2)  # this 2-core machine
+    why = scaling.refusal(2, pin=True)
+    assert why is not None and why.startswith("--scaling 2 needs 4 CPUs of its own")
+    assert "2 for the proxies" in why and "1 for the upstream" in why
+    assert "1 for the load generator (wrk, 1 thread(s))" in why
+    assert "may run on 2 (CPUs 0,1, os.sched_getaffinity)" in why and "--no-pin" in why
+    _cpus(monkeypatch, 7)
+    assert "needs 8 CPUs" in (scaling.refusal(4, pin=True) or "")
     assert scaling.refusal(4, pin=False) is None  # unpinned: mechanics only
     assert "N >= 2" in (scaling.refusal(1, pin=False) or "")
+    monkeypatch.setattr(scaling, "WRK", None)
+    assert "needs wrk" in (scaling.refusal(2, pin=False) or "")
 
 
-def test_the_driver_refuses_before_measuring_anything(monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+def test_scaling_gives_each_part_its_own_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3, 4, 5, 6, 7, 8, 9, 11})
+    lay = scaling.layout(4, pin=True)
+    assert (lay.proxy, lay.upstream, lay.client) == ([2, 3, 4, 5], [6, 7], [8, 9])
+    assert lay.cpus(lay.proxy, 3) == "2,3,4" and lay.cpus(lay.client) == "8,9"
+    assert lay.client_threads == 2 and lay.upstream_workers == 2
+    free = scaling.layout(4, pin=False)
+    assert free.cpus(free.proxy) is None and free.client_threads == 2
+
+
+def test_scaling_figures_and_their_refusals() -> None:
+    rate = {"direct": 200e3, "nginx": 100e3, "fastgw-1w": 30e3, "fastgw-2w": 55e3}
+    fig = scaling.figures(rate, 2)
+    assert fig["ratio"] == pytest.approx(55 / 60) and fig["vs_nginx"] == pytest.approx(0.55)
+    assert fig["rows"]["fastgw-1w"]["vs_one_worker"] == 1.0
+    assert fig["rows"]["direct"] == {"vs_one_worker": None, "vs_nginx": None}
+    assert fig["refused"] is None and fig["vs_nginx_refused"] is None
+    slow_client = scaling.figures({**rate, "direct": 60e3}, 2)
+    assert slow_client["ratio"] is None and slow_client["vs_nginx"] is None
+    assert "1.09x fastgw --workers 2's 55,000" in slow_client["refused"]
+    assert "0.60x nginx's 100,000" in slow_client["vs_nginx_refused"]
+    # The client outruns the gateway but not nginx: only the nginx ratio is refused.
+    middle = scaling.figures({**rate, "direct": 100e3}, 2)
+    assert middle["ratio"] == pytest.approx(55 / 60) and middle["vs_nginx"] is None
+
+
+def test_the_cache_figure_is_refused_when_the_client_side_sets_its_pace() -> None:
+    def check(direct: float) -> dict[str, object]:
+        rows = {
+            "direct": {"rate": direct},
+            "fastgw": {"rate": 30e3, "vs_nginx": None, "cpu_vs_nginx": None},
+            "fastgw-cache": {"rate": 45e3, "vs_nginx": None, "cpu_vs_nginx": None},
+        }
+        checks = run.spec_checks({"max_rps": {"rows": rows}}, None)
+        return next(c for c in checks if c["what"].startswith("max req/s, cache hits"))
+
+    assert check(60e3)["ok"] is True and check(60e3)["note"] is None
+    slow = check(50e3)
+    assert slow["ok"] is None and "1.11x fastgw-cache's 45,000" in str(slow["note"])
+
+
+def test_the_driver_refuses_before_measuring_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _cpus(monkeypatch, 2)
     with pytest.raises(SystemExit) as e:
         run.main(["--scaling", "2", "--scaling-only"])
     assert e.value.code == 2
     assert "needs 4 CPUs" in capsys.readouterr().err
 
 
+def test_scaling_refuses_on_a_two_cpu_process_as_a_command() -> None:
+    """The real command, on 2 CPUs: it refuses at once, before starting any process."""
+    script = Path(run.__file__)
+    done = subprocess.run(
+        [sys.executable, str(script), "--scaling", "2", "--scaling-only"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--scaling 2 needs 4 CPUs of its own" in done.stderr
+    assert "may run on 1 " in done.stderr
+    assert "fastgw benchmarks:" not in done.stdout  # nothing ran
+
+
+def test_max_rps_needs_wrk_or_says_how_to_do_without(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(run, "WRK", None)
+    with pytest.raises(SystemExit) as e:
+        run.main(["--scenarios", "max_rps"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "wrk not found" in err and "--max-client loadgen" in err
+
+
+def _rates(**rps: float) -> dict[str, run.Measured]:
+    return {name: _measured("closed", r, 1.0) for name, r in rps.items()}
+
+
+def test_no_ratio_to_nginx_unless_direct_is_well_above_it() -> None:
+    assert run.vs_nginx_refusal(60_000.0, 50_000.0) is None  # exactly 1.2x
+    why = run.vs_nginx_refusal(59_000.0, 50_000.0)
+    assert why is not None and "1.18x nginx's 50,000" in why and "bottleneck" in why
+    assert "no direct row" in (run.vs_nginx_refusal(None, 50_000.0) or "")
+    assert run.vs_nginx_refusal(None, None) is None  # no nginx row: no ratio to refuse
+    low = next(s for s in run.SCENARIOS if s.name == "open_low")
+    open_rows = {n: _measured("open", 50.0, 0.5) for n in ("direct", "nginx", "fastgw")}
+    assert run.ratio_refusal(open_rows, "req/s") is None  # open loop: no ratio at all
+    assert all(r["vs_nginx"] is None for r in run.derive(low, open_rows).values())
+
+
+def test_a_refused_ratio_is_left_out_of_the_table_and_the_spec_checks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    max_rps = run.SCENARIOS[0]
+    measured = _rates(direct=23_495.0, nginx=23_435.0, fastgw=12_000.0)
+    refused = run.ratio_refusal(measured, "req/s")
+    assert refused is not None and "1.00x" in refused
+    rows = run.derive(max_rps, measured, refused)
+    assert all(r["vs_nginx"] is None for r in rows.values())
+    run.print_table(max_rps, rows, _settings(), "wrk", refused)
+    out = capsys.readouterr().out
+    assert "closed loop, wrk" in out and f"no 'vs nginx' ratio: {refused}" in out
+    results = {"max_rps": {"rows": rows, "vs_nginx_refused": refused}}
+    checks = [c for c in run.spec_checks(results, None) if c["what"].endswith("vs nginx")]
+    assert [c["ok"] for c in checks] == [None] and checks[0]["note"] == refused
+    run.print_checks(checks)
+    out = capsys.readouterr().out
+    assert "refused (below)" in out and f"refused: {refused}" in out
+    fine = _rates(direct=60_000.0, nginx=40_000.0, fastgw=30_000.0)
+    assert run.ratio_refusal(fine, "req/s") is None
+    assert run.derive(max_rps, fine)["fastgw"]["vs_nginx"] == 0.75
+
+
+def _settings() -> run.Settings:
+    return run.Settings(
+        duration=1.0, low_duration=1.0, warmup=0.0, connections=4, high_rate=10.0, low_rate=5.0
+    )
+
+
 def _scaling(ratio: float, pinned: bool) -> dict[str, object]:
-    return {"workers": 4, "pinned": pinned, "cpus": 8, "ratio": ratio}
+    return {"workers": 4, "pinned": pinned, "cpus": 8, "ratio": ratio, "refused": None}
 
 
 def test_a_pinned_scaling_figure_is_checked_against_085() -> None:
@@ -43,6 +176,12 @@ def test_a_pinned_scaling_figure_is_checked_against_085() -> None:
     miss = [c for c in run.spec_checks({}, None, _scaling(0.8, True)) if "workers" in c["what"]]
     assert [c["ok"] for c in ok] == [True] and [c["ok"] for c in miss] == [False]
     assert ok[0]["target"] == 0.85 and ok[0]["value"] == 0.9
+
+
+def test_a_refused_scaling_figure_is_not_judged_and_says_why() -> None:
+    figure = {**_scaling(0.5, True), "refused": "direct reached 9 req/s"}
+    checks = [c for c in run.spec_checks({}, None, figure) if "workers" in c["what"]]
+    assert [c["ok"] for c in checks] == [None] and checks[0]["note"] == "direct reached 9 req/s"
 
 
 def test_an_unpinned_scaling_figure_is_not_judged() -> None:

@@ -11,6 +11,7 @@ pub(crate) mod cachekey;
 pub(crate) mod http;
 pub(crate) mod jwt;
 pub(crate) mod limiter;
+pub(crate) mod otlp;
 pub(crate) mod ring;
 pub(crate) mod sse;
 pub(crate) mod translate;
