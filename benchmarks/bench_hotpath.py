@@ -217,6 +217,31 @@ def _traced(port: int = 9) -> Any:
     return build
 
 
+def _cascade(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
+    """The full policy with the model asked a two-step cascade: a cheap step used
+    when the prompt is short (a request-side rule: every request here), else a
+    bigger one; both on the one mock."""
+    cfg = full_config(mock_port, port, workdir)
+    model = cfg["models"][0]
+    cheap = {**model, "name": MODEL + "-cheap"}
+    big = {**model, "name": MODEL + "-big"}
+    cfg["models"] = [{"name": MODEL, "cascade": [
+        {"model": cheap["name"], "accept_if": {"max_prompt_tokens": 2000}},
+        {"model": big["name"]}]}, cheap, big]
+    return cfg
+
+
+def _shadowed(mock_port: int, port: int, workdir: Path) -> dict[str, Any]:
+    """The full policy with every request mirrored (percent 100) to a shadow model
+    on the same mock: the mirror's own request is real CPU, counted in the row."""
+    cfg = full_config(mock_port, port, workdir)
+    model = cfg["models"][0]
+    model["shadow"] = {"model": MODEL + "-shadow", "percent": 100}
+    cfg["models"].append({"name": MODEL + "-shadow",
+                          "targets": [{"provider": "mock", "model": MODEL + "-shadow"}]})
+    return cfg
+
+
 # name -> (configuration, stream, client key, client dialect, upstream dialect)
 ROWS: dict[str, tuple[Any, bool, str | None, str, str]] = {
     "minimal": (minimal_config, False, None, "openai", "openai"),
@@ -242,6 +267,9 @@ ROWS: dict[str, tuple[Any, bool, str | None, str, str]] = {
     # The same with each batch encoded to OTLP protobuf at once (a live collector's
     # cost, the socket write aside).
     "full-traced-encoded": (_traced(), False, BENCH_KEY, "openai", "openai"),
+    # Orchestration beside "full": a two-step cascade; every request also mirrored.
+    "cascade": (_cascade, False, BENCH_KEY, "openai", "openai"),
+    "shadow": (_shadowed, False, BENCH_KEY, "openai", "openai"),
     # Ablations of the full policy (not run by default).
     "full-no-log": (_without("log"), False, BENCH_KEY, "openai", "openai"),
     "full-no-limits": (_without("limits"), False, BENCH_KEY, "openai", "openai"),
@@ -276,6 +304,7 @@ class Rig:
         self.hits = cached == "hit"  # answered from the cache (after the first)
         self.exporter = app.exporter  # traced rows: its batches taken as the task would
         self.encode = False  # True: each batch encoded (else dropped: the collector is down)
+        self.shadow = False  # True: each request is mirrored, and the mirror answered too
 
     async def one(self) -> bytes:
         self.proto.data_received(self.request)
@@ -292,6 +321,12 @@ class Rig:
         out = self.client.take()
         if not out.startswith(b"HTTP/1.1 200"):
             raise SystemExit(f"unexpected answer: {out[:300]!r}")
+        if self.shadow:  # the mirror starts on the next turn, on the pooled connection
+            await settle(lambda: bool(self.upstream.out))
+            self.upstream.out.clear()
+            self.conn.data_received(self.answer)
+            mirrors = self.app.gateway.state.snapshot.internal.shared.values()  # type: ignore[union-attr]
+            await settle(lambda: all(m.inflight == 0 for m in mirrors))
         exporter = self.exporter
         if exporter is not None and exporter.queued >= exporter.batch_spans:
             # What the export task does with a full batch (it never runs here: a
@@ -369,6 +404,7 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
                     app, stream, key, client, upstream,
                     name.removeprefix("cache-") if name.startswith("cache-") else None)
                 rig.encode = name.endswith("-encoded")
+                rig.shadow = name == "shadow"
                 await rig.run(min(2000, args.requests))  # warm up
                 if args.profile == name:
                     prof = cProfile.Profile()

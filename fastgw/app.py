@@ -84,6 +84,7 @@ class App:
             tracer = Tracer(obs.trace_sample_ratio, self.exporter.submit)
         proxy = Proxy(self.loop, Recorder(obs.key_labels, obs.max_key_labels), self.access_log,
                       access, tracer)
+        snapshot.internal.bind(proxy)  # judges and shadows: requests through this proxy
         self.gateway = Gateway(GatewayState(snapshot), proxy, self.reload)
         AdminApi(self.gateway, self.loop).mount()
         self.prober = Prober(self.loop)

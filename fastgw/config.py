@@ -125,6 +125,46 @@ class VariantConfig:
     name: str | None = None
 
 
+# -- orchestration: cascades and shadow traffic (pipeline/cascade.py, shadow.py) --
+
+EscalateOn = Literal["length", "content_filter", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeConfig:
+    """A model asked whether a cascade step fits the request: ``prompt`` with
+    ``{input}`` replaced by the last user message; the step is used when the
+    judge's answer matches the regex ``accept``."""
+
+    model: str
+    prompt: str
+    accept: str
+    timeout_ms: float = 2000.0
+    on_error: Literal["accept", "escalate"] = "escalate"
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptIfConfig:
+    max_prompt_tokens: int | None = None
+    header: dict[str, str] = field(default_factory=dict)  # header name -> glob
+    metadata: dict[str, str] = field(default_factory=dict)  # metadata key -> glob
+    judge: JudgeConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeStepConfig:
+    model: str
+    accept_if: AcceptIfConfig | None = None  # None: the step takes every request
+    escalate_on: tuple[EscalateOn, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowConfig:
+    model: str
+    percent: float = 100.0
+    max_inflight: int = 16
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
@@ -144,6 +184,8 @@ class ModelConfig:
     default_max_tokens: int | None = None
     drop_unsupported_params: bool = False
     cache: bool | None = None  # None: cache.enabled decides
+    cascade: tuple[CascadeStepConfig, ...] = ()  # steps tried in order (instead of targets)
+    shadow: ShadowConfig | None = None  # a share of requests mirrored to another model
 
 
 @dataclass(frozen=True, slots=True)
@@ -748,10 +790,19 @@ _STICKY = re.compile(r"header:[A-Za-z0-9-]+|key")
 
 
 def _check_model(m: ModelConfig, path: str, errors: Errors) -> None:
-    if m.variants and m.targets:
-        errors.append((path, "a model has either targets or variants, not both"))
-    elif not m.targets and not m.variants:
-        errors.append((f"{path}.targets", "a model needs at least one target (or variants)"))
+    kinds = [k for k in ("targets", "variants", "cascade") if getattr(m, k)]
+    if len(kinds) > 1:
+        errors.append((path, "a model has targets, variants or cascade: one of them, not "
+                             + " and ".join(kinds)))
+    elif not kinds:
+        errors.append((f"{path}.targets", "a model needs at least one target (or variants, "
+                                          "or a cascade)"))
+    if m.shadow is not None and m.variants:
+        errors.append((f"{path}.shadow", "a model with variants has no shadow of its own; "
+                                         "set it on the variants' models"))
+    if m.cascade and m.cascade[-1].escalate_on:
+        errors.append((f"{path}.cascade[{len(m.cascade) - 1}].escalate_on",
+                       "the last step has no next step to escalate to"))
     if m.sticky is not None and not _STICKY.fullmatch(m.sticky):
         errors.append((f"{path}.sticky", f"expected 'key' or 'header:NAME', got {m.sticky!r}"))
     if m.hash_key is not None and not _HASH_KEY.fullmatch(m.hash_key):
@@ -927,6 +978,114 @@ def _check_cache(c: CacheConfig, path: str, errors: Errors) -> None:
     _at_least(c, path, ("max_entries", "max_bytes"), 1, errors)
 
 
+def _check_judge(j: JudgeConfig, path: str, errors: Errors) -> None:
+    _positive(j, path, ("timeout_ms",), errors)
+    try:
+        re.compile(j.accept)
+    except re.error as exc:
+        errors.append((f"{path}.accept", f"not a valid regular expression: {exc}"))
+    if "{input}" not in j.prompt:
+        errors.append((f"{path}.prompt", "must contain {input} (where the last user message "
+                                         "goes)"))
+
+
+def _check_accept_if(a: AcceptIfConfig, path: str, errors: Errors) -> None:
+    _at_least(a, path, ("max_prompt_tokens",), 1, errors)
+    for name in a.header:
+        if not _HEADER_NAME.fullmatch(name):
+            errors.append((_join(f"{path}.header", name), "not a valid header name"))
+
+
+def _check_cascade_step(s: CascadeStepConfig, path: str, errors: Errors) -> None:
+    if len(set(s.escalate_on)) != len(s.escalate_on):
+        errors.append((f"{path}.escalate_on", "lists a reason twice"))
+
+
+def _check_shadow(s: ShadowConfig, path: str, errors: Errors) -> None:
+    if not 0 < s.percent <= 100:
+        errors.append((f"{path}.percent", "must be greater than 0 and at most 100"))
+    _at_least(s, path, ("max_inflight",), 1, errors)
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _check_orchestration(raw: dict[str, Any], errors: Errors) -> None:
+    """Cascades and shadows name other models: known ones, fit for the job, and no
+    model reaches itself through cascade steps, judges or variants."""
+    models: dict[str, dict[str, Any]] = {}
+    for _, m in _entries(raw, "models"):
+        name = _text(m.get("name"))
+        if name is not None and name not in models:
+            models[name] = m
+    names = list(models)
+    edges: dict[str, list[str]] = {}
+    index: dict[str, int] = {}
+    for i, m in _entries(raw, "models"):
+        where = f"models[{i}]"
+        own = _text(m.get("name"))
+        out: list[str] = []
+
+        def known(ref: Any, path: str) -> str | None:
+            other = _text(ref)
+            if other is None:
+                return None
+            if other not in models:
+                errors.append((path, f"unknown model {other!r}" + _suggest(other, names)))
+                return None
+            return other
+
+        for j, step in _entries(m, "cascade"):
+            spath = f"{where}.cascade[{j}]"
+            other = known(step.get("model"), f"{spath}.model")
+            if other is not None:
+                if not models[other].get("targets"):
+                    errors.append((f"{spath}.model", f"{other!r} has no targets; a cascade "
+                                                     "step names a model with targets"))
+                out.append(other)
+            accept = step.get("accept_if")
+            judge = accept.get("judge") if isinstance(accept, dict) else None
+            if isinstance(judge, dict):
+                other = known(judge.get("model"), f"{spath}.accept_if.judge.model")
+                if other is not None:
+                    out.append(other)
+        listed = m.get("cascade")
+        if isinstance(listed, list) and listed and isinstance(listed[-1], dict) \
+                and listed[-1].get("accept_if"):
+            errors.append((f"{where}.cascade[{len(listed) - 1}].accept_if",
+                           "the last step takes what the others left: it has no accept_if"))
+        for _, v in _entries(m, "variants"):
+            other = _text(v.get("model"))
+            if other is not None and other in models:
+                out.append(other)
+        shadow = m.get("shadow")
+        if isinstance(shadow, dict):
+            other = known(shadow.get("model"), f"{where}.shadow.model")
+            if other is not None and other == own:
+                errors.append((f"{where}.shadow.model", "a model cannot shadow itself"))
+        if own is not None and own not in edges:
+            edges[own] = out
+            index[own] = i
+    # A cycle (a judge asking, through cascades, the model that asks it) would
+    # never end: each one is reported once, from its first model.
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for other in edges.get(name, ()):
+            if state.get(other) == 1:
+                loop = [*trail[trail.index(other):], other]
+                errors.append((f"models[{index.get(loop[0], 0)}].cascade",
+                               "a cycle: " + " -> ".join(loop)))
+            elif other not in state:
+                visit(other, [*trail, other])
+        state[name] = 2
+
+    for name in edges:
+        if name not in state:
+            visit(name, [name])
+
+
 FEEDBACK_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
@@ -970,6 +1129,10 @@ _CHECKS: dict[type, Callable[[Any, str, Errors], None]] = {
     ObservabilityConfig: _check_observability,
     AdminConfig: _check_admin,
     CacheConfig: _check_cache,
+    JudgeConfig: _check_judge,
+    AcceptIfConfig: _check_accept_if,
+    CascadeStepConfig: _check_cascade_step,
+    ShadowConfig: _check_shadow,
     FeedbackConfig: _check_feedback,
 }
 
@@ -1096,6 +1259,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
     raw = _substitute(raw, "", errors)
     cfg = _build_dataclass(Config, raw, "", errors)
     _check_names(raw, errors)
+    _check_orchestration(raw, errors)
     if errors:
         raise ConfigError(errors)
     assert isinstance(cfg, Config)

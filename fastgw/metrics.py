@@ -64,6 +64,10 @@ FALLBACKS = Counter("fastgw_fallbacks_total", "Fallbacks from one model to anoth
                     ["from", "to"])
 VARIANTS = Counter("fastgw_variant_requests_total", "Requests per variant of a model.",
                    ["model", "variant"])
+CASCADE = Counter("fastgw_cascade_total", "Requests to a cascade model, by the step used "
+                  "(its model); an escalation counts the next step too.", ["model", "step"])
+SHADOW = Counter("fastgw_shadow_total", "Requests mirrored to a model's shadow, by result "
+                 "(ok, error, skipped: past max_inflight).", ["model", "result"])
 FEEDBACK = Counter("fastgw_feedback_total", "Scores given with POST /v1/feedback, by model "
                    "asked, the variant that answered and the score's name.",
                    ["model", "variant", "name"])

@@ -255,3 +255,57 @@ def test_every_configuration_in_the_readme_passes_check_config(
     r = subprocess.run([sys.executable, "-m", "fastgw", "check-config", str(f)],
                        capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, f"{where} is refused:\n{r.stderr}\n{text}"
+
+
+def test_cascade_and_shadow_errors_name_their_yaml_paths() -> None:
+    text = """
+providers: [{name: p, kind: openai, base_url: http://127.0.0.1:9/v1}]
+models:
+  - {name: a, targets: [{provider: p, model: a}]}
+  - name: smart
+    cascade:
+      - {model: a, accept_if: {judge: {model: loop, prompt: "{input}", accept: "(x"}}}
+      - {model: zz}
+      - {model: a, accept_if: {max_prompt_tokens: 0}, escalate_on: [length]}
+    shadow: {model: smart, percent: 0}
+  - name: loop
+    cascade:
+      - {model: a, accept_if: {judge: {model: smart, prompt: "no input", accept: x}}}
+      - {model: smart}
+  - name: both
+    targets: [{provider: p, model: a}]
+    cascade: [{model: a}]
+"""
+    errs = errors_of(text)
+    assert "not a valid regular expression" in errs["models[1].cascade[0].accept_if.judge.accept"]
+    assert errs["models[1].cascade[1].model"].startswith("unknown model 'zz'")
+    assert "no accept_if" in errs["models[1].cascade[2].accept_if"]
+    assert "no next step" in errs["models[1].cascade[2].escalate_on"]
+    assert "at least 1" in errs["models[1].cascade[2].accept_if.max_prompt_tokens"]
+    assert "greater than 0" in errs["models[1].shadow.percent"]
+    assert "cannot shadow itself" in errs["models[1].shadow.model"]
+    assert "{input}" in errs["models[2].cascade[0].accept_if.judge.prompt"]
+    assert "has no targets" in errs["models[2].cascade[1].model"]
+    assert "smart -> loop -> smart" in errs["models[1].cascade"]
+    assert "targets, variants or cascade" in errs["models[3]"]
+
+
+def test_a_valid_cascade_and_shadow_load() -> None:
+    cfg = parse_config("""
+providers: [{name: p, kind: openai, base_url: http://127.0.0.1:9/v1}]
+models:
+  - {name: a, targets: [{provider: p, model: a}], shadow: {model: b, percent: 5}}
+  - {name: b, targets: [{provider: p, model: b}]}
+  - name: smart
+    cascade:
+      - model: a
+        accept_if: {max_prompt_tokens: 100, header: {x-tier: "free*"}, metadata: {t: "x*"},
+                    judge: {model: b, prompt: "Simple? {input}", accept: "^YES"}}
+        escalate_on: [length, content_filter, error]
+      - {model: b}
+""")
+    smart = cfg.models[2]
+    assert smart.cascade[0].accept_if is not None
+    assert smart.cascade[0].accept_if.judge is not None
+    assert smart.cascade[0].accept_if.judge.on_error == "escalate"
+    assert cfg.models[0].shadow is not None and cfg.models[0].shadow.max_inflight == 16

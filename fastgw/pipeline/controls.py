@@ -9,6 +9,8 @@ Controls come from the body's ``fastgw`` object or from headers
 * ``allow_fallbacks``: false keeps the request on the asked model
 * ``max_price``: ``{input_per_mtok, output_per_mtok}`` (or one number for both);
   models priced above are skipped
+* ``metadata``: an object of strings a cascade's ``accept_if.metadata`` rules
+  read (pipeline/cascade.py), with the body's own ``metadata``
 """
 
 from __future__ import annotations
@@ -79,10 +81,12 @@ def read_controls(ctx: RequestCtx) -> Controls:
 
 
 def _parse(raw: dict[str, Any]) -> Controls:
-    unknown = set(raw) - {"order", "only", "ignore", "allow_fallbacks", "max_price"}
+    unknown = set(raw) - {"order", "only", "ignore", "allow_fallbacks", "max_price", "metadata"}
     if unknown:
         raise BadRequest(f"unknown routing control(s) {sorted(unknown)}; use order, only, "
-                         "ignore, allow_fallbacks or max_price", param="fastgw")
+                         "ignore, allow_fallbacks, max_price or metadata", param="fastgw")
+    if "metadata" in raw and not isinstance(raw["metadata"], dict):
+        raise BadRequest("'fastgw.metadata' must be an object", param="fastgw.metadata")
     c = Controls()
     for key in ("order", "only", "ignore"):
         if key in raw:

@@ -7,6 +7,8 @@ log line. Its parts live beside it, one job each::
     exchange.py   one exchange with an upstream; a stream's Pipe
     outcome.py    the answer, every error answer, the log line
     filters.py    the per-route filter chains
+    cascade.py    a cascade's step choice and escalation (the task path's forward)
+    internal.py   requests the gateway makes to itself (judges, shadows)
 
 The order of the phases::
 
@@ -54,6 +56,7 @@ import orjson
 from fastgw.accesslog import AccessLog
 from fastgw.errors import BadRequest, GatewayError, InternalError, ModelNotFound, UpstreamError
 from fastgw.metrics import Recorder
+from fastgw.pipeline import cascade
 from fastgw.pipeline import headers as hdr
 from fastgw.pipeline.access import Access
 from fastgw.pipeline.attempt import Attempt, first, serving
@@ -190,7 +193,11 @@ class Proxy:
                     self._answer(ctx, reply)
                     return
             assert controls is not None
-            await self.failover.forward(ctx, controls, begun)
+            route = ctx.route
+            if route is None or route.escalation is None:
+                await self.failover.forward(ctx, controls, begun)
+            else:  # a cascade step whose answer may send the request on to the next
+                await cascade.forward(self.failover, ctx, controls)
         except GatewayError as exc:
             self.responder.fail_to_proxy(ctx, exc)
             _drop_tracebacks(exc)

@@ -15,6 +15,7 @@ import dataclasses
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -23,6 +24,8 @@ from fastgw.metrics import TARGET_HEALTHY, VARIANTS, Accumulator, batched
 from fastgw.pipeline.cache import CacheFilter, CacheStore
 from fastgw.pipeline.feedback import FeedbackStore, VariantFeedback
 from fastgw.pipeline.filters import Chain, Filter, compile_chain
+from fastgw.pipeline.internal import Internal
+from fastgw.pipeline.orchestrate import orchestrate
 from fastgw.providers import registry
 from fastgw.providers.base import Translation
 from fastgw.routing.balancer import Balancer, TargetState, make_balancer
@@ -31,6 +34,9 @@ from fastgw.routing.health import Health
 from fastgw.routing.quota import ProviderQuota
 from fastgw.upstream.client import Endpoint, Timeouts, UpstreamClient
 from fastgw.upstream.pool import Pool
+
+if TYPE_CHECKING:
+    from fastgw.pipeline.cascade import Escalation
 
 
 @dataclass(slots=True, eq=False)
@@ -109,6 +115,9 @@ class ModelRoute:
     cached_input_per_token: float = 0.0
     cache_write_per_token: float = 0.0
     usage_detail: bool = False
+    # A cascade step's route whose answers may escalate to the next step
+    # (pipeline/cascade.py); None everywhere else.
+    escalation: Escalation | None = None
     # Where this route's fallbacks are looked up, when not in the snapshot's models:
     # a variant's copies, which keep the variant's feedback filter.
     fallback_routes: dict[str, ModelRoute] | None = None
@@ -122,6 +131,8 @@ class Snapshot:
     retry_budget: RetryBudget
     created: int = 0
     cache: CacheStore | None = None  # the response cache's store, when a model has one
+    # Requests the gateway makes to itself (judges, shadows); one per process.
+    internal: Internal = field(default_factory=Internal)
     feedback: FeedbackStore | None = None  # answers to score, when a model has variants
 
     def models_body(self, names: list[str] | None = None) -> bytes:
@@ -222,9 +233,11 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
     budget = previous.retry_budget if previous is not None and \
         previous.config.retry_budget == config.retry_budget else RetryBudget(config.retry_budget)
     cache = _features(config, models, loop, previous)
+    internal = previous.internal if previous is not None else Internal()
+    orchestrate(models, internal)
     feedback = _variants(config, models, loop, previous)
     return Snapshot(config=config, providers=providers, models=models, retry_budget=budget,
-                    created=created, cache=cache, feedback=feedback)
+                    created=created, cache=cache, feedback=feedback, internal=internal)
 
 
 def _features(config: Config, models: dict[str, ModelRoute], loop: asyncio.AbstractEventLoop,

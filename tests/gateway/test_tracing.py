@@ -372,3 +372,36 @@ def test_an_error_event_after_the_first_content_counts_as_an_error(tmp_path: Pat
         assert entry is not None
         assert entry["status"] == 502
         assert "error event after the stream started" in entry["error"]
+
+
+JUDGED = """  - name: judged
+    cascade:
+      - {model: gpt-test, accept_if: {judge: {model: same-name, prompt: "Simple? {input}",
+                                              accept: ".", timeout_ms: 5000}}}
+      - {model: same-name}
+"""
+
+
+def test_a_judge_request_is_a_span_of_the_request_that_asked_it() -> None:
+    with (
+        collector() as col,
+        running(traced_yaml(dead_port(), f"otlp_endpoint: 'http://127.0.0.1:{col.port}'",
+                            JUDGED)) as gw,
+    ):
+        status, body = post(gw.port, "POST", "/v1/chat/completions", chat("judged"),
+                            headers={"traceparent": TRACEPARENT})
+        assert status == 200, body
+        export_now(gw)
+        assert wait_for(lambda: len([s for s in col.spans()
+                                     if s.kind == Span.SpanKind.SPAN_KIND_SERVER]) >= 2,
+                        timeout=10)
+        spans = col.spans()
+    assert {s.trace_id.hex() for s in spans} == {CLIENT_TRACE}
+    servers = {attrs(s)["gen_ai.request.model"]: s for s in spans
+               if s.kind == Span.SpanKind.SPAN_KIND_SERVER}
+    request, judge = servers["judged"], servers["same-name"]
+    assert request.parent_span_id.hex() == CLIENT_SPAN
+    assert judge.parent_span_id == request.span_id
+    assert attrs(request)["fastgw.model"] == "gpt-test"  # the judge kept the cheap step
+    clients = [s for s in spans if s.kind == Span.SpanKind.SPAN_KIND_CLIENT]
+    assert {attrs(s)["fastgw.model"] for s in clients} == {"gpt-test", "same-name"}
