@@ -1,0 +1,324 @@
+//! Regex guardrails: one pattern, compiled once, that redacts or finds
+//! matches in whole texts and in text that arrives in pieces (a stream).
+//!
+//! Matching uses the `regex` crate (finite automata: time linear in the
+//! text, whatever the pattern; no backtracking). A stream is redacted by a
+//! [`Window`]: each piece is appended to the text held back, and everything
+//! is given out except what may still be the start of a match, found with an
+//! anchored DFA (`MatchKind::All`: a position is held while some
+//! continuation of the text could still match from it), and never more than
+//! `window` characters. The text given out over a whole stream is the text
+//! [`Pattern::redact`] gives for the whole answer, as long as no match is
+//! longer than the window.
+//!
+//! Empty matches are skipped (a pattern like `x*` redacts only non-empty
+//! runs).
+use std::fmt;
+
+use regex::Regex;
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::{Anchored, Input, MatchKind};
+
+/// The anchored DFA's size bound: past it the stream is windowed blindly (the
+/// whole window held back).
+const DFA_LIMIT: usize = 2 << 20;
+
+/// A pattern that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternError(pub String);
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PatternError {}
+
+/// A compiled guardrail pattern.
+#[derive(Debug)]
+pub struct Pattern {
+    re: Regex,
+    /// Anchored prefix automaton (every match, any length); None when too big.
+    dfa: Option<dense::DFA<Vec<u32>>>,
+}
+
+impl Pattern {
+    /// Compile `pattern`; the error says why it cannot be.
+    ///
+    /// # Errors
+    /// A syntax error, or a pattern too large once compiled.
+    pub fn new(pattern: &str) -> Result<Self, PatternError> {
+        let re = Regex::new(pattern).map_err(|e| PatternError(e.to_string()))?;
+        let dfa = dense::Builder::new()
+            .configure(
+                dense::Config::new()
+                    .start_kind(StartKind::Anchored)
+                    .match_kind(MatchKind::All)
+                    .dfa_size_limit(Some(DFA_LIMIT))
+                    .determinize_size_limit(Some(DFA_LIMIT)),
+            )
+            .build(pattern)
+            .ok();
+        Ok(Self { re, dfa })
+    }
+
+    /// Whether `text` has a (non-empty) match.
+    #[must_use]
+    pub fn matches(&self, text: &str) -> bool {
+        self.re.find_iter(text).any(|m| !m.is_empty())
+    }
+
+    /// `text` with every non-empty match replaced by `replacement`, and how many
+    /// there were (0: `text` unchanged).
+    #[must_use]
+    pub fn redact(&self, text: &str, replacement: &str) -> (String, usize) {
+        let mut out = String::new();
+        let (last, n) = self.redact_into(text, 0, text.len(), replacement, &mut out);
+        if n == 0 {
+            return (text.to_owned(), 0);
+        }
+        out.push_str(&text[last..]);
+        (out, n)
+    }
+
+    /// Redact the matches of `hay` from `from` that start before `cut` into
+    /// `out` (text between them included); returns where the text given out
+    /// ends (the end of the last match when it passes `cut`, else `cut`) and the
+    /// number of matches. Nothing is written when there was no match.
+    fn redact_into(
+        &self,
+        hay: &str,
+        from: usize,
+        cut: usize,
+        replacement: &str,
+        out: &mut String,
+    ) -> (usize, usize) {
+        let mut at = from;
+        let mut copied = from;
+        let mut n = 0;
+        while at <= hay.len() {
+            let Some(m) = self.re.find_at(hay, at) else {
+                break;
+            };
+            if m.start() >= cut {
+                break;
+            }
+            if m.is_empty() {
+                at = next_char(hay, m.end());
+                continue;
+            }
+            out.push_str(&hay[copied..m.start()]);
+            out.push_str(replacement);
+            copied = m.end();
+            at = m.end();
+            n += 1;
+        }
+        if n == 0 {
+            return (cut, 0);
+        }
+        if copied < cut {
+            out.push_str(&hay[copied..cut]);
+            copied = cut;
+        }
+        (copied, n)
+    }
+
+    /// The first position of `hay` at or after `from` where a match may still
+    /// begin once more text is appended; `hay.len()` when there is none.
+    fn first_open(&self, hay: &str, from: usize) -> usize {
+        let Some(dfa) = &self.dfa else {
+            return from;
+        };
+        let bytes = hay.as_bytes();
+        let mut i = from;
+        while i < bytes.len() {
+            if open_at(dfa, hay, i) {
+                return i;
+            }
+            i = next_char(hay, i);
+        }
+        hay.len()
+    }
+}
+
+/// Whether the anchored DFA started at `i` is still alive at the end of `hay`.
+fn open_at(dfa: &dense::DFA<Vec<u32>>, hay: &str, i: usize) -> bool {
+    let input = Input::new(hay).span(i..hay.len()).anchored(Anchored::Yes);
+    let Ok(mut sid) = dfa.start_state_forward(&input) else {
+        return true;
+    };
+    for &b in &hay.as_bytes()[i..] {
+        sid = dfa.next_state(sid, b);
+        if dfa.is_dead_state(sid) {
+            return false;
+        }
+        if dfa.is_quit_state(sid) {
+            return true;
+        }
+    }
+    true
+}
+
+/// The start of the character after the one at `i` (`i + 1` past the end).
+fn next_char(s: &str, i: usize) -> usize {
+    let mut j = i + 1;
+    while j < s.len() && !s.is_char_boundary(j) {
+        j += 1;
+    }
+    j
+}
+
+/// The byte index `chars` characters before the end of `s[from..]` (`from`
+/// when it has fewer).
+fn chars_before_end(s: &str, from: usize, chars: usize) -> usize {
+    if s.len() - from <= chars {
+        return from; // at most one byte per character: all of it
+    }
+    match s[from..].char_indices().rev().nth(chars.saturating_sub(1)) {
+        Some((i, _)) if chars > 0 => from + i,
+        _ => s.len(),
+    }
+}
+
+/// One stream's redaction: the text held back and what was given out.
+#[derive(Debug, Default)]
+pub struct Window {
+    /// The last character given out (context for `\b`, `^`), then the text held.
+    buf: String,
+    /// Where the held text starts in `buf`.
+    base: usize,
+    chars: usize,
+    /// Matches found so far.
+    pub matches: usize,
+}
+
+impl Window {
+    /// A stream's window of at most `window` characters.
+    #[must_use]
+    pub fn new(window: usize) -> Self {
+        Self {
+            buf: String::new(),
+            base: 0,
+            chars: window,
+            matches: 0,
+        }
+    }
+
+    /// Bytes held back now.
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.buf.len() - self.base
+    }
+
+    /// Append `piece`; the redacted text that can be given out now.
+    pub fn push(&mut self, pat: &Pattern, piece: &str, replacement: &str) -> String {
+        self.buf.push_str(piece);
+        let floor = chars_before_end(&self.buf, self.base, self.chars);
+        let open = pat.first_open(&self.buf, self.base);
+        let cut = open.max(floor);
+        self.give(pat, cut, replacement)
+    }
+
+    /// The end of the stream: the rest, redacted.
+    pub fn finish(&mut self, pat: &Pattern, replacement: &str) -> String {
+        let end = self.buf.len();
+        self.give(pat, end, replacement)
+    }
+
+    fn give(&mut self, pat: &Pattern, cut: usize, replacement: &str) -> String {
+        if cut <= self.base {
+            return String::new();
+        }
+        let mut out = String::new();
+        let (end, n) = pat.redact_into(&self.buf, self.base, cut, replacement, &mut out);
+        if n == 0 {
+            out.push_str(&self.buf[self.base..end]);
+        }
+        self.matches += n;
+        // Keep the last character given out as context.
+        let mut keep = end;
+        if keep > 0 {
+            keep -= 1;
+            while !self.buf.is_char_boundary(keep) {
+                keep -= 1;
+            }
+        }
+        self.buf.drain(..keep);
+        self.base = end - keep;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(pat: &Pattern, pieces: &[&str], window: usize) -> (String, Vec<String>) {
+        let mut w = Window::new(window);
+        let mut outs: Vec<String> = pieces.iter().map(|p| w.push(pat, p, "[X]")).collect();
+        outs.push(w.finish(pat, "[X]"));
+        (outs.concat(), outs)
+    }
+
+    #[test]
+    fn whole_text() {
+        let p = Pattern::new(r"\d{3}-\d{4}").unwrap();
+        assert_eq!(
+            p.redact("call 555-1234 or 555-9876.", "[X]"),
+            ("call [X] or [X].".to_owned(), 2)
+        );
+        assert_eq!(p.redact("nothing", "[X]"), ("nothing".to_owned(), 0));
+        assert!(p.matches("a 123-4567"));
+        assert!(!p.matches("a 123-456"));
+    }
+
+    #[test]
+    fn bad_pattern() {
+        assert!(Pattern::new("(unclosed").is_err());
+        assert!(Pattern::new(r"(?<=x)y").is_err());
+    }
+
+    #[test]
+    fn split_match_is_caught_and_free_text_is_not_held() {
+        let p = Pattern::new(r"secret-\d{4}").unwrap();
+        let (all, outs) = stream(&p, &["the word is secr", "et-1234 ok", " bye"], 256);
+        assert_eq!(all, "the word is [X] ok bye");
+        assert_eq!(outs[0], "the word is ");
+        assert_eq!(outs[1], "[X] ok");
+        assert_eq!(outs[2], " bye");
+    }
+
+    #[test]
+    fn window_bounds_what_is_held() {
+        let p = Pattern::new(r"a+b").unwrap();
+        let mut w = Window::new(4);
+        let out = w.push(&p, "aaaaaaaaaa", "[X]");
+        assert_eq!(out, "aaaaaa");
+        assert_eq!(w.held(), 4);
+    }
+
+    #[test]
+    fn pathological_pattern_is_linear() {
+        let p = Pattern::new(r"(a+)+$").unwrap();
+        let text = "a".repeat(100_000) + "!";
+        let t = std::time::Instant::now();
+        assert!(!p.matches(&text));
+        assert!(t.elapsed().as_millis() < 1000);
+    }
+
+    #[test]
+    fn empty_matches_are_skipped() {
+        let p = Pattern::new(r"x*").unwrap();
+        assert_eq!(p.redact("abxxc", "-"), ("ab-c".to_owned(), 1));
+        let (all, _) = stream(&p, &["ab", "xx", "c"], 8);
+        assert_eq!(all, "ab[X]c");
+    }
+
+    #[test]
+    fn multibyte_text() {
+        let p = Pattern::new(r"é+").unwrap();
+        let (all, _) = stream(&p, &["aé", "éb", "ü"], 2);
+        assert_eq!(all, "a[X]bü");
+    }
+}
