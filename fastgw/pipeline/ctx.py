@@ -35,6 +35,7 @@ class RequestCtx:
         "first_token",
         "fwd",
         "grant",
+        "guards",
         "key_name",
         "model",
         "opened",
@@ -102,3 +103,4 @@ class RequestCtx:
         self.running = False  # a task is answering (it ends the request itself)
         self.trace: Trace | None = None  # set when traces are on and this one is sampled
         self.first_token = 0.0  # a stream's first content went to the client (perf_counter)
+        # (guards: a stream's output guardrails' state, set by their first chunk only)
