@@ -34,6 +34,8 @@ __all__ = [
     "MalformedTokenError",
     "MissingClaimError",
     "NotYetValidError",
+    "RedactWindow",
+    "RegexGuard",
     "Reservation",
     "Scope",
     "SharedLimiterTable",
@@ -360,6 +362,44 @@ class SseScanner:
     def boundaries(self) -> list[int]: ...
     @property
     def usage(self) -> dict[str, int] | None: ...
+
+# ---------------------------------------------------------------- guardrails
+
+@final
+class RegexGuard:
+    """A guardrail pattern compiled once (the ``regex`` crate: linear time in the
+    text, whatever the pattern) with its replacement. Empty matches are skipped.
+    ValueError when the pattern does not compile (the message says why)."""
+
+    def __new__(cls, pattern: str, replacement: str = "[REDACTED]") -> Self: ...
+    @property
+    def pattern(self) -> str: ...
+    @property
+    def replacement(self) -> str: ...
+    def matches(self, text: str) -> bool:
+        """Whether ``text`` has a (non-empty) match."""
+    def redact(self, text: str) -> tuple[str, int]:
+        """``(text with every match replaced, number of matches)``; ``text`` itself when
+        there is none."""
+    def window(self, chars: int) -> RedactWindow:
+        """A stream's redaction that holds back at most ``chars`` characters."""
+
+@final
+class RedactWindow:
+    """One stream's text redacted as it arrives: everything goes out except what may
+    still begin a match (an anchored DFA says so), and never more than the window
+    is held. Joined, what it gives out is ``RegexGuard.redact`` of the whole text
+    when no match is longer than the window."""
+
+    def push(self, piece: str) -> str:
+        """Append ``piece``; the redacted text that can go out now (maybe empty)."""
+    def finish(self) -> str:
+        """The end of the stream: the rest, redacted."""
+    @property
+    def matches(self) -> int: ...
+    @property
+    def held(self) -> int:
+        """Bytes (UTF-8) held back now."""
 
 # ---------------------------------------------------------------- stream translation
 

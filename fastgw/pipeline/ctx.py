@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 class RequestCtx:
     """Everything the phases learn about one request, for the next phase and the log."""
 
+    guards: dict[Any, Any]  # a stream's output guardrails (unset until their first chunk)
+
     __slots__ = (
         "asked",
         "attempt",
@@ -103,4 +105,3 @@ class RequestCtx:
         self.running = False  # a task is answering (it ends the request itself)
         self.trace: Trace | None = None  # set when traces are on and this one is sampled
         self.first_token = 0.0  # a stream's first content went to the client (perf_counter)
-        # (guards: a stream's output guardrails' state, set by their first chunk only)

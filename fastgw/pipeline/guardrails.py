@@ -306,9 +306,13 @@ class StreamGuard:
             if not event:
                 continue
             out.append(self.event(event))
-            if self.denied:
+            if self.stopped():
                 break
         return b"".join(out)
+
+    def stopped(self) -> bool:
+        """A guardrail denied the answer: nothing more goes out."""
+        return self.denied
 
     def event(self, event: bytes) -> bytes:
         """One event (without its blank line) as it goes out (with it)."""
@@ -501,7 +505,7 @@ class InputWebhook(Filter):
     def __init__(self, hook: _Webhook) -> None:
         self.hook = hook
 
-    async def request(self, ctx: RequestCtx) -> None:  # type: ignore[override]
+    async def request(self, ctx: RequestCtx) -> None:
         slots = input_slots(ctx.doc, ctx.endpoint)
         if slots and await self.hook.ask(ctx, INPUT, slots):
             ctx.body = orjson.dumps(ctx.doc)

@@ -201,10 +201,10 @@ def test_a_match_split_across_two_sse_events_is_redacted(gw_output: Gateway) -> 
 
 def test_streams_are_redacted_in_the_anthropic_and_responses_dialects(
         gw_output: Gateway) -> None:
-    with claude(gw_output) as a:
-        with a.messages.stream(model="guarded-claude", max_tokens=50,
-                               messages=[{"role": "user", "content": "hi"}]) as s:
-            text = "".join(s.text_stream)
+    with claude(gw_output) as a, a.messages.stream(
+            model="guarded-claude", max_tokens=50,
+            messages=[{"role": "user", "content": "hi"}]) as s:
+        text = "".join(s.text_stream)
     assert text == "This is a [HIDDEN] from fastgw mock-upstream."
     with client(gw_output) as c:
         deltas = []
@@ -234,10 +234,10 @@ def test_an_output_deny_ends_the_stream_with_a_typed_error() -> None:
                      {"anthropic-version": "2023-06-01"})
             assert b"event: error" in r.body and b'"type":"error"' in r.body
             assert b"message_stop" not in r.body
-            with pytest.raises(anthropic.APIStatusError):
-                with a.messages.stream(model="guarded-claude", max_tokens=50,
-                                       messages=[{"role": "user", "content": "hi"}]) as s:
-                    "".join(s.text_stream)
+            with pytest.raises(anthropic.APIStatusError), a.messages.stream(
+                    model="guarded-claude", max_tokens=50,
+                    messages=[{"role": "user", "content": "hi"}]) as s:
+                "".join(s.text_stream)
 
 
 # -- webhooks ------------------------------------------------------------------------------
