@@ -189,14 +189,36 @@ class _Regex:
         self.window = cfg.window_chars
 
 
+def _prefilter(guards: tuple[_Regex, ...]) -> bool:
+    """Whether a JSON document without escapes can be scanned whole first: its
+    strings' texts are then in it as they are, so a text with a match makes a
+    match of the document, unless a pattern is anchored to a text's ends."""
+    return not any(c in g.guard.pattern for g in guards for c in ("^", "$", "\\A", "\\z"))
+
+
+def _clean(guards: tuple[_Regex, ...], body: bytes) -> bool:
+    """A body nothing of which any of ``guards`` matches (scanned whole: no escapes
+    in it, see :func:`_prefilter`)."""
+    if b"\\" in body:
+        return False
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return False
+    return not any(g.guard.matches(text) for g in guards)
+
+
 class InputRegex(Filter):
     """Consecutive regex guardrails of one model on its requests."""
 
     def __init__(self, model: str, guards: tuple[_Regex, ...]) -> None:
         self.model = model
         self.guards = guards
+        self.prefilter = _prefilter(guards)
 
     def request(self, ctx: RequestCtx) -> None:
+        if self.prefilter and _clean(self.guards, ctx.body):
+            return
         slots = input_slots(ctx.doc, ctx.endpoint)
         if not slots:
             return
@@ -228,8 +250,11 @@ class OutputRegex(Filter):
     def __init__(self, model: str, guards: tuple[_Regex, ...]) -> None:
         self.model = model
         self.guards = guards
+        self.prefilter = _prefilter(guards)
 
     def response(self, ctx: RequestCtx, status: int, body: bytes) -> bytes:
+        if self.prefilter and _clean(self.guards, body):
+            return body
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -266,9 +291,35 @@ class OutputRegex(Filter):
         return state.feed(data)
 
 
-# Per client endpoint: which events carry text deltas, and which end a text.
+# Per client endpoint: which events carry text deltas (``mark``), and the fast way
+# to read them (``_FAST``: the text's JSON string follows ``anchor`` in an event
+# written compactly, as providers write them, with every marker in it: the first
+# text of the answer); any other event with ``mark`` is parsed as JSON.
 _DELTA_MARK = {"chat": b'"content"', "completions": b'"text"', "messages": b"text_delta",
                "responses": b"output_text.delta"}
+_FAST: dict[str, tuple[bytes, tuple[bytes, ...], Any]] = {
+    "chat": (b'"delta":{"content":"', (b'"finish_reason":null', b'"index":0'), 0),
+    "completions": (b'"text":"', (b'"finish_reason":null', b'"index":0'), 0),
+    "messages": (b'"delta":{"type":"text_delta","text":"', (b'"index":0,',), 0),
+    "responses": (b'"delta":"', (b'"type":"response.output_text.delta"', b'"output_index":0',
+                                 b'"content_index":0'), (0, 0)),
+}
+_SENTINEL = "\x00fastgw-text\x00"
+_SENTINEL_JSON = orjson.dumps(_SENTINEL)
+
+
+def _string_end(event: bytes, pos: int) -> int:
+    """The index of the quote that ends the JSON string whose text starts at ``pos``
+    (-1: none)."""
+    k = event.find(b'"', pos)
+    while k > 0 and event[k - 1] == 92:  # a backslash before it: escaped, or an escape's
+        j = k - 1
+        while event[j] == 92:
+            j -= 1
+        if (k - 1 - j) % 2 == 0:
+            break
+        k = event.find(b'"', k + 1)
+    return k
 
 
 class StreamGuard:
@@ -276,17 +327,21 @@ class StreamGuard:
     redacted out; each text (a choice, a content block, an output part) has a
     window per guardrail."""
 
-    __slots__ = ("ctx", "denied", "endpoint", "filter", "last", "mark", "pending", "windows")
+    __slots__ = ("ctx", "denied", "endpoint", "fast", "filter", "guards", "last", "mark",
+                 "pending", "windows")
 
     def __init__(self, flt: OutputRegex, ctx: RequestCtx) -> None:
         self.filter = flt
+        self.guards = flt.guards
         self.ctx = ctx
         self.endpoint = ctx.endpoint
         self.mark = _DELTA_MARK.get(ctx.endpoint, b'"text"')
+        self.fast = _FAST.get(ctx.endpoint)
         self.pending = b""  # an event not complete yet
         self.windows: dict[Any, list[RedactWindow]] = {}
-        # The last delta event of each text (a template for what is flushed).
-        self.last: dict[Any, tuple[bytes, dict[str, Any]]] = {}
+        # The last delta event of each text, a template for what is flushed: the
+        # event, and where the JSON string of its text starts and ends.
+        self.last: dict[Any, tuple[bytes, int, int]] = {}
         self.denied = False
 
     def feed(self, data: bytes) -> bytes:
@@ -316,6 +371,24 @@ class StreamGuard:
 
     def event(self, event: bytes) -> bytes:
         """One event (without its blank line) as it goes out (with it)."""
+        fast = self.fast
+        if fast is not None:
+            anchor, markers, key = fast
+            i = event.find(anchor)
+            if i >= 0:
+                for m in markers:
+                    if m not in event:
+                        break
+                else:
+                    start = i + len(anchor)
+                    end = event.find(b'"', start)
+                    if event[end - 1] == 92:  # a backslash: read the escapes
+                        end = _string_end(event, start)
+                    if end > 0 and event.count(b'"index":') <= 1:
+                        raw = event[start:end]
+                        text = raw.decode() if b"\\" not in raw else \
+                            orjson.loads(event[start - 1:end + 1])
+                        return self.text(key, event, start - 1, end + 1, text)
         if self.mark in event:
             edited = self.delta(event)
             if edited is not None:
@@ -324,8 +397,38 @@ class StreamGuard:
             return self.flush_before(event) + event + b"\n\n"
         return event + b"\n\n"
 
+    def text(self, key: Any, event: bytes, start: int, end: int, text: str) -> bytes:
+        """A text delta (its JSON string at ``event[start:end]``) through the windows."""
+        windows = self.windows.get(key)
+        if windows is None:
+            windows = self.windows[key] = [g.guard.window(g.window) for g in self.guards]
+        self.last[key] = (event, start, end)
+        if len(windows) == 1:  # (the usual case, without the loop)
+            w = windows[0]
+            before = w.matches
+            out = w.push(text)
+            if w.matches != before:
+                g = self.guards[0]
+                if g.deny:
+                    return self.deny(g.name)
+                _count(self.filter.model, g.name, "redact")
+        else:
+            out = text
+            for g, w in zip(self.guards, windows, strict=True):
+                before = w.matches
+                out = w.push(out)
+                if w.matches != before:
+                    if g.deny:
+                        return self.deny(g.name)
+                    _count(self.filter.model, g.name, "redact")
+        if out == text:
+            return event + b"\n\n"
+        if not out:
+            return b""
+        return event[:start] + orjson.dumps(out) + event[end:] + b"\n\n"
+
     def delta(self, event: bytes) -> bytes | None:
-        """A text delta through the windows; None: not a text delta after all."""
+        """A text delta written otherwise (parsed); None: not a text delta after all."""
         head, sep, payload = event.partition(b"data:")
         if not sep:
             return None
@@ -337,25 +440,12 @@ class StreamGuard:
         if found is None:
             return None
         key, container, field, text = found
-        windows = self.windows.get(key)
-        if windows is None:
-            windows = self.windows[key] = [g.guard.window(g.window)
-                                           for g in self.filter.guards]
-        self.last[key] = (head, doc)
-        out = text
-        for g, w in zip(self.filter.guards, windows, strict=True):
-            before = w.matches
-            out = w.push(out)
-            if w.matches != before:
-                if g.deny:
-                    return self.deny(g.name)
-                _count(self.filter.model, g.name, "redact")
-        if out == text:
-            return event + b"\n\n"
-        if not out:
-            return b""
-        container[field] = out
-        return head + b"data: " + orjson.dumps(doc) + b"\n\n"
+        container[field] = _SENTINEL
+        event = head + b"data: " + orjson.dumps(doc)
+        start = event.find(_SENTINEL_JSON)
+        return self.text(key, event[:start] + orjson.dumps(text)
+                         + event[start + len(_SENTINEL_JSON):], start,
+                         start + len(orjson.dumps(text)), text)
 
     def flush_before(self, event: bytes) -> bytes:
         """What the windows hold, as delta events, before an event that may end
@@ -364,7 +454,7 @@ class StreamGuard:
         out = b""
         for key, windows in list(self.windows.items()):
             text = ""
-            for g, w in zip(self.filter.guards, windows, strict=True):
+            for g, w in zip(self.guards, windows, strict=True):
                 before = w.matches
                 text = w.push(text) + w.finish()
                 if w.matches != before:
@@ -372,11 +462,8 @@ class StreamGuard:
                         return self.deny(g.name)
                     _count(self.filter.model, g.name, "redact")
             if text:
-                head, doc = self.last[key]
-                found = _delta_text(doc, self.endpoint)
-                assert found is not None
-                found[1][found[2]] = text
-                out += head + b"data: " + orjson.dumps(doc) + b"\n\n"
+                template, start, end = self.last[key]
+                out += template[:start] + orjson.dumps(text) + template[end:] + b"\n\n"
         self.windows.clear()
         self.last.clear()
         return out
