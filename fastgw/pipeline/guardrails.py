@@ -394,8 +394,16 @@ class StreamGuard:
             if edited is not None:
                 return edited
         if self.windows and not event.startswith(b":"):
-            return self.flush_before(event) + event + b"\n\n"
-        return event + b"\n\n"
+            flushed = self.flush_before(event)
+            if self.stopped():
+                return flushed
+        else:
+            flushed = b""
+        if self.endpoint == "responses" and b'"text"' in event:
+            event = self.whole_texts(event)
+            if self.stopped():
+                return flushed + event
+        return flushed + event + b"\n\n"
 
     def text(self, key: Any, event: bytes, start: int, end: int, text: str) -> bytes:
         """A text delta (its JSON string at ``event[start:end]``) through the windows."""
@@ -440,12 +448,48 @@ class StreamGuard:
         if found is None:
             return None
         key, container, field, text = found
+        choice = _finishing(doc) if self.endpoint in ("chat", "completions") else None
+        if choice is not None:  # the text, then what is held, then the end without it
+            reason = choice["finish_reason"]
+            choice["finish_reason"] = None
+            out = self.delta_event(head, doc, key, container, field, text)
+            if self.stopped():
+                return out
+            choice["finish_reason"] = reason
+            container[field] = ""
+            end = head + b"data: " + orjson.dumps(doc)
+            return out + self.flush_before(end) + end + b"\n\n"
+        return self.delta_event(head, doc, key, container, field, text)
+
+    def delta_event(self, head: bytes, doc: Any, key: Any, container: Any, field: Any,
+                    text: str) -> bytes:
         container[field] = _SENTINEL
         event = head + b"data: " + orjson.dumps(doc)
         start = event.find(_SENTINEL_JSON)
-        return self.text(key, event[:start] + orjson.dumps(text)
-                         + event[start + len(_SENTINEL_JSON):], start,
-                         start + len(orjson.dumps(text)), text)
+        literal = orjson.dumps(text)
+        return self.text(key, event[:start] + literal + event[start + len(_SENTINEL_JSON):],
+                         start, start + len(literal), text)
+
+    def whole_texts(self, event: bytes) -> bytes:
+        """A Responses event that repeats the whole text (``output_text.done``, a
+        part's or an item's end, ``response.completed``): redacted whole."""
+        head, _, payload = event.partition(b"data:")
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return event
+        slots: list[Slot] = []
+        _texts_in(doc, slots)
+        changed = False
+        for g in self.guards:
+            for container, k, _ in slots:
+                text, n = g.guard.redact(container[k])
+                if n:
+                    if g.deny:
+                        return self.deny(g.name)
+                    container[k] = text
+                    changed = True
+        return head + b"data: " + orjson.dumps(doc) if changed else event
 
     def flush_before(self, event: bytes) -> bytes:
         """What the windows hold, as delta events, before an event that may end
@@ -490,12 +534,11 @@ def _delta_text(doc: Any, endpoint: str) -> tuple[Any, Any, Any, str] | None:
         if not isinstance(choices, list) or len(choices) != 1:
             return None
         choice = choices[0]
-        if not isinstance(choice, dict) or choice.get("finish_reason"):
+        if not isinstance(choice, dict):
             return None
         if endpoint == "chat":
             delta = choice.get("delta")
-            if not isinstance(delta, dict) or len(delta) != 1 \
-                    or not isinstance(delta.get("content"), str):
+            if not isinstance(delta, dict) or not isinstance(delta.get("content"), str):
                 return None
             return choice.get("index", 0), delta, "content", delta["content"]
         text = choice.get("text")
@@ -515,6 +558,26 @@ def _delta_text(doc: Any, endpoint: str) -> tuple[Any, Any, Any, str] | None:
         return (doc.get("output_index", 0), doc.get("content_index", 0)), doc, "delta", \
             doc["delta"]
     return None
+
+
+def _finishing(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The choice of a chat or completions event that also ends its text."""
+    choices = doc.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    return choice if isinstance(choice, dict) and choice.get("finish_reason") else None
+
+
+def _texts_in(node: Any, out: list[Slot]) -> None:
+    """Every ``text`` string of a Responses event (its done events repeat the text)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "text" and isinstance(v, str):
+                out.append((node, k, "assistant"))
+            elif isinstance(v, dict | list):
+                _texts_in(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _texts_in(v, out)
 
 
 # -- webhooks -----------------------------------------------------------------------------
