@@ -327,7 +327,7 @@ class StreamGuard:
     redacted out; each text (a choice, a content block, an output part) has a
     window per guardrail."""
 
-    __slots__ = ("ctx", "denied", "endpoint", "fast", "filter", "guards", "last", "mark",
+    __slots__ = ("ctx", "denied", "endpoint", "fast", "filter", "guards", "last", "mark", "one",
                  "pending", "windows")
 
     def __init__(self, flt: OutputRegex, ctx: RequestCtx) -> None:
@@ -337,6 +337,7 @@ class StreamGuard:
         self.endpoint = ctx.endpoint
         self.mark = _DELTA_MARK.get(ctx.endpoint, b'"text"')
         self.fast = _FAST.get(ctx.endpoint)
+        self.one = flt.guards[0] if len(flt.guards) == 1 else None  # (the usual case)
         self.pending = b""  # an event not complete yet
         self.windows: dict[Any, list[RedactWindow]] = {}
         # The last delta event of each text, a template for what is flushed: the
@@ -345,9 +346,12 @@ class StreamGuard:
         self.denied = False
 
     def feed(self, data: bytes) -> bytes:
+        # Events are collected without their blank line and joined with it; the
+        # usual one (a text delta of the fast form whose text goes out as it came)
+        # is handled inline.
         if self.denied:
             return b""
-        if b"\r" in data:
+        if data.find(b"\r") >= 0:
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         if self.pending:
             data = self.pending + data
@@ -357,83 +361,99 @@ class StreamGuard:
             return b""
         self.pending = data[end + 2:]
         out: list[bytes] = []
+        fast = self.fast
+        anchor, markers, key = fast if fast is not None else (b"", (), None)
+        skip = len(anchor)
+        windows = self.windows
+        one = self.one
         for event in data[:end].split(b"\n\n"):
             if not event:
                 continue
-            out.append(self.event(event))
+            if skip:
+                i = event.find(anchor)
+                if i >= 0:
+                    for m in markers:
+                        if event.find(m) < 0:
+                            break
+                    else:
+                        start = i + skip
+                        stop = event.find(b'"', start)
+                        if event[stop - 1] == 92:  # a backslash: read the escapes
+                            stop = _string_end(event, start)
+                        if stop > 0 and event.count(b'"index":') <= 1:
+                            raw = event[start:stop]
+                            text = raw.decode() if raw.find(b"\\") < 0 else \
+                                orjson.loads(event[start - 1:stop + 1])
+                            if one is not None:
+                                ws = windows.get(key)
+                                w = (ws if ws is not None else self.open(key))[0]
+                                self.last[key] = (event, start - 1, stop + 1)
+                                got = w.push(text)
+                                if one.deny and w.matches:
+                                    out.append(self.deny(one.name))
+                                    break
+                                if got == text:
+                                    out.append(event)
+                                elif got:
+                                    out.append(event[:start - 1] + orjson.dumps(got)
+                                               + event[stop + 1:])
+                                continue
+                            edited = self.text(key, event, start - 1, stop + 1, text)
+                            if edited:
+                                out.append(edited)
+                            if self.stopped():
+                                break
+                            continue
+            edited = self.event(event)
+            if edited:
+                out.append(edited)
             if self.stopped():
                 break
-        return b"".join(out)
+        return b"\n\n".join(out) + b"\n\n" if out else b""
 
     def stopped(self) -> bool:
         """A guardrail denied the answer: nothing more goes out."""
         return self.denied
 
+    def open(self, key: Any) -> list[RedactWindow]:
+        windows = self.windows[key] = [g.guard.window(g.window) for g in self.guards]
+        return windows
+
     def event(self, event: bytes) -> bytes:
-        """One event (without its blank line) as it goes out (with it)."""
-        fast = self.fast
-        if fast is not None:
-            anchor, markers, key = fast
-            i = event.find(anchor)
-            if i >= 0:
-                for m in markers:
-                    if m not in event:
-                        break
-                else:
-                    start = i + len(anchor)
-                    end = event.find(b'"', start)
-                    if event[end - 1] == 92:  # a backslash: read the escapes
-                        end = _string_end(event, start)
-                    if end > 0 and event.count(b'"index":') <= 1:
-                        raw = event[start:end]
-                        text = raw.decode() if b"\\" not in raw else \
-                            orjson.loads(event[start - 1:end + 1])
-                        return self.text(key, event, start - 1, end + 1, text)
-        if self.mark in event:
+        """One event (without its blank line) as it goes out (events without their
+        last blank line; b"": none)."""
+        if event.find(self.mark) >= 0:
             edited = self.delta(event)
             if edited is not None:
                 return edited
+        flushed = b""
         if self.windows and not event.startswith(b":"):
-            flushed = self.flush_before(event)
+            flushed = self.flush_before()
             if self.stopped():
                 return flushed
-        else:
-            flushed = b""
-        if self.endpoint == "responses" and b'"text"' in event:
+        if self.endpoint == "responses" and event.find(b'"text"') >= 0:
             event = self.whole_texts(event)
             if self.stopped():
-                return flushed + event
-        return flushed + event + b"\n\n"
+                return flushed + event if not flushed else flushed + b"\n\n" + event
+        return flushed + b"\n\n" + event if flushed else event
 
     def text(self, key: Any, event: bytes, start: int, end: int, text: str) -> bytes:
         """A text delta (its JSON string at ``event[start:end]``) through the windows."""
         windows = self.windows.get(key)
         if windows is None:
-            windows = self.windows[key] = [g.guard.window(g.window) for g in self.guards]
+            windows = self.open(key)
         self.last[key] = (event, start, end)
-        if len(windows) == 1:  # (the usual case, without the loop)
-            w = windows[0]
+        out = text
+        for g, w in zip(self.guards, windows, strict=True):
             before = w.matches
-            out = w.push(text)
-            if w.matches != before:
-                g = self.guards[0]
-                if g.deny:
-                    return self.deny(g.name)
-                _count(self.filter.model, g.name, "redact")
-        else:
-            out = text
-            for g, w in zip(self.guards, windows, strict=True):
-                before = w.matches
-                out = w.push(out)
-                if w.matches != before:
-                    if g.deny:
-                        return self.deny(g.name)
-                    _count(self.filter.model, g.name, "redact")
+            out = w.push(out)
+            if g.deny and w.matches != before:
+                return self.deny(g.name)
         if out == text:
-            return event + b"\n\n"
+            return event
         if not out:
             return b""
-        return event[:start] + orjson.dumps(out) + event[end:] + b"\n\n"
+        return event[:start] + orjson.dumps(out) + event[end:]
 
     def delta(self, event: bytes) -> bytes | None:
         """A text delta written otherwise (parsed); None: not a text delta after all."""
@@ -457,8 +477,11 @@ class StreamGuard:
                 return out
             choice["finish_reason"] = reason
             container[field] = ""
-            end = head + b"data: " + orjson.dumps(doc)
-            return out + self.flush_before(end) + end + b"\n\n"
+            parts = [out, self.flush_before()]
+            if self.stopped():
+                return b"\n\n".join(p for p in parts if p)
+            parts.append(head + b"data: " + orjson.dumps(doc))
+            return b"\n\n".join(p for p in parts if p)
         return self.delta_event(head, doc, key, container, field, text)
 
     def delta_event(self, head: bytes, doc: Any, key: Any, container: Any, field: Any,
@@ -491,26 +514,26 @@ class StreamGuard:
                     changed = True
         return head + b"data: " + orjson.dumps(doc) if changed else event
 
-    def flush_before(self, event: bytes) -> bytes:
-        """What the windows hold, as delta events, before an event that may end
-        the texts (any event that is not a text delta: a finish, a block's stop,
-        the end of the stream)."""
-        out = b""
-        for key, windows in list(self.windows.items()):
+    def flush_before(self) -> bytes:
+        """What the windows hold, as delta events (without the last blank line),
+        before an event that may end the texts (any event that is not a text
+        delta: a finish, a block's stop, the end of the stream). A text's
+        redactions are counted here, once per guardrail."""
+        out: list[bytes] = []
+        for key, windows in self.windows.items():
             text = ""
             for g, w in zip(self.guards, windows, strict=True):
-                before = w.matches
                 text = w.push(text) + w.finish()
-                if w.matches != before:
+                if w.matches:
                     if g.deny:
                         return self.deny(g.name)
                     _count(self.filter.model, g.name, "redact")
             if text:
                 template, start, end = self.last[key]
-                out += template[:start] + orjson.dumps(text) + template[end:] + b"\n\n"
+                out.append(template[:start] + orjson.dumps(text) + template[end:])
         self.windows.clear()
         self.last.clear()
-        return out
+        return b"\n\n".join(out)
 
     def deny(self, name: str) -> bytes:
         """A deny: the stream ends with a typed error event (nothing more goes out)."""
@@ -522,7 +545,7 @@ class StreamGuard:
         ctx = self.ctx
         ctx.status = exc.status
         ctx.error = exc.message
-        return ctx.dialect.error_event(exc)
+        return ctx.dialect.error_event(exc)[:-2]  # (its blank line is added by feed)
 
 
 def _delta_text(doc: Any, endpoint: str) -> tuple[Any, Any, Any, str] | None:
