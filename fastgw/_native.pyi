@@ -395,6 +395,20 @@ class RedactWindow:
         """Append ``piece``; the redacted text that can go out now (maybe empty)."""
     def finish(self) -> str:
         """The end of the stream: the rest, redacted."""
+    def feed_events(self, data: bytes, anchor: bytes, markers: Sequence[bytes],
+                    stop_on_match: bool = False) -> tuple[bytes, int]:
+        """Read the text delta events at the start of ``data`` (SSE, blank lines
+        ``\\n\\n``, no ``\\r``) whose text's JSON string follows ``anchor`` and which
+        contain every one of ``markers``, through the window: ``(what goes out, bytes
+        read)``; an event whose text went out as it came goes out as it came, one
+        without text is left out. Stops at an event of another kind, or
+        (``stop_on_match``) after one with a match (left out)."""
+    def set_template(self, event: bytes, start: int, end: int) -> None:
+        """Remember ``event`` (its text's JSON string at ``event[start:end]``) as the
+        form ``render`` writes (``feed_events`` remembers the last event it read)."""
+    def render(self, text: str) -> bytes:
+        """The remembered event with ``text`` for its text, without its blank line
+        (b"": ``text`` empty, or no event)."""
     @property
     def matches(self) -> int: ...
     @property

@@ -327,7 +327,7 @@ class StreamGuard:
     redacted out; each text (a choice, a content block, an output part) has a
     window per guardrail."""
 
-    __slots__ = ("ctx", "denied", "endpoint", "fast", "filter", "guards", "last", "mark", "one",
+    __slots__ = ("ctx", "denied", "endpoint", "fast", "filter", "guards", "mark", "one",
                  "pending", "windows")
 
     def __init__(self, flt: OutputRegex, ctx: RequestCtx) -> None:
@@ -339,16 +339,12 @@ class StreamGuard:
         self.fast = _FAST.get(ctx.endpoint)
         self.one = flt.guards[0] if len(flt.guards) == 1 else None  # (the usual case)
         self.pending = b""  # an event not complete yet
+        # Per text, a window per guardrail; the first remembers the text's last
+        # delta event, the form of what is flushed.
         self.windows: dict[Any, list[RedactWindow]] = {}
-        # The last delta event of each text, a template for what is flushed: the
-        # event, and where the JSON string of its text starts and ends.
-        self.last: dict[Any, tuple[bytes, int, int]] = {}
         self.denied = False
 
     def feed(self, data: bytes) -> bytes:
-        # Events are collected without their blank line and joined with it; the
-        # usual one (a text delta of the fast form whose text goes out as it came)
-        # is handled inline.
         if self.denied:
             return b""
         if data.find(b"\r") >= 0:
@@ -360,56 +356,42 @@ class StreamGuard:
             self.pending = data
             return b""
         self.pending = data[end + 2:]
+        body = data[:end + 2]  # whole events, each with its blank line
+        one, fast = self.one, self.fast
         out: list[bytes] = []
-        fast = self.fast
-        anchor, markers, key = fast if fast is not None else (b"", (), None)
-        skip = len(anchor)
-        windows = self.windows
-        one = self.one
-        for event in data[:end].split(b"\n\n"):
-            if not event:
-                continue
-            if skip:
-                i = event.find(anchor)
-                if i >= 0:
-                    for m in markers:
-                        if event.find(m) < 0:
-                            break
-                    else:
-                        start = i + skip
-                        stop = event.find(b'"', start)
-                        if event[stop - 1] == 92:  # a backslash: read the escapes
-                            stop = _string_end(event, start)
-                        if stop > 0 and event.count(b'"index":') <= 1:
-                            raw = event[start:stop]
-                            text = raw.decode() if raw.find(b"\\") < 0 else \
-                                orjson.loads(event[start - 1:stop + 1])
-                            if one is not None:
-                                ws = windows.get(key)
-                                w = (ws if ws is not None else self.open(key))[0]
-                                self.last[key] = (event, start - 1, stop + 1)
-                                got = w.push(text)
-                                if one.deny and w.matches:
-                                    out.append(self.deny(one.name))
-                                    break
-                                if got == text:
-                                    out.append(event)
-                                elif got:
-                                    out.append(event[:start - 1] + orjson.dumps(got)
-                                               + event[stop + 1:])
-                                continue
-                            edited = self.text(key, event, start - 1, stop + 1, text)
-                            if edited:
-                                out.append(edited)
-                            if self.stopped():
-                                break
-                            continue
-            edited = self.event(event)
+        if one is None or fast is None:
+            for event in body[:-2].split(b"\n\n"):
+                if event:
+                    edited = self.event(event)
+                    if edited:
+                        out.append(edited + b"\n\n")
+                    if self.stopped():
+                        break
+            return b"".join(out)
+        # One guardrail (the usual case): runs of text deltas of the fast form are
+        # read natively; an event of another kind is read here.
+        anchor, markers, key = fast
+        pos, n = 0, len(body)
+        while pos < n:
+            ws = self.windows.get(key)
+            w = (ws if ws is not None else self.open(key))[0]
+            got, used = w.feed_events(body[pos:] if pos else body, anchor, markers, one.deny)
+            if got:
+                out.append(got)
+            pos += used
+            if one.deny and w.matches:
+                out.append(self.deny(one.name) + b"\n\n")
+                break
+            if pos >= n:
+                break
+            stop = body.find(b"\n\n", pos)
+            edited = self.event(body[pos:stop])
+            pos = stop + 2
             if edited:
-                out.append(edited)
+                out.append(edited + b"\n\n")
             if self.stopped():
                 break
-        return b"\n\n".join(out) + b"\n\n" if out else b""
+        return b"".join(out)
 
     def stopped(self) -> bool:
         """A guardrail denied the answer: nothing more goes out."""
@@ -422,6 +404,22 @@ class StreamGuard:
     def event(self, event: bytes) -> bytes:
         """One event (without its blank line) as it goes out (events without their
         last blank line; b"": none)."""
+        fast = self.fast
+        if fast is not None:
+            anchor, markers, key = fast
+            i = event.find(anchor)
+            if i >= 0:
+                for m in markers:
+                    if event.find(m) < 0:
+                        break
+                else:
+                    start = i + len(anchor)
+                    stop = _string_end(event, start)
+                    if stop > 0 and event.count(b'"index":') <= 1:
+                        raw = event[start:stop]
+                        text = raw.decode() if raw.find(b"\\") < 0 else \
+                            orjson.loads(event[start - 1:stop + 1])
+                        return self.text(key, event, start - 1, stop + 1, text)
         if event.find(self.mark) >= 0:
             edited = self.delta(event)
             if edited is not None:
@@ -442,7 +440,7 @@ class StreamGuard:
         windows = self.windows.get(key)
         if windows is None:
             windows = self.open(key)
-        self.last[key] = (event, start, end)
+        windows[0].set_template(event, start, end)
         out = text
         for g, w in zip(self.guards, windows, strict=True):
             before = w.matches
@@ -520,7 +518,7 @@ class StreamGuard:
         delta: a finish, a block's stop, the end of the stream). A text's
         redactions are counted here, once per guardrail."""
         out: list[bytes] = []
-        for key, windows in self.windows.items():
+        for windows in self.windows.values():
             text = ""
             for g, w in zip(self.guards, windows, strict=True):
                 text = w.push(text) + w.finish()
@@ -529,10 +527,8 @@ class StreamGuard:
                         return self.deny(g.name)
                     _count(self.filter.model, g.name, "redact")
             if text:
-                template, start, end = self.last[key]
-                out.append(template[:start] + orjson.dumps(text) + template[end:])
+                out.append(windows[0].render(text))
         self.windows.clear()
-        self.last.clear()
         return b"\n\n".join(out)
 
     def deny(self, name: str) -> bytes:

@@ -191,6 +191,9 @@ pub struct Window {
     chars: usize,
     /// Matches found so far.
     pub matches: usize,
+    /// The last text delta event, and where its text's JSON string is in it.
+    template: Vec<u8>,
+    span: (usize, usize),
 }
 
 impl Window {
@@ -202,6 +205,8 @@ impl Window {
             base: 0,
             chars: window,
             matches: 0,
+            template: Vec::new(),
+            span: (0, 0),
         }
     }
 
@@ -246,6 +251,138 @@ impl Window {
         }
         self.buf.drain(..keep);
         self.base = end - keep;
+        out
+    }
+}
+
+/// A stream's events of one text (`\n\n`-separated SSE, `\r` already made `\n`),
+/// read by [`Window::feed_events`]: where the text's JSON string follows.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaForm<'a> {
+    /// What comes just before the string's opening quote (ends with `"`).
+    pub anchor: &'a [u8],
+    /// What else such an event must contain.
+    pub markers: &'a [&'a [u8]],
+}
+
+/// The index of the quote that ends the JSON string whose text starts at `from`.
+fn string_end(event: &[u8], from: usize) -> Option<usize> {
+    let mut k = from + memchr::memchr(b'"', event.get(from..)?)?;
+    loop {
+        let mut j = k;
+        while j > from && event[j - 1] == b'\\' {
+            j -= 1;
+        }
+        if (k - j).is_multiple_of(2) {
+            return Some(k);
+        }
+        k = k + 1 + memchr::memchr(b'"', &event[k + 1..])?;
+    }
+}
+
+/// The text delta of `event` in `form`: (the string's span, quotes included, and
+/// its text); None when the event is not of that form.
+fn delta_text<'e>(
+    event: &'e [u8],
+    form: &DeltaForm<'_>,
+) -> Option<(usize, usize, std::borrow::Cow<'e, str>)> {
+    let i = memchr::memmem::find(event, form.anchor)?;
+    if !form
+        .markers
+        .iter()
+        .all(|m| memchr::memmem::find(event, m).is_some())
+    {
+        return None;
+    }
+    if memchr::memmem::find_iter(event, b"\"index\":")
+        .nth(1)
+        .is_some()
+    {
+        return None;
+    }
+    let start = i + form.anchor.len();
+    let stop = string_end(event, start)?;
+    let raw = &event[start..stop];
+    let text = if memchr::memchr(b'\\', raw).is_none() {
+        std::borrow::Cow::Borrowed(std::str::from_utf8(raw).ok()?)
+    } else {
+        std::borrow::Cow::Owned(serde_json::from_slice::<String>(&event[start - 1..=stop]).ok()?)
+    };
+    Some((start - 1, stop + 1, text))
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str, out: &mut Vec<u8>) {
+    // Serializing a str cannot fail.
+    serde_json::to_writer(&mut *out, text).unwrap_or_default();
+}
+
+impl Window {
+    /// Read the events at the start of `data` whose text is of `form`, each
+    /// through the window, into `out` (an event whose text went out as it came,
+    /// as it came; one with another text, with it; one with none, left out),
+    /// until an event of another kind, or (`stop_on_match`) one with a match.
+    /// Returns how many bytes of `data` were read (whole events, their blank
+    /// line included).
+    pub fn feed_events(
+        &mut self,
+        pat: &Pattern,
+        replacement: &str,
+        data: &[u8],
+        form: &DeltaForm<'_>,
+        stop_on_match: bool,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        let mut pos = 0;
+        while let Some(rel) = memchr::memmem::find(&data[pos..], b"\n\n") {
+            let event = &data[pos..pos + rel];
+            if event.is_empty() {
+                pos += 2;
+                continue;
+            }
+            let Some((start, end, text)) = delta_text(event, form) else {
+                break;
+            };
+            let before = self.matches;
+            let got = self.push(pat, &text, replacement);
+            self.set_template(event, start, end);
+            pos += rel + 2;
+            if stop_on_match && self.matches != before {
+                break;
+            }
+            if got == text {
+                out.extend_from_slice(event);
+            } else if got.is_empty() {
+                continue;
+            } else {
+                out.extend_from_slice(&event[..start]);
+                json_string(&got, out);
+                out.extend_from_slice(&event[end..]);
+            }
+            out.extend_from_slice(b"\n\n");
+        }
+        pos
+    }
+
+    /// Remember `event` (its text's JSON string at `start..end`) as the form of
+    /// what [`Window::render`] writes.
+    pub fn set_template(&mut self, event: &[u8], start: usize, end: usize) {
+        self.template.clear();
+        self.template.extend_from_slice(event);
+        self.span = (start, end);
+    }
+
+    /// The last text delta event with `text` for its text (empty: none).
+    #[must_use]
+    pub fn render(&self, text: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        if text.is_empty() || self.template.is_empty() {
+            return out;
+        }
+        let (start, end) = self.span;
+        out.extend_from_slice(&self.template[..start]);
+        json_string(text, &mut out);
+        out.extend_from_slice(&self.template[end..]);
         out
     }
 }
@@ -313,6 +450,37 @@ mod tests {
         assert_eq!(p.redact("abxxc", "-"), ("ab-c".to_owned(), 1));
         let (all, _) = stream(&p, &["ab", "xx", "c"], 8);
         assert_eq!(all, "ab[X]c");
+    }
+
+    #[test]
+    fn events_of_the_fast_form() {
+        let p = Pattern::new(r"secret-\d{4}").unwrap();
+        let mut w = Window::new(64);
+        let form = DeltaForm {
+            anchor: br#""delta":{"content":""#,
+            markers: &[br#""finish_reason":null"#],
+        };
+        let ev = |t: &str| {
+            format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":null}}]}}\n\n",
+                serde_json::to_string(t).unwrap()
+            )
+        };
+        let data = [
+            ev("a secr"),
+            ev("et-1234 \"b\""),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        let mut out = Vec::new();
+        let used = w.feed_events(&p, "#", data.as_bytes(), &form, false, &mut out);
+        assert_eq!(&data[used..], "data: [DONE]\n\n");
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out, [ev("a "), ev("# \"b\"")].concat());
+        assert_eq!(w.finish(&p, "#"), "");
+        assert_eq!(w.render("x"), ev("x").trim_end().as_bytes());
+        assert_eq!(string_end(br#"a\"b"c"#, 0), Some(4));
+        assert_eq!(string_end(br#"a\\"b"#, 0), Some(3));
     }
 
     #[test]

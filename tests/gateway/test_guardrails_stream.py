@@ -20,6 +20,7 @@ from fastgw.pipeline.guardrails import OutputRegex, _Regex
 from fastgw.providers.dialects import ANTHROPIC_CLIENT, OPENAI_CLIENT
 
 PATTERN = r"secret-\d{4}|\"quoted\""
+SECOND = r"[ab]{2}|\d-"
 
 
 def _chat(text: str, compact: bool) -> bytes:
@@ -104,19 +105,26 @@ _piece = st.lists(st.sampled_from([*'ab "\\\n\té€-0123', "secret-", "quoted",
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(["chat", "completions", "messages", "responses"]),
        st.lists(_piece, min_size=1, max_size=12), st.lists(st.integers(0, 5000), max_size=6),
-       st.booleans())
-@example("chat", ["the secr", "et-1234 ", 'and "quo', 'ted"!'], [], True)
+       st.booleans(), st.booleans())
+@example("chat", ["the secr", "et-1234 ", 'and "quo', 'ted"!'], [], True, False)
+@example("chat", ["the secr", "et-1234 ", 'and "quo', 'ted"!'], [], True, True)
 def test_streamed_redaction_reads_as_the_whole_answer_redacted(
-        endpoint: str, pieces: list[str], cuts: list[int], compact: bool) -> None:
+        endpoint: str, pieces: list[str], cuts: list[int], compact: bool, two: bool) -> None:
+    """One guardrail (its windows fed natively) or two (read event by event)."""
     cfg = GuardrailConfig(kind="regex", apply_to="output", pattern=PATTERN,
                           replacement="<R>", window_chars=32)
-    flt = OutputRegex("m", (_Regex(cfg, "g"),))
+    second = GuardrailConfig(kind="regex", apply_to="output", pattern=SECOND,
+                             replacement="<S>", window_chars=8)
+    guards = (_Regex(cfg, "g"), _Regex(second, "h")) if two else (_Regex(cfg, "g"),)
+    flt = OutputRegex("m", guards)
     ctx = cast(RequestCtx, SimpleNamespace(
         endpoint=endpoint, dialect=ANTHROPIC_CLIENT if endpoint == "messages" else OPENAI_CLIENT,
         status=200, error=None))
     data = b"".join(_events(endpoint, pieces, compact))
     out = b"".join(flt.chunk(ctx, part) for part in _split(data, cuts))
     whole = RegexGuard(PATTERN, "<R>").redact("".join(pieces))[0]
+    if two:
+        whole = RegexGuard(SECOND, "<S>").redact(whole)[0]
     assert _read(endpoint, out) == whole
     if endpoint != "responses":
         assert out.endswith(_events(endpoint, [], compact)[-1])  # the end comes last
