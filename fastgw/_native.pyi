@@ -5,7 +5,8 @@ The hot paths, each with a pure-Python reference of the same API in
 reserved together atomically), a weighted consistent-hash ring, a JWT
 verifier, an incremental SSE scanner for the relay loop, and whole HTTP/1.1
 messages parsed in one call (llhttp, through httptools, reads everything else),
-the access-log line, and the response cache's key. One more, the stream
+the access-log line, the response cache's key, and the guardrails' regex
+(``RegexGuard``, linear time, and ``RedactWindow``, a stream's redaction). One more, the stream
 translator of OpenAI chat clients on Anthropic deployments
 (``ChatFromMessagesStream``), has its reference where it is used,
 ``fastgw.providers.openai_anthropic``.
