@@ -87,7 +87,7 @@ class TransformFilter(Filter):
 
 def _without(fwd: bytes, names: tuple[bytes, ...]) -> bytes:
     """The forwarded header block without the lines of ``names`` (``b"name:"``)."""
-    if not any(n in fwd for n in names):
+    if all(fwd.find(n) < 0 for n in names):
         return fwd
     return b"".join(line for line in fwd.splitlines(keepends=True)
                     if not line.lower().startswith(names))
