@@ -125,39 +125,47 @@ impl Pattern {
     }
 
     /// The first position of `hay` at or after `from` where a match may still
-    /// begin once more text is appended; `hay.len()` when there is none.
-    fn first_open(&self, hay: &str, from: usize) -> usize {
+    /// begin once more text is appended (`hay.len()` when there is none), and
+    /// whether a match was seen from a position before it (false: there is no
+    /// match in `hay[from..open]`, none need be looked for).
+    fn first_open(&self, hay: &str, from: usize) -> (usize, bool) {
         let Some(dfa) = &self.dfa else {
-            return from;
+            return (from, true);
         };
-        let bytes = hay.as_bytes();
+        let mut matched = false;
         let mut i = from;
-        while i < bytes.len() {
-            if open_at(dfa, hay, i) {
-                return i;
+        while i < hay.len() {
+            match open_at(dfa, hay, i) {
+                Some(seen) => matched |= seen,
+                None => return (i, matched),
             }
             i = next_char(hay, i);
         }
-        hay.len()
+        (hay.len(), matched)
     }
 }
 
-/// Whether the anchored DFA started at `i` is still alive at the end of `hay`.
-fn open_at(dfa: &dense::DFA<Vec<u32>>, hay: &str, i: usize) -> bool {
+/// The anchored DFA started at `i`: None when it is still alive at the end of
+/// `hay`, else whether it went through a match before it died.
+fn open_at(dfa: &dense::DFA<Vec<u32>>, hay: &str, i: usize) -> Option<bool> {
     let input = Input::new(hay).span(i..hay.len()).anchored(Anchored::Yes);
     let Ok(mut sid) = dfa.start_state_forward(&input) else {
-        return true;
+        return None;
     };
+    let mut matched = false;
     for &b in &hay.as_bytes()[i..] {
         sid = dfa.next_state(sid, b);
-        if dfa.is_dead_state(sid) {
-            return false;
-        }
-        if dfa.is_quit_state(sid) {
-            return true;
+        if dfa.is_special_state(sid) {
+            if dfa.is_dead_state(sid) {
+                return Some(matched);
+            }
+            if dfa.is_quit_state(sid) {
+                return None;
+            }
+            matched |= dfa.is_match_state(sid);
         }
     }
-    true
+    None
 }
 
 /// The start of the character after the one at `i` (`i + 1` past the end).
@@ -220,9 +228,35 @@ impl Window {
     pub fn push(&mut self, pat: &Pattern, piece: &str, replacement: &str) -> String {
         self.buf.push_str(piece);
         let floor = chars_before_end(&self.buf, self.base, self.chars);
-        let open = pat.first_open(&self.buf, self.base);
-        let cut = open.max(floor);
-        self.give(pat, cut, replacement)
+        let (open, matched) = pat.first_open(&self.buf, self.base);
+        if open >= floor && !matched {
+            // Every position before `open` was read to its dead end without a
+            // match: that text goes out as it is.
+            return self.give_plain(open);
+        }
+        self.give(pat, open.max(floor), replacement)
+    }
+
+    fn give_plain(&mut self, cut: usize) -> String {
+        if cut <= self.base {
+            return String::new();
+        }
+        let out = self.buf[self.base..cut].to_owned();
+        self.keep_from(cut);
+        out
+    }
+
+    /// Forget the text before `end` but its last character (kept as context).
+    fn keep_from(&mut self, end: usize) {
+        let mut keep = end;
+        if keep > 0 {
+            keep -= 1;
+            while !self.buf.is_char_boundary(keep) {
+                keep -= 1;
+            }
+        }
+        self.buf.drain(..keep);
+        self.base = end - keep;
     }
 
     /// The end of the stream: the rest, redacted.
@@ -241,16 +275,7 @@ impl Window {
             out.push_str(&self.buf[self.base..end]);
         }
         self.matches += n;
-        // Keep the last character given out as context.
-        let mut keep = end;
-        if keep > 0 {
-            keep -= 1;
-            while !self.buf.is_char_boundary(keep) {
-                keep -= 1;
-            }
-        }
-        self.buf.drain(..keep);
-        self.base = end - keep;
+        self.keep_from(end);
         out
     }
 }
