@@ -13,6 +13,7 @@
 //!
 //! Empty matches are skipped (a pattern like `x*` redacts only non-empty
 //! runs).
+use std::borrow::Cow;
 use std::fmt;
 
 use regex::Regex;
@@ -305,35 +306,46 @@ fn string_end(event: &[u8], from: usize) -> Option<usize> {
     }
 }
 
-/// The text delta of `event` in `form`: (the string's span, quotes included, and
-/// its text); None when the event is not of that form.
-fn delta_text<'e>(
-    event: &'e [u8],
-    form: &DeltaForm<'_>,
-) -> Option<(usize, usize, std::borrow::Cow<'e, str>)> {
-    let i = memchr::memmem::find(event, form.anchor)?;
-    if !form
-        .markers
-        .iter()
-        .all(|m| memchr::memmem::find(event, m).is_some())
-    {
-        return None;
+/// The searchers of one [`DeltaForm`], built once per [`Window::feed_events`].
+struct FormFinders<'a> {
+    anchor: memchr::memmem::Finder<'a>,
+    markers: Vec<memchr::memmem::Finder<'a>>,
+    index: memchr::memmem::Finder<'static>,
+}
+
+impl<'a> FormFinders<'a> {
+    fn new(form: &DeltaForm<'a>) -> Self {
+        Self {
+            anchor: memchr::memmem::Finder::new(form.anchor),
+            markers: form
+                .markers
+                .iter()
+                .map(|m| memchr::memmem::Finder::new(*m))
+                .collect(),
+            index: memchr::memmem::Finder::new(b"\"index\":"),
+        }
     }
-    if memchr::memmem::find_iter(event, b"\"index\":")
-        .nth(1)
-        .is_some()
-    {
-        return None;
+
+    /// The text delta of `event`: (the string's span, quotes included, and its
+    /// text); None when the event is not of the form.
+    fn delta_text<'e>(&self, event: &'e [u8]) -> Option<(usize, usize, Cow<'e, str>)> {
+        let i = self.anchor.find(event)?;
+        if !self.markers.iter().all(|m| m.find(event).is_some()) {
+            return None;
+        }
+        if self.index.find_iter(event).nth(1).is_some() {
+            return None;
+        }
+        let start = i + self.anchor.needle().len();
+        let stop = string_end(event, start)?;
+        let raw = &event[start..stop];
+        let text = if memchr::memchr(b'\\', raw).is_none() {
+            Cow::Borrowed(std::str::from_utf8(raw).ok()?)
+        } else {
+            Cow::Owned(serde_json::from_slice::<String>(&event[start - 1..=stop]).ok()?)
+        };
+        Some((start - 1, stop + 1, text))
     }
-    let start = i + form.anchor.len();
-    let stop = string_end(event, start)?;
-    let raw = &event[start..stop];
-    let text = if memchr::memchr(b'\\', raw).is_none() {
-        std::borrow::Cow::Borrowed(std::str::from_utf8(raw).ok()?)
-    } else {
-        std::borrow::Cow::Owned(serde_json::from_slice::<String>(&event[start - 1..=stop]).ok()?)
-    };
-    Some((start - 1, stop + 1, text))
 }
 
 /// `text` as a JSON string literal.
@@ -358,19 +370,22 @@ impl Window {
         stop_on_match: bool,
         out: &mut Vec<u8>,
     ) -> usize {
+        let finders = FormFinders::new(form);
+        let blank = memchr::memmem::Finder::new(b"\n\n");
         let mut pos = 0;
-        while let Some(rel) = memchr::memmem::find(&data[pos..], b"\n\n") {
+        let mut last = None; // the last event read: its range in data, its text's span
+        while let Some(rel) = blank.find(&data[pos..]) {
             let event = &data[pos..pos + rel];
             if event.is_empty() {
                 pos += 2;
                 continue;
             }
-            let Some((start, end, text)) = delta_text(event, form) else {
+            let Some((start, end, text)) = finders.delta_text(event) else {
                 break;
             };
             let before = self.matches;
             let got = self.push(pat, &text, replacement);
-            self.set_template(event, start, end);
+            last = Some((pos, pos + rel, start, end));
             pos += rel + 2;
             if stop_on_match && self.matches != before {
                 break;
@@ -385,6 +400,9 @@ impl Window {
                 out.extend_from_slice(&event[end..]);
             }
             out.extend_from_slice(b"\n\n");
+        }
+        if let Some((from, to, start, end)) = last {
+            self.set_template(&data[from..to], start, end);
         }
         pos
     }
