@@ -5,7 +5,8 @@ The hot paths, each with a pure-Python reference of the same API in
 reserved together atomically), a weighted consistent-hash ring, a JWT
 verifier, an incremental SSE scanner for the relay loop, and whole HTTP/1.1
 messages parsed in one call (llhttp, through httptools, reads everything else),
-the access-log line, and the response cache's key. One more, the stream
+the access-log line, the response cache's key, and the guardrails' regex
+(``RegexGuard``, linear time, and ``RedactWindow``, a stream's redaction). One more, the stream
 translator of OpenAI chat clients on Anthropic deployments
 (``ChatFromMessagesStream``), has its reference where it is used,
 ``fastgw.providers.openai_anthropic``.
@@ -36,6 +37,8 @@ __all__ = [
     "MissingClaimError",
     "NotYetValidError",
     "OtlpEncoder",
+    "RedactWindow",
+    "RegexGuard",
     "Reservation",
     "Scope",
     "SharedLimiterTable",
@@ -362,6 +365,58 @@ class SseScanner:
     def boundaries(self) -> list[int]: ...
     @property
     def usage(self) -> dict[str, int] | None: ...
+
+# ---------------------------------------------------------------- guardrails
+
+@final
+class RegexGuard:
+    """A guardrail pattern compiled once (the ``regex`` crate: linear time in the
+    text, whatever the pattern) with its replacement. Empty matches are skipped.
+    ValueError when the pattern does not compile (the message says why)."""
+
+    def __new__(cls, pattern: str, replacement: str = "[REDACTED]") -> Self: ...
+    @property
+    def pattern(self) -> str: ...
+    @property
+    def replacement(self) -> str: ...
+    def matches(self, text: str) -> bool:
+        """Whether ``text`` has a (non-empty) match."""
+    def redact(self, text: str) -> tuple[str, int]:
+        """``(text with every match replaced, number of matches)``; ``text`` itself when
+        there is none."""
+    def window(self, chars: int) -> RedactWindow:
+        """A stream's redaction that holds back at most ``chars`` characters."""
+
+@final
+class RedactWindow:
+    """One stream's text redacted as it arrives: everything goes out except what may
+    still begin a match (an anchored DFA says so), and never more than the window
+    is held. Joined, what it gives out is ``RegexGuard.redact`` of the whole text
+    when no match is longer than the window."""
+
+    def push(self, piece: str) -> str:
+        """Append ``piece``; the redacted text that can go out now (maybe empty)."""
+    def finish(self) -> str:
+        """The end of the stream: the rest, redacted."""
+    def feed_events(self, data: bytes, anchor: bytes, markers: Sequence[bytes],
+                    stop_on_match: bool = False) -> tuple[bytes, int]:
+        """Read the text delta events at the start of ``data`` (SSE, blank lines
+        ``\\n\\n``, no ``\\r``) whose text's JSON string follows ``anchor`` and which
+        contain every one of ``markers``, through the window: ``(what goes out, bytes
+        read)``; an event whose text went out as it came goes out as it came, one
+        without text is left out. Stops at an event of another kind, or
+        (``stop_on_match``) after one with a match (left out)."""
+    def set_template(self, event: bytes, start: int, end: int) -> None:
+        """Remember ``event`` (its text's JSON string at ``event[start:end]``) as the
+        form ``render`` writes (``feed_events`` remembers the last event it read)."""
+    def render(self, text: str) -> bytes:
+        """The remembered event with ``text`` for its text, without its blank line
+        (b"": ``text`` empty, or no event)."""
+    @property
+    def matches(self) -> int: ...
+    @property
+    def held(self) -> int:
+        """Bytes (UTF-8) held back now."""
 
 # ---------------------------------------------------------------- stream translation
 

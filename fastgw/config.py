@@ -163,6 +163,50 @@ class ShadowConfig:
     model: str
     percent: float = 100.0
     max_inflight: int = 16
+# --- transforms and guardrails (per model) -----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTransformConfig:
+    """Edits of the client's request body (top-level fields), in this order."""
+
+    set: Mapping[str, Any] = field(default_factory=dict)  # always
+    default: Mapping[str, Any] = field(default_factory=dict)  # when absent
+    cap: Mapping[str, float] = field(default_factory=dict)  # numeric maximum
+    drop: tuple[str, ...] = ()  # removed
+    prepend_system: str | None = None  # text put before the system prompt
+
+
+@dataclass(frozen=True, slots=True)
+class HeadersTransformConfig:
+    """Headers of the upstream request: forwarded client headers removed, added."""
+
+    add: Mapping[str, str] = field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TransformConfig:
+    request: RequestTransformConfig = field(default_factory=RequestTransformConfig)
+    headers: HeadersTransformConfig = field(default_factory=HeadersTransformConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailConfig:
+    """A check of what goes in (the conversation) or out (the answer)."""
+
+    kind: Literal["regex", "webhook"]
+    apply_to: Literal["input", "output", "both"] = "both"
+    name: str | None = None  # the metrics' label (default: its index and kind)
+    # regex
+    pattern: str | None = None
+    action: Literal["redact", "deny"] = "redact"
+    replacement: str = "[REDACTED]"
+    window_chars: int = 256  # a stream's text held back at most, per guardrail
+    # webhook
+    url: str | None = None
+    timeout_ms: float = 1000.0
+    on_error: Literal["allow", "deny"] = "deny"
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +230,8 @@ class ModelConfig:
     cache: bool | None = None  # None: cache.enabled decides
     cascade: tuple[CascadeStepConfig, ...] = ()  # steps tried in order (instead of targets)
     shadow: ShadowConfig | None = None  # a share of requests mirrored to another model
+    transform: TransformConfig | None = None
+    guardrails: tuple[GuardrailConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,6 +665,8 @@ def _build(tp: Any, value: Any, path: str, errors: list[tuple[str, str]]) -> Any
                 return built
         errors.append((path, f"expected {' or '.join(_type_name(a) for a in inner)}"))
         return _MISSING
+    if tp is Any:  # a JSON value (transforms' request.set / default)
+        return _json_value(value, path, errors)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             errors.append((path, f"expected a mapping, got {_describe(value)}"))
@@ -676,6 +724,30 @@ def _build(tp: Any, value: Any, path: str, errors: list[tuple[str, str]]) -> Any
     else:  # pragma: no cover - a field type the loader does not know is a bug
         raise TypeError(f"unsupported config type {tp!r} at {path}")
     errors.append((path, f"expected {_type_name(tp)}, got {_describe(value)}"))
+    return _MISSING
+
+
+def _json_value(value: Any, path: str, errors: list[tuple[str, str]]) -> Any:
+    """``value`` as plain JSON (str, int, float, bool, None, lists, mappings)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            errors.append((path, "expected a JSON value, got a number JSON cannot hold"))
+            return _MISSING
+        return float(value)
+    if isinstance(value, list):
+        items = [_json_value(v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return _MISSING if any(x is _MISSING for x in items) else items
+    if isinstance(value, dict):
+        out = {str(_text(k) or k): _json_value(v, _join(path, str(_text(k) or k)), errors)
+               for k, v in value.items()}
+        return _MISSING if any(x is _MISSING for x in out.values()) else out
+    errors.append((path, f"expected a JSON value, got {_describe(value)}"))
     return _MISSING
 
 
@@ -1109,6 +1181,75 @@ def _check_admin(a: AdminConfig, path: str, errors: Errors) -> None:
                                              "(the sha256 of the admin key)"))
 
 
+# Fields a transform may not touch (the routing reads them) and headers the gateway
+# writes itself.
+_FIXED_FIELDS = frozenset({"model", "stream"})
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
+                          "authorization", "api-key", "x-api-key", "x-request-id",
+                          "traceparent", "content-type"})
+
+
+def _check_request_transform(t: RequestTransformConfig, path: str, errors: Errors) -> None:
+    for section, names in (("set", t.set), ("default", t.default), ("cap", t.cap),
+                           ("drop", t.drop)):
+        for i, name in enumerate(names):
+            where = f"{path}.{section}[{i}]" if section == "drop" else _join(
+                f"{path}.{section}", name)
+            if name in _FIXED_FIELDS:
+                errors.append((where, f"{name!r} cannot be transformed: it chooses the "
+                                      "model and the form of the answer"))
+            elif not name:
+                errors.append((where, "a field name cannot be empty"))
+    for name, cap in t.cap.items():
+        if cap != cap or cap < 0:
+            errors.append((_join(f"{path}.cap", name), "must be a number >= 0"))
+    if t.prepend_system is not None and not t.prepend_system:
+        errors.append((f"{path}.prepend_system", "must be non-empty text (or leave it out)"))
+
+
+def _check_headers_transform(h: HeadersTransformConfig, path: str, errors: Errors) -> None:
+    for name, value in h.add.items():
+        where = _join(f"{path}.add", name)
+        if not _HEADER_NAME.fullmatch(name) or any(c in value for c in "\r\n\0"):
+            errors.append((where, "must be a valid header name and a one-line value"))
+        elif name.lower() in _OWN_HEADERS:
+            errors.append((where, f"{name!r} is written by the gateway itself"))
+    for i, name in enumerate(h.remove):
+        if not _HEADER_NAME.fullmatch(name):
+            errors.append((f"{path}.remove[{i}]", f"{name!r} is not a valid header name"))
+        elif name.lower() in _OWN_HEADERS:
+            errors.append((f"{path}.remove[{i}]", f"{name!r} is written by the gateway "
+                                                  "itself, never forwarded"))
+
+
+def _check_guardrail(g: GuardrailConfig, path: str, errors: Errors) -> None:
+    if g.kind == "regex":
+        if g.pattern is None:
+            errors.append((f"{path}.pattern", "required with kind: regex"))
+        else:
+            from fastgw._native import RegexGuard
+            try:
+                RegexGuard(g.pattern)
+            except ValueError as exc:
+                errors.append((f"{path}.pattern", "does not compile: "
+                               + " ".join(str(exc).split())))
+        if g.url is not None:
+            errors.append((f"{path}.url", "only with kind: webhook"))
+        _at_least(g, path, ("window_chars",), 1, errors)
+    else:
+        url = urlsplit(g.url) if g.url is not None else None
+        if url is None:
+            errors.append((f"{path}.url", "required with kind: webhook"))
+        elif url.scheme not in ("http", "https") or not url.hostname:
+            errors.append((f"{path}.url", "must be an http:// or https:// URL, got "
+                                          f"{_describe(g.url)}"))
+        if g.pattern is not None:
+            errors.append((f"{path}.pattern", "only with kind: regex"))
+        _positive(g, path, ("timeout_ms",), errors)
+    if g.name is not None and not _PLAIN_KEY.fullmatch(g.name):
+        errors.append((f"{path}.name", "must be a plain name (letters, digits, _ and -)"))
+
+
 _CHECKS: dict[type, Callable[[Any, str, Errors], None]] = {
     ServerConfig: _check_server,
     ProviderConfig: _check_provider,
@@ -1134,6 +1275,9 @@ _CHECKS: dict[type, Callable[[Any, str, Errors], None]] = {
     CascadeStepConfig: _check_cascade_step,
     ShadowConfig: _check_shadow,
     FeedbackConfig: _check_feedback,
+    RequestTransformConfig: _check_request_transform,
+    HeadersTransformConfig: _check_headers_transform,
+    GuardrailConfig: _check_guardrail,
 }
 
 

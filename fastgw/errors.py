@@ -110,6 +110,12 @@ class ModelNotFound(NotFound):
     default_code = "model_not_found"
 
 
+class GuardrailBlocked(ClientError):
+    """A model's guardrail refused the conversation (or the answer)."""
+
+    default_code = "guardrail_blocked"
+
+
 class MethodNotAllowed(ClientError):
     """Known path, wrong HTTP method; ``Allow`` lists the right ones."""
 

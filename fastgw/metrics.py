@@ -60,6 +60,9 @@ CACHE = Counter("fastgw_cache_total", "Requests of cached models, by the cache's
                 "(hit, miss, bypass).", ["result"])
 CACHE_SAVED = Counter("fastgw_cache_saved_usd_total", "Cost of the answers served from the "
                       "cache instead of upstream, by model.", ["model"])
+GUARDRAIL = Counter("fastgw_guardrail_total", "What models' guardrails did (redact, deny; a "
+                    "webhook's allow, or error when it could not be consulted).",
+                    ["model", "guardrail", "action"])
 FALLBACKS = Counter("fastgw_fallbacks_total", "Fallbacks from one model to another.",
                     ["from", "to"])
 VARIANTS = Counter("fastgw_variant_requests_total", "Requests per variant of a model.",

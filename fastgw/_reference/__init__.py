@@ -12,6 +12,8 @@ read and compared against, not to serve traffic:
 - ``accesslog``: ``access_line`` (one JSON access-log line);
 - ``cachekey``: ``cache_key`` (the response cache's key; needs xxhash);
 - ``memcache``: ``MemoryCache`` (the response cache's in-process LRU store);
+- ``guard``: ``RegexGuard`` and ``RedactWindow`` (guardrails' redaction, whole
+  and streamed);
 - ``http``: ``parse_request``, ``parse_response``, ``forwarded`` and ``usage``
   (the parsers: what llhttp reads, which the native ones match or leave to it);
 - ``otlp``: ``encode`` (a batch of traces as OTLP protobuf, built field by field
@@ -21,4 +23,5 @@ read and compared against, not to serve traffic:
 
 from __future__ import annotations
 
-__all__ = ["accesslog", "cachekey", "http", "jwt", "limiter", "memcache", "otlp", "ring", "sse"]
+__all__ = ["accesslog", "cachekey", "guard", "http", "jwt", "limiter", "memcache", "otlp", "ring",
+           "sse"]

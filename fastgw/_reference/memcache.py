@@ -16,9 +16,9 @@ the caller reads the clock once per request, and tests need no clock at all.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Final
+from typing import Any, Final
 
-from fastgw.cache.entry import CacheEntry
+CacheEntry = Any  # an object with ``created`` (unix seconds) and ``body`` (bytes)
 
 __all__ = ["MemoryCache"]
 

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 class RequestCtx:
     """Everything the phases learn about one request, for the next phase and the log."""
 
+    guards: dict[Any, Any]  # a stream's output guardrails (unset until their first chunk)
+
     __slots__ = (
         "asked",
         "attempt",
@@ -35,6 +37,7 @@ class RequestCtx:
         "first_token",
         "fwd",
         "grant",
+        "guards",
         "key_name",
         "model",
         "opened",

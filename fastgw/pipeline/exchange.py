@@ -74,7 +74,9 @@ class Forwarder:
         except UpstreamError:
             ctx.upstream_s += perf_counter() - attempt.sent
             raise
-        self.responder.respond(ctx, attempt, conn)
+        later = self.responder.respond(ctx, attempt, conn)
+        if later is not None:
+            await later
 
     # -- streams ------------------------------------------------------------------------
 

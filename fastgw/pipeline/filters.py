@@ -15,6 +15,8 @@ request meets them (``pipeline/runner.py`` draws the whole path)::
                        translation into the target's dialect): returns the body to send
     response           a whole 2xx answer, in the client's dialect, before it is sent:
                        returns the body to send
+    response_async     the same, awaited (a filter with it sets ``awaits``: the task
+                       path), after the ``response`` hooks
     chunk              each piece of a 2xx stream, in the client's dialect, before it is
                        written: returns the bytes to write (b"" holds them back)
     logging            always, once, when the request ends (whatever happened)
@@ -75,6 +77,9 @@ class Filter:
     def response(self, ctx: RequestCtx, status: int, body: bytes) -> bytes:
         return body
 
+    async def response_async(self, ctx: RequestCtx, status: int, body: bytes) -> bytes:
+        return body
+
     def chunk(self, ctx: RequestCtx, data: bytes) -> bytes:
         return data
 
@@ -82,14 +87,14 @@ class Filter:
         return None
 
 
-_HOOKS = ("request", "upstream_request", "response", "chunk", "logging")
+_HOOKS = ("request", "upstream_request", "response", "response_async", "chunk", "logging")
 
 
 class Chain:
     """A route's filters, one tuple of bound hooks per phase (only overridden ones)."""
 
     __slots__ = ("awaits", "chunk", "filters", "logging", "request", "response",
-                 "upstream_request")
+                 "response_async", "upstream_request")
 
     def __init__(self, filters: tuple[Filter, ...]) -> None:
         self.filters = filters
@@ -102,6 +107,7 @@ class Chain:
         self.request: tuple[Callable[[RequestCtx], Any], ...]
         self.upstream_request: tuple[Callable[[RequestCtx, TargetRuntime, bytes], bytes], ...]
         self.response: tuple[Callable[[RequestCtx, int, bytes], bytes], ...]
+        self.response_async: tuple[Callable[[RequestCtx, int, bytes], Awaitable[bytes]], ...]
         self.chunk: tuple[Callable[[RequestCtx, bytes], bytes], ...]
         self.logging: tuple[Callable[[RequestCtx], None], ...]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
 from typing import Any, cast
 
@@ -57,9 +57,11 @@ class Responder:
 
     # -- whole answers -------------------------------------------------------------------
 
-    def respond(self, ctx: RequestCtx, attempt: Attempt, conn: UpstreamConnection) -> None:
+    def respond(self, ctx: RequestCtx, attempt: Attempt, conn: UpstreamConnection
+                ) -> Coroutine[Any, Any, None] | None:
         """A complete upstream answer: release the connection, then answer the
-        client from it, or raise its error status."""
+        client from it, or raise its error status. When the route has awaited
+        response hooks, the answer is sent by the coroutine returned."""
         target = attempt.target
         ctx.upstream_s += perf_counter() - attempt.sent
         ttfb = conn.head_at - attempt.sent
@@ -91,6 +93,20 @@ class Responder:
         if chain:
             for hook in chain.response:
                 body = hook(ctx, status, body)
+            if chain.response_async:  # (a task: such a route never takes the direct path)
+                return self._respond_later(ctx, target, status, up_headers, body,
+                                           chain.response_async)
+        ctx.status = status
+        ctx.cycle.send(status, self.response_head(ctx, target, up_headers, _JSON), body)
+        return None
+
+    async def _respond_later(self, ctx: RequestCtx, target: TargetRuntime, status: int,
+                             up_headers: list[tuple[bytes, bytes]], body: bytes,
+                             hooks: tuple[Callable[[RequestCtx, int, bytes],
+                                                   Awaitable[bytes]], ...]) -> None:
+        """The route's awaited response hooks, then the answer."""
+        for hook in hooks:
+            body = await hook(ctx, status, body)
         ctx.status = status
         ctx.cycle.send(status, self.response_head(ctx, target, up_headers, _JSON), body)
 

@@ -24,8 +24,10 @@ from fastgw.metrics import TARGET_HEALTHY, VARIANTS, Accumulator, batched
 from fastgw.pipeline.cache import CacheFilter, CacheStore
 from fastgw.pipeline.feedback import FeedbackStore, VariantFeedback
 from fastgw.pipeline.filters import Chain, Filter, compile_chain
+from fastgw.pipeline.guardrails import guardrail_filters
 from fastgw.pipeline.internal import Internal
 from fastgw.pipeline.orchestrate import orchestrate
+from fastgw.pipeline.transform import TransformFilter
 from fastgw.providers import registry
 from fastgw.providers.base import Translation
 from fastgw.routing.balancer import Balancer, TargetState, make_balancer
@@ -232,7 +234,7 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
             partial=frozenset(e for t in targets for e, p in t.plans.items() if p is None))
     budget = previous.retry_budget if previous is not None and \
         previous.config.retry_budget == config.retry_budget else RetryBudget(config.retry_budget)
-    cache = _features(config, models, loop, previous)
+    cache = _features(config, models, loop, previous, client)
     internal = previous.internal if previous is not None else Internal()
     orchestrate(models, internal)
     feedback = _variants(config, models, loop, previous)
@@ -241,7 +243,7 @@ def build_snapshot(config: Config, client: UpstreamClient, created: int,
 
 
 def _features(config: Config, models: dict[str, ModelRoute], loop: asyncio.AbstractEventLoop,
-              previous: Snapshot | None) -> CacheStore | None:
+              previous: Snapshot | None, client: UpstreamClient) -> CacheStore | None:
     """Each model's filter chain (pipeline/filters.py), in the order a request meets
     them; the cache's store, kept from the previous snapshot when its settings are
     the same (its entries too)."""
@@ -254,6 +256,7 @@ def _features(config: Config, models: dict[str, ModelRoute], loop: asyncio.Abstr
             CacheStore(config.cache, config.redis, loop)
     for route in models.values():
         filters: list[Filter] = []
+        _policy(route, filters, client)
         if store is not None and route in cached:
             filters.append(CacheFilter(store, route))
         route.chain = compile_chain(tuple(filters))
@@ -288,6 +291,14 @@ def _variants(config: Config, models: dict[str, ModelRoute], loop: asyncio.Abstr
                 todo += base.cfg.fallbacks + base.cfg.context_fallbacks
             variant.route = copies[variant.model]
     return store
+def _policy(route: ModelRoute, filters: list[Filter], client: UpstreamClient) -> None:
+    """A model's transform, then its guardrails (before its cache: the key and the
+    stored answers are of the transformed request and the guarded answer)."""
+    cfg = route.cfg
+    if cfg.transform is not None:
+        filters.append(TransformFilter(cfg.transform))
+    if cfg.guardrails:
+        filters.extend(guardrail_filters(route.name, cfg.guardrails, client))
 
 
 def _gauge(provider: str, model: str) -> Callable[[bool], None]:

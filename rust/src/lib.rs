@@ -8,6 +8,7 @@
 
 pub mod accesslog;
 pub mod cachekey;
+pub mod guard;
 pub mod http;
 pub mod json;
 pub mod jwt;
@@ -36,6 +37,8 @@ mod _native {
     use crate::py::accesslog::access_line;
     #[pymodule_export]
     use crate::py::cachekey::cache_key;
+    #[pymodule_export]
+    use crate::py::guard::{RedactWindow, RegexGuard};
     #[pymodule_export]
     use crate::py::http::{forwarded, parse_request, parse_response, usage, ChunkedDecoder};
     #[pymodule_export]
