@@ -184,10 +184,15 @@ fn chars_before_end(s: &str, from: usize, chars: usize) -> usize {
     if s.len() - from <= chars {
         return from; // at most one byte per character: all of it
     }
-    match s[from..].char_indices().rev().nth(chars.saturating_sub(1)) {
-        Some((i, _)) if chars > 0 => from + i,
-        _ => s.len(),
+    if chars == 0 {
+        return s.len();
     }
+    // Fewer characters than `chars` (multi-byte ones): all of it too.
+    s[from..]
+        .char_indices()
+        .rev()
+        .nth(chars - 1)
+        .map_or(from, |(i, _)| from + i)
 }
 
 /// One stream's redaction: the text held back and what was given out.
@@ -531,5 +536,18 @@ mod tests {
         let p = Pattern::new(r"é+").unwrap();
         let (all, _) = stream(&p, &["aé", "éb", "ü"], 2);
         assert_eq!(all, "a[X]bü");
+    }
+
+    #[test]
+    fn fewer_characters_than_the_window_in_more_bytes_are_held() {
+        // Six characters in nine bytes, a window of eight: a match may still begin
+        // at the last one, which must not go out.
+        let p = Pattern::new(r"[ab]{2}|\d-").unwrap();
+        let (all, outs) = stream(&p, &["aa", "aa\u{1f600}0", "-"], 8);
+        assert_eq!(all, "[X][X]\u{1f600}[X]");
+        assert!(!outs[1].ends_with('0'), "{outs:?}");
+        assert_eq!(chars_before_end("a\u{e9}\u{e9}", 0, 4), 0);
+        assert_eq!(chars_before_end("a\u{e9}\u{e9}", 0, 2), 1);
+        assert_eq!(chars_before_end("a\u{e9}\u{e9}", 0, 0), 5);
     }
 }

@@ -108,6 +108,7 @@ _piece = st.lists(st.sampled_from([*'ab "\\\n\té€-0123', "secret-", "quoted",
        st.booleans(), st.booleans())
 @example("chat", ["the secr", "et-1234 ", 'and "quo', 'ted"!'], [], True, False)
 @example("chat", ["the secr", "et-1234 ", 'and "quo', 'ted"!'], [], True, True)
+@example("chat", ["aa", "aa\U0001f6000", "-"], [], False, True)  # fewer chars than bytes
 def test_streamed_redaction_reads_as_the_whole_answer_redacted(
         endpoint: str, pieces: list[str], cuts: list[int], compact: bool, two: bool) -> None:
     """One guardrail (its windows fed natively) or two (read event by event)."""
