@@ -341,7 +341,7 @@ class Rig:
         provider = next(iter(app.gateway.state.snapshot.providers.values()))
         self.pool = provider.pool
         self.upstream = MemoryTransport()
-        conn = UpstreamConnection(loop, self.pool.name, self.pool.generation)
+        conn = UpstreamConnection(loop, self.pool.name, self.pool.generation, self.pool.batch)
         conn.connection_made(self.upstream)  # type: ignore[arg-type]
         self.pool.total += 1
         self.pool._keep(conn)  # an idle pooled connection, as after an exchange
@@ -356,6 +356,9 @@ class Rig:
 
     async def one(self) -> bytes:
         self.proto.data_received(self.request)
+        # One turn of the loop, as a request read from a socket has: the request
+        # leaves for the upstream at its end (fastgw.upstream.writes).
+        await asyncio.sleep(0)
         if self.stream:  # the stream's task runs on the loop: let it
             await settle(lambda: bool(self.upstream.out))
         if self.upstream.out:

@@ -20,6 +20,7 @@ import httptools
 
 from fastgw._native import ChunkedDecoder, parse_response
 from fastgw.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from fastgw.upstream.writes import WriteBatch
 
 # Exchange states
 _IDLE = 0
@@ -45,6 +46,7 @@ _CLOSED_PARSER = httptools.HttpResponseParser(_NoCallbacks())  # never fed
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_batch",
         "_body",
         "_chunks",
         "_close_delimited",
@@ -80,8 +82,10 @@ class UpstreamConnection(asyncio.Protocol):
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, peer_name: str,
-                 generation: int = 0) -> None:
+                 generation: int = 0, batch: WriteBatch | None = None) -> None:
         self.loop = loop
+        # Requests leave at the end of the loop's turn (None: at once).
+        self._batch = batch
         self.peer_name = peer_name
         self.pool_generation = generation
         self.transport: asyncio.Transport | None = None
@@ -369,7 +373,11 @@ class UpstreamConnection(asyncio.Protocol):
         when = now + min(first_byte_s, idle_s, total_s)
         if self._timer is None or self._timer_when > when:
             self._arm(when)
-        transport.write(data)
+        batch = self._batch
+        if batch is None:
+            transport.write(data)
+        else:
+            batch.write(transport, data)
 
     def waiter(self, whole: bool) -> asyncio.Future[None] | None:
         """A future done when the head (or, with ``whole``, the whole response) is

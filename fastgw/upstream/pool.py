@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from fastgw.errors import UpstreamConnectError, UpstreamTimeout
 from fastgw.upstream.connection import UpstreamConnection
+from fastgw.upstream.writes import batch_for
 
 
 class PeerKey(NamedTuple):
@@ -33,6 +34,7 @@ class Pool:
         "_idle",
         "_sweeper",
         "_waiters",
+        "batch",
         "closed",
         "connect_s",
         "generation",
@@ -55,6 +57,7 @@ class Pool:
         self.idle_s = idle_s
         self.connect_s = connect_s
         self.loop = loop
+        self.batch = batch_for(loop)  # requests written at the end of the loop's turn
         self.ssl_context = ssl_context if ssl_context is not None or not key.tls else \
             ssl.create_default_context()
         self._idle: deque[UpstreamConnection] = deque()
@@ -124,7 +127,8 @@ class Pool:
             try:
                 _, conn = await asyncio.wait_for(
                     self.loop.create_connection(
-                        lambda: UpstreamConnection(self.loop, self.name, self.generation),
+                        lambda: UpstreamConnection(self.loop, self.name, self.generation,
+                                                   self.batch),
                         host, port, ssl=self.ssl_context if tls else None,
                         server_hostname=host if tls else None),
                     self.connect_s)
