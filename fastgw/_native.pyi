@@ -551,16 +551,23 @@ class MemoryCache:
 @final
 class OtlpEncoder:
     """The span encoder of one exporter: it keeps each kind of span's serialized
-    constant part (bounded), so a span costs its own part."""
+    constant part (bounded), so a span costs its own part, and the spans encoded
+    until they are taken."""
 
     def __init__(self) -> None: ...
+    def add(self, trace: Any, epoch: float, /) -> int:
+        """Encode one finished ``fastgw.tracing.Trace`` (its report set) at once and
+        keep its spans (its request span and one per upstream attempt); the spans
+        kept, counted. ``epoch`` turns perf_counter readings into Unix time."""
+    def pending(self) -> int:
+        """Spans kept (added since the last take)."""
+    def take(self, pid: int, version: str, /) -> bytes:
+        """The serialized OTLP ``ExportTraceServiceRequest`` of the spans kept: the
+        resource (``service.name`` fastgw, ``version``, ``process.pid``), the fastgw
+        scope and the spans; none are kept after."""
     def encode(self, batch: list[Any], epoch: float, pid: int, version: str, /) -> bytes:
-        """The serialized OTLP ``ExportTraceServiceRequest`` of ``batch`` (a list of
-        ``fastgw.tracing.Trace``): the resource (``service.name`` fastgw, ``version``,
-        ``process.pid``), the fastgw scope, and per trace its request span and one
-        span per upstream attempt; ``epoch`` turns perf_counter readings into Unix
-        time. The reference is ``fastgw._reference.otlp.encode``; the traces are
-        read, then encoded with the GIL released."""
+        """``add`` of each trace of ``batch`` (a list of ``fastgw.tracing.Trace``),
+        then ``take``. The reference is ``fastgw._reference.otlp.encode``."""
     def kept(self) -> tuple[int, int]:
         """Constant parts kept: (request spans, attempt spans)."""
 

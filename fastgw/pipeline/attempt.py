@@ -117,11 +117,13 @@ class Attempt:
                             % (len(body), ctx.request_id) + ctx.fwd + b"\r\n" + body)
         else:  # sampled: this attempt's span is the upstream request's parent
             provider = target.provider
-            span = self.span = AttemptSpan(trace.new_id(), provider.name, provider.cfg.kind,
+            span_id = trace.new_id()
+            span = self.span = AttemptSpan(span_id, provider.name, provider.cfg.kind,
                                            target.model, route.name)
             trace.attempts.append(span)
             self.request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
-                            % (len(body), ctx.request_id) + trace.header(span.span_id)
+                            b"traceparent: 00-%032x-%016x-01\r\n"
+                            % (len(body), ctx.request_id, trace.trace_id, span_id)
                             + ctx.fwd + b"\r\n" + body)
         self.ctx = ctx
         self.route = route  # the model tried (the asked one, a variant or a fallback)

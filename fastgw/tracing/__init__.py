@@ -1,13 +1,13 @@
 """Traces: W3C trace context in, spans recorded per request, OTLP export out.
 
-The request path only records numbers: :meth:`Tracer.start` reads the client's
+The request path records numbers: :meth:`Tracer.start` reads the client's
 ``traceparent`` (continued) or starts a trace, decides once per trace whether
 it is sampled, and gives the request a :class:`Trace`; each upstream attempt
 adds an :class:`AttemptSpan` (its id, its start and end, its target, how it
 failed) and sends ``traceparent`` with that span as the parent; the finished
-request fills in its own fields and hands the trace to the exporter's bounded
-queue. Protobuf objects are built only by the exporter (:mod:`.otlp`), off the
-request path, in batches.
+request fills in its :class:`Report` and hands the trace to the exporter,
+which encodes it natively at once (:mod:`.otlp`) and keeps only those bytes
+until its background task posts them.
 """
 
 from __future__ import annotations
@@ -74,14 +74,12 @@ class Trace:
     """One sampled request: the trace it belongs to, its own span, its attempts,
     and (once finished) what the request span reports."""
 
-    __slots__ = ("attempts", "parent_id", "prefix", "report", "span_id", "trace_id")
+    __slots__ = ("attempts", "parent_id", "report", "span_id", "trace_id")
 
     def __init__(self, trace_id: int, parent_id: int, span_id: int) -> None:
         self.trace_id = trace_id
         self.parent_id = parent_id  # the client's span (0: this request starts the trace)
         self.span_id = span_id  # the request's span
-        # The outgoing header up to the parent id, rendered once per request.
-        self.prefix = b"traceparent: 00-%032x-" % trace_id
         self.attempts: list[AttemptSpan] = []
         self.report = _NO_REPORT  # set when the request ends
 
@@ -92,7 +90,7 @@ class Trace:
 
     def header(self, span_id: int) -> bytes:
         """The ``traceparent`` line sent upstream with ``span_id`` as the parent."""
-        return self.prefix + b"%016x-01\r\n" % span_id
+        return b"traceparent: 00-%032x-%016x-01\r\n" % (self.trace_id, span_id)
 
 
 def parse_traceparent(value: bytes) -> tuple[int, int] | None:

@@ -41,15 +41,17 @@ class OtlpExporter:
     __slots__ = (
         "_backoff",
         "_conn",
+        "_encoder",
+        "_epoch",
         "_failures",
         "_head",
         "_host",
         "_port",
-        "_queue",
         "_queue_full",
         "_retry_at",
         "_ssl",
         "_task",
+        "_unreachable",
         "_wake",
         "batch_spans",
         "interval_s",
@@ -89,27 +91,32 @@ class OtlpExporter:
         self.max_queue_spans = max_queue_spans
         self.batch_spans = batch_spans
         self.interval_s = interval_s
-        self._queue: list[Trace] = []
-        self.queued = 0  # spans in the queue
+        self._encoder = OtlpEncoder()  # the pending spans, encoded
+        self._epoch = time.time() - perf_counter()  # perf_counter -> Unix time
+        self.queued = 0  # spans pending
         self._queue_full = batched(TRACE_DROPPED, "queue_full")
+        self._unreachable = batched(TRACE_DROPPED, "unreachable")
         self._wake: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._retry_at = 0.0  # monotonic: batches before it are dropped unencoded
+        self._retry_at = 0.0  # monotonic: traces before it are dropped unencoded
         self._backoff = 0.0
         self._failures = 0
 
     # -- the request path -------------------------------------------------------------------
 
     def submit(self, trace: Trace) -> None:
-        """A finished trace: queued, or dropped (counted) when the queue is full."""
+        """A finished trace: its spans encoded and pending, or dropped (counted) when
+        that would pass ``max_queue_spans`` or while the collector is backed off."""
         n = 1 + len(trace.attempts)
         queued = self.queued + n
         if queued > self.max_queue_spans:
             self._queue_full.value += n
             return
-        self._queue.append(trace)
-        self.queued = queued
+        if self._retry_at and self.loop.time() < self._retry_at:
+            self._unreachable.value += n
+            return
+        self.queued = self._encoder.add(trace, self._epoch)
         if queued >= self.batch_spans:
             wake = self._wake
             if wake is not None and not wake.done():
@@ -128,7 +135,7 @@ class OtlpExporter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._queue and self.loop.time() >= self._retry_at:
+        if self.queued and self.loop.time() >= self._retry_at:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.export_once(), timeout_s)
         self._close()
@@ -151,30 +158,22 @@ class OtlpExporter:
             except Exception:  # never let the exporter die: spans are only lost
                 log.exception("span export failed")
 
-    def take(self) -> list[Trace]:
-        """Up to one batch of traces off the queue."""
-        queue = self._queue
-        n = 0
-        i = 0
-        limit = self.batch_spans
-        while i < len(queue) and n < limit:
-            n += 1 + len(queue[i].attempts)
-            i += 1
-        batch = queue[:i]
-        del queue[:i]
-        self.queued -= n
-        return batch
+    def take(self) -> tuple[bytes, int]:
+        """The pending spans as one OTLP request body, and how many they are (none
+        are pending after)."""
+        spans, self.queued = self.queued, 0
+        body = self._encoder.take(os.getpid(), fastgw.__version__)
+        self._epoch = time.time() - perf_counter()  # kept from drifting
+        return body, spans
 
     async def export_once(self) -> None:
-        """Export one batch (or drop it while the collector is backed off)."""
-        batch = self.take()
-        if not batch:
+        """Export what is pending (or drop it while the collector is backed off)."""
+        if not self.queued:
             return
-        spans = sum(1 + len(t.attempts) for t in batch)
+        body, spans = self.take()
         if self.loop.time() < self._retry_at:
             TRACE_DROPPED.labels("unreachable").inc(spans)
             return
-        body = encode(batch)
         try:
             status = await asyncio.wait_for(self._post(body), self.timeout_s)
         except TimeoutError as exc:  # first: it is an OSError too
@@ -195,6 +194,7 @@ class OtlpExporter:
             TRACE_SPANS.inc(spans)
             self._failures = 0
             self._backoff = 0.0
+            self._retry_at = 0.0
         else:
             self._failed(spans, "rejected", RuntimeError(f"the collector answered {status}"))
 
@@ -266,15 +266,16 @@ def encode(batch: list[Trace], epoch: float | None = None) -> bytes:
     perf_counter readings into Unix time (now's when not given).
 
     Native (``rust/src/otlp.rs``, the Rust ``opentelemetry-proto`` crate's
-    messages): the traces are read, then encoded with the GIL released; each kind
-    of span's constant part (name, route, target, key, status...) is serialized
-    once and kept, so a span costs its own part (ids, times, a few numbers). The
-    specification is ``fastgw._reference.otlp``, the same spans built field by
-    field with the Python ``opentelemetry-proto`` classes (the tests compare them)."""
+    messages), the same encoding as :meth:`OtlpExporter.submit`'s, one trace at a
+    time: each kind of span's constant part (name, route, target, key, status...)
+    is serialized once and kept, so a span costs its own part (ids, times, a few
+    numbers); text is borrowed from the trace, not copied. The specification is
+    ``fastgw._reference.otlp``, the same spans built field by field with the Python
+    ``opentelemetry-proto`` classes (the tests compare them)."""
     if epoch is None:
         epoch = time.time() - perf_counter()
     return ENCODER.encode(batch, epoch, os.getpid(), fastgw.__version__)
 
 
-# The worker's encoder (the event loop's thread is its only user).
+# The encoder of encode() (exporters have their own).
 ENCODER = OtlpEncoder()

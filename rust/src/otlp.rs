@@ -17,34 +17,35 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message;
-use std::collections::HashMap;
+use std::borrow::Cow;
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One upstream attempt, as its span will say.
 #[derive(Debug, Clone, Default)]
-pub struct AttemptRec {
+pub struct AttemptRec<'a> {
     /// The attempt's span id.
     pub span_id: u64,
     /// The provider's configured name.
-    pub provider: String,
+    pub provider: Cow<'a, str>,
     /// The provider's kind (openai, azure, anthropic, openai-compatible).
-    pub kind: String,
+    pub kind: Cow<'a, str>,
     /// The deployment asked for upstream.
-    pub model: String,
+    pub model: Cow<'a, str>,
     /// The gateway's model tried (asked, variant, fallback).
-    pub route: String,
+    pub route: Cow<'a, str>,
     /// When it was sent (`perf_counter` seconds; 0: never sent).
     pub start: f64,
     /// When it ended (0: when the request did).
     pub end: f64,
     /// Why it failed, when it did.
-    pub error: Option<String>,
+    pub error: Option<Cow<'a, str>>,
     /// The upstream's status when it answered one (0: none).
     pub status: i64,
 }
 
 /// One sampled request: its trace, its span's fields and its attempts.
 #[derive(Debug, Clone, Default)]
-pub struct TraceRec {
+pub struct TraceRec<'a> {
     /// The trace id (128 bits).
     pub trace_id: u128,
     /// The client's span (0: this request started the trace).
@@ -52,7 +53,7 @@ pub struct TraceRec {
     /// The request's span id.
     pub span_id: u64,
     /// The upstream attempts, in order.
-    pub attempts: Vec<AttemptRec>,
+    pub attempts: Vec<AttemptRec<'a>>,
     /// Received (`perf_counter` seconds).
     pub start: f64,
     /// Answered (`perf_counter` seconds).
@@ -60,29 +61,29 @@ pub struct TraceRec {
     /// The status sent to the client (0: none).
     pub status: i64,
     /// The error the client got, when it got one.
-    pub error: Option<String>,
+    pub error: Option<Cow<'a, str>>,
     /// The request's method.
-    pub method: String,
+    pub method: Cow<'a, str>,
     /// The request's path.
-    pub path: String,
+    pub path: Cow<'a, str>,
     /// The client endpoint (chat, completions, embeddings, responses, messages).
-    pub endpoint: String,
+    pub endpoint: Cow<'a, str>,
     /// The model the client asked for ("" when none).
-    pub asked: String,
+    pub asked: Cow<'a, str>,
     /// The model of the gateway that served ("" when none).
-    pub served: String,
+    pub served: Cow<'a, str>,
     /// The deployment that answered ("" when none).
-    pub response_model: String,
+    pub response_model: Cow<'a, str>,
     /// The provider that answered ("" when none).
-    pub provider: String,
+    pub provider: Cow<'a, str>,
     /// The caller's key or subject name.
-    pub key: Option<String>,
+    pub key: Option<Cow<'a, str>>,
     /// The response cache's result.
-    pub cache: Option<String>,
+    pub cache: Option<Cow<'a, str>>,
     /// The variant that served.
-    pub variant: Option<String>,
+    pub variant: Option<Cow<'a, str>>,
     /// The request's id.
-    pub request_id: String,
+    pub request_id: Cow<'a, str>,
     /// Whether the answer was streamed.
     pub stream: bool,
     /// (input, output) tokens, when known.
@@ -128,6 +129,13 @@ fn ns(t: f64, epoch: f64) -> u64 {
 pub fn round3(x: f64) -> f64 {
     if !x.is_finite() {
         return x;
+    }
+    // Away from a tie the thousandths product rounds as the exact value does, and
+    // an integer over 1000 divides to the nearest float: Python's answer, cheaply.
+    let y = x * 1000.0;
+    let frac = y - y.floor();
+    if y.abs() < 1e15 && (frac - 0.5).abs() > 1e-6 {
+        return y.round() / 1000.0;
     }
     format!("{x:.3}").parse().unwrap_or(x)
 }
@@ -224,14 +232,14 @@ fn request_const(t: &TraceRec) -> Span {
 fn request_key(t: &TraceRec, out: &mut Vec<u8>) {
     out.clear();
     for part in [
-        t.endpoint.as_str(),
-        t.attempts.last().map_or("", |a| a.kind.as_str()),
-        t.asked.as_str(),
-        t.response_model.as_str(),
-        t.method.as_str(),
-        t.path.as_str(),
-        t.served.as_str(),
-        t.provider.as_str(),
+        &*t.endpoint,
+        t.attempts.last().map_or("", |a| &*a.kind),
+        &*t.asked,
+        &*t.response_model,
+        &*t.method,
+        &*t.path,
+        &*t.served,
+        &*t.provider,
     ] {
         put_str(out, part);
     }
@@ -243,42 +251,79 @@ fn request_key(t: &TraceRec, out: &mut Vec<u8>) {
     out.push(u8::from(t.stream) | (u8::from(t.error.is_some()) << 1));
 }
 
-/// The request span's own part: ids, times, and the attributes that differ from
-/// request to request (they follow the constant ones).
-fn request_own(t: &TraceRec, epoch: f64) -> Span {
-    let mut a = Vec::with_capacity(5);
+/// A value of an attribute of a span's own part.
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    Str(&'a str),
+    Int(i64),
+    Double(f64),
+}
+
+/// Sets attribute `n` of `attrs` (at most one past its end) to `key` = `value`,
+/// reusing what is there: the key when it is the same, a string value's buffer.
+fn put(attrs: &mut Vec<KeyValue>, n: usize, key: &str, value: Val<'_>) {
+    if n == attrs.len() {
+        attrs.push(KeyValue {
+            key: key.to_owned(),
+            ..Default::default()
+        });
+    } else if attrs[n].key != key {
+        attrs[n].key.clear();
+        attrs[n].key.push_str(key);
+    }
+    let slot = &mut attrs[n].value.get_or_insert_with(AnyValue::default).value;
+    match value {
+        Val::Str(v) => {
+            if let Some(Value::StringValue(buf)) = slot {
+                buf.clear();
+                buf.push_str(v);
+            } else {
+                *slot = Some(Value::StringValue(v.to_owned()));
+            }
+        }
+        Val::Int(v) => *slot = Some(Value::IntValue(v)),
+        Val::Double(v) => *slot = Some(Value::DoubleValue(v)),
+    }
+}
+
+fn set_bytes(field: &mut Vec<u8>, value: &[u8]) {
+    field.clear();
+    field.extend_from_slice(value);
+}
+
+/// The request span's own part, written over `own` (whose buffers are reused from
+/// span to span): ids, times, and the attributes that differ from request to
+/// request (they follow the constant ones).
+fn request_own(t: &TraceRec, epoch: f64, own: &mut Span) {
+    let a = &mut own.attributes;
+    let mut n = 0;
     if let Some((input, output)) = t.tokens {
-        a.push(i("gen_ai.usage.input_tokens", input));
-        a.push(i("gen_ai.usage.output_tokens", output));
+        put(a, 0, "gen_ai.usage.input_tokens", Val::Int(input));
+        put(a, 1, "gen_ai.usage.output_tokens", Val::Int(output));
+        n = 2;
     }
-    a.push(s("fastgw.request_id", &t.request_id));
-    a.push(kv(
-        "fastgw.overhead_ms",
-        Value::DoubleValue(round3(t.overhead_s * 1000.0)),
-    ));
+    put(a, n, "fastgw.request_id", Val::Str(&t.request_id));
+    let overhead = round3(t.overhead_s * 1000.0);
+    put(a, n + 1, "fastgw.overhead_ms", Val::Double(overhead));
+    n += 2;
     if t.ttft_s >= 0.0 {
-        a.push(kv(
-            "fastgw.ttft_ms",
-            Value::DoubleValue(round3(t.ttft_s * 1000.0)),
-        ));
+        put(a, n, "fastgw.ttft_ms", Val::Double(round3(t.ttft_s * 1000.0)));
+        n += 1;
     }
-    Span {
-        trace_id: t.trace_id.to_be_bytes().to_vec(),
-        span_id: t.span_id.to_be_bytes().to_vec(),
-        parent_span_id: if t.parent_id == 0 {
-            Vec::new()
-        } else {
-            t.parent_id.to_be_bytes().to_vec()
-        },
-        start_time_unix_nano: ns(t.start, epoch),
-        end_time_unix_nano: ns(t.finished, epoch),
-        attributes: a,
-        status: t.error.as_ref().map(|e| Status {
-            message: e.clone(),
-            code: 0, // the constant part's
-        }),
-        ..Default::default()
+    a.truncate(n);
+    set_bytes(&mut own.trace_id, &t.trace_id.to_be_bytes());
+    set_bytes(&mut own.span_id, &t.span_id.to_be_bytes());
+    if t.parent_id == 0 {
+        own.parent_span_id.clear();
+    } else {
+        set_bytes(&mut own.parent_span_id, &t.parent_id.to_be_bytes());
     }
+    own.start_time_unix_nano = ns(t.start, epoch);
+    own.end_time_unix_nano = ns(t.finished, epoch);
+    own.status = t.error.as_ref().map(|e| Status {
+        message: e.to_string(),
+        code: 0, // the constant part's
+    });
 }
 
 /// How an attempt ended, for its span: it answered the request (the last one, not
@@ -369,32 +414,31 @@ fn attempt_key(t: &TraceRec, at: &AttemptRec, n: usize, mode: Mode, out: &mut Ve
     }
 }
 
-fn attempt_own(t: &TraceRec, at: &AttemptRec, mode: Mode, epoch: f64) -> Span {
-    let mut a = Vec::new();
-    let mut status = None;
+/// An attempt span's own part, written over `own` (see [`request_own`]).
+fn attempt_own(t: &TraceRec, at: &AttemptRec, mode: Mode, epoch: f64, own: &mut Span) {
+    let a = &mut own.attributes;
+    let mut n = 0;
+    own.status = None;
     if mode == Mode::Answered {
         if let Some((input, output)) = t.tokens {
-            a.push(i("gen_ai.usage.input_tokens", input));
-            a.push(i("gen_ai.usage.output_tokens", output));
+            put(a, 0, "gen_ai.usage.input_tokens", Val::Int(input));
+            put(a, 1, "gen_ai.usage.output_tokens", Val::Int(output));
+            n = 2;
         }
-        status = t.error.as_ref().map(|e| Status {
-            message: e.clone(),
+        own.status = t.error.as_ref().map(|e| Status {
+            message: e.to_string(),
             code: 0, // the constant part's
         });
     }
+    a.truncate(n);
     // 0.0 (exactly: never set) stands for "not recorded".
     let end = if at.end == 0.0 { t.finished } else { at.end };
     let start = if at.start == 0.0 { end } else { at.start };
-    Span {
-        trace_id: t.trace_id.to_be_bytes().to_vec(),
-        span_id: at.span_id.to_be_bytes().to_vec(),
-        parent_span_id: t.span_id.to_be_bytes().to_vec(),
-        start_time_unix_nano: ns(start, epoch),
-        end_time_unix_nano: ns(end, epoch),
-        attributes: a,
-        status,
-        ..Default::default()
-    }
+    set_bytes(&mut own.trace_id, &t.trace_id.to_be_bytes());
+    set_bytes(&mut own.span_id, &at.span_id.to_be_bytes());
+    set_bytes(&mut own.parent_span_id, &t.span_id.to_be_bytes());
+    own.start_time_unix_nano = ns(start, epoch);
+    own.end_time_unix_nano = ns(end, epoch);
 }
 
 fn put_str(out: &mut Vec<u8>, part: &str) {
@@ -441,6 +485,9 @@ pub struct Encoder {
     requests: HashMap<Vec<u8>, Vec<u8>>,
     attempts: HashMap<Vec<u8>, Vec<u8>>,
     key: Vec<u8>,
+    own: Span,
+    spans: Vec<u8>,
+    count: usize,
 }
 
 fn kept<'a>(
@@ -470,13 +517,45 @@ impl Encoder {
         (self.requests.len(), self.attempts.len())
     }
 
-    /// The serialized `ExportTraceServiceRequest` of `batch`: the resource (service
-    /// fastgw `version`, process `pid`), the fastgw scope, and for each trace its
-    /// request span (SERVER, the client's span as parent) and one span per attempt
-    /// (CLIENT, the request span as parent). `epoch` turns `perf_counter` readings
-    /// into Unix time.
-    pub fn encode(&mut self, batch: &[TraceRec], epoch: f64, pid: i64, version: &str) -> Vec<u8> {
-        let mut spans = Vec::with_capacity(batch.len() * 400 + 64);
+    /// Encodes one trace at once, appending it to the spans kept for [`Self::take`]:
+    /// its request span (SERVER, the client's span as parent) and one span per
+    /// attempt (CLIENT, the request span as parent). `epoch` turns `perf_counter`
+    /// readings into Unix time. The spans kept so far, counted.
+    pub fn add(&mut self, t: &TraceRec, epoch: f64) -> usize {
+        let spans = &mut self.spans;
+        let key = &mut self.key;
+        let own = &mut self.own;
+        request_key(t, key);
+        request_own(t, epoch, own);
+        let constant = kept(&mut self.requests, key, || request_const(t));
+        frame(SCOPE_SPANS_SPANS, constant.len() + own.encoded_len(), spans);
+        spans.extend_from_slice(constant);
+        own.encode_raw(spans);
+        let last = t.attempts.len().wrapping_sub(1);
+        for (n, at) in t.attempts.iter().enumerate() {
+            let m = mode(at, n == last);
+            attempt_key(t, at, n, m, key);
+            attempt_own(t, at, m, epoch, own);
+            let constant = kept(&mut self.attempts, key, || attempt_const(t, at, n, m));
+            frame(SCOPE_SPANS_SPANS, constant.len() + own.encoded_len(), spans);
+            spans.extend_from_slice(constant);
+            own.encode_raw(spans);
+        }
+        self.count += 1 + t.attempts.len();
+        self.count
+    }
+
+    /// Spans kept (added since the last [`Self::take`]).
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.count
+    }
+
+    /// The serialized `ExportTraceServiceRequest` of the spans kept: the resource
+    /// (service fastgw `version`, process `pid`), the fastgw scope and its spans;
+    /// none are kept after.
+    pub fn take(&mut self, pid: i64, version: &str) -> Vec<u8> {
+        let mut scope = Vec::with_capacity(self.spans.len() + 64);
         ScopeSpans {
             scope: Some(InstrumentationScope {
                 name: "fastgw".to_owned(),
@@ -485,35 +564,9 @@ impl Encoder {
             }),
             ..Default::default()
         }
-        .encode_raw(&mut spans);
-        let mut key = std::mem::take(&mut self.key);
-        for t in batch {
-            request_key(t, &mut key);
-            let own = request_own(t, epoch);
-            let constant = kept(&mut self.requests, &key, || request_const(t));
-            frame(
-                SCOPE_SPANS_SPANS,
-                constant.len() + own.encoded_len(),
-                &mut spans,
-            );
-            spans.extend_from_slice(constant);
-            own.encode_raw(&mut spans);
-            let last = t.attempts.len().wrapping_sub(1);
-            for (n, at) in t.attempts.iter().enumerate() {
-                let m = mode(at, n == last);
-                attempt_key(t, at, n, m, &mut key);
-                let own = attempt_own(t, at, m, epoch);
-                let constant = kept(&mut self.attempts, &key, || attempt_const(t, at, n, m));
-                frame(
-                    SCOPE_SPANS_SPANS,
-                    constant.len() + own.encoded_len(),
-                    &mut spans,
-                );
-                spans.extend_from_slice(constant);
-                own.encode_raw(&mut spans);
-            }
-        }
-        self.key = key;
+        .encode_raw(&mut scope);
+        scope.append(&mut self.spans);
+        self.count = 0;
         let mut resource = ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![
@@ -526,12 +579,21 @@ impl Encoder {
             ..Default::default()
         }
         .encode_to_vec();
-        frame(RESOURCE_SPANS_SCOPE_SPANS, spans.len(), &mut resource);
-        resource.extend_from_slice(&spans);
+        frame(RESOURCE_SPANS_SCOPE_SPANS, scope.len(), &mut resource);
+        resource.extend_from_slice(&scope);
         let mut out = Vec::with_capacity(resource.len() + 8);
         frame(REQUEST_RESOURCE_SPANS, resource.len(), &mut out);
         out.extend_from_slice(&resource);
         out
+    }
+
+    /// The serialized `ExportTraceServiceRequest` of `batch` (with any spans kept
+    /// before it): [`Self::add`] of each, then [`Self::take`].
+    pub fn encode(&mut self, batch: &[TraceRec], epoch: f64, pid: i64, version: &str) -> Vec<u8> {
+        for t in batch {
+            self.add(t, epoch);
+        }
+        self.take(pid, version)
     }
 }
 
@@ -545,15 +607,18 @@ impl Encoder {
 pub fn encode_plain(batch: &[TraceRec], epoch: f64, pid: i64, version: &str) -> Vec<u8> {
     let mut spans = Vec::new();
     for t in batch {
+        let mut own = Span::default();
         let mut span = request_const(t);
-        span.merge(request_own(t, epoch).encode_to_vec().as_slice())
+        request_own(t, epoch, &mut own);
+        span.merge(own.encode_to_vec().as_slice())
             .expect("a span's own part decodes");
         spans.push(span);
         let last = t.attempts.len().wrapping_sub(1);
         for (n, at) in t.attempts.iter().enumerate() {
             let m = mode(at, n == last);
             let mut span = attempt_const(t, at, n, m);
-            span.merge(attempt_own(t, at, m, epoch).encode_to_vec().as_slice())
+            attempt_own(t, at, m, epoch, &mut own);
+            span.merge(own.encode_to_vec().as_slice())
                 .expect("a span's own part decodes");
             spans.push(span);
         }
@@ -599,6 +664,21 @@ mod tests {
         assert_eq!(round3(2.675), 2.675);
         assert_eq!(round3(0.12345), 0.123);
         assert_eq!(round3(12.345_678_9), 12.346);
+        assert_eq!(round3(-0.0625), -0.062);
+        assert_eq!(round3(0.0005), 0.001); // above the tie in binary
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)]
+    fn round3_fast_path_is_the_exact_rounding() {
+        let exact = |x: f64| -> f64 { format!("{x:.3}").parse().unwrap() };
+        let mut x = 1e-7_f64;
+        while x < 1e7 {
+            for v in [x, -x, x * 1.000_000_1, x + 0.0005] {
+                assert_eq!(round3(v), exact(v), "{v}");
+            }
+            x *= 1.001_3;
+        }
     }
 
     #[test]
@@ -680,7 +760,7 @@ mod tests {
         assert_eq!(spans[0].name, " "); // no model, no method or path given
     }
 
-    fn varied() -> Vec<TraceRec> {
+    fn varied() -> Vec<TraceRec<'static>> {
         let mut out = Vec::new();
         for n in 0..12u32 {
             let attempts = (0..n % 3)
@@ -692,7 +772,7 @@ mod tests {
                     route: "r".into(),
                     start: if k == 0 { 0.0 } else { 1.25 },
                     end: f64::from(k) * 0.5,
-                    error: (k == 0 && n % 2 == 0).then(|| "timeout".to_owned()),
+                    error: (k == 0 && n % 2 == 0).then(|| "timeout".into()),
                     status: [0, 200, 500][(k % 3) as usize],
                 })
                 .collect();
@@ -704,17 +784,17 @@ mod tests {
                 start: 0.5,
                 finished: 2.0 + f64::from(n),
                 status: [200, 502, 0, 429][(n % 4) as usize],
-                error: (n % 4 == 1).then(|| "bad gateway".to_owned()),
+                error: (n % 4 == 1).then(|| "bad gateway".into()),
                 method: "POST".into(),
                 path: "/v1/chat/completions".into(),
                 endpoint: ["chat", "embeddings", ""][(n % 3) as usize].into(),
                 asked: if n % 5 == 0 {
-                    String::new()
+                    "".into()
                 } else {
                     "m".into()
                 },
-                key: (n % 2 == 0).then(|| "team".to_owned()),
-                request_id: format!("req_{n}"),
+                key: (n % 2 == 0).then(|| "team".into()),
+                request_id: format!("req_{n}").into(),
                 stream: n % 2 == 1,
                 tokens: (n % 3 == 0).then_some((i64::from(n), 7)),
                 overhead_s: 0.000_012_5 * f64::from(n),
@@ -742,5 +822,23 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    #[test]
+    fn spans_added_one_by_one_are_the_batch() {
+        let batch = varied();
+        let want = decoded(&encode_plain(&batch, 10.0, 7, "v"));
+        let mut enc = Encoder::new();
+        let mut n = 0;
+        for t in &batch {
+            n += 1 + t.attempts.len();
+            assert_eq!(enc.add(t, 10.0), n);
+        }
+        assert_eq!(enc.pending(), n);
+        assert_eq!(decoded(&enc.take(7, "v")), want);
+        assert_eq!(enc.pending(), 0);
+        // Nothing is left for the next take.
+        let empty = decoded(&enc.take(7, "v"));
+        assert!(empty.resource_spans[0].scope_spans[0].spans.is_empty());
     }
 }
