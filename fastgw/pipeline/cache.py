@@ -156,6 +156,7 @@ class CacheState:
 
 
 _BYPASSED = CacheState(b"", False, BYPASS)  # shared: a bypass keeps nothing
+_new_state = cast("Callable[[type[CacheState]], CacheState]", object.__new__)
 
 
 def _whole_object(body: bytes) -> bool:
@@ -166,6 +167,19 @@ def _whole_object(body: bytes) -> bool:
     if not (body.endswith(b"}") or body.rstrip().endswith(b"}")):
         return False
     return body.startswith(b"{") or body.lstrip().startswith(b"{")
+
+
+def _controls(control: bytes) -> tuple[bool, bool, float | None]:
+    """(read, write, max-age) of a request's ``Cache-Control``: ``no-store`` neither
+    reads nor writes, ``no-cache`` refreshes (writes without reading)."""
+    control = control.lower()
+    read = write = True
+    if b"no-store" in control:
+        read = write = False
+    elif b"no-cache" in control:
+        read = False
+    m = _MAX_AGE.search(control)
+    return read, write, None if m is None else float(m.group(1))
 
 
 def _bypass(ctx: RequestCtx) -> None:
@@ -196,22 +210,15 @@ class CacheFilter(Filter):
         if endpoint not in _CACHEABLE or (ctx.stream and endpoint not in STREAM_ENDPOINTS):
             _bypass(ctx)  # a streamed Responses request: no replay of its event form
             return None
-        read = write = True
-        max_age: float | None = None
         # The forwarded headers (lowercase names) say in one scan whether to look.
-        control = ctx.cycle.header(b"cache-control") if b"cache-control" in ctx.fwd else None
-        if control is not None:
-            control = control.lower()
-            if b"no-store" in control:
-                read = write = False
-            elif b"no-cache" in control:
-                read = False  # refresh: go upstream, store the new answer
-            m = _MAX_AGE.search(control)
-            if m is not None:
-                max_age = float(m.group(1))
-        if not (read or write):
-            _bypass(ctx)
-            return None
+        if b"cache-control" in ctx.fwd:
+            read, write, max_age = _controls(ctx.cycle.header(b"cache-control") or b"")
+            if not (read or write):
+                _bypass(ctx)
+                return None
+        else:
+            read = write = True
+            max_age = None
         if self.only_deterministic and endpoint != "embeddings":
             t = ctx.doc.get("temperature")  # deterministic: 0, never a bool
             if not ((type(t) is int or type(t) is float) and t == 0):
@@ -229,7 +236,10 @@ class CacheFilter(Filter):
         except ValueError:
             _bypass(ctx)
             return None
-        state = ctx.cache = CacheState(key, write)
+        # (CacheState(key, write) without its __init__: once per request)
+        state = ctx.cache = _new_state(CacheState)
+        state.key = key
+        state.write = write
         flights = self.store.flights
         if read:
             if self.awaits_lookup:

@@ -145,9 +145,11 @@ class Proxy:
                 if chain.awaits:
                     return self._proceed(ctx, has_controls, controls, None, _ROUTED)
                 # The request hooks in order, until one answers or must wait.
-                for i, hook in enumerate(chain.request):
+                i = 0
+                for hook in chain.request:
                     said = hook(ctx)
                     if said is None:
+                        i += 1
                         continue
                     if type(said) is Later:  # a hook must wait after all: a task
                         return self._proceed(ctx, has_controls, controls, None, _ROUTED,
