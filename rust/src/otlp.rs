@@ -551,11 +551,11 @@ impl Encoder {
         self.count
     }
 
-    /// The serialized `ExportTraceServiceRequest` of the spans kept: the resource
-    /// (service fastgw `version`, process `pid`), the fastgw scope and its spans;
-    /// none are kept after.
-    pub fn take(&mut self, pid: i64, version: &str) -> Vec<u8> {
-        let mut scope = Vec::with_capacity(self.spans.len() + 64);
+    /// What precedes the spans kept in their serialized `ExportTraceServiceRequest`:
+    /// the framing of the request, resource and scope messages, the resource
+    /// (service fastgw `version`, process `pid`) and the fastgw scope.
+    fn head(&self, pid: i64, version: &str) -> Vec<u8> {
+        let mut scope = Vec::with_capacity(64);
         ScopeSpans {
             scope: Some(InstrumentationScope {
                 name: "fastgw".to_owned(),
@@ -565,8 +565,7 @@ impl Encoder {
             ..Default::default()
         }
         .encode_raw(&mut scope);
-        scope.append(&mut self.spans);
-        self.count = 0;
+        let scope_len = scope.len() + self.spans.len();
         let mut resource = ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![
@@ -579,12 +578,39 @@ impl Encoder {
             ..Default::default()
         }
         .encode_to_vec();
-        frame(RESOURCE_SPANS_SCOPE_SPANS, scope.len(), &mut resource);
-        resource.extend_from_slice(&scope);
-        let mut out = Vec::with_capacity(resource.len() + 8);
-        frame(REQUEST_RESOURCE_SPANS, resource.len(), &mut out);
-        out.extend_from_slice(&resource);
+        frame(RESOURCE_SPANS_SCOPE_SPANS, scope_len, &mut resource);
+        let mut head = Vec::with_capacity(resource.len() + scope.len() + 16);
+        frame(REQUEST_RESOURCE_SPANS, resource.len() + scope_len, &mut head);
+        head.extend_from_slice(&resource);
+        head.extend_from_slice(&scope);
+        head
+    }
+
+    /// The serialized `ExportTraceServiceRequest` of the spans kept, handed to
+    /// `write` as its length and its two parts (the head, then the spans) so that
+    /// it is copied once, where the caller wants it; none are kept after (their
+    /// buffer's memory is, for the next ones: no fresh pages per batch).
+    pub fn take_with<T>(
+        &mut self,
+        pid: i64,
+        version: &str,
+        write: impl FnOnce(usize, &[u8], &[u8]) -> T,
+    ) -> T {
+        let head = self.head(pid, version);
+        let out = write(head.len() + self.spans.len(), &head, &self.spans);
+        self.spans.clear();
+        self.count = 0;
         out
+    }
+
+    /// [`Self::take_with`] into a new vector.
+    pub fn take(&mut self, pid: i64, version: &str) -> Vec<u8> {
+        self.take_with(pid, version, |len, head, spans| {
+            let mut out = Vec::with_capacity(len);
+            out.extend_from_slice(head);
+            out.extend_from_slice(spans);
+            out
+        })
     }
 
     /// The serialized `ExportTraceServiceRequest` of `batch` (with any spans kept

@@ -183,8 +183,16 @@ impl OtlpEncoder {
     /// The serialized OTLP `ExportTraceServiceRequest` of the spans kept (none are
     /// kept after).
     #[pyo3(signature = (pid, version, /))]
-    fn take<'py>(&self, py: Python<'py>, pid: i64, version: &str) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.encoder().take(pid, version))
+    fn take<'py>(&self, py: Python<'py>, pid: i64, version: &str) -> PyResult<Bound<'py, PyBytes>> {
+        // Written straight into the bytes object: one copy.
+        self.encoder().take_with(pid, version, |len, head, spans| {
+            PyBytes::new_with(py, len, |buf| {
+                let (first, rest) = buf.split_at_mut(head.len());
+                first.copy_from_slice(head);
+                rest.copy_from_slice(spans);
+                Ok(())
+            })
+        })
     }
 
     /// The serialized OTLP `ExportTraceServiceRequest` of `batch` (a list of
