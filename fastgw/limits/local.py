@@ -43,11 +43,6 @@ class LocalLimiter:
         res, head = self.table.admit(plan.admission, tokens, usd)
         return res, head if head is not None else plan.render(res)
 
-    def settle_used(self, res: Reservation, plan: Plan, requests: float, tokens: float,
-                    usd: float) -> None:
-        """:meth:`settle` with the plan's settlement for what was used: one native call."""
-        self.table.settle_admitted(res, plan.admission, requests, tokens, usd)
-
     def settle(self, res: object, actual: Sequence[float]) -> None:
         if isinstance(res, Reservation):
             self.table.settle(res, actual)

@@ -215,8 +215,18 @@ class Access:
         backend = self._backend
         assert isinstance(backend, LocalLimiter), "admit_now needs the local limiter"
         grant: Grant = ctx.grant
-        res, head = backend.admit(plan, grant.tokens, grant.usd)
-        self._admitted(ctx, plan, res, head, backend)
+        # (LocalLimiter.admit and _admitted, inline: once per request)
+        res, head = backend.table.admit(plan.admission, grant.tokens, grant.usd)
+        if head is None:
+            head = plan.render(res)
+        if head:
+            ctx.extra_headers += head
+        if not res.admitted:
+            message, retry_after = plan.refusal(res)
+            raise RateLimited(message, headers=[(b"retry-after", retry_after)])
+        grant.plan = plan
+        grant.res = res
+        grant.backend = backend
 
     def _planned(self, ctx: RequestCtx) -> Plan | None:
         """The request's limit plan (None: no limits); the grant gets the request's
@@ -283,7 +293,7 @@ class Access:
             used = (tried, 0.0, 0.0)  # error or cancel: refund
         try:
             if type(res) is Reservation and isinstance(backend, LocalLimiter):
-                backend.settle_used(res, plan, *used)
+                backend.table.settle_admitted(res, plan.admission, *used)
             else:
                 backend.settle(res, plan.actual(*used))
         except Exception:  # settle runs in the runner's finally: it must never raise
