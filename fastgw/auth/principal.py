@@ -55,7 +55,7 @@ class Principal:
         self.tier = tier
         self.limits = limits
         self.metadata = dict(metadata or {})
-        self.plans: dict[str, Any] = {}
+        self.plans: dict[Any, Any] = {}
         self._verdicts: dict[str, bool] = {}
 
     def allows(self, model: str) -> bool:

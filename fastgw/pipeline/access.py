@@ -212,10 +212,10 @@ class Access:
         plan = self._planned(ctx)
         if plan is None:
             return
-        backend = self._backend
-        assert isinstance(backend, LocalLimiter), "admit_now needs the local limiter"
         grant: Grant = ctx.grant
         # (LocalLimiter.admit and _admitted, inline: once per request)
+        backend = self._backend
+        assert type(backend) is LocalLimiter, "admit_now needs the local limiter"
         res, head = backend.table.admit(plan.admission, grant.tokens, grant.usd)
         if head is None:
             head = plan.render(res)
@@ -234,20 +234,21 @@ class Access:
         grant: Grant | None = ctx.grant
         if grant is None or self._rules is None:
             return None
-        principal = grant.principal
-        model = ctx.model
         route = ctx.route
-        cache_key = model if route is None or route.name == model else model + "\0" + route.name
-        plans = principal.plans
-        plan: Plan | None = plans.get(cache_key, _UNSET)
+        assert route is not None  # admission follows the route phase
+        # Plans are cached per route object when it is the model asked (one name,
+        # one route), else per (name asked, route): a variant's route.
+        key: Any = route if route is ctx.asked else (ctx.model, route)
+        plans = grant.principal.plans
+        plan: Plan | None = plans.get(key, _UNSET)
         if plan is _UNSET:
-            plan = plans[cache_key] = self._plan(principal, model, route)
-        cache = ctx.cache
-        if plan is not None and plan.uses_usage and (cache is None or not cache.hit):
-            prompt, completion = estimate(len(ctx.body), ctx.doc, ctx.endpoint)
-            grant.tokens = float(prompt + completion)
-            grant.usd = (prompt * route.input_per_token + completion * route.output_per_token
-                         if route is not None else 0.0)
+            plan = plans[key] = self._plan(grant.principal, ctx.model, route)
+        if plan is not None and plan.uses_usage:
+            cache = ctx.cache
+            if cache is None or not cache.hit:
+                prompt, completion = estimate(len(ctx.body), ctx.doc, ctx.endpoint)
+                grant.tokens = float(prompt + completion)
+                grant.usd = prompt * route.input_per_token + completion * route.output_per_token
         return plan
 
     @staticmethod
@@ -274,28 +275,30 @@ class Access:
             return
         grant.res = None  # settle once
         plan = grant.plan
-        backend = grant.backend
-        assert plan is not None and backend is not None
+        assert plan is not None
         cache = ctx.cache
-        tried = 1.0 if ctx.attempts > 0 or (cache is not None and cache.hit) else 0.0
         if cache is not None and cache.hit:
-            used = (1.0, 0.0, 0.0)  # a request, served without tokens or spend
+            requests, tokens, usd = 1.0, 0.0, 0.0  # a request, served without tokens or spend
+        elif not ctx.attempts:
+            requests = tokens = usd = 0.0  # nothing tried: refund
         elif not plan.uses_usage:
-            used = (tried, 0.0, 0.0)
+            requests, tokens, usd = 1.0, 0.0, 0.0
         elif ctx.usage_known:
             route = ctx.route  # the model that served (a fallback maybe)
             p, c = ctx.prompt_tokens, ctx.completion_tokens
+            requests, tokens = 1.0, float(p + c)
             usd = p * route.input_per_token + c * route.output_per_token if route else grant.usd
-            used = (1.0, float(p + c), usd)
-        elif tried and 200 <= ctx.status < 400:
-            used = (1.0, grant.tokens, grant.usd)  # answered without usage
+        elif 200 <= ctx.status < 400:
+            requests, tokens, usd = 1.0, grant.tokens, grant.usd  # answered without usage
         else:
-            used = (tried, 0.0, 0.0)  # error or cancel: refund
+            requests, tokens, usd = 1.0, 0.0, 0.0  # error or cancel: refund
+        backend = grant.backend
         try:
-            if type(res) is Reservation and isinstance(backend, LocalLimiter):
-                backend.table.settle_admitted(res, plan.admission, *used)
+            if type(res) is Reservation and type(backend) is LocalLimiter:
+                backend.table.settle_admitted(res, plan.admission, requests, tokens, usd)
             else:
-                backend.settle(res, plan.actual(*used))
+                assert backend is not None
+                backend.settle(res, plan.actual(requests, tokens, usd))
         except Exception:  # settle runs in the runner's finally: it must never raise
             log.exception("settling limits failed")
 

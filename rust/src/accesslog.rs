@@ -10,8 +10,6 @@
 //! absent values are `null`. The pure-Python reference is
 //! `fastgw/_reference/accesslog.py`.
 
-use std::io::Write;
-
 /// What one line says about one request.
 #[derive(Debug, Clone, Default)]
 pub struct Line<'a> {
@@ -55,16 +53,46 @@ pub struct Line<'a> {
     pub cache: Option<&'a str>,
 }
 
+/// Whether a byte must be escaped inside a JSON string.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// The index of the first byte of `bytes` that must be escaped, eight bytes at a
+/// time (a control character, `"` or `\`), or `bytes.len()`.
+fn clean_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[i..i + 8]);
+        let w = u64::from_le_bytes(word);
+        // A byte below 0x20, or equal to '"' or '\\' (a zero byte after xor), sets
+        // its high bit here; a byte at 0x80 or above never does (`& !w`).
+        let below = w.wrapping_sub(ONES * 0x20);
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let slash = w ^ (ONES * u64::from(b'\\'));
+        let hits = (below | quote.wrapping_sub(ONES) | slash.wrapping_sub(ONES)) & !w & HIGHS;
+        if hits != 0 {
+            break; // the exact byte is found below (borrows may flag a later one)
+        }
+        i += 8;
+    }
+    i + bytes[i..].iter().position(|&b| needs_escape(b)).unwrap_or(bytes.len() - i)
+}
+
 /// Bytes of valid UTF-8 as the inside of a JSON string: runs that need no
 /// escape copied whole (bytes of multi-byte characters never do).
 fn escaped(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
-        out.extend_from_slice(&bytes[start..i]);
+    let mut rest = bytes;
+    loop {
+        let n = clean_prefix(rest);
+        out.extend_from_slice(&rest[..n]);
+        let Some((&b, tail)) = rest[n..].split_first() else {
+            return;
+        };
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -82,9 +110,8 @@ fn escaped(out: &mut Vec<u8>, bytes: &[u8]) {
                 HEX[usize::from(b & 15)],
             ]),
         }
-        start = i + 1;
+        rest = tail;
     }
-    out.extend_from_slice(&bytes[start..]);
 }
 
 fn string(out: &mut Vec<u8>, s: &str) {
@@ -114,10 +141,14 @@ fn opt(out: &mut Vec<u8>, s: Option<&str>) {
 /// A float as JSON: the shortest text that reads back as the same value.
 fn number(out: &mut Vec<u8>, x: f64) {
     if x.is_finite() {
-        let _ = write!(out, "{x:?}");
+        out.extend_from_slice(zmij::Buffer::new().format_finite(x).as_bytes());
     } else {
         out.extend_from_slice(b"null");
     }
+}
+
+fn integer(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Seconds as milliseconds cut to the microsecond (Python:
@@ -129,13 +160,45 @@ pub fn ms(seconds: f64) -> f64 {
     micros / 1000.0
 }
 
+/// [`ms`] written as JSON. A whole number of microseconds is written as its
+/// decimal digits (`12.345`, `7.0`): read back, that is the float [`ms`] gives
+/// (the quotient of an exact integer by 1000, correctly rounded), without
+/// formatting a float.
+fn ms_number(out: &mut Vec<u8>, seconds: f64) {
+    let micros = (seconds * 1_000_000.0).trunc();
+    if !(0.0..1e15).contains(&micros) {
+        number(out, ms(seconds));
+        return;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let micros = micros as u64;
+    out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+    let frac = micros % 1000;
+    if frac == 0 {
+        out.extend_from_slice(b".0");
+        return;
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let digits = [
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ];
+    let keep = if frac.is_multiple_of(100) {
+        2
+    } else if frac.is_multiple_of(10) {
+        3
+    } else {
+        4
+    };
+    out.extend_from_slice(&digits[..keep]);
+}
+
 /// `x` rounded to 8 decimals, as Python's `round(x, 8)`.
 #[must_use]
 pub fn round8(x: f64) -> f64 {
-    if !x.is_finite() {
-        return x;
-    }
-    format!("{x:.8}").parse().unwrap_or(x)
+    crate::num::round_decimals(x, 8)
 }
 
 /// Appends `line` as one JSON object and a newline.
@@ -160,26 +223,31 @@ pub fn render(out: &mut Vec<u8>, line: &Line<'_>) {
         out.extend_from_slice(name);
         opt(out, value);
     }
-    let _ = write!(
-        out,
-        ",\"status\":{},\"stream\":{},\"attempts\":{},\"latency_ms\":",
-        line.status, line.stream, line.attempts
-    );
-    number(out, ms(line.latency_s));
+    out.extend_from_slice(b",\"status\":");
+    integer(out, line.status);
+    out.extend_from_slice(if line.stream {
+        b",\"stream\":true,\"attempts\":"
+    } else {
+        b",\"stream\":false,\"attempts\":"
+    });
+    integer(out, line.attempts);
+    out.extend_from_slice(b",\"latency_ms\":");
+    ms_number(out, line.latency_s);
     out.extend_from_slice(b",\"ttfb_ms\":");
     if line.ttfb_s >= 0.0 {
-        number(out, ms(line.ttfb_s));
+        ms_number(out, line.ttfb_s);
     } else {
         out.extend_from_slice(b"null");
     }
     out.extend_from_slice(b",\"overhead_ms\":");
-    number(out, ms(line.overhead_s));
+    ms_number(out, line.overhead_s);
     match line.usage {
         Some((tin, tout, cost)) => {
-            let _ = write!(
-                out,
-                ",\"tokens_in\":{tin},\"tokens_out\":{tout},\"cost_usd\":"
-            );
+            out.extend_from_slice(b",\"tokens_in\":");
+            integer(out, tin);
+            out.extend_from_slice(b",\"tokens_out\":");
+            integer(out, tout);
+            out.extend_from_slice(b",\"cost_usd\":");
             number(out, round8(cost));
         }
         None => out.extend_from_slice(b",\"tokens_in\":null,\"tokens_out\":null,\"cost_usd\":null"),
@@ -233,5 +301,56 @@ mod tests {
         assert_eq!(v["cache"], "hit");
         assert_eq!(v["variant"], serde_json::Value::Null);
         assert!(text.ends_with("}\n"));
+    }
+
+    #[test]
+    #[allow(clippy::float_cmp)] // exact on purpose: the float the reference gives
+    fn milliseconds_read_back_as_ms_gives() {
+        let mut s = 1e-7_f64;
+        while s < 1e7 {
+            for v in [s, s * 1.000_000_3, s + 0.000_5, 0.0, 1e-6, 0.001, 2.5] {
+                let mut out = Vec::new();
+                ms_number(&mut out, v);
+                let text = std::str::from_utf8(&out).unwrap();
+                assert_eq!(text.parse::<f64>().unwrap(), ms(v), "{v} -> {text}");
+                assert!(text.contains('.'), "{text}");
+            }
+            s *= 1.003_1;
+        }
+        let mut out = Vec::new();
+        ms_number(&mut out, -0.25);
+        assert_eq!(out, b"-250.0");
+    }
+
+    #[test]
+    fn escapes_match_the_byte_by_byte_rule() {
+        let reference = |bytes: &[u8]| -> Vec<u8> {
+            let mut out = Vec::new();
+            for &b in bytes {
+                if needs_escape(b) {
+                    escaped(&mut out, &[b]);
+                } else {
+                    out.push(b);
+                }
+            }
+            out
+        };
+        let alphabet = [b'a', b'"', b'\\', 0x01, 0x1f, 0x20, 0x7f, 0x80, 0xc3, 0xa9, b'\n', b'!'];
+        let mut seed = 0x9e37_79b9_u32;
+        for len in 0..40 {
+            for _ in 0..200 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 17;
+                        seed ^= seed << 5;
+                        alphabet[seed as usize % alphabet.len()]
+                    })
+                    .collect();
+                let mut got = Vec::new();
+                escaped(&mut got, &bytes);
+                assert_eq!(got, reference(&bytes), "{bytes:?}");
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod json;
 pub mod jwt;
 pub mod limiter;
 pub mod lrucache;
+pub mod num;
 pub mod ojson;
 pub mod otlp;
 pub mod ring;

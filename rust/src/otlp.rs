@@ -123,21 +123,10 @@ fn ns(t: f64, epoch: f64) -> u64 {
     ((t + epoch) * 1e9) as u64
 }
 
-/// `round(x, 3)` as Python computes it: the value correctly rounded to three
-/// decimals (ties to even on the exact binary value), read back as the nearest float.
+/// `round(x, 3)` as Python computes it (see [`crate::num::round_decimals`]).
 #[must_use]
 pub fn round3(x: f64) -> f64 {
-    if !x.is_finite() {
-        return x;
-    }
-    // Away from a tie the thousandths product rounds as the exact value does, and
-    // an integer over 1000 divides to the nearest float: Python's answer, cheaply.
-    let y = x * 1000.0;
-    let frac = y - y.floor();
-    if y.abs() < 1e15 && (frac - 0.5).abs() > 1e-6 {
-        return y.round() / 1000.0;
-    }
-    format!("{x:.3}").parse().unwrap_or(x)
+    crate::num::round_decimals(x, 3)
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
