@@ -498,6 +498,11 @@ def usage(body: bytes, /) -> tuple[int, int] | None:
     """``(prompt_tokens, completion_tokens)`` after the last ``"usage"`` key of a whole
     JSON answer (0 for an absent count); None without the key or either count."""
 
+def splice_model(body: bytes, old: bytes, new: bytes, /) -> bytes | None:
+    """``body`` with ``"model":<old>`` (or ``"model": <old>``; both JSON string
+    literals) replaced by the same with ``new``, when that occurs and ``"model"``
+    occurs nowhere else in ``body``; None otherwise (re-encode)."""
+
 # ---------------------------------------------------------------- access log
 
 def access_line(

@@ -9,6 +9,7 @@
   subset (see ``rust/src/http.rs``) and leave the rest to llhttp.
 - ``forwarded``: the request header pass (what goes upstream).
 - ``usage``: token counts after the last ``"usage"`` key of a JSON answer.
+- ``splice_model``: a request body with its top-level model name replaced in place.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from collections.abc import Callable
 
 import httptools
 
-__all__ = ["ChunkedDecoder", "forwarded", "parse_request", "parse_response", "usage"]
+__all__ = ["ChunkedDecoder", "forwarded", "parse_request", "parse_response", "splice_model",
+           "usage"]
 
 _DROP_REQUEST = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
@@ -199,3 +201,18 @@ class ChunkedDecoder:
                 rest = pieces[i + 1:]
                 return b"".join(rest) if rest else None
         return None
+
+
+def splice_model(body: bytes, old: bytes, new: bytes) -> bytes | None:
+    """``body`` with ``"model":<old>`` (or ``"model": <old>``; ``old`` and ``new``
+    JSON string literals) replaced by the same with ``new``, when that occurs and
+    ``"model"`` occurs nowhere else in ``body`` (it is then the top-level key);
+    None otherwise. The separator without a space is looked for first."""
+    for sep in (b'"model":', b'"model": '):
+        needle = sep + old
+        i = body.find(needle)
+        if i >= 0:
+            if body.find(b'"model"', i + len(needle)) < 0 and body.rfind(b'"model"', 0, i) < 0:
+                return body[:i] + sep + new + body[i + len(needle):]
+            return None
+    return None

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from fastgw._native import usage
+from fastgw._native import splice_model, usage
 from fastgw.config import ProviderConfig
 
 # Endpoint name -> path below the provider's base URL.
@@ -79,16 +79,10 @@ def rewrite_model(body: bytes, doc: dict[str, Any], asked: str, deployment: str)
     """
     if asked == deployment:
         return body
-    value = _json_string(asked)
-    new = _json_string(deployment)
-    # Fast path: the two spellings JSON encoders produce, found exactly once.
-    for sep in (b'"model":', b'"model": '):
-        needle = sep + value
-        i = body.find(needle)
-        if i >= 0:
-            if body.find(b'"model"', i + len(needle)) < 0 and body.rfind(b'"model"', 0, i) < 0:
-                return body[:i] + sep + new + body[i + len(needle):]
-            break
+    # Fast path (native): the two spellings JSON encoders produce, found exactly once.
+    spliced = splice_model(body, _json_string(asked), _json_string(deployment))
+    if spliced is not None:
+        return spliced
     pat = _PATTERNS.get(asked)
     if pat is None:
         if len(_PATTERNS) > 4096:

@@ -677,6 +677,33 @@ pub fn usage(body: &[u8]) -> Option<Counts<'_>> {
     Some((prompt, completion))
 }
 
+/// Where to splice a request body's model name: `(start, end)` of
+/// `"model":<old>` or `"model": <old>` (`old` a JSON string literal) when that
+/// occurs and `"model"` occurs nowhere else in `body` (it is then the top-level
+/// key: the parsed document has it); `None` otherwise (the caller re-encodes).
+/// The separator without a space is looked for first.
+#[must_use]
+pub fn model_splice(body: &[u8], old: &[u8]) -> Option<(usize, usize)> {
+    const KEY: &[u8] = b"\"model\"";
+    let first = memchr::memmem::find(body, KEY)?;
+    let mut at = first + KEY.len();
+    if body.get(at) != Some(&b':') {
+        return None;
+    }
+    at += 1;
+    if body.get(at) == Some(&b' ') && !body[at..].starts_with(old) {
+        at += 1;
+    }
+    if !body[at..].starts_with(old) {
+        return None;
+    }
+    let end = at + old.len();
+    if memchr::memmem::find(&body[end..], KEY).is_some() {
+        return None;
+    }
+    Some((at, end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,6 +718,20 @@ mod tests {
         .into_bytes();
         v.extend_from_slice(BODY);
         v
+    }
+
+    #[test]
+    fn the_model_is_spliced_only_when_it_is_the_one_model_key() {
+        let at = |body: &[u8]| model_splice(body, br#""gpt""#);
+        assert_eq!(at(br#"{"model":"gpt","n":1}"#), Some((9, 14)));
+        assert_eq!(at(br#"{"model": "gpt", "n": 1}"#), Some((10, 15)));
+        assert_eq!(at(br#"{"n":1,"model":"gpt"}"#), Some((15, 20)));
+        assert_eq!(at(br#"{"model":"gpt4"}"#), None); // the literal's closing quote differs
+        assert_eq!(at(br#"{"model":"gp"}"#), None);
+        assert_eq!(at(br#"{"model" : "gpt"}"#), None); // other spacing: re-encoded
+        assert_eq!(at(br#"{"model":"gpt","m":[{"role":"model"}]}"#), None);
+        assert_eq!(at(br#"{"x":{"model":"y"},"model":"gpt"}"#), None);
+        assert_eq!(at(br#"{"n":1}"#), None);
     }
 
     fn dur(seconds: f64) -> String {

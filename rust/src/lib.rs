@@ -41,7 +41,9 @@ mod _native {
     #[pymodule_export]
     use crate::py::guard::{RedactWindow, RegexGuard};
     #[pymodule_export]
-    use crate::py::http::{forwarded, parse_request, parse_response, usage, ChunkedDecoder};
+    use crate::py::http::{
+        forwarded, parse_request, parse_response, splice_model, usage, ChunkedDecoder,
+    };
     #[pymodule_export]
     use crate::py::jwt::{JwtKeySet, JwtVerifier};
     #[pymodule_export]

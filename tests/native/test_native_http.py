@@ -3,8 +3,10 @@ to it), and the header pass and usage reader give the reference's answers."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -388,3 +390,43 @@ _USAGE_PARTS = st.sampled_from([
 @example(b'{"usage":{"input_tokens":1,"prompt_tokens":2}}')
 def test_usage_matches_the_reference(body: bytes) -> None:
     assert native.usage(body) == ref.usage(body)
+
+
+# -- the model name spliced into a request body -------------------------------------------
+
+_MODELS = st.sampled_from(["gpt", "gpt-4o", 'a "quoted" name', "é", "model", "gp"])
+_LEAF = st.one_of(st.integers(-5, 5), st.booleans(), st.none(), _MODELS)
+_NESTED = st.recursive(_LEAF, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.sampled_from(["model", "role", "content", "n"]), inner, max_size=3), max_leaves=6)
+
+
+def _encoded(doc: dict[str, Any], how: int) -> bytes:
+    if how == 0:
+        return orjson.dumps(doc)
+    if how == 1:
+        return json.dumps(doc).encode()  # ", " and ": " (Python's SDK)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@settings(max_examples=600, deadline=None)
+@given(asked=_MODELS, new=_MODELS, before=st.dictionaries(
+    st.sampled_from(["messages", "n", "temperature", "metadata"]), _NESTED, max_size=3),
+    after=st.dictionaries(st.sampled_from(["stream", "user", "tools"]), _NESTED, max_size=2),
+    how=st.integers(0, 2), cut=st.integers(0, 400))
+@example(asked="gpt", new="x", before={}, after={"tools": {"model": "gpt"}}, how=0, cut=400)
+@example(asked="gpt", new="x", before={"messages": [{"role": "model"}]}, after={}, how=1,
+         cut=400)
+def test_the_model_splice_matches_the_reference(asked: str, new: str, before: dict[str, Any],
+                                                after: dict[str, Any], how: int,
+                                                cut: int) -> None:
+    doc = {**before, "model": asked, **after}
+    body = _encoded(doc, how)
+    old_lit, new_lit = orjson.dumps(asked), orjson.dumps(new)
+    for b in (body, body[:cut], body[cut:]):  # pieces too: no assumption on the bytes
+        got = native.splice_model(b, old_lit, new_lit)
+        assert got == ref.splice_model(b, old_lit, new_lit)
+    got = native.splice_model(body, old_lit, new_lit)
+    if got is not None:
+        assert orjson.loads(got) == {**doc, "model": new}
+    else:  # refused only for another spelling of the name or another "model" in the body
+        assert body.count(b'"model"') > 1 or old_lit not in body

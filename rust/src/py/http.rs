@@ -289,3 +289,27 @@ pub(crate) fn usage<'py>(
     };
     Ok(Some((count(py, p)?, count(py, c)?)))
 }
+
+/// `body` with its top-level model name `old` replaced by `new` (both JSON
+/// string literals), spliced in place; None when the name cannot be found so
+/// (see `http::model_splice`): the caller re-encodes.
+#[pyfunction]
+#[pyo3(signature = (body, old, new, /))]
+pub(crate) fn splice_model<'py>(
+    py: Python<'py>,
+    body: &[u8],
+    old: &[u8],
+    new: &[u8],
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let Some((start, end)) = core::model_splice(body, old) else {
+        return Ok(None);
+    };
+    let len = body.len() - (end - start) + new.len();
+    PyBytes::new_with(py, len, |out| {
+        out[..start].copy_from_slice(&body[..start]);
+        out[start..start + new.len()].copy_from_slice(new);
+        out[start + new.len()..].copy_from_slice(&body[end..]);
+        Ok(())
+    })
+    .map(Some)
+}
