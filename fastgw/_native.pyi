@@ -503,6 +503,14 @@ def splice_model(body: bytes, old: bytes, new: bytes, /) -> bytes | None:
     literals) replaced by the same with ``new``, when that occurs and ``"model"``
     occurs nowhere else in ``body``; None otherwise (re-encode)."""
 
+def render_request(prefix: bytes, request_id: bytes, fwd: bytes, body: bytes, old: bytes,
+                   new: bytes, /) -> bytes | None:
+    """A whole upstream request in one piece: ``prefix`` (request line and the
+    target's constant headers), ``content-length``, ``x-request-id``, the forwarded
+    header block, the blank line and ``body`` with its model literal ``old``
+    replaced by ``new`` as :func:`splice_model` does (unchanged when they are
+    equal); None when it cannot be spliced so (render it the general way)."""
+
 # ---------------------------------------------------------------- access log
 
 def access_line(

@@ -10,6 +10,7 @@
 - ``forwarded``: the request header pass (what goes upstream).
 - ``usage``: token counts after the last ``"usage"`` key of a JSON answer.
 - ``splice_model``: a request body with its top-level model name replaced in place.
+- ``render_request``: a whole upstream request (head and spliced body) in one piece.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from collections.abc import Callable
 
 import httptools
 
-__all__ = ["ChunkedDecoder", "forwarded", "parse_request", "parse_response", "splice_model",
-           "usage"]
+__all__ = ["ChunkedDecoder", "forwarded", "parse_request", "parse_response", "render_request",
+           "splice_model", "usage"]
 
 _DROP_REQUEST = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
@@ -216,3 +217,17 @@ def splice_model(body: bytes, old: bytes, new: bytes) -> bytes | None:
                 return body[:i] + sep + new + body[i + len(needle):]
             return None
     return None
+
+
+def render_request(prefix: bytes, request_id: bytes, fwd: bytes, body: bytes, old: bytes,
+                   new: bytes) -> bytes | None:
+    """``prefix``, ``content-length``, ``x-request-id``, the forwarded block, the blank
+    line and ``body`` with its model literal ``old`` spliced to ``new`` (unchanged
+    when equal); None when :func:`splice_model` cannot splice it."""
+    if old != new:
+        spliced = splice_model(body, old, new)
+        if spliced is None:
+            return None
+        body = spliced
+    return (prefix + b"content-length: %d\r\nx-request-id: %s\r\n" % (len(body), request_id)
+            + fwd + b"\r\n" + body)

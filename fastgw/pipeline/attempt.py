@@ -8,6 +8,7 @@ from collections.abc import Collection, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from fastgw._native import render_request
 from fastgw.errors import BadRequest
 from fastgw.pipeline.ctx import RequestCtx
 from fastgw.pipeline.snapshot import ModelRoute
@@ -93,38 +94,51 @@ class Attempt:
         plan = target.plans[ctx.endpoint]
         assert plan is not None  # targets that cannot serve it were left out (serving)
         prefix, trans = plan
-        if trans is None:
-            body = openai.rewrite_model(ctx.body, ctx.doc, ctx.model, target.model)
-            ctx.client_usage = True
-            if ctx.stream and ctx.endpoint in _USAGE_ENDPOINTS:
-                body, ctx.client_usage = openai.ask_for_usage(body, ctx.doc)
-        else:
-            cfg = route.cfg
-            body = trans.request(ctx.doc, deployment=target.model, stream=ctx.stream,
-                                 default_max_tokens=cfg.default_max_tokens,
-                                 drop_unsupported=cfg.drop_unsupported_params)
-            opts = ctx.doc.get("stream_options")
-            ctx.client_usage = ctx.endpoint == "messages" or (
-                isinstance(opts, dict) and opts.get("include_usage") is True)
         chain = route.chain
-        if chain:
-            for hook in chain.upstream_request:
-                body = hook(ctx, target, body)
         trace = ctx.trace
-        if trace is None:
-            self.span: AttemptSpan | None = None
-            self.request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
-                            % (len(body), ctx.request_id) + ctx.fwd + b"\r\n" + body)
-        else:  # sampled: this attempt's span is the upstream request's parent
-            provider = target.provider
-            span_id = trace.new_id()
-            span = self.span = AttemptSpan(span_id, provider.name, provider.cfg.kind,
-                                           target.model, route.name)
-            trace.attempts.append(span)
-            self.request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
-                            b"traceparent: 00-%032x-%016x-01\r\n"
-                            % (len(body), ctx.request_id, trace.trace_id, span_id)
-                            + ctx.fwd + b"\r\n" + body)
+        request = None
+        if (trans is None and not ctx.stream and trace is None
+                and (not chain or not chain.upstream_request)):
+            # The common case in one native call: the client's bytes with the model
+            # spliced in, after the request head (None: a spelling it leaves alone).
+            request = render_request(prefix, ctx.request_id, ctx.fwd, ctx.body,
+                                     openai.json_string(ctx.model),
+                                     openai.json_string(target.model))
+            if request is not None:
+                ctx.client_usage = True
+                self.span: AttemptSpan | None = None
+        if request is None:  # the general way: usage asked, translated, hooks, traced
+            if trans is None:
+                body = openai.rewrite_model(ctx.body, ctx.doc, ctx.model, target.model)
+                ctx.client_usage = True
+                if ctx.stream and ctx.endpoint in _USAGE_ENDPOINTS:
+                    body, ctx.client_usage = openai.ask_for_usage(body, ctx.doc)
+            else:
+                cfg = route.cfg
+                body = trans.request(ctx.doc, deployment=target.model, stream=ctx.stream,
+                                     default_max_tokens=cfg.default_max_tokens,
+                                     drop_unsupported=cfg.drop_unsupported_params)
+                opts = ctx.doc.get("stream_options")
+                ctx.client_usage = ctx.endpoint == "messages" or (
+                    isinstance(opts, dict) and opts.get("include_usage") is True)
+            if chain:
+                for hook in chain.upstream_request:
+                    body = hook(ctx, target, body)
+            if trace is None:
+                self.span = None
+                request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
+                           % (len(body), ctx.request_id) + ctx.fwd + b"\r\n" + body)
+            else:  # sampled: this attempt's span is the upstream request's parent
+                provider = target.provider
+                span_id = trace.new_id()
+                span = self.span = AttemptSpan(span_id, provider.name, provider.cfg.kind,
+                                               target.model, route.name)
+                trace.attempts.append(span)
+                request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
+                           b"traceparent: 00-%032x-%016x-01\r\n"
+                           % (len(body), ctx.request_id, trace.trace_id, span_id)
+                           + ctx.fwd + b"\r\n" + body)
+        self.request = request
         self.ctx = ctx
         self.route = route  # the model tried (the asked one, a variant or a fallback)
         self.target = target

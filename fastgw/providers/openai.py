@@ -59,7 +59,7 @@ _PATTERNS: dict[str, re.Pattern[bytes]] = {}
 _STRINGS: dict[str, bytes] = {}
 
 
-def _json_string(value: str) -> bytes:
+def json_string(value: str) -> bytes:
     """``value`` as a JSON string literal (model names repeat: encoded once)."""
     encoded = _STRINGS.get(value)
     if encoded is None:
@@ -80,7 +80,7 @@ def rewrite_model(body: bytes, doc: dict[str, Any], asked: str, deployment: str)
     if asked == deployment:
         return body
     # Fast path (native): the two spellings JSON encoders produce, found exactly once.
-    spliced = splice_model(body, _json_string(asked), _json_string(deployment))
+    spliced = splice_model(body, json_string(asked), json_string(deployment))
     if spliced is not None:
         return spliced
     pat = _PATTERNS.get(asked)

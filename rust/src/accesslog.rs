@@ -171,28 +171,7 @@ fn ms_number(out: &mut Vec<u8>, seconds: f64) {
         return;
     }
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let micros = micros as u64;
-    out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
-    let frac = micros % 1000;
-    if frac == 0 {
-        out.extend_from_slice(b".0");
-        return;
-    }
-    #[allow(clippy::cast_possible_truncation)]
-    let digits = [
-        b'.',
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ];
-    let keep = if frac.is_multiple_of(100) {
-        2
-    } else if frac.is_multiple_of(10) {
-        3
-    } else {
-        4
-    };
-    out.extend_from_slice(&digits[..keep]);
+    crate::num::write_thousandths(out, micros as u64, true);
 }
 
 /// `x` rounded to 8 decimals, as Python's `round(x, 8)`.

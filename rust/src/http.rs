@@ -475,27 +475,37 @@ impl Chunked {
 /// seconds rounded up (`6m0s`, `1h2m3s`). False (nothing appended) for a
 /// wait too long to show exactly.
 pub fn reset_duration(seconds: f64, out: &mut Vec<u8>) -> bool {
-    use std::io::Write;
     if seconds <= 0.0 || seconds.is_nan() || seconds == f64::INFINITY {
         out.extend_from_slice(b"0s");
     } else if seconds < 1.0 {
-        #[allow(clippy::cast_possible_truncation)]
-        let ms = (seconds * 1000.0).ceil() as i64; // < 1000: exact
-        let _ = write!(out, "{ms}ms");
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let ms = (seconds * 1000.0).ceil() as u64; // < 1000: exact
+        out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes());
+        out.extend_from_slice(b"ms");
     } else if seconds < 60.0 {
-        let text = format!("{seconds:.3}");
-        let text = text.trim_end_matches('0').trim_end_matches('.');
-        out.extend_from_slice(text.as_bytes());
+        // Seconds to the millisecond (Python: "%g" % round(seconds, 3)).
+        if let Some(ms) = crate::num::scaled_rounded(seconds, 3) {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            crate::num::write_thousandths(out, ms as u64, false);
+        } else {
+            let text = format!("{seconds:.3}");
+            let text = text.trim_end_matches('0').trim_end_matches('.');
+            out.extend_from_slice(text.as_bytes());
+        }
         out.push(b's');
     } else if seconds < 1e15 {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let total = seconds.ceil() as u64; // < 1e15: exact
         let (m, s) = (total / 60, total % 60);
-        if m < 60 {
-            let _ = write!(out, "{m}m{s}s");
-        } else {
-            let _ = write!(out, "{}h{}m{s}s", m / 60, m % 60);
+        let mut n = itoa::Buffer::new();
+        if m >= 60 {
+            out.extend_from_slice(n.format(m / 60).as_bytes());
+            out.push(b'h');
         }
+        out.extend_from_slice(n.format(m % 60).as_bytes());
+        out.push(b'm');
+        out.extend_from_slice(n.format(s).as_bytes());
+        out.push(b's');
     } else {
         return false;
     }
@@ -685,7 +695,8 @@ pub fn usage(body: &[u8]) -> Option<Counts<'_>> {
 #[must_use]
 pub fn model_splice(body: &[u8], old: &[u8]) -> Option<(usize, usize)> {
     const KEY: &[u8] = b"\"model\"";
-    let first = memchr::memmem::find(body, KEY)?;
+    static FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(KEY));
+    let first = FINDER.find(body)?;
     let mut at = first + KEY.len();
     if body.get(at) != Some(&b':') {
         return None;
@@ -698,7 +709,7 @@ pub fn model_splice(body: &[u8], old: &[u8]) -> Option<(usize, usize)> {
         return None;
     }
     let end = at + old.len();
-    if memchr::memmem::find(&body[end..], KEY).is_some() {
+    if FINDER.find(&body[end..]).is_some() {
         return None;
     }
     Some((at, end))
@@ -751,6 +762,19 @@ mod tests {
         assert_eq!(dur(360.0), "6m0s");
         assert_eq!(dur(3723.2), "1h2m4s");
         assert!(!reset_duration(1e16, &mut Vec::new()));
+    }
+
+    #[test]
+    fn seconds_are_the_formatted_rounding() {
+        let mut x = 1.0_f64;
+        while x < 60.0 {
+            for v in [x, x + 0.000_5, x + 0.000_499_999_9] {
+                let text = format!("{v:.3}");
+                let want = text.trim_end_matches('0').trim_end_matches('.');
+                assert_eq!(dur(v), format!("{want}s"), "{v}");
+            }
+            x += 0.000_73;
+        }
     }
 
     #[test]

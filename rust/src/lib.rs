@@ -42,7 +42,8 @@ mod _native {
     use crate::py::guard::{RedactWindow, RegexGuard};
     #[pymodule_export]
     use crate::py::http::{
-        forwarded, parse_request, parse_response, splice_model, usage, ChunkedDecoder,
+        forwarded, parse_request, parse_response, render_request, splice_model, usage,
+        ChunkedDecoder,
     };
     #[pymodule_export]
     use crate::py::jwt::{JwtKeySet, JwtVerifier};

@@ -430,3 +430,21 @@ def test_the_model_splice_matches_the_reference(asked: str, new: str, before: di
         assert orjson.loads(got) == {**doc, "model": new}
     else:  # refused only for another spelling of the name or another "model" in the body
         assert body.count(b'"model"') > 1 or old_lit not in body
+
+
+@settings(max_examples=400, deadline=None)
+@given(asked=_MODELS, new=_MODELS, before=st.dictionaries(
+    st.sampled_from(["messages", "n", "metadata"]), _NESTED, max_size=3),
+    how=st.integers(0, 2), rid=st.binary(max_size=12),
+    fwd=st.lists(st.sampled_from([b"x-a: 1\r\n", b"user-agent: t\r\n", b""]), max_size=3))
+def test_the_rendered_request_matches_the_reference(asked: str, new: str,
+                                                    before: dict[str, Any], how: int,
+                                                    rid: bytes, fwd: list[bytes]) -> None:
+    doc = {**before, "model": asked}
+    body = _encoded(doc, how)
+    prefix = b"POST /v1/chat/completions HTTP/1.1\r\nhost: up\r\n"
+    args = (prefix, rid, b"".join(fwd), body, orjson.dumps(asked), orjson.dumps(new))
+    got = native.render_request(*args)
+    assert got == ref.render_request(*args)
+    if asked == new:  # nothing to splice: always rendered, the body as it came
+        assert got is not None and got.endswith(b"\r\n\r\n" + body)

@@ -313,3 +313,56 @@ pub(crate) fn splice_model<'py>(
     })
     .map(Some)
 }
+
+/// The upstream request of a whole answer in the client's dialect, in one
+/// write: `prefix` (request line and the target's constant headers),
+/// `content-length`, `x-request-id`, the forwarded header block `fwd`, the blank
+/// line and `body` with its model literal `old` replaced by `new` (as
+/// `splice_model`; no change when they are equal). None when the name cannot
+/// be spliced so: the caller renders the request its general way.
+#[pyfunction]
+#[pyo3(signature = (prefix, request_id, fwd, body, old, new, /))]
+pub(crate) fn render_request<'py>(
+    py: Python<'py>,
+    prefix: &[u8],
+    request_id: &[u8],
+    fwd: &[u8],
+    body: &[u8],
+    old: &[u8],
+    new: &[u8],
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let (start, end, new) = if old == new {
+        (body.len(), body.len(), &b""[..])
+    } else {
+        match core::model_splice(body, old) {
+            Some((start, end)) => (start, end, new),
+            None => return Ok(None),
+        }
+    };
+    let body_len = body.len() - (end - start) + new.len();
+    let mut digits = itoa::Buffer::new();
+    let length = digits.format(body_len).as_bytes();
+    let parts: [&[u8]; 10] = [
+        prefix,
+        b"content-length: ",
+        length,
+        b"\r\nx-request-id: ",
+        request_id,
+        b"\r\n",
+        fwd,
+        b"\r\n",
+        &body[..start],
+        new,
+    ];
+    let tail = &body[end..];
+    let len = parts.iter().map(|p| p.len()).sum::<usize>() + tail.len();
+    PyBytes::new_with(py, len, |out| {
+        let mut at = 0;
+        for part in parts.iter().chain(std::iter::once(&tail)) {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        Ok(())
+    })
+    .map(Some)
+}

@@ -350,7 +350,6 @@ fn render_rate_headers<'a>(
     tokens: &[usize],
     line: impl Fn(usize) -> &'a [u8],
 ) -> Option<Vec<u8>> {
-    use std::io::Write;
     let statuses = &outcome.statuses;
     let mut out = Vec::with_capacity(256);
     if statuses.is_empty() {
@@ -371,8 +370,13 @@ fn render_rate_headers<'a>(
         out.extend_from_slice(line(i));
         #[allow(clippy::cast_possible_truncation)]
         let remaining = status.remaining as i64; // as Python's %d: toward zero
-        let _ = write!(out, "x-ratelimit-remaining-{what}: {remaining}\r\n");
-        let _ = write!(out, "x-ratelimit-reset-{what}: ");
+        out.extend_from_slice(b"x-ratelimit-remaining-");
+        out.extend_from_slice(what.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(itoa::Buffer::new().format(remaining).as_bytes());
+        out.extend_from_slice(b"\r\nx-ratelimit-reset-");
+        out.extend_from_slice(what.as_bytes());
+        out.extend_from_slice(b": ");
         if !crate::http::reset_duration(status.reset_after, &mut out) {
             return None;
         }
