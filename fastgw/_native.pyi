@@ -511,6 +511,15 @@ def render_request(prefix: bytes, request_id: bytes, fwd: bytes, body: bytes, ol
     replaced by ``new`` as :func:`splice_model` does (unchanged when they are
     equal); None when it cannot be spliced so (render it the general way)."""
 
+def response_block(ctype: bytes, request_id: bytes, target_headers: bytes, attempts: int,
+                   overhead_s: float, extra: bytes, up_headers: list[tuple[bytes, bytes]],
+                   secrets: tuple[bytes, ...], /) -> bytes:
+    """The header block of an answer to the client: ``content-type``,
+    ``x-request-id``, the target's constant lines, ``x-fastgw-attempts``,
+    ``x-fastgw-overhead-ms`` (``"%.3f"`` of the milliseconds), ``extra``, then the
+    allow-listed upstream headers (lowercase pairs) with every secret, in turn,
+    replaced by ``[redacted]``."""
+
 # ---------------------------------------------------------------- access log
 
 def access_line(

@@ -11,6 +11,7 @@
 - ``usage``: token counts after the last ``"usage"`` key of a JSON answer.
 - ``splice_model``: a request body with its top-level model name replaced in place.
 - ``render_request``: a whole upstream request (head and spliced body) in one piece.
+- ``response_block``: the header block of an answer to the client.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable
 import httptools
 
 __all__ = ["ChunkedDecoder", "forwarded", "parse_request", "parse_response", "render_request",
-           "splice_model", "usage"]
+           "response_block", "splice_model", "usage"]
 
 _DROP_REQUEST = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
@@ -231,3 +232,32 @@ def render_request(prefix: bytes, request_id: bytes, fwd: bytes, body: bytes, ol
         body = spliced
     return (prefix + b"content-length: %d\r\nx-request-id: %s\r\n" % (len(body), request_id)
             + fwd + b"\r\n" + body)
+
+
+# Upstream response headers passed to clients (lowercase name -> name sent).
+PASS_RESPONSE = {
+    b"openai-processing-ms": b"openai-processing-ms",
+    b"openai-version": b"openai-version",
+    b"x-request-id": b"x-upstream-request-id",
+    b"retry-after": b"retry-after",
+    b"retry-after-ms": b"retry-after-ms",
+}
+
+
+def response_block(ctype: bytes, request_id: bytes, target_headers: bytes, attempts: int,
+                   overhead_s: float, extra: bytes, up_headers: list[tuple[bytes, bytes]],
+                   secrets: tuple[bytes, ...]) -> bytes:
+    """The header block of an answer: content-type, x-request-id, the target's lines,
+    attempts, overhead in ms (``%.3f``), the extra lines, then the allow-listed
+    upstream headers with every secret (in turn) replaced by ``[redacted]``."""
+    passed = b""
+    for name, value in up_headers:
+        sent = PASS_RESPONSE.get(name)
+        if sent is not None:
+            passed += sent + b": " + value + b"\r\n"
+    for secret in secrets if passed else ():
+        if secret:
+            passed = passed.replace(secret, b"[redacted]")
+    return (b"content-type: " + ctype + b"\r\nx-request-id: " + request_id + b"\r\n"
+            + target_headers + b"x-fastgw-attempts: %d\r\nx-fastgw-overhead-ms: %.3f\r\n"
+            % (attempts, overhead_s * 1000.0) + extra + passed)

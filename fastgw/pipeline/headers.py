@@ -4,8 +4,8 @@ Requests: everything the client sent except hop-by-hop headers, framing,
 credentials (the provider's key replaces the client's) and the gateway's own
 controls (``forwarded``, native; the server's whole-request parser computes
 it already, ``Cycle.forwarded``). Responses: a short allow-list of upstream
-headers, so provider account details (organisation, quotas, cookies) never
-reach clients.
+headers (``response_block``, native, with the rest of an answer's header block),
+so provider account details (organisation, quotas, cookies) never reach clients.
 """
 
 from __future__ import annotations
@@ -16,18 +16,9 @@ from itertools import count
 
 from fastgw._native import forwarded
 
-__all__ = ["PASS_RESPONSE", "content_type", "forwarded", "new_request_id", "request_id_for",
-           "reseed_request_ids", "response_headers", "valid_request_id"]
+__all__ = ["content_type", "forwarded", "new_request_id", "request_id_for",
+           "reseed_request_ids", "valid_request_id"]
 
-
-# Upstream response headers passed to clients (lowercase name -> name sent).
-PASS_RESPONSE = {
-    b"openai-processing-ms": b"openai-processing-ms",
-    b"openai-version": b"openai-version",
-    b"x-request-id": b"x-upstream-request-id",
-    b"retry-after": b"retry-after",
-    b"retry-after-ms": b"retry-after-ms",
-}
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
@@ -42,16 +33,6 @@ def request_id_for(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID.fullmatch(value) is not None
-
-
-def response_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The allow-listed upstream response headers, ready to append to a head."""
-    out = b""
-    for name, value in headers:
-        sent = PASS_RESPONSE.get(name)
-        if sent is not None:
-            out += sent + b": " + value + b"\r\n"
-    return out
 
 
 def content_type(headers: list[tuple[bytes, bytes]], default: bytes) -> bytes:

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import orjson
 
-from fastgw._native import access_line
+from fastgw._native import access_line, response_block
 from fastgw.accesslog import AccessLog
 from fastgw.errors import (
     ContextLengthExceeded,
@@ -125,14 +125,11 @@ class Responder:
         if overhead < 0.0:
             overhead = 0.0
         ctx.overhead_s = overhead
-        passed = hdr.response_headers(up_headers)
-        if passed:  # an upstream may echo its credential in a header it sends
-            passed = scrub(passed, target.provider.secrets)
-        return (b"content-type: " + ctype + b"\r\nx-request-id: " + ctx.request_id + b"\r\n"
-                + target.response_headers
-                + b"x-fastgw-attempts: %d\r\nx-fastgw-overhead-ms: %.3f\r\n"
-                % (ctx.attempts, overhead * 1000.0)
-                + ctx.extra_headers + passed)
+        # (the allow-listed upstream headers last, scrubbed of the provider's secrets:
+        # an upstream may echo its credential in a header it sends)
+        return response_block(ctype, ctx.request_id, target.response_headers, ctx.attempts,
+                              overhead, ctx.extra_headers, up_headers,
+                              target.provider.secrets)
 
     def status_error(self, attempt: Attempt, status: int, body: bytes,
                      up_headers: list[tuple[bytes, bytes]]) -> UpstreamStatusError:

@@ -79,7 +79,10 @@ fn clean_prefix(bytes: &[u8]) -> usize {
         }
         i += 8;
     }
-    i + bytes[i..].iter().position(|&b| needs_escape(b)).unwrap_or(bytes.len() - i)
+    i + bytes[i..]
+        .iter()
+        .position(|&b| needs_escape(b))
+        .unwrap_or(bytes.len() - i)
 }
 
 /// Bytes of valid UTF-8 as the inside of a JSON string: runs that need no
@@ -314,7 +317,9 @@ mod tests {
             }
             out
         };
-        let alphabet = [b'a', b'"', b'\\', 0x01, 0x1f, 0x20, 0x7f, 0x80, 0xc3, 0xa9, b'\n', b'!'];
+        let alphabet = [
+            b'a', b'"', b'\\', 0x01, 0x1f, 0x20, 0x7f, 0x80, 0xc3, 0xa9, b'\n', b'!',
+        ];
         let mut seed = 0x9e37_79b9_u32;
         for len in 0..40 {
             for _ in 0..200 {

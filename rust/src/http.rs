@@ -715,6 +715,65 @@ pub fn model_splice(body: &[u8], old: &[u8]) -> Option<(usize, usize)> {
     Some((at, end))
 }
 
+/// Upstream response headers passed to clients (lowercase name, name sent).
+pub const PASS_RESPONSE: [(&[u8], &[u8]); 5] = [
+    (b"openai-processing-ms", b"openai-processing-ms"),
+    (b"openai-version", b"openai-version"),
+    (b"x-request-id", b"x-upstream-request-id"),
+    (b"retry-after", b"retry-after"),
+    (b"retry-after-ms", b"retry-after-ms"),
+];
+
+/// The name an allow-listed upstream response header is passed under.
+#[must_use]
+pub fn passed_name(name: &[u8]) -> Option<&'static [u8]> {
+    PASS_RESPONSE
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, sent)| sent)
+}
+
+/// `data` with every occurrence of each secret, in turn, replaced by `[redacted]`.
+#[must_use]
+pub fn scrub(data: Vec<u8>, secrets: &[&[u8]]) -> Vec<u8> {
+    let mut data = data;
+    for secret in secrets {
+        if secret.is_empty() || memchr::memmem::find(&data, secret).is_none() {
+            continue;
+        }
+        let mut out = Vec::with_capacity(data.len());
+        let mut rest = &data[..];
+        while let Some(i) = memchr::memmem::find(rest, secret) {
+            out.extend_from_slice(&rest[..i]);
+            out.extend_from_slice(b"[redacted]");
+            rest = &rest[i + secret.len()..];
+        }
+        out.extend_from_slice(rest);
+        data = out;
+    }
+    data
+}
+
+/// `x` as Python's `"%.3f" % x` writes it (correctly rounded, ties to even).
+pub fn fixed3(out: &mut Vec<u8>, x: f64) {
+    match crate::num::scaled_rounded(x, 3) {
+        Some(units) if units >= 0.0 => {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let units = units as u64;
+            out.extend_from_slice(itoa::Buffer::new().format(units / 1000).as_bytes());
+            let frac = units % 1000;
+            #[allow(clippy::cast_possible_truncation)]
+            out.extend_from_slice(&[
+                b'.',
+                b'0' + (frac / 100) as u8,
+                b'0' + (frac / 10 % 10) as u8,
+                b'0' + (frac % 10) as u8,
+            ]);
+        }
+        _ => out.extend_from_slice(format!("{x:.3}").as_bytes()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,6 +802,34 @@ mod tests {
         assert_eq!(at(br#"{"model":"gpt","m":[{"role":"model"}]}"#), None);
         assert_eq!(at(br#"{"x":{"model":"y"},"model":"gpt"}"#), None);
         assert_eq!(at(br#"{"n":1}"#), None);
+    }
+
+    #[test]
+    fn fixed3_is_the_formatted_rounding() {
+        let mut x = 1e-7_f64;
+        while x < 1e9 {
+            for v in [x, x + 0.000_5, x * 1.000_000_1] {
+                let mut out = Vec::new();
+                fixed3(&mut out, v);
+                assert_eq!(String::from_utf8(out).unwrap(), format!("{v:.3}"), "{v}");
+            }
+            x *= 1.000_9;
+        }
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_in_turn() {
+        let got = scrub(b"a sk-1 b sk-1sk-12".to_vec(), &[b"sk-1", b"2"]);
+        assert_eq!(
+            got,
+            b"a [redacted] b [redacted][redacted][redacted]".to_vec()
+        );
+        assert_eq!(scrub(b"x".to_vec(), &[b""]), b"x".to_vec());
+        assert_eq!(
+            passed_name(b"x-request-id"),
+            Some(&b"x-upstream-request-id"[..])
+        );
+        assert_eq!(passed_name(b"server"), None);
     }
 
     fn dur(seconds: f64) -> String {

@@ -33,17 +33,17 @@ mod _native {
     use pyo3::prelude::*;
 
     #[pymodule_export]
-    use crate::py::hash64;
-    #[pymodule_export]
     use crate::py::accesslog::access_line;
     #[pymodule_export]
     use crate::py::cachekey::cache_key;
     #[pymodule_export]
     use crate::py::guard::{RedactWindow, RegexGuard};
     #[pymodule_export]
+    use crate::py::hash64;
+    #[pymodule_export]
     use crate::py::http::{
-        forwarded, parse_request, parse_response, render_request, splice_model, usage,
-        ChunkedDecoder,
+        forwarded, parse_request, parse_response, render_request, response_block, splice_model,
+        usage, ChunkedDecoder,
     };
     #[pymodule_export]
     use crate::py::jwt::{JwtKeySet, JwtVerifier};

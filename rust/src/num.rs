@@ -73,7 +73,9 @@ mod tests {
     use super::*;
 
     fn exact(x: f64, k: u8) -> f64 {
-        format!("{x:.prec$}", prec = usize::from(k)).parse().unwrap()
+        format!("{x:.prec$}", prec = usize::from(k))
+            .parse()
+            .unwrap()
     }
 
     #[test]
@@ -82,8 +84,19 @@ mod tests {
         for k in [3u8, 8] {
             let mut x = 1e-12_f64;
             while x < 1e14 {
-                for v in [x, -x, x * 1.000_000_1, x + 0.5e-3, x + 0.5e-8, x * 0.999_999_9] {
-                    assert_eq!(round_decimals(v, k).to_bits(), exact(v, k).to_bits(), "{v} {k}");
+                for v in [
+                    x,
+                    -x,
+                    x * 1.000_000_1,
+                    x + 0.5e-3,
+                    x + 0.5e-8,
+                    x * 0.999_999_9,
+                ] {
+                    assert_eq!(
+                        round_decimals(v, k).to_bits(),
+                        exact(v, k).to_bits(),
+                        "{v} {k}"
+                    );
                 }
                 x *= 1.000_7;
             }

@@ -448,3 +448,34 @@ def test_the_rendered_request_matches_the_reference(asked: str, new: str,
     assert got == ref.render_request(*args)
     if asked == new:  # nothing to splice: always rendered, the body as it came
         assert got is not None and got.endswith(b"\r\n\r\n" + body)
+
+
+_UP_NAMES = [b"openai-processing-ms", b"openai-version", b"x-request-id", b"retry-after",
+             b"retry-after-ms", b"server", b"set-cookie", b"openai-organization", b"date"]
+_SECRET_BITS = st.sampled_from([b"sk-", b"1", b"abc", b"[", b"redacted", b" "])
+
+
+@settings(max_examples=500, deadline=None)
+@given(up=st.lists(st.tuples(st.sampled_from(_UP_NAMES),
+                             st.lists(_SECRET_BITS, max_size=4).map(b"".join)), max_size=6),
+       secrets=st.lists(st.lists(_SECRET_BITS, max_size=3).map(b"".join), max_size=3),
+       attempts=st.integers(0, 12),
+       overhead=st.floats(0, 10, allow_nan=False) | st.sampled_from([0.0005, 0.0015, 1e-9]),
+       extra=st.sampled_from([b"", b"x-fastgw-cache: miss\r\n"]))
+def test_the_response_block_matches_the_reference(up: list[tuple[bytes, bytes]],
+                                                  secrets: list[bytes], attempts: int,
+                                                  overhead: float, extra: bytes) -> None:
+    args = (b"application/json", b"req_1", b"x-fastgw-provider: p\r\n", attempts, overhead,
+            extra, up, tuple(secrets))
+    got = native.response_block(*args)
+    assert got == ref.response_block(*args)
+
+
+def test_a_secret_echoed_by_the_upstream_is_scrubbed() -> None:
+    up = [(b"x-request-id", b"id-sk-live-1"), (b"set-cookie", b"sk-live-1"),
+          (b"openai-version", b"2020")]
+    got = native.response_block(b"application/json", b"r", b"", 1, 0.0015, b"", up,
+                                (b"sk-live-1",))
+    assert got.endswith(b"x-upstream-request-id: id-[redacted]\r\nopenai-version: 2020\r\n")
+    assert b"sk-live" not in got and b"cookie" not in got
+    assert b"x-fastgw-overhead-ms: 1.500\r\n" in got

@@ -366,3 +366,62 @@ pub(crate) fn render_request<'py>(
     })
     .map(Some)
 }
+
+/// The header block of a whole answer or a stream's head: `content-type`,
+/// `x-request-id`, the target's constant lines, `x-fastgw-attempts`,
+/// `x-fastgw-overhead-ms` (`"%.3f"` of the milliseconds), the request's extra
+/// lines, then the allow-listed upstream headers (`up_headers`, lowercase
+/// `(name, value)` pairs) with every secret scrubbed from them.
+#[pyfunction]
+#[pyo3(signature = (ctype, request_id, target_headers, attempts, overhead_s, extra, up_headers, secrets, /))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn response_block<'py>(
+    py: Python<'py>,
+    ctype: &[u8],
+    request_id: &[u8],
+    target_headers: &[u8],
+    attempts: i64,
+    overhead_s: f64,
+    extra: &[u8],
+    up_headers: &Bound<'py, PyList>,
+    secrets: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let mut passed = Vec::new();
+    for item in up_headers.iter() {
+        let pair = item.cast::<PyTuple>()?;
+        let name = pair.get_borrowed_item(0)?;
+        let Some(sent) = core::passed_name(name.cast::<PyBytes>()?.as_bytes()) else {
+            continue;
+        };
+        let value = pair.get_borrowed_item(1)?;
+        passed.extend_from_slice(sent);
+        passed.extend_from_slice(b": ");
+        passed.extend_from_slice(value.cast::<PyBytes>()?.as_bytes());
+        passed.extend_from_slice(b"\r\n");
+    }
+    if !passed.is_empty() && !secrets.is_empty() {
+        let held: Vec<Bound<'py, PyBytes>> = secrets
+            .iter()
+            .map(|s| s.cast_into::<PyBytes>().map_err(PyErr::from))
+            .collect::<PyResult<_>>()?;
+        let list: Vec<&[u8]> = held.iter().map(PyBytesMethods::as_bytes).collect();
+        passed = core::scrub(passed, &list);
+    }
+    let mut out = Vec::with_capacity(
+        96 + ctype.len() + request_id.len() + target_headers.len() + extra.len() + passed.len(),
+    );
+    out.extend_from_slice(b"content-type: ");
+    out.extend_from_slice(ctype);
+    out.extend_from_slice(b"\r\nx-request-id: ");
+    out.extend_from_slice(request_id);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(target_headers);
+    out.extend_from_slice(b"x-fastgw-attempts: ");
+    out.extend_from_slice(itoa::Buffer::new().format(attempts).as_bytes());
+    out.extend_from_slice(b"\r\nx-fastgw-overhead-ms: ");
+    core::fixed3(&mut out, overhead_s * 1000.0);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(extra);
+    out.extend_from_slice(&passed);
+    Ok(PyBytes::new(py, &out))
+}
