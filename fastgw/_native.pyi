@@ -520,6 +520,30 @@ def response_block(ctype: bytes, request_id: bytes, target_headers: bytes, attem
     allow-listed upstream headers (lowercase pairs) with every secret, in turn,
     replaced by ``[redacted]``."""
 
+# ---------------------------------------------------------------- metrics
+
+@final
+class Tally:
+    """One kind of finished request's numbers between two metric flushes: requests,
+    tokens, cost, and the buckets of five histograms (duration, ttfb, ttft, tpot,
+    overhead), each observation counted in the first bucket whose upper bound
+    holds it. Reference: ``fastgw/_reference/tally.py``."""
+
+    def __init__(self, bounds: Sequence[Sequence[float]]) -> None:
+        """Five ascending lists of bucket upper bounds (the last +inf); ValueError
+        otherwise."""
+    def record(self, duration: float, ttfb: float, overhead: float, prompt: float,
+               completion: float, cost: float, ttft: float = -1.0, tpot: float = -1.0,
+               /) -> None:
+        """One finished request: ``ttfb`` < 0 without an upstream answer, ``ttft`` < 0
+        unless a stream (``tpot`` then ignored), ``tpot`` < 0 when unknown,
+        ``overhead`` 0 when unknown."""
+    def take(self) -> tuple[float, float, float, float,
+                            tuple[tuple[list[int], float] | None, ...]]:
+        """``(requests, tokens_in, tokens_out, cost, hists)`` since the last take,
+        ``hists`` the ``(counts, sum)`` of each histogram (None when it saw
+        nothing); everything zeroed."""
+
 # ---------------------------------------------------------------- access log
 
 def access_line(

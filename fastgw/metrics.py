@@ -31,6 +31,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from fastgw._native import Tally
+
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -156,6 +158,14 @@ class _Hist:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
+    def add(self, counts: list[int], total: float) -> None:
+        """Observations counted elsewhere (a Tally), bucket by bucket."""
+        mine = self.counts
+        for i, n in enumerate(counts):
+            if n:
+                mine[i] += n
+        self.total += total
+
     def flush(self) -> None:
         buckets = self.child._buckets  # one inc per bucket, not per request
         counts = self.counts
@@ -231,11 +241,12 @@ def batched_hist(metric: Any, *labels: str) -> _Hist:
 
 
 class _Finished:
-    """Where one kind of finished request is counted: the accumulators of every
-    metric it touches, found with one lookup per request."""
+    """Where one kind of finished request is counted: a native tally of every number
+    it adds (one call per request), drained at each flush into the accumulators of
+    the metrics it touches."""
 
-    __slots__ = ("cost", "duration", "requests", "tokens_in", "tokens_out", "tpot", "ttfb",
-                 "ttft")
+    __slots__ = ("cost", "duration", "overhead", "requests", "tally", "tokens_in",
+                 "tokens_out", "tpot", "ttfb", "ttft")
 
     def __init__(self, rec: Recorder, model: str, provider: str, status: int, route: str,
                  key: str) -> None:
@@ -243,6 +254,7 @@ class _Finished:
         self.ttfb = rec.hist(UPSTREAM_TTFB, (provider,))
         self.ttft = rec.hist(TTFT, (route,))  # streams: by the model that served
         self.tpot = rec.hist(TPOT, (route,))
+        self.overhead = rec.hist(OVERHEAD, ())
         self.cost = rec.sum(COST, (route, key))
         if key:  # per-key labels: the same sums also feed the key's counters
             self.requests: _Sum = rec.fanout(REQUESTS, (model, provider, str(status)),
@@ -255,6 +267,24 @@ class _Finished:
             self.requests = rec.sum(REQUESTS, (model, provider, str(status)))
             self.tokens_in = rec.sum(TOKENS, (route, "input"))
             self.tokens_out = rec.sum(TOKENS, (route, "output"))
+        self.tally = Tally([h.bounds for h in (self.duration, self.ttfb, self.ttft,
+                                               self.tpot, self.overhead)])
+
+    def drain(self) -> None:
+        """What the tally counted since the last drain, into the accumulators."""
+        requests, tokens_in, tokens_out, cost, hists = self.tally.take()
+        if requests:
+            self.requests.value += requests
+        if tokens_in:
+            self.tokens_in.value += tokens_in
+        if tokens_out:
+            self.tokens_out.value += tokens_out
+        if cost:
+            self.cost.value += cost
+        for acc, taken in zip((self.duration, self.ttfb, self.ttft, self.tpot, self.overhead),
+                              hists, strict=True):
+            if taken is not None:
+                acc.add(*taken)
 
 
 class Recorder:
@@ -262,7 +292,7 @@ class Recorder:
     on the request path: plain sums and bucket counts here, pushed into the
     prometheus metrics by :meth:`flush` (every second, and before each scrape)."""
 
-    __slots__ = ("_finished", "_hists", "_inflight_seen", "_keys", "_max_keys", "_overhead",
+    __slots__ = ("_finished", "_hists", "_inflight_seen", "_keys", "_max_keys",
                  "_sums", "errors", "inflight", "key_labels")
 
     def __init__(self, key_labels: bool = False, max_key_labels: int = 100,
@@ -277,7 +307,6 @@ class Recorder:
         self._sums: dict[tuple[Any, tuple[str, ...]], _Sum] = {}
         self._hists: dict[tuple[Any, tuple[str, ...]], _Hist] = {}
         self._finished: dict[tuple[str, str, int, str, str | None], _Finished] = {}
-        self._overhead = self.hist(OVERHEAD, ())
         self.inflight = 0  # requests being answered now (a gauge, set on flush)
         self._inflight_seen = -1
 
@@ -313,36 +342,13 @@ class Recorder:
         after the first (< 0: not a stream, or unknown)."""
         f = self._finished.get((model, provider, status, route, key))
         if f is None:
-            if len(self._finished) > 10_000:
-                self._finished.clear()  # bounded: sums and histograms stay in _sums/_hists
+            if len(self._finished) > 10_000:  # bounded: what they counted is kept
+                for done in self._finished.values():
+                    done.drain()
+                self._finished.clear()
             f = self._finished[(model, provider, status, route, key)] = _Finished(
                 self, model, provider, status, route, self.key_label(key))
-        f.requests.value += 1.0
-        h = f.duration
-        h.counts[bisect_left(h.bounds, duration)] += 1
-        h.total += duration
-        if ttfb >= 0.0:
-            h = f.ttfb
-            h.counts[bisect_left(h.bounds, ttfb)] += 1
-            h.total += ttfb
-        if ttft >= 0.0:
-            h = f.ttft
-            h.counts[bisect_left(h.bounds, ttft)] += 1
-            h.total += ttft
-            if tpot >= 0.0:
-                h = f.tpot
-                h.counts[bisect_left(h.bounds, tpot)] += 1
-                h.total += tpot
-        if overhead:
-            h = self._overhead
-            h.counts[bisect_left(h.bounds, overhead)] += 1
-            h.total += overhead
-        if prompt:
-            f.tokens_in.value += prompt
-        if completion:
-            f.tokens_out.value += completion
-        if cost:
-            f.cost.value += cost
+        f.tally.record(duration, ttfb, overhead, prompt, completion, cost, ttft, tpot)
 
     def key_label(self, key: str | None) -> str:
         """The ``key`` label value: empty unless per-key labels are on; capped."""
@@ -362,6 +368,8 @@ class Recorder:
 
     def flush(self) -> None:
         """Push everything recorded since the last flush into prometheus-client."""
+        for f in self._finished.values():
+            f.drain()
         for c in self._sums.values():
             c.flush()
         for c in _SHARED_SUMS.values():

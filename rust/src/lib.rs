@@ -20,6 +20,7 @@ pub mod otlp;
 pub mod ring;
 pub mod shm;
 pub mod sse;
+pub mod tally;
 pub mod translate;
 
 #[cfg(feature = "python")]
@@ -59,6 +60,8 @@ mod _native {
     use crate::py::ring::HashRing;
     #[pymodule_export]
     use crate::py::sse::SseScanner;
+    #[pymodule_export]
+    use crate::py::tally::Tally;
     #[pymodule_export]
     use crate::py::translate::ChatFromMessagesStream;
 

@@ -16,6 +16,7 @@ pub(crate) mod lrucache;
 pub(crate) mod otlp;
 pub(crate) mod ring;
 pub(crate) mod sse;
+pub(crate) mod tally;
 pub(crate) mod translate;
 
 /// The UTF-8 of a `str`, or the contents of a `bytes`.
