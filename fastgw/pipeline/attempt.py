@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from fastgw._native import render_request
 from fastgw.errors import BadRequest
 from fastgw.pipeline.ctx import RequestCtx
-from fastgw.pipeline.snapshot import ModelRoute
+from fastgw.pipeline.snapshot import ModelRoute, TargetRuntime
 from fastgw.providers import openai
 from fastgw.routing.balancer import TargetState, usable
 from fastgw.routing.health import Health
 from fastgw.routing.quota import ProviderQuota
-from fastgw.tracing import AttemptSpan
+from fastgw.tracing import AttemptSpan, Trace
 from fastgw.upstream.connection import UpstreamConnection
 
 NOTHING_TRIED: frozenset[int] = frozenset()
@@ -63,6 +63,16 @@ def serving(order: list[int], route: ModelRoute, endpoint: str) -> list[int]:
     return kept
 
 
+def _span(trace: Trace, target: TargetRuntime, route: ModelRoute,
+          fwd: bytes) -> tuple[AttemptSpan, bytes]:
+    """A sampled attempt's span (its parent the request's) and the forwarded header
+    block with the ``traceparent`` that makes it the upstream request's parent."""
+    provider = target.provider
+    span_id = trace.new_id()
+    span = AttemptSpan(span_id, provider.name, provider.cfg.kind, target.model, route.name)
+    return span, b"traceparent: 00-%032x-%016x-01\r\n%s" % (trace.trace_id, span_id, fwd)
+
+
 class Attempt:
     """One upstream request to one target, from the pick to its end.
 
@@ -97,17 +107,23 @@ class Attempt:
         chain = route.chain
         trace = ctx.trace
         request = None
-        if (trans is None and not ctx.stream and trace is None
-                and (not chain or not chain.upstream_request)):
+        if trans is None and not ctx.stream and (not chain or not chain.upstream_request):
             # The common case in one native call: the client's bytes with the model
             # spliced in, after the request head (None: a spelling it leaves alone).
-            request = render_request(prefix, ctx.request_id, ctx.fwd, ctx.body,
+            if trace is None:
+                span = None
+                fwd = ctx.fwd
+            else:
+                span, fwd = _span(trace, target, route, ctx.fwd)
+            request = render_request(prefix, ctx.request_id, fwd, ctx.body,
                                      openai.json_string(ctx.model),
                                      openai.json_string(target.model))
             if request is not None:
                 ctx.client_usage = True
-                self.span: AttemptSpan | None = None
-        if request is None:  # the general way: usage asked, translated, hooks, traced
+                self.span: AttemptSpan | None = span
+                if trace is not None:
+                    trace.attempts.append(cast(AttemptSpan, span))
+        if request is None:  # the general way: usage asked, translated, hooks
             if trans is None:
                 body = openai.rewrite_model(ctx.body, ctx.doc, ctx.model, target.model)
                 ctx.client_usage = True
@@ -126,18 +142,12 @@ class Attempt:
                     body = hook(ctx, target, body)
             if trace is None:
                 self.span = None
-                request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
-                           % (len(body), ctx.request_id) + ctx.fwd + b"\r\n" + body)
-            else:  # sampled: this attempt's span is the upstream request's parent
-                provider = target.provider
-                span_id = trace.new_id()
-                span = self.span = AttemptSpan(span_id, provider.name, provider.cfg.kind,
-                                               target.model, route.name)
-                trace.attempts.append(span)
-                request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
-                           b"traceparent: 00-%032x-%016x-01\r\n"
-                           % (len(body), ctx.request_id, trace.trace_id, span_id)
-                           + ctx.fwd + b"\r\n" + body)
+                fwd = ctx.fwd
+            else:
+                self.span, fwd = _span(trace, target, route, ctx.fwd)
+                trace.attempts.append(self.span)
+            request = (prefix + b"content-length: %d\r\nx-request-id: %s\r\n"
+                       % (len(body), ctx.request_id) + fwd + b"\r\n" + body)
         self.request = request
         self.ctx = ctx
         self.route = route  # the model tried (the asked one, a variant or a fallback)
