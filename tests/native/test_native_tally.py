@@ -35,7 +35,8 @@ def test_the_native_tally_matches_the_reference(batches: list[list[Any]]) -> Non
 
 
 def test_bounds_must_ascend() -> None:
-    for bad in ([[1.0, 1.0]] * 5, [[]] * 5, [[1.0]] * 4):
+    bads: list[list[list[float]]] = [[[1.0, 1.0]] * 5, [[]] * 5, [[1.0]] * 4]
+    for bad in bads:
         with pytest.raises(ValueError):
             native.Tally(bad)
         with pytest.raises(ValueError):
