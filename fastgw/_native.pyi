@@ -171,6 +171,14 @@ class LimiterTable:
               ) -> tuple[Reservation, bytes | None]:
         """``reserve`` of the admission's scopes at its costs for ``tokens`` and ``usd``, and
         the reservation's ``x-ratelimit-*`` lines (None: not exactly renderable here)."""
+    def admit_estimated(self, admission: Admission, body_len: int, doc: dict[str, Any],
+                        embeddings: bool, input_per_token: float, output_per_token: float,
+                        now: float | None = None
+                        ) -> tuple[Reservation, bytes | None, float, float] | None:
+        """``admit`` at the request's own estimates: ``(reservation, headers, tokens,
+        usd)``, computed from the body's length and parsed document as
+        ``fastgw.limits.rules.estimate`` does; None (nothing reserved) when they
+        cannot be computed exactly natively (estimate in Python, then ``admit``)."""
     def settle_admitted(self, reservation: Reservation, admission: Admission, requests: float,
                         tokens: float, usd: float, now: float | None = None) -> bool:
         """``settle`` with the admission's settlement for what the request used."""
@@ -198,6 +206,10 @@ class SharedLimiterTable:
     ) -> bool: ...
     def admit(self, admission: Admission, tokens: float, usd: float, now: float | None = None
               ) -> tuple[Reservation, bytes | None]: ...
+    def admit_estimated(self, admission: Admission, body_len: int, doc: dict[str, Any],
+                        embeddings: bool, input_per_token: float, output_per_token: float,
+                        now: float | None = None
+                        ) -> tuple[Reservation, bytes | None, float, float] | None: ...
     def settle_admitted(self, reservation: Reservation, admission: Admission, requests: float,
                         tokens: float, usd: float, now: float | None = None) -> bool: ...
     def release(self, reservation: Reservation, now: float | None = None) -> bool: ...

@@ -209,14 +209,28 @@ class Access:
 
     def admit_now(self, ctx: RequestCtx) -> None:
         """:meth:`admit` without waiting; only when :attr:`sync`."""
-        plan = self._planned(ctx)
+        grant: Grant | None = ctx.grant
+        if grant is None or self._rules is None:
+            return
+        plan = self._plan_for(grant, ctx)
         if plan is None:
             return
-        grant: Grant = ctx.grant
-        # (LocalLimiter.admit and _admitted, inline: once per request)
         backend = self._backend
         assert type(backend) is LocalLimiter, "admit_now needs the local limiter"
-        res, head = backend.table.admit(plan.admission, grant.tokens, grant.usd)
+        # (LocalLimiter.admit and _admitted, inline: once per request; the estimate
+        # computed natively in the same call when the plan counts tokens or USD)
+        got = None
+        if plan.uses_usage and ctx.cache is None:
+            route = ctx.route
+            assert route is not None
+            got = backend.table.admit_estimated(
+                plan.admission, len(ctx.body), ctx.doc, ctx.endpoint == "embeddings",
+                route.input_per_token, route.output_per_token)
+        if got is not None:
+            res, head, grant.tokens, grant.usd = got
+        else:
+            self._estimate(grant, plan, ctx)
+            res, head = backend.table.admit(plan.admission, grant.tokens, grant.usd)
         if head is None:
             head = plan.render(res)
         if head:
@@ -234,22 +248,36 @@ class Access:
         grant: Grant | None = ctx.grant
         if grant is None or self._rules is None:
             return None
+        plan = self._plan_for(grant, ctx)
+        if plan is not None:
+            self._estimate(grant, plan, ctx)
+        return plan
+
+    def _plan_for(self, grant: Grant, ctx: RequestCtx) -> Plan | None:
+        """The plan of the grant's caller on the request's route, cached per route
+        object when it is the model asked (one name, one route), else per (name
+        asked, route): a variant's route."""
         route = ctx.route
         assert route is not None  # admission follows the route phase
-        # Plans are cached per route object when it is the model asked (one name,
-        # one route), else per (name asked, route): a variant's route.
         key: Any = route if route is ctx.asked else (ctx.model, route)
         plans = grant.principal.plans
         plan: Plan | None = plans.get(key, _UNSET)
         if plan is _UNSET:
             plan = plans[key] = self._plan(grant.principal, ctx.model, route)
-        if plan is not None and plan.uses_usage:
+        return plan
+
+    @staticmethod
+    def _estimate(grant: Grant, plan: Plan, ctx: RequestCtx) -> None:
+        """The request's token and USD estimates on the grant, when the plan counts
+        them (a cache hit spends neither)."""
+        if plan.uses_usage:
             cache = ctx.cache
             if cache is None or not cache.hit:
+                route = ctx.route
+                assert route is not None
                 prompt, completion = estimate(len(ctx.body), ctx.doc, ctx.endpoint)
                 grant.tokens = float(prompt + completion)
                 grant.usd = prompt * route.input_per_token + completion * route.output_per_token
-        return plan
 
     @staticmethod
     def _admitted(ctx: RequestCtx, plan: Plan, res: Outcome, head: bytes,

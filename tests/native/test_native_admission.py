@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fastgw import _native as native
 from fastgw._reference import limiter as ref
+from fastgw.limits.rules import estimate
 
 from .test_native_limiter import T0, _view, dt
 
@@ -150,3 +151,37 @@ def test_admission_examples(mod: Any) -> None:
         res.rate_headers((5,), (), (b"",) * 3)
     big = admission(mod, [7])
     assert table.admit(big, 1.0, 0.0, T0)[1] is None  # 9e15 left: not exactly renderable
+
+
+# -- the estimate computed in the admission call --------------------------------------------
+
+_MAX = st.none() | st.integers(-5, 10**6) | st.sampled_from(
+    [0, True, False, 2.5, "100", [], {}, 2**40, 2**60, 2**80, -(2**80)])
+
+
+@settings(max_examples=400, deadline=None)
+@given(body_len=st.integers(0, 10**7), embeddings=st.booleans(),
+       maxes=st.tuples(_MAX, _MAX, _MAX), present=st.tuples(st.booleans(), st.booleans(),
+                                                             st.booleans()),
+       prices=st.tuples(st.sampled_from([0.0, 1.5e-7, 3e-6]),
+                        st.sampled_from([0.0, 6e-7, 1.2e-5])))
+def test_the_native_estimate_is_the_reference_one(body_len: int, embeddings: bool,
+                                                  maxes: tuple[Any, ...],
+                                                  present: tuple[bool, ...],
+                                                  prices: tuple[float, float]) -> None:
+    names = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+    doc = {n: v for n, v, here in zip(names, maxes, present, strict=True) if here}
+    picks = [2, 6]  # tokens per minute and a USD budget: the plan counts both
+    table, twin = native.LimiterTable(), native.LimiterTable()
+    adm = admission(native, picks)
+    got = table.admit_estimated(adm, body_len, doc, embeddings, *prices, now=T0)
+    prompt, completion = estimate(body_len, doc, "embeddings" if embeddings else "chat")
+    if got is None:  # only when the sum is not exact as a float: Python estimates
+        assert prompt + completion > 2**53
+        return
+    res, head, tokens, usd = got
+    assert tokens == float(prompt + completion)
+    assert usd == prompt * prices[0] + completion * prices[1]
+    want, want_head = twin.admit(adm, tokens, usd, now=T0)  # the same reservation
+    assert (res.admitted, res.remaining, res.reset_after, head) == (
+        want.admitted, want.remaining, want.reset_after, want_head)

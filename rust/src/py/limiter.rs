@@ -5,7 +5,7 @@ use std::sync::{Mutex, PoisonError};
 
 use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 use smallvec::SmallVec;
 
 use super::{key_bytes, now_or_clock};
@@ -529,6 +529,76 @@ fn settle_with(
     }
 }
 
+/// Completion tokens reserved when a request sets no usable maximum.
+const DEFAULT_COMPLETION_TOKENS: u64 = 256;
+
+/// `(prompt, completion)` tokens a request reserves, as
+/// `fastgw.limits.rules.estimate` computes them: the body's size / 4 + 1, and
+/// the first truthy of `max_completion_tokens`, `max_tokens`,
+/// `max_output_tokens` when it is a positive `int` (else 256; 0 for
+/// embeddings). None when the sum would not be exact as a float (a maximum
+/// above 2^53): the caller estimates in Python.
+fn estimate(doc: &Bound<'_, PyDict>, body_len: u64, embeddings: bool) -> PyResult<Option<(u64, u64)>> {
+    let prompt = body_len / 4 + 1;
+    if embeddings {
+        return Ok(Some((prompt, 0)));
+    }
+    let py = doc.py();
+    let keys = [
+        pyo3::intern!(py, "max_completion_tokens"),
+        pyo3::intern!(py, "max_tokens"),
+        pyo3::intern!(py, "max_output_tokens"),
+    ];
+    let mut chosen = None;
+    for key in keys {
+        if let Some(v) = doc.get_item(key)? {
+            if v.is_truthy()? {
+                chosen = Some(v);
+                break;
+            }
+        }
+    }
+    let completion = match chosen {
+        Some(v) if v.is_exact_instance_of::<PyInt>() => match v.extract::<i64>() {
+            Ok(n) if n > 0 => n.unsigned_abs(),
+            Ok(_) => DEFAULT_COMPLETION_TOKENS,
+            Err(_) if v.lt(0)? => DEFAULT_COMPLETION_TOKENS,
+            Err(_) => return Ok(None),
+        },
+        _ => DEFAULT_COMPLETION_TOKENS,
+    };
+    if prompt.checked_add(completion).is_none_or(|t| t > 1 << 53) {
+        return Ok(None);
+    }
+    Ok(Some((prompt, completion)))
+}
+
+/// `admit_estimated`'s answer: the reservation, its headers, the tokens and USD reserved.
+type Estimated<'py> = (Reservation, Option<Bound<'py, PyBytes>>, f64, f64);
+
+/// A request as `admit_estimated` reads it: body length, parsed document,
+/// embeddings or not, input and output price per token.
+type Asked<'a, 'py> = (u64, &'a Bound<'py, PyDict>, bool, f64, f64);
+
+/// `admit_estimated` on any table (`reserve` is the table's own).
+fn admit_estimated_with<'py>(
+    py: Python<'py>,
+    table_id: u64,
+    admission: &Bound<'py, Admission>,
+    (body_len, doc, embeddings, input_per_token, output_per_token): Asked<'_, 'py>,
+    reserve: impl FnOnce(&[&[u8]], &[core::Limit], &[f64]) -> Result<Outcome, LimitError>,
+) -> PyResult<Option<Estimated<'py>>> {
+    let Some((prompt, completion)) = estimate(doc, body_len, embeddings)? else {
+        return Ok(None);
+    };
+    #[allow(clippy::cast_precision_loss)] // below 2^53: exact
+    let (p, c) = (prompt as f64, completion as f64);
+    let tokens = p + c;
+    let usd = p * input_per_token + c * output_per_token;
+    let (res, head) = admit_with(py, table_id, admission, tokens, usd, reserve)?;
+    Ok(Some((res, head, tokens, usd)))
+}
+
 /// Many named buckets in this process; see the module stub for the contract.
 #[pyclass(frozen, module = "fastgw._native")]
 pub struct LimiterTable {
@@ -601,6 +671,30 @@ impl LimiterTable {
         now: Option<f64>,
     ) -> PyResult<(Reservation, Option<Bound<'py, PyBytes>>)> {
         admit_with(py, self.id, admission, tokens, usd, |keys, limits, costs| {
+            self.table().reserve(keys, limits, costs, now_or_clock(now))
+        })
+    }
+
+    /// `admit` at the request's own estimates: `(reservation, headers, tokens,
+    /// usd)`, the tokens and USD reserved computed from the body's length and its
+    /// parsed document as `fastgw.limits.rules.estimate` does, priced at
+    /// `input_per_token` / `output_per_token`. None (nothing reserved) when they
+    /// cannot be computed exactly here: estimate in Python, then `admit`.
+    #[pyo3(signature = (admission, body_len, doc, embeddings, input_per_token, output_per_token, now = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn admit_estimated<'py>(
+        &self,
+        py: Python<'py>,
+        admission: &Bound<'py, Admission>,
+        body_len: u64,
+        doc: &Bound<'py, PyDict>,
+        embeddings: bool,
+        input_per_token: f64,
+        output_per_token: f64,
+        now: Option<f64>,
+    ) -> PyResult<Option<Estimated<'py>>> {
+        let req = (body_len, doc, embeddings, input_per_token, output_per_token);
+        admit_estimated_with(py, self.id, admission, req, |keys, limits, costs| {
             self.table().reserve(keys, limits, costs, now_or_clock(now))
         })
     }
@@ -741,6 +835,26 @@ impl SharedLimiterTable {
         now: Option<f64>,
     ) -> PyResult<(Reservation, Option<Bound<'py, PyBytes>>)> {
         admit_with(py, self.id, admission, tokens, usd, |keys, limits, costs| {
+            self.inner.reserve(keys, limits, costs, now_or_clock(now))
+        })
+    }
+
+    /// As `LimiterTable.admit_estimated`.
+    #[pyo3(signature = (admission, body_len, doc, embeddings, input_per_token, output_per_token, now = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn admit_estimated<'py>(
+        &self,
+        py: Python<'py>,
+        admission: &Bound<'py, Admission>,
+        body_len: u64,
+        doc: &Bound<'py, PyDict>,
+        embeddings: bool,
+        input_per_token: f64,
+        output_per_token: f64,
+        now: Option<f64>,
+    ) -> PyResult<Option<Estimated<'py>>> {
+        let req = (body_len, doc, embeddings, input_per_token, output_per_token);
+        admit_estimated_with(py, self.id, admission, req, |keys, limits, costs| {
             self.inner.reserve(keys, limits, costs, now_or_clock(now))
         })
     }
