@@ -376,7 +376,7 @@ class Rig:
             self.upstream.out.clear()
             self.conn.data_received(self.answer)
             mirrors = self.app.gateway.state.snapshot.internal.shared.values()  # type: ignore[union-attr]
-            await settle(lambda: all(m.inflight == 0 for m in mirrors))
+            await settle(lambda: all([m.inflight == 0 for m in mirrors]))
         exporter = self.exporter
         if exporter is not None and exporter.queued >= exporter.batch_spans:
             exporter.take()  # what the export task does with a full batch, the POST aside

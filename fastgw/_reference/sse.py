@@ -256,7 +256,7 @@ class SseScanner:
             flags |= self.DONE | self.ERROR
         usage_candidate = _USAGE_OBJECT.search(data) is not None
         usage_only = False
-        if not self._committed or usage_candidate or b'"error"' in data:
+        if not self._committed or usage_candidate or data.find(b'"error"') >= 0:
             try:
                 text = data.decode("utf-8")
                 obj = json.loads(

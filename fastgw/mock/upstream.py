@@ -955,7 +955,7 @@ class MockProtocol(asyncio.Protocol):
                 steps.append(body[i : i + quarter])
         elif fault in ("error-event", "error-first"):
             body = bodies.error_body(
-                bodies.MESSAGES if b"/messages" in req.url else None, 500, "mock_error"
+                bodies.MESSAGES if req.url.find(b"/messages") >= 0 else None, 500, "mock_error"
             )
             steps.append(_head(500, _JSON, len(body), close=not keep_alive) + body)
         else:

@@ -174,9 +174,9 @@ def _controls(control: bytes) -> tuple[bool, bool, float | None]:
     reads nor writes, ``no-cache`` refreshes (writes without reading)."""
     control = control.lower()
     read = write = True
-    if b"no-store" in control:
+    if control.find(b"no-store") >= 0:
         read = write = False
-    elif b"no-cache" in control:
+    elif control.find(b"no-cache") >= 0:
         read = False
     m = _MAX_AGE.search(control)
     return read, write, None if m is None else float(m.group(1))
@@ -211,7 +211,7 @@ class CacheFilter(Filter):
             _bypass(ctx)  # a streamed Responses request: no replay of its event form
             return None
         # The forwarded headers (lowercase names) say in one scan whether to look.
-        if b"cache-control" in ctx.fwd:
+        if ctx.fwd.find(b"cache-control") >= 0:
             read, write, max_age = _controls(ctx.cycle.header(b"cache-control") or b"")
             if not (read or write):
                 _bypass(ctx)

@@ -288,7 +288,7 @@ def _metadata(ctx: RequestCtx) -> dict[str, Any]:
     meta = ctx.doc.get("metadata")
     out: dict[str, Any] = dict(meta) if isinstance(meta, dict) else {}
     raw = ctx.cycle.body
-    if raw is not ctx.body and b'"fastgw"' in raw:
+    if raw is not ctx.body and raw.find(b'"fastgw"') >= 0:
         try:
             controls = orjson.loads(raw).get("fastgw")
         except (orjson.JSONDecodeError, AttributeError):

@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 class RequestCtx:
     """Everything the phases learn about one request, for the next phase and the log."""
 
-    guards: dict[Any, Any]  # a stream's output guardrails (unset until their first chunk)
-
     __slots__ = (
         "asked",
         "attempt",
@@ -104,4 +102,7 @@ class RequestCtx:
         self.attempt: Attempt | None = None  # the latest attempt
         self.running = False  # a task is answering (it ends the request itself)
         self.trace: Trace | None = None  # set when traces are on and this one is sampled
+        # A stream's output guardrails, by filter (from their first chunk). (Set here:
+        # reading an unset slot raises, and a caught AttributeError costs more.)
+        self.guards: dict[Any, Any] | None = None
         self.first_token = 0.0  # a stream's first content went to the client (perf_counter)

@@ -280,14 +280,12 @@ class OutputRegex(Filter):
     # -- streams --------------------------------------------------------------------------
 
     def chunk(self, ctx: RequestCtx, data: bytes) -> bytes:
-        try:
-            state: StreamGuard = ctx.guards[self]
-        except (AttributeError, KeyError):
-            state = StreamGuard(self, ctx)
-            try:
-                ctx.guards[self] = state
-            except AttributeError:
-                ctx.guards = {self: state}
+        guards = ctx.guards
+        if guards is None:
+            guards = ctx.guards = {}
+        state: StreamGuard | None = guards.get(self)
+        if state is None:
+            state = guards[self] = StreamGuard(self, ctx)
         return state.feed(data)
 
 

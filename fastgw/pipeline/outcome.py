@@ -143,7 +143,7 @@ class Responder:
         passed = [(n, v) for n, v in up_headers if n in (b"retry-after", b"retry-after-ms")]
         retry_after = _retry_after(up_headers)
         context = status == 400 and (_CONTEXT_CODE.search(body) is not None
-                                     or b"prompt is too long" in body)
+                                     or body.find(b"prompt is too long") >= 0)
         if attempt.trans is not None:
             body = attempt.trans.error(status, body)
         if context:

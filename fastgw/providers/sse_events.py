@@ -88,7 +88,7 @@ class SseBuffer:
         parts = self._parts
         if parts:
             # A boundary may straddle the pieces: "...\n" then "\n...".
-            if b"\n\n" not in chunk and not (chunk[:1] == b"\n" and parts[-1][-1] == 10):
+            if chunk.find(b"\n\n") < 0 and not (chunk[:1] == b"\n" and parts[-1][-1] == 10):
                 if chunk:
                     self._hold(chunk)
                 return []

@@ -147,7 +147,7 @@ class Tracer:
         header lines forwarded upstream (lowercase names), where one search says
         whether to look for it at all."""
         incoming = None
-        if b"traceparent:" in forwarded:
+        if forwarded.find(b"traceparent:") >= 0:
             for name, value in headers:
                 if name == b"traceparent":
                     incoming = value

@@ -237,7 +237,7 @@ class OtlpExporter:
             name = name.strip().lower()
             if name == b"content-length":
                 length = int(value)
-            elif name == b"connection" and b"close" in value.lower():
+            elif name == b"connection" and value.lower().find(b"close") >= 0:
                 keep = False
         if length >= 0:
             await reader.readexactly(length)

@@ -299,7 +299,7 @@ class UpstreamConnection(asyncio.Protocol):
         framed = False
         for name, value in self.headers:
             if name == b"content-length" or (name == b"transfer-encoding"
-                                             and b"chunked" in value.lower()):
+                                             and value.lower().find(b"chunked") >= 0):
                 framed = True
                 break
         self._close_delimited = not framed and status not in (204, 304)

@@ -120,7 +120,7 @@ def test_streamed_redaction_reads_as_the_whole_answer_redacted(
     flt = OutputRegex("m", guards)
     ctx = cast(RequestCtx, SimpleNamespace(
         endpoint=endpoint, dialect=ANTHROPIC_CLIENT if endpoint == "messages" else OPENAI_CLIENT,
-        status=200, error=None))
+        status=200, error=None, guards=None))
     data = b"".join(_events(endpoint, pieces, compact))
     out = b"".join(flt.chunk(ctx, part) for part in _split(data, cuts))
     whole = RegexGuard(PATTERN, "<R>").redact("".join(pieces))[0]
