@@ -294,7 +294,9 @@ ROWS: dict[str, tuple[Any, bool, str | None, str, str]] = {
     "translated-stream": (_on_anthropic, True, None, "openai", "anthropic"),
     "messages-stream": (minimal_config, True, None, "anthropic", "openai"),
     "messages-pass-stream": (_on_anthropic, True, None, "anthropic", "anthropic"),
-    # The response cache: every request a hit, or every request a miss.
+    # The response cache: every request a hit, or every request a miss; "cache-off":
+    # the same requests (temperature 0) on the same route without a cache.
+    "cache-off": (minimal_config, False, None, "openai", "openai"),
     "cache-hit": (_cached, False, None, "openai", "openai"),
     "cache-miss": (_cached_briefly, False, None, "openai", "openai"),
     # A model of two variants beside "minimal"; "feedback": the same, each answer then

@@ -15,6 +15,7 @@ the caller reads the clock once per request, and tests need no clock at all.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any, Final
 
@@ -56,6 +57,17 @@ class MemoryCache:
             return None
         self._entries.move_to_end(key)
         return entry
+
+    def lookup(self, body: bytes, scope: str, endpoint: str, model: str,
+               now: float | None = None, max_age: float | None = None
+               ) -> tuple[bytes, CacheEntry | None]:
+        """``(key, entry or None)``: the cache key of ``body`` asked by ``scope`` on
+        ``endpoint`` for ``model`` (their UTF-8) and what :meth:`get` gives for it;
+        ``now`` None reads the clock. ValueError when ``body`` is not a JSON object."""
+        from fastgw._reference.cachekey import cache_key
+
+        key = cache_key(body, scope.encode(), endpoint.encode(), model.encode())
+        return key, self.get(key, time.time() if now is None else now, max_age)
 
     def put(self, key: bytes, entry: CacheEntry, ttl_s: float, now: float) -> bool:
         """Store ``entry`` for ``ttl_s`` seconds from ``now``, replacing what ``key`` held,

@@ -197,7 +197,6 @@ class CacheFilter(Filter):
         self.route = route
         self.global_scope = store.cfg.scope == "global"
         self.only_deterministic = store.cfg.only_deterministic
-        self.names: dict[str, bytes] = {}  # model names asked, encoded once
         self.memory = store.memory
         self.ttl_s = store.cfg.ttl_s
         # A Redis lookup waits: the route's requests take the task path.
@@ -210,29 +209,30 @@ class CacheFilter(Filter):
         if endpoint not in _CACHEABLE or (ctx.stream and endpoint not in STREAM_ENDPOINTS):
             _bypass(ctx)  # a streamed Responses request: no replay of its event form
             return None
-        # The forwarded headers (lowercase names) say in one scan whether to look.
-        if ctx.fwd.find(b"cache-control") >= 0:
+        # The forwarded headers (lowercase names) say in one search whether to look.
+        if ctx.fwd.find(b"cache-control") < 0:
+            read = write = True
+            max_age = None
+        else:
             read, write, max_age = _controls(ctx.cycle.header(b"cache-control") or b"")
             if not (read or write):
                 _bypass(ctx)
                 return None
-        else:
-            read = write = True
-            max_age = None
         if self.only_deterministic and endpoint != "embeddings":
-            t = ctx.doc.get("temperature")  # deterministic: 0, never a bool
-            if not ((type(t) is int or type(t) is float) and t == 0):
+            t = ctx.doc.get("temperature")  # deterministic: 0 or 0.0, never False
+            if t != 0 or t is False:
                 _bypass(ctx)
                 return None
-        names = self.names
-        model = names.get(ctx.model)
-        if model is None:
-            model = names[ctx.model] = ctx.model.encode()  # bounded: models of a config
         # The scope: the caller (its key's or token subject's name), or everybody.
-        name = None if self.global_scope else ctx.key_name
+        scope = "" if self.global_scope else (ctx.key_name or "")
+        memory = self.memory
         try:
-            key = cache_key(ctx.body, name.encode() if name else b"", _ENDPOINT[endpoint],
-                            model)
+            if read and memory is not None:  # the key and the lookup: one native call
+                key, entry = memory.lookup(ctx.body, scope, endpoint, ctx.model, None, max_age)
+            else:
+                key = cache_key(ctx.body, scope.encode(), _ENDPOINT[endpoint],
+                                ctx.model.encode())
+                entry = None
         except ValueError:
             _bypass(ctx)
             return None
@@ -242,13 +242,10 @@ class CacheFilter(Filter):
         state.write = write
         flights = self.store.flights
         if read:
-            if self.awaits_lookup:
-                return Later(partial(self._lookup, ctx, state, max_age))
-            memory = self.memory
-            assert memory is not None
-            entry = memory.get(key, time.time(), max_age)
             if entry is not None:
                 return self._hit(ctx, state, entry)
+            if self.awaits_lookup:
+                return Later(partial(self._lookup, ctx, state, max_age))
             leader = flights.get(key)
             if leader is not None:
                 return Later(partial(self._follow, ctx, state, leader))
@@ -341,7 +338,7 @@ class CacheFilter(Filter):
         state = ctx.cache
         if state is not None and state.write:
             state.write = False
-            if not (body.endswith(b"}") and body.startswith(b"{")) and not _whole_object(body):
+            if not (body[-1:] == b"}" and body[:1] == b"{") and not _whole_object(body):
                 if state.leads:  # a 200 that is not a JSON object: never stored
                     self._land(state, None)
                 return body

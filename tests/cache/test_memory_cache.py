@@ -10,11 +10,13 @@ import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastgw._native import MemoryCache as NativeCache
+from fastgw._native import cache_key
 from fastgw._reference.memcache import MemoryCache as ReferenceCache
 from fastgw.cache.entry import ENTRY_OVERHEAD, CacheEntry
 
@@ -260,3 +262,51 @@ def test_native_and_reference_agree(ops: list[tuple[str, int, int, int, int]],
         assert native.keys() == ref.keys()
         assert (len(native), native.bytes, native.evictions) == (
             len(ref), ref.bytes, ref.evictions)
+
+
+_NAMES = st.text(st.characters(codec="utf-8"), max_size=12)
+_VALUES = st.one_of(st.integers(-(2**63), 2**63 - 1), st.text(max_size=8), st.booleans(),
+                   st.none())
+_BODIES = st.one_of(
+    st.dictionaries(st.text(max_size=6), _VALUES, max_size=4).map(orjson.dumps),
+    st.sampled_from([b"[1]", b"", b"{", b'{"a":}', b"  {\"b\": 2} ", b"null"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_BODIES, _NAMES, st.sampled_from(["chat", "embeddings", "messages"]), _NAMES,
+       st.booleans(), st.sampled_from([None, 0, 5, 100]), st.integers(0, 50))
+def test_lookup_is_the_key_then_get(body: bytes, scope: str, endpoint: str, model: str,
+                                    stored: bool, max_age: int | None, later: int) -> None:
+    """One call gives what cache_key then get give, native and reference alike; a body
+    that is not a JSON object is a ValueError from both."""
+    for cache in (NativeCache(4, 1 << 20, ENTRY_OVERHEAD),
+                  ReferenceCache(4, 1 << 20, ENTRY_OVERHEAD)):
+        try:
+            key = cache_key(body, scope.encode(), endpoint.encode(), model.encode())
+        except ValueError:
+            with pytest.raises(ValueError):
+                cache.lookup(body, scope, endpoint, model, T0, max_age)
+            continue
+        e = entry(created=T0)
+        if stored:
+            cache.put(key, e, 30, T0)
+        now = T0 + later
+        want = cache.get(key, now, max_age)
+        assert cache.lookup(body, scope, endpoint, model, now, max_age) == (key, want)
+        if stored and later < 30 and (max_age is None or later < max_age):
+            assert want is e
+        else:
+            assert want is None
+
+
+def test_lookup_reads_the_clock_when_not_told_the_time() -> None:
+    import time
+
+    for cache in (NativeCache(4, 1 << 20, ENTRY_OVERHEAD),
+                  ReferenceCache(4, 1 << 20, ENTRY_OVERHEAD)):
+        key, _ = cache.lookup(b"{}", "", "chat", "m", T0)
+        e = entry(created=time.time())
+        cache.put(key, e, 3600, time.time())
+        assert cache.lookup(b"{}", "", "chat", "m") == (key, e)  # live now
+        cache.put(key, e, 3600, time.time() - 7200)  # stored two hours ago: gone by now
+        assert cache.lookup(b"{}", "", "chat", "m") == (key, None)

@@ -9,7 +9,7 @@ use crate::cachekey as core;
 /// work or more (one long string; more with many small values), where
 /// giving the GIL up and taking it back costs about 40 ns, ~1% (measured).
 /// A typical chat request (a few hundred bytes, about 0.5 us) keeps it.
-const DETACH_AT: usize = 16 * 1024;
+pub(crate) const DETACH_AT: usize = 16 * 1024;
 
 /// The 16-byte cache key of `body` (a JSON object) asked by `scope` on
 /// `endpoint` for `model`: see `fastgw/_reference/cachekey.py` for the

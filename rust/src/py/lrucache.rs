@@ -4,7 +4,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::cachekey;
 use crate::lrucache::Store;
+use crate::py::cachekey::DETACH_AT;
 
 /// Cache entries by key in an LRU bounded by entry count and by bytes, with a
 /// TTL per entry; the reference is `fastgw/_reference/memcache.py`. An entry is
@@ -40,6 +42,34 @@ impl MemoryCache {
         max_age: Option<f64>,
     ) -> Option<Py<PyAny>> {
         self.store.get(key, now, max_age).map(|v| v.clone_ref(py))
+    }
+
+    /// The cache key of `body` asked by `scope` on `endpoint` for `model`
+    /// (`cache_key` of their UTF-8) and the entry it holds (as `get`), in one
+    /// call: `(key, entry or None)`. `now` None reads the clock (unix seconds,
+    /// as Python's `time.time()`). `ValueError` when `body` is not a JSON object.
+    #[pyo3(signature = (body, scope, endpoint, model, now = None, max_age = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn lookup<'py>(
+        &mut self,
+        py: Python<'py>,
+        body: &[u8],
+        scope: &str,
+        endpoint: &str,
+        model: &str,
+        now: Option<f64>,
+        max_age: Option<f64>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Option<Py<PyAny>>)> {
+        let (s, e, m) = (scope.as_bytes(), endpoint.as_bytes(), model.as_bytes());
+        let key = if body.len() >= DETACH_AT {
+            py.detach(|| cachekey::cache_key(body, s, e, m))
+        } else {
+            cachekey::cache_key(body, s, e, m)
+        }
+        .map_err(|err| PyValueError::new_err(err.to_string()))?;
+        let now = now.unwrap_or_else(unix_now);
+        let entry = self.store.get(&key, now, max_age).map(|v| v.clone_ref(py));
+        Ok((PyBytes::new(py, &key), entry))
     }
 
     /// Store `entry` for `ttl_s` seconds from `now`; false (nothing stored, the old
@@ -110,4 +140,11 @@ impl MemoryCache {
         key.cast::<PyBytes>()
             .is_ok_and(|k| self.store.contains(k.as_bytes()))
     }
+}
+
+/// Unix seconds now (the clock of Python's `time.time()`).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
