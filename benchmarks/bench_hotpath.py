@@ -2,7 +2,7 @@
 one process, fed by hand.
 
 Run: ``python benchmarks/bench_hotpath.py [--requests N] [--rows minimal,full,stream]
-[--profile ROW]``.
+[--profile ROW] [--interleave ROUNDS]``.
 
 A real :class:`~fastgw.app.App` is started with the driver's configurations
 (``run.py``: minimal and full policy). Then a client connection
@@ -484,6 +484,42 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+async def measure_interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Every row's gateway started at once, then timed in turns (``--interleave``
+    rounds of ``--requests`` each): a shared machine's drift falls on all rows alike,
+    so differences between rows hold better than in rows timed one after another."""
+    names = args.rows.split(",")
+    rigs: dict[str, Rig] = {}
+    apps: list[App] = []
+    times: dict[str, list[float]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix="fastgw-hotpath-") as tmp:
+        try:
+            for name in names:
+                builder, stream, key, client, upstream = ROWS[name]
+                app = App(parse_config(yaml.safe_dump(builder(1, 0, Path(tmp)))))
+                await app.start()
+                apps.append(app)
+                rigs[name] = Rig(app, stream, key, client, upstream,
+                                 name.removeprefix("cache-") if name.startswith("cache-")
+                                 else None, name in LONG_ROWS)
+                if rigs[name].exporter is not None:
+                    raise SystemExit("--interleave takes rows without traces")
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+            for rig in rigs.values():
+                await rig.run(min(2000, args.requests))  # warm up
+            for _ in range(args.interleave):
+                for name, rig in rigs.items():
+                    times[name].append(await rig.run(args.requests) * 1e6)
+        finally:
+            for rig in rigs.values():
+                rig.app.server_state.connections.discard(rig.proto)
+            for app in apps:
+                await app.stop(drain_timeout_s=0.1)
+    return times
+
+
 def instructions(rows: str, small: int = 2000, large: int = 6000) -> dict[str, float]:
     """Instructions per request, counted by valgrind's callgrind: each row run twice
     (with ``small`` and ``large`` requests after the same warm-up), the difference
@@ -518,10 +554,21 @@ def main() -> None:
     ap.add_argument("--profile", default="", help="print a cProfile of this row")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions per request under valgrind instead (slow, exact)")
+    ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
+                    help="start every row's gateway, then time them in turns, ROUNDS each")
     args = ap.parse_args()
     if args.instructions:
         for name, count in instructions(args.rows).items():
             print(f"{name:20s} {count:9.0f} instructions per request (callgrind)")
+        return
+    if args.interleave:
+        times = uvloop.run(measure_interleaved(args))
+        first = sorted(times[args.rows.split(",")[0]])
+        for name, ts in times.items():
+            ts.sort()
+            print(f"{name:20s} {ts[0]:7.2f} us per request at best, median {ts[len(ts) // 2]:7.2f}"
+                  f" ({len(ts)} turns of {args.requests}); x{ts[0] / first[0]:.3f} and "
+                  f"{ts[0] - first[0]:+.2f} us vs {args.rows.split(',')[0]} at best")
         return
     results = uvloop.run(measure(args))
     for name, us in results.items():
