@@ -467,11 +467,12 @@ Headers = list[tuple[bytes, bytes]]
 
 def parse_request(
     data: bytes, max_head: int, max_body: int, /
-) -> tuple[bytes, bytes, bytes, Headers, bytes, bool, int, bytes, bytes | None, bool] | None:
+) -> tuple[bytes, bytes, bytes, Headers, bytes, bool, int, bytes, bytes | None, bool,
+           bytes | None] | None:
     """``data`` as exactly one whole HTTP/1.1 request with nothing unusual in it:
     ``(method, path, query, headers, body, keep_alive, content_length,
-    forwarded_block, request_id, controls)``, names lowercase, ``content_length``
-    -1 when absent, the last three :func:`forwarded`'s answer. None otherwise
+    forwarded_block, request_id, controls, credential)``, names lowercase,
+    ``content_length`` -1 when absent, the last four :func:`forwarded`'s answer. None otherwise
     (incomplete, pipelined, HTTP/1.0, chunked, ``expect``, upgrade, duplicate
     framing headers, over the limits...): leave it to llhttp."""
 
@@ -501,10 +502,12 @@ class ChunkedDecoder:
     def done(self) -> bool:
         """The last chunk and the trailer have been read."""
 
-def forwarded(headers: Headers, /) -> tuple[bytes, bytes | None, bool]:
+def forwarded(headers: Headers, /) -> tuple[bytes, bytes | None, bool, bytes | None]:
     """The request header pass over lowercase ``(name, value)`` pairs: ``(block to
     send upstream, the client's x-request-id if usable, whether an x-fastgw-*
-    control header is present)``."""
+    control header is present, the caller's credential)``. The credential: the first
+    ``authorization``'s token when it is ``Bearer <token>`` (any case, stripped, not
+    empty), else the first ``x-api-key`` stripped, when not empty; else None."""
 
 def usage(body: bytes, /) -> tuple[int, int] | None:
     """``(prompt_tokens, completion_tokens)`` after the last ``"usage"`` key of a whole

@@ -34,17 +34,27 @@ _DROP_REQUEST = frozenset({
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
-def forwarded(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None, bool]:
+def forwarded(headers: list[tuple[bytes, bytes]]
+              ) -> tuple[bytes, bytes | None, bool, bytes | None]:
     """(header block to send upstream, the client's x-request-id if usable, whether
-    any ``x-fastgw-*`` control header is present); names are lowercase."""
+    any ``x-fastgw-*`` control header is present, the caller's credential); names are
+    lowercase. The credential: the first ``authorization``'s token when it is
+    ``Bearer <token>`` (any case, stripped, not empty), else the first ``x-api-key``
+    stripped, when not empty."""
     out: list[bytes] = []
     rid: bytes | None = None
     hop: list[bytes] = []
     controls = False
+    auth: bytes | None = None
+    api_key: bytes | None = None
     for name, value in headers:
         if name in _DROP_REQUEST:
             if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
                 rid = value
+            elif name == b"authorization":
+                auth = value if auth is None else auth
+            elif name == b"x-api-key":
+                api_key = value if api_key is None else api_key
             elif name == b"connection":
                 hop.extend(v.strip().lower() for v in value.split(b","))
             continue
@@ -54,7 +64,15 @@ def forwarded(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None, 
         out.append(name + b": " + value + b"\r\n")
     if hop:
         out = [line for line in out if line.split(b":", 1)[0] not in hop]
-    return b"".join(out), rid, controls
+    credential = None
+    if auth is not None:
+        scheme, _, token = auth.partition(b" ")
+        token = token.strip()
+        if token and scheme.lower() == b"bearer":
+            credential = token
+    if credential is None and api_key is not None and api_key.strip():
+        credential = api_key.strip()
+    return b"".join(out), rid, controls, credential
 
 
 _PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
@@ -117,9 +135,10 @@ def _feed(parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
 
 def parse_request(data: bytes, max_head: int, max_body: int
                   ) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int,
-                             bytes, bytes | None, bool] | None:
+                             bytes, bytes | None, bool, bytes | None] | None:
     """``(method, path, query, headers, body, keep_alive, content_length,
-    forwarded_block, request_id, controls)`` as llhttp reads ``data``, or None."""
+    forwarded_block, request_id, controls, credential)`` as llhttp reads ``data``, or
+    None."""
     c = _Collect()
     parser = httptools.HttpRequestParser(c)
     c.parser = parser
@@ -134,9 +153,9 @@ def parse_request(data: bytes, max_head: int, max_body: int
     for name, value in c.headers:
         if name == b"content-length":
             length = int(value)
-    fwd, rid, controls = forwarded(c.headers)
+    fwd, rid, controls, credential = forwarded(c.headers)
     return (parser.get_method(), path, query, c.headers, body, bool(c.keep_alive), length, fwd, rid,
-            controls)
+            controls, credential)
 
 
 def parse_response(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bool, int,

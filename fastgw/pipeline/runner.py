@@ -119,7 +119,10 @@ class Proxy:
         answer (whole or streamed) from a pooled connection then needs no task at
         all: the direct path. Otherwise the rest runs in the coroutine returned
         (the server makes it a task)."""
-        fwd, rid, has_controls = cycle.forwarded or hdr.forwarded(cycle.headers)
+        forwarded = cycle.forwarded
+        if forwarded is None:  # (a request llhttp read: access control reads it too)
+            forwarded = cycle.forwarded = hdr.forwarded(cycle.headers)
+        fwd, rid, has_controls, _ = forwarded
         ctx = RequestCtx(cycle, snapshot, endpoint, rid or hdr.new_request_id(), fwd, dialect)
         tracer = self.tracer
         if tracer is not None:

@@ -153,7 +153,9 @@ class Cycle:
         self._held: list[bytes] | None = None  # streamed bytes of this loop turn
         # The request header pass (what goes upstream, the client's request id,
         # controls present), when the server's parser computed it already.
-        self.forwarded: tuple[bytes, bytes | None, bool] | None = None
+        # The request header pass (fastgw._native.forwarded): set by the parser of a
+        # whole request, else by the first who needs it.
+        self.forwarded: tuple[bytes, bytes | None, bool, bytes | None] | None = None
 
     # -- request helpers ------------------------------------------------------
 
@@ -519,10 +521,10 @@ class HttpProtocol(asyncio.Protocol):
                         self._reject(self._too_large())
 
     def _whole(self, whole: tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes, bool,
-                                  int, bytes, bytes | None, bool]) -> None:
+                                  int, bytes, bytes | None, bool, bytes | None]) -> None:
         """A request :func:`~fastgw._native.parse_request` read whole: what llhttp's
         callbacks would have done, at once."""
-        method, path, query, headers, body, keep_alive, length, fwd, rid, controls = whole
+        method, path, query, headers, body, keep_alive, length, fwd, rid, controls, cred = whole
         cycle = Cycle(self, path, headers)
         if query:
             cycle.query = query
@@ -530,7 +532,7 @@ class HttpProtocol(asyncio.Protocol):
         cycle.keep_alive = keep_alive
         cycle.content_length = length
         cycle.body = body
-        cycle.forwarded = (fwd, rid, controls)
+        cycle.forwarded = (fwd, rid, controls, cred)
         self._complete(cycle)
 
     def on_message_begin(self) -> None:

@@ -560,6 +560,10 @@ pub struct Forwarded<'a> {
     pub request_id: Option<&'a [u8]>,
     /// Whether an `x-fastgw-*` control header is present.
     pub controls: bool,
+    /// The caller's key or token: the first `authorization` header's when it
+    /// is `Bearer <token>` (any case; the token stripped, not empty), else the
+    /// first `x-api-key` stripped when not empty.
+    pub credential: Option<&'a [u8]>,
 }
 
 /// The request header pass: drops hop-by-hop, framing, credentials, the
@@ -569,10 +573,15 @@ pub fn forwarded<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Forwarded<'a> {
     let mut out = Forwarded::default();
     let mut hop: Vec<Vec<u8>> = Vec::new();
     let mut kept: Vec<(&[u8], &[u8])> = Vec::with_capacity(headers.len());
+    let (mut auth, mut api_key) = (None, None);
     for &(name, value) in headers {
         if DROP_REQUEST.contains(&name) {
             if name == b"x-request-id" && valid_request_id(value) {
                 out.request_id = Some(value);
+            } else if name == b"authorization" {
+                auth = auth.or(Some(value));
+            } else if name == b"x-api-key" {
+                api_key = api_key.or(Some(value));
             } else if name == b"connection" {
                 hop.extend(
                     value
@@ -597,7 +606,24 @@ pub fn forwarded<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Forwarded<'a> {
         out.block.extend_from_slice(value);
         out.block.extend_from_slice(b"\r\n");
     }
+    out.credential = credential(auth, api_key);
     out
+}
+
+/// The credential of a request's first `authorization` and `x-api-key`
+/// values (see [`Forwarded::credential`]).
+fn credential<'a>(auth: Option<&'a [u8]>, api_key: Option<&'a [u8]>) -> Option<&'a [u8]> {
+    if let Some(value) = auth {
+        let (scheme, token) = match value.iter().position(|&b| b == b' ') {
+            Some(i) => (&value[..i], &value[i + 1..]),
+            None => (value, &value[value.len()..]),
+        };
+        let token = trim_py(token);
+        if !token.is_empty() && scheme.eq_ignore_ascii_case(b"bearer") {
+            return Some(token);
+        }
+    }
+    api_key.map(trim_py).filter(|k| !k.is_empty())
 }
 
 /// Python's `bytes.strip()`: ASCII whitespace, `\x0b` included.
@@ -984,6 +1010,21 @@ mod tests {
         assert!(f.controls);
         assert!(!valid_request_id(b"a b"));
         assert!(!valid_request_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn the_credential_is_a_bearer_token_else_the_api_key() {
+        let cred = |h: &[(&'static [u8], &'static [u8])]| forwarded(h).credential;
+        assert_eq!(cred(&[(b"authorization", b"Bearer  k1 ")]), Some(&b"k1"[..]));
+        assert_eq!(cred(&[(b"authorization", b"bEaReR k1")]), Some(&b"k1"[..]));
+        let basic: &[(&[u8], &[u8])] = &[(b"authorization", b"Basic k1"), (b"x-api-key", b" k2")];
+        assert_eq!(cred(basic), Some(&b"k2"[..]));
+        let both: &[(&[u8], &[u8])] = &[(b"x-api-key", b"k2"), (b"authorization", b"Bearer k1")];
+        assert_eq!(cred(both), Some(&b"k1"[..]));
+        let first: &[(&[u8], &[u8])] = &[(b"authorization", b"Bearer"), (b"authorization", b"Bearer k1")];
+        assert_eq!(cred(first), None); // the first one counts, as Cycle.header reads it
+        assert_eq!(cred(&[(b"x-api-key", b" \t")]), None);
+        assert_eq!(cred(&[(b"user-agent", b"Bearer k")]), None);
     }
 
     #[test]

@@ -354,9 +354,10 @@ def test_a_chunk_size_of_sixteen_hex_digits_is_read_and_seventeen_overflow() -> 
 
 _FWD_NAMES = [b"host", b"authorization", b"x-request-id", b"connection", b"keep-alive",
               b"x-hop", b"x-other", b"x-fastgw-only", b"x-fastgw-order", b"user-agent",
-              b"te", b"cookie", b"accept"]
+              b"te", b"cookie", b"accept", b"x-api-key"]
 _FWD_VALUES = st.lists(st.sampled_from([b"a", b" ", b"\t", b",", b"x-hop", b"X-Other", b"\x0b",
-                                        b"keep-alive", b"req-1", b"!", b"\xc3"]),
+                                        b"keep-alive", b"req-1", b"!", b"\xc3", b"Bearer",
+                                        b"bEaReR", b"Basic", b"sk-1"]),
                        max_size=5).map(b"".join)
 
 
@@ -366,8 +367,36 @@ def test_forwarded_matches_the_reference(headers: list[tuple[bytes, bytes]]) -> 
     assert native.forwarded(headers) == ref.forwarded(headers)
 
 
+class _Headers:
+    """What access control reads of a request llhttp read (no header pass yet)."""
+
+    forwarded = None
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.headers if n == name), None)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([b"authorization", b"x-api-key", b"user-agent"]),
+                          _FWD_VALUES), max_size=4))
+def test_the_header_pass_finds_the_credential_access_control_reads(
+        headers: list[tuple[bytes, bytes]]) -> None:
+    """The short way (the native header pass) and the general one (access.credential
+    reading the headers) give the same key or token."""
+    from typing import cast
+
+    from fastgw.pipeline.access import credential
+    from fastgw.server.protocol import Cycle
+
+    general = credential(cast(Cycle, _Headers(headers)))
+    assert native.forwarded(headers)[3] == general
+
+
 def test_forwarded_drops_hop_by_hop_credentials_and_controls() -> None:
-    block, rid, controls = native.forwarded([
+    block, rid, controls, cred = native.forwarded([
         (b"host", b"gw"), (b"authorization", b"Bearer sk-secret"), (b"x-api-key", b"k"),
         (b"connection", b"X-Hop"), (b"x-hop", b"1"), (b"x-fastgw-only", b"a"),
         (b"x-request-id", b"bad id"), (b"user-agent", b"t"),
@@ -375,6 +404,7 @@ def test_forwarded_drops_hop_by_hop_credentials_and_controls() -> None:
     assert block == b"user-agent: t\r\n"
     assert rid is None  # not a usable id: the gateway makes its own
     assert controls is True
+    assert cred == b"sk-secret"  # kept aside for access control, never forwarded
 
 
 _USAGE_PARTS = st.sampled_from([

@@ -110,6 +110,10 @@ pub(crate) fn parse_request<'py>(
                 None => py.None().into_bound(py),
             },
             fwd.controls.into_pyobject(py)?.to_owned().into_any(),
+            match fwd.credential {
+                Some(c) => PyBytes::new(py, c).into_any(),
+                None => py.None().into_bound(py),
+            },
         ],
     )?;
     Ok(Some(tuple))
@@ -247,10 +251,16 @@ impl ChunkedDecoder {
 #[pyfunction]
 #[pyo3(signature = (headers, /))]
 #[allow(clippy::needless_pass_by_value)] // PyO3 extracts arguments by value
+#[allow(clippy::type_complexity)]
 pub(crate) fn forwarded(
     py: Python<'_>,
     headers: Vec<(Vec<u8>, Vec<u8>)>,
-) -> (Bound<'_, PyBytes>, Option<Bound<'_, PyBytes>>, bool) {
+) -> (
+    Bound<'_, PyBytes>,
+    Option<Bound<'_, PyBytes>>,
+    bool,
+    Option<Bound<'_, PyBytes>>,
+) {
     let pairs: Vec<(&[u8], &[u8])> = headers
         .iter()
         .map(|(n, v)| (n.as_slice(), v.as_slice()))
@@ -260,6 +270,7 @@ pub(crate) fn forwarded(
         PyBytes::new(py, &f.block),
         f.request_id.map(|id| PyBytes::new(py, id)),
         f.controls,
+        f.credential.map(|c| PyBytes::new(py, c)),
     )
 }
 
