@@ -437,25 +437,33 @@ async def loop_cost(n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
+async def start_app(name: str, workdir: Path) -> App:
+    """The gateway of row ``name``, started (its upstream port 1: never dialled)."""
+    app = App(parse_config(yaml.safe_dump(ROWS[name][0](1, 0, workdir))))
+    await app.start()
+    return app
+
+
+def make_rig(name: str, app: App) -> Rig:
+    """Row ``name``'s client and upstream connections on ``app``."""
+    _, stream, key, client, upstream = ROWS[name]
+    return (FeedbackRig if name == "feedback" else Rig)(
+        app, stream, key, client, upstream,
+        name.removeprefix("cache-") if name.startswith("cache-") else None, name in LONG_ROWS)
+
+
 async def measure(args: argparse.Namespace) -> dict[str, float]:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="fastgw-hotpath-") as tmp:
         for name in args.rows.split(","):
-            builder, stream, key, client, upstream = ROWS[name]
-            cfg_dict = builder(1, 0, Path(tmp))  # upstream port 1: never dialled
-            cfg = parse_config(yaml.safe_dump(cfg_dict))
-            app = App(cfg)
-            await app.start()
+            app = await start_app(name, Path(tmp))
             # The server's collector settings (fastgw.app.serve): what it has built
             # frozen, the young generation collected every GC_GEN0_THRESHOLD allocations.
             gc.collect()
             gc.freeze()
             gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
             try:
-                rig = (FeedbackRig if name == "feedback" else Rig)(
-                    app, stream, key, client, upstream,
-                    name.removeprefix("cache-") if name.startswith("cache-") else None,
-                    name in LONG_ROWS)
+                rig = make_rig(name, app)
                 if rig.exporter is not None:
                     # The export task stopped: the rig takes each full batch as it
                     # would (the POST aside); "-down" rows stand for a collector that is
@@ -495,13 +503,9 @@ async def measure_interleaved(args: argparse.Namespace) -> dict[str, list[float]
     with tempfile.TemporaryDirectory(prefix="fastgw-hotpath-") as tmp:
         try:
             for name in names:
-                builder, stream, key, client, upstream = ROWS[name]
-                app = App(parse_config(yaml.safe_dump(builder(1, 0, Path(tmp)))))
-                await app.start()
+                app = await start_app(name, Path(tmp))
                 apps.append(app)
-                rigs[name] = Rig(app, stream, key, client, upstream,
-                                 name.removeprefix("cache-") if name.startswith("cache-")
-                                 else None, name in LONG_ROWS)
+                rigs[name] = make_rig(name, app)
                 if rigs[name].exporter is not None:
                     raise SystemExit("--interleave takes rows without traces")
             gc.collect()

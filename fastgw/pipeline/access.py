@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastgw._native import JwtKeyError, Reservation
+from fastgw._native import forwarded as header_pass
 from fastgw.auth import IpRules, JwtAuth, KeyStore, ModelGlobs, Principal
 from fastgw.auth.jwt import looks_like_jwt
 from fastgw.config import Config, JwtConfig, RedisConfig
@@ -70,24 +71,13 @@ class Grant:
 
 
 def credential(cycle: Cycle) -> bytes | None:
-    """The key or token: ``Authorization: Bearer ...``, else ``x-api-key``. Found by
-    the request header pass when it has run (``Cycle.forwarded``: the proxy's
-    requests), else read here the same way (a hypothesis test holds them together)."""
+    """The key or token: ``Authorization: Bearer ...``, else ``x-api-key`` (the rule is
+    the request header pass's, :func:`fastgw._native.forwarded`; a proxied request has
+    had it run already, ``Cycle.forwarded``)."""
     forwarded = cycle.forwarded
-    if forwarded is not None:
-        return forwarded[3]
-    auth = cycle.header(b"authorization")
-    if auth is not None:
-        scheme, _, token = auth.partition(b" ")
-        token = token.strip()
-        if token and scheme.lower() == b"bearer":
-            return token
-    key = cycle.header(b"x-api-key")
-    if key is not None:
-        key = key.strip()
-        if key:
-            return key
-    return None
+    if forwarded is None:
+        forwarded = cycle.forwarded = header_pass(cycle.headers)
+    return forwarded[3]
 
 
 class Access:
