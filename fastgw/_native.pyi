@@ -583,9 +583,12 @@ class MemoryCache:
     """Cache entries by key in an LRU bounded by entry count and by bytes, with a
     TTL per entry (reference: ``fastgw._reference.memcache``). An entry is any
     object with ``created`` (unix seconds) and ``body`` (bytes); it costs its
-    body's and its key's lengths plus ``overhead`` bytes."""
+    body's and its key's lengths plus ``overhead`` bytes. :meth:`store` keeps an
+    answer's parts and makes its entry with ``factory(created, body, prompt_tokens,
+    completion_tokens)`` when it is first read."""
 
-    def __init__(self, max_entries: int, max_bytes: int, overhead: int = 0) -> None: ...
+    def __init__(self, max_entries: int, max_bytes: int, overhead: int = 0,
+                 factory: Callable[[float, bytes, Any, Any], Any] | None = None) -> None: ...
     def get(self, key: bytes, now: float, max_age: float | None = None) -> Any | None:
         """The entry under ``key`` unless it has expired (then dropped), or is
         ``max_age`` seconds old or older (kept); a hit becomes the most recently used."""
@@ -600,6 +603,11 @@ class MemoryCache:
         held, evicting the least recently used past the bounds (an expired entry's
         room first); False (nothing stored, the old entry gone too) when ``ttl_s``
         is not positive or the entry alone is over ``max_bytes``."""
+    def store(self, key: bytes, body: bytes, prompt_tokens: Any, completion_tokens: Any,
+              ttl_s: float, now: float | None = None) -> bool:
+        """``put`` of the entry ``factory(now, body, prompt_tokens, completion_tokens)``
+        (``now`` None: the clock), made when first read; ``TypeError`` without a
+        factory."""
     def delete(self, key: bytes) -> bool: ...
     def clear(self) -> None: ...
     def keys(self) -> list[bytes]:

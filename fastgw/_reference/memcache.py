@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Final
 
 CacheEntry = Any  # an object with ``created`` (unix seconds) and ``body`` (bytes)
@@ -29,14 +30,18 @@ _PURGE: Final = 2  # expired entries looked for at the LRU's front per insertion
 class MemoryCache:
     """Whole answers by key, least recently used evicted first."""
 
-    __slots__ = ("_bytes", "_entries", "evictions", "max_bytes", "max_entries", "overhead")
+    __slots__ = ("_bytes", "_entries", "evictions", "factory", "max_bytes", "max_entries",
+                 "overhead")
 
-    def __init__(self, max_entries: int, max_bytes: int, overhead: int = 0) -> None:
+    def __init__(self, max_entries: int, max_bytes: int, overhead: int = 0,
+                 factory: Callable[[float, bytes, Any, Any], CacheEntry] | None = None
+                 ) -> None:
         if max_entries < 1 or max_bytes < 1:
             raise ValueError("a memory cache needs max_entries >= 1 and max_bytes >= 1")
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.overhead = overhead  # bytes an entry costs besides its body's and key's
+        self.factory = factory  # makes the entry of what store() is given
         self._entries: OrderedDict[bytes, tuple[CacheEntry, float, int]] = OrderedDict()
         self._bytes = 0
         self.evictions = 0  # entries pushed out by a bound (not by their TTL)
@@ -95,6 +100,18 @@ class MemoryCache:
         if len(entries) > self.max_entries or self._bytes > self.max_bytes:
             self._evict(now)
         return True
+
+    def store(self, key: bytes, body: bytes, prompt_tokens: Any, completion_tokens: Any,
+              ttl_s: float, now: float | None = None) -> bool:
+        """:meth:`put` of the entry ``factory(now, body, prompt_tokens,
+        completion_tokens)`` (``now`` None: the clock). TypeError without a factory.
+        (The native store keeps the parts and makes the entry when first read.)"""
+        if self.factory is None:
+            raise TypeError("MemoryCache.store needs the entry factory given to MemoryCache()")
+        if now is None:
+            now = time.time()
+        return self.put(key, self.factory(now, body, prompt_tokens, completion_tokens),
+                        ttl_s, now)
 
     def _evict(self, now: float) -> None:
         """Pop from the LRU's front until the bounds hold. A dead entry behind live

@@ -15,11 +15,12 @@ The reference, the same store in Python, is ``fastgw._reference.memcache``.
 from __future__ import annotations
 
 from fastgw._native import MemoryCache
-from fastgw.cache.entry import ENTRY_OVERHEAD
+from fastgw.cache.entry import ENTRY_OVERHEAD, CacheEntry
 
 __all__ = ["MemoryCache", "memory_cache"]
 
 
 def memory_cache(max_entries: int, max_bytes: int) -> MemoryCache:
-    """A store of cache entries bounded by ``max_entries`` and ``max_bytes``."""
-    return MemoryCache(max_entries, max_bytes, ENTRY_OVERHEAD)
+    """A store of cache entries bounded by ``max_entries`` and ``max_bytes``; what
+    its ``store`` is given is read back as a :class:`CacheEntry`."""
+    return MemoryCache(max_entries, max_bytes, ENTRY_OVERHEAD, CacheEntry)

@@ -342,12 +342,15 @@ class CacheFilter(Filter):
                 if state.leads:  # a 200 that is not a JSON object: never stored
                     self._land(state, None)
                 return body
-            now = time.time()
-            entry = _entry(CacheEntry, (now, body, ctx.prompt_tokens, ctx.completion_tokens))
             memory = self.memory
             if memory is not None:  # (inline of store.put: once per miss)
-                memory.put(state.key, entry, self.ttl_s, now)
+                # The parts kept; their CacheEntry is made if the key is ever read.
+                memory.store(state.key, body, ctx.prompt_tokens, ctx.completion_tokens,
+                             self.ttl_s)
+                entry = None
             else:
+                entry = _entry(CacheEntry, (time.time(), body, ctx.prompt_tokens,
+                                            ctx.completion_tokens))
                 self.store.put(state.key, entry)
             if state.leads:
                 # (_land, inline: once per miss)
@@ -358,7 +361,8 @@ class CacheFilter(Filter):
                     del flights[key]
                 future = state.future
                 if future is not None and not future.done():
-                    future.set_result(entry)
+                    future.set_result(entry or _entry(CacheEntry, (
+                        time.time(), body, ctx.prompt_tokens, ctx.completion_tokens)))
         return body
 
     def chunk(self, ctx: RequestCtx, data: bytes) -> bytes:

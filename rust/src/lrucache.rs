@@ -51,7 +51,7 @@ impl<V> Store<V> {
     /// The value under `key` unless it has expired (then it is dropped), or is
     /// `max_age` seconds old or older (HTTP's freshness rule: `max-age=0` accepts
     /// nothing; kept for others). A hit becomes the most recently used.
-    pub fn get(&mut self, key: &[u8], now: f64, max_age: Option<f64>) -> Option<&V> {
+    pub fn get(&mut self, key: &[u8], now: f64, max_age: Option<f64>) -> Option<&mut V> {
         let (expires, created, cost) = {
             let slot = self.entries.peek(key)?;
             (slot.expires, slot.created, slot.cost)
@@ -66,7 +66,7 @@ impl<V> Store<V> {
                 return None;
             }
         }
-        self.entries.get(key).map(|slot| &slot.value)
+        self.entries.get_mut(key).map(|slot| &mut slot.value)
     }
 
     /// Store `value` (made at `created`, costing `cost` bytes) for `ttl_s` seconds
@@ -206,7 +206,7 @@ mod tests {
         for k in [b"a", b"b", b"c"] {
             assert!(s.put(k, 1, 0.0, 10, 60.0, 0.0));
         }
-        assert_eq!(s.get(b"a", 1.0, None), Some(&1));
+        assert_eq!(s.get(b"a", 1.0, None), Some(&mut 1));
         s.put(b"d", 2, 0.0, 10, 60.0, 0.0);
         assert!(!s.contains(b"b"));
         assert_eq!(s.keys(), vec![&b"c"[..], b"a", b"d"]);
@@ -219,7 +219,7 @@ mod tests {
         s.put(b"k", 1, 100.0, 10, 5.0, 100.0);
         assert_eq!(s.get(b"k", 103.0, Some(3.0)), None);
         assert!(s.contains(b"k"));
-        assert_eq!(s.get(b"k", 103.0, Some(4.0)), Some(&1));
+        assert_eq!(s.get(b"k", 103.0, Some(4.0)), Some(&mut 1));
         assert_eq!(s.get(b"k", 105.0, None), None);
         assert!(!s.contains(b"k") && s.bytes() == 0);
         assert!(!s.put(b"k", 1, 0.0, 10, 0.0, 0.0));

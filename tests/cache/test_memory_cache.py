@@ -239,14 +239,21 @@ def test_random_operations_keep_lru_order_bounds_and_exact_bytes(
         assert len(c) <= max_entries and c.bytes <= max_bytes
 
 
+# The agreement test's operations: put an entry, store an answer's parts, get, delete.
+AGREE_OPS = st.lists(st.tuples(st.sampled_from(["put", "store", "get", "delete"]),
+                               st.integers(0, 4), st.integers(0, 200), st.integers(0, 8),
+                               st.integers(0, 60)),
+                     min_size=8, max_size=120)
+
+
 @settings(max_examples=300, deadline=None)
-@given(OPS, st.integers(1, 4), st.integers(600, 2500),
+@given(AGREE_OPS, st.integers(1, 4), st.integers(600, 2500),
        st.lists(st.one_of(st.none(), st.integers(0, 30)), min_size=1, max_size=8))
 def test_native_and_reference_agree(ops: list[tuple[str, int, int, int, int]],
                                     max_entries: int, max_bytes: int,
                                     ages: list[int | None]) -> None:
-    native = NativeCache(max_entries, max_bytes, ENTRY_OVERHEAD)
-    ref = ReferenceCache(max_entries, max_bytes, ENTRY_OVERHEAD)
+    native = NativeCache(max_entries, max_bytes, ENTRY_OVERHEAD, CacheEntry)
+    ref = ReferenceCache(max_entries, max_bytes, ENTRY_OVERHEAD, CacheEntry)
     now = T0
     for i, (op, k, blen, step, ttl) in enumerate(ops):
         now += step
@@ -254,14 +261,43 @@ def test_native_and_reference_agree(ops: list[tuple[str, int, int, int, int]],
         if op == "put":
             e = entry(b"b" * blen, created=now - step)
             assert native.put(key, e, ttl, now) == ref.put(key, e, ttl, now)
+        elif op == "store":
+            body = b"s" * blen
+            assert (native.store(key, body, blen, k, ttl, now)
+                    == ref.store(key, body, blen, k, ttl, now))
         elif op == "get":
             age = ages[i % len(ages)]
-            assert native.get(key, now, age) is ref.get(key, now, age)
+            got = native.get(key, now, age)
+            assert got == ref.get(key, now, age)
+            if got is not None:  # an entry, made once from stored parts
+                assert type(got) is CacheEntry
+                assert native.get(key, now, age) is got
+                ref.get(key, now, age)
         else:
             assert native.delete(key) == ref.delete(key)
         assert native.keys() == ref.keys()
         assert (len(native), native.bytes, native.evictions) == (
             len(ref), ref.bytes, ref.evictions)
+
+
+@pytest.mark.parametrize("cls", [NativeCache, ReferenceCache], ids=["native", "reference"])
+def test_store_keeps_an_answer_read_back_as_its_entry(cls: Any) -> None:
+    import time
+
+    c = cls(4, 1 << 20, ENTRY_OVERHEAD, CacheEntry)
+    body = b'{"id":"chatcmpl-1"}'
+    assert c.store(b"k", body, 7, 9, 60, T0)
+    assert c.bytes == cost(b"k", body)
+    got = c.get(b"k", T0 + 1)
+    assert got == CacheEntry(T0, body, 7, 9) and got.body is body
+    assert c.get(b"k", T0 + 61) is None  # its TTL from when it was stored
+    assert not c.store(b"k", body, 7, 9, 0, T0) and b"k" not in c  # no TTL: nothing kept
+    before = time.time()
+    assert c.store(b"k", body, 1, 2, 60)  # no time given: the clock
+    created = c.get(b"k", time.time()).created
+    assert before <= created <= time.time()
+    with pytest.raises(TypeError, match="factory"):
+        cls(4, 1 << 20, ENTRY_OVERHEAD).store(b"k", body, 1, 2, 60, T0)
 
 
 _NAMES = st.text(st.characters(codec="utf-8"), max_size=12)

@@ -1,5 +1,5 @@
 //! `MemoryCache`: the response cache's in-process store (see `crate::lrucache`).
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -11,21 +11,75 @@ use crate::py::cachekey::DETACH_AT;
 /// Cache entries by key in an LRU bounded by entry count and by bytes, with a
 /// TTL per entry; the reference is `fastgw/_reference/memcache.py`. An entry is
 /// any object with `created` (unix seconds) and `body` (bytes); it costs its
-/// body's and its key's lengths plus `overhead` bytes.
+/// body's and its key's lengths plus `overhead` bytes. `store` keeps an
+/// answer's parts and makes its entry with `factory(created, body,
+/// prompt_tokens, completion_tokens)` when it is first read.
 #[pyclass(module = "fastgw._native")]
 pub(crate) struct MemoryCache {
-    store: Store<Py<PyAny>>,
+    store: Store<Held>,
     overhead: usize,
+    factory: Option<Py<PyAny>>,
+}
+
+/// What a key holds: an entry, or the parts `store` was given (most stored
+/// answers are never read, so their entry is made on the first read).
+enum Held {
+    Entry(Py<PyAny>),
+    Parts {
+        created: f64,
+        body: Py<PyBytes>,
+        prompt: Py<PyAny>,
+        completion: Py<PyAny>,
+    },
+}
+
+impl Held {
+    /// The entry, made (once) from the parts when it is not yet.
+    fn entry(&mut self, py: Python<'_>, factory: Option<&Py<PyAny>>) -> PyResult<Py<PyAny>> {
+        let made = match self {
+            Held::Entry(entry) => return Ok(entry.clone_ref(py)),
+            Held::Parts {
+                created,
+                body,
+                prompt,
+                completion,
+            } => {
+                let factory = factory.ok_or_else(|| {
+                    PyTypeError::new_err("a MemoryCache without a factory holds no parts")
+                })?;
+                factory.call1(
+                    py,
+                    (
+                        *created,
+                        body.clone_ref(py),
+                        prompt.clone_ref(py),
+                        completion.clone_ref(py),
+                    ),
+                )?
+            }
+        };
+        *self = Held::Entry(made.clone_ref(py));
+        Ok(made)
+    }
 }
 
 #[pymethods]
 impl MemoryCache {
     #[new]
-    #[pyo3(signature = (max_entries, max_bytes, overhead = 0))]
-    fn new(max_entries: i64, max_bytes: i64, overhead: usize) -> PyResult<Self> {
+    #[pyo3(signature = (max_entries, max_bytes, overhead = 0, factory = None))]
+    fn new(
+        max_entries: i64,
+        max_bytes: i64,
+        overhead: usize,
+        factory: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
         let bound = |n: i64| usize::try_from(n).unwrap_or(0);
         Store::new(bound(max_entries), bound(max_bytes))
-            .map(|store| Self { store, overhead })
+            .map(|store| Self {
+                store,
+                overhead,
+                factory,
+            })
             .ok_or_else(|| {
                 PyValueError::new_err("a memory cache needs max_entries >= 1 and max_bytes >= 1")
             })
@@ -40,8 +94,8 @@ impl MemoryCache {
         key: &[u8],
         now: f64,
         max_age: Option<f64>,
-    ) -> Option<Py<PyAny>> {
-        self.store.get(key, now, max_age).map(|v| v.clone_ref(py))
+    ) -> PyResult<Option<Py<PyAny>>> {
+        self.held(py, key, now, max_age)
     }
 
     /// The cache key of `body` asked by `scope` on `endpoint` for `model`
@@ -67,8 +121,7 @@ impl MemoryCache {
             cachekey::cache_key(body, s, e, m)
         }
         .map_err(|err| PyValueError::new_err(err.to_string()))?;
-        let now = now.unwrap_or_else(unix_now);
-        let entry = self.store.get(&key, now, max_age).map(|v| v.clone_ref(py));
+        let entry = self.held(py, &key, now.unwrap_or_else(unix_now), max_age)?;
         Ok((PyBytes::new(py, &key), entry))
     }
 
@@ -86,9 +139,44 @@ impl MemoryCache {
         let body = entry.getattr(intern!(py, "body"))?;
         let size = body.cast::<PyBytes>()?.as_bytes().len();
         let cost = size + self.overhead + key.len();
-        Ok(self
-            .store
-            .put(key, entry.clone().unbind(), created, cost, ttl_s, now))
+        Ok(self.store.put(
+            key,
+            Held::Entry(entry.clone().unbind()),
+            created,
+            cost,
+            ttl_s,
+            now,
+        ))
+    }
+
+    /// Store the answer `body` with its token counts, made `now` (None: the
+    /// clock), for `ttl_s` seconds, as `put` stores the entry `factory(now, body,
+    /// prompt_tokens, completion_tokens)`, which it makes when first read.
+    /// `TypeError` when the cache has no factory.
+    #[pyo3(signature = (key, body, prompt_tokens, completion_tokens, ttl_s, now = None))]
+    fn store(
+        &mut self,
+        key: &[u8],
+        body: Bound<'_, PyBytes>,
+        prompt_tokens: Bound<'_, PyAny>,
+        completion_tokens: Bound<'_, PyAny>,
+        ttl_s: f64,
+        now: Option<f64>,
+    ) -> PyResult<bool> {
+        if self.factory.is_none() {
+            return Err(PyTypeError::new_err(
+                "MemoryCache.store needs the entry factory given to MemoryCache()",
+            ));
+        }
+        let now = now.unwrap_or_else(unix_now);
+        let cost = body.as_bytes().len() + self.overhead + key.len();
+        let parts = Held::Parts {
+            created: now,
+            body: body.unbind(),
+            prompt: prompt_tokens.unbind(),
+            completion: completion_tokens.unbind(),
+        };
+        Ok(self.store.put(key, parts, now, cost, ttl_s, now))
     }
 
     /// Forget `key`; false when it was not there.
@@ -139,6 +227,22 @@ impl MemoryCache {
     fn __contains__(&self, key: &Bound<'_, PyAny>) -> bool {
         key.cast::<PyBytes>()
             .is_ok_and(|k| self.store.contains(k.as_bytes()))
+    }
+}
+
+impl MemoryCache {
+    /// What `get` answers for `key` (an entry made from its parts first).
+    fn held(
+        &mut self,
+        py: Python<'_>,
+        key: &[u8],
+        now: f64,
+        max_age: Option<f64>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        match self.store.get(key, now, max_age) {
+            Some(held) => held.entry(py, self.factory.as_ref()).map(Some),
+            None => Ok(None),
+        }
     }
 }
 
