@@ -61,6 +61,7 @@ _HEADERS = {r: b"x-fastgw-cache: " + r.encode() + b"\r\n" for r in (HIT, MISS, B
 _COUNT = {r: batched(CACHE, r) for r in (HIT, MISS, BYPASS)}
 _MISS_HEADER, _MISS_COUNT = _HEADERS[MISS], _COUNT[MISS]
 _CACHEABLE = frozenset({"chat", "completions", "embeddings", "responses", "messages"})
+_STREAMED = _CACHEABLE & STREAM_ENDPOINTS  # cached streams: replayed as streams
 _ENDPOINT = {e: e.encode() for e in _CACHEABLE}
 _MAX_AGE = re.compile(rb"max-age\s*=\s*(\d+)")
 # A CacheEntry from a plain tuple, without the named tuple's Python __new__.
@@ -201,63 +202,77 @@ class CacheFilter(Filter):
         self.ttl_s = store.cfg.ttl_s
         # A Redis lookup waits: the route's requests take the task path.
         self.awaits_lookup = store.redis is not None
+        self.flights = store.flights
 
     # -- request -------------------------------------------------------------------------
 
     def request(self, ctx: RequestCtx) -> Reply | Later | None:
         endpoint = ctx.endpoint
-        if endpoint not in _CACHEABLE or (ctx.stream and endpoint not in STREAM_ENDPOINTS):
+        if endpoint not in (_STREAMED if ctx.stream else _CACHEABLE):
             _bypass(ctx)  # a streamed Responses request: no replay of its event form
             return None
-        # The forwarded headers (lowercase names) say in one search whether to look.
-        if ctx.fwd.find(b"cache-control") < 0:
-            read = write = True
-            max_age = None
-        else:
-            read, write, max_age = _controls(ctx.cycle.header(b"cache-control") or b"")
-            if not (read or write):
-                _bypass(ctx)
-                return None
         if self.only_deterministic and endpoint != "embeddings":
             t = ctx.doc.get("temperature")  # deterministic: 0 or 0.0, never False
             if t != 0 or t is False:
                 _bypass(ctx)
                 return None
-        # The scope: the caller (its key's or token subject's name), or everybody.
-        scope = "" if self.global_scope else (ctx.key_name or "")
         memory = self.memory
+        # The forwarded headers (lowercase names) say in one search whether to look.
+        if memory is None or ctx.fwd.find(b"cache-control") >= 0:
+            return self._request(ctx, memory)
+        # The usual case: the memory store, no Cache-Control (read, then write).
+        try:  # the key and the lookup: one native call
+            key, entry = memory.lookup(
+                ctx.body, "" if self.global_scope else (ctx.key_name or ""), endpoint,
+                ctx.model)
+        except ValueError:
+            _bypass(ctx)
+            return None
+        # (CacheState(key, True) without its __init__: once per request)
+        state = ctx.cache = _new_state(CacheState)
+        state.key = key
+        state.write = True
+        if entry is not None:
+            return self._hit(ctx, state, entry)
+        leader = self.flights.setdefault(key, state)
+        if leader is not state:  # an identical miss is upstream: wait for its answer
+            return Later(partial(self._follow, ctx, state, leader))
+        # (_lead, inline: once per miss)
+        state.leads = True
+        ctx.extra_headers += _MISS_HEADER
+        _MISS_COUNT.value += 1
+        if ctx.stream:
+            state.recorder = StreamRecorder(endpoint)
+        return None
+
+    def _request(self, ctx: RequestCtx, memory: MemoryCache | None) -> Reply | Later | None:
+        """``request`` with a ``Cache-Control`` header, or the Redis store."""
+        read, write, max_age = _controls(ctx.cycle.header(b"cache-control") or b"")
+        if not (read or write):
+            _bypass(ctx)
+            return None
+        scope = "" if self.global_scope else (ctx.key_name or "")
         try:
             if read and memory is not None:  # the key and the lookup: one native call
-                key, entry = memory.lookup(ctx.body, scope, endpoint, ctx.model, None, max_age)
+                key, entry = memory.lookup(ctx.body, scope, ctx.endpoint, ctx.model, None,
+                                           max_age)
             else:
-                key = cache_key(ctx.body, scope.encode(), _ENDPOINT[endpoint],
+                key = cache_key(ctx.body, scope.encode(), _ENDPOINT[ctx.endpoint],
                                 ctx.model.encode())
                 entry = None
         except ValueError:
             _bypass(ctx)
             return None
-        # (CacheState(key, write) without its __init__: once per request)
-        state = ctx.cache = _new_state(CacheState)
-        state.key = key
-        state.write = write
-        flights = self.store.flights
+        state = ctx.cache = CacheState(key, write)
         if read:
             if entry is not None:
                 return self._hit(ctx, state, entry)
             if self.awaits_lookup:
                 return Later(partial(self._lookup, ctx, state, max_age))
-            leader = flights.get(key)
+            leader = self.flights.get(key)
             if leader is not None:
                 return Later(partial(self._follow, ctx, state, leader))
-        # (_lead, inline: once per miss)
-        ctx.extra_headers += _MISS_HEADER
-        _MISS_COUNT.value += 1
-        if write:
-            if key not in flights:
-                flights[key] = state
-                state.leads = True
-            if ctx.stream:
-                state.recorder = StreamRecorder(endpoint)
+        self._lead(ctx, state)
         return None
 
     async def _lookup(self, ctx: RequestCtx, state: CacheState,
