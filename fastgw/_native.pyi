@@ -593,11 +593,13 @@ class MemoryCache:
         """The entry under ``key`` unless it has expired (then dropped), or is
         ``max_age`` seconds old or older (kept); a hit becomes the most recently used."""
     def lookup(self, body: bytes, scope: str, endpoint: str, model: str,
-               now: float | None = None, max_age: float | None = None
-               ) -> tuple[bytes, Any | None]:
+               now: float | None = None, max_age: float | None = None,
+               deterministic: bool = False) -> tuple[bytes | None, Any | None]:
         """``(key, entry or None)`` in one call: ``cache_key`` of ``body`` and the UTF-8
         of ``scope``, ``endpoint`` and ``model``, then ``get`` (``now`` None: the clock,
-        unix seconds). ``ValueError`` when ``body`` is not a JSON object."""
+        unix seconds). With ``deterministic``, ``(None, None)`` when the body's top-level
+        ``temperature`` is not a number equal to zero. ``ValueError`` when ``body`` is
+        not a JSON object."""
     def put(self, key: bytes, entry: Any, ttl_s: float, now: float) -> bool:
         """Store ``entry`` for ``ttl_s`` seconds from ``now``, replacing what ``key``
         held, evicting the least recently used past the bounds (an expired entry's

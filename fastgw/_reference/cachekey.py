@@ -55,6 +55,13 @@ def cache_key(body: bytes, scope: bytes, endpoint: bytes, model: bytes, /) -> by
     return xxhash.xxh3_128_digest(framed + canonical(kept).encode("utf-8"))
 
 
+def zero_temperature(body: bytes) -> bool:
+    """Whether a body (a valid JSON object) asks for ``temperature`` zero: a number
+    equal to zero, never ``false``."""
+    t = orjson.loads(body).get("temperature")
+    return type(t) in (int, float) and t == 0
+
+
 def _levels(body: bytes) -> int:
     """How deeply arrays and objects nest in a valid document."""
     depth = most = 0

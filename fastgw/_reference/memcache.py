@@ -64,14 +64,18 @@ class MemoryCache:
         return entry
 
     def lookup(self, body: bytes, scope: str, endpoint: str, model: str,
-               now: float | None = None, max_age: float | None = None
-               ) -> tuple[bytes, CacheEntry | None]:
+               now: float | None = None, max_age: float | None = None,
+               deterministic: bool = False) -> tuple[bytes | None, CacheEntry | None]:
         """``(key, entry or None)``: the cache key of ``body`` asked by ``scope`` on
         ``endpoint`` for ``model`` (their UTF-8) and what :meth:`get` gives for it;
-        ``now`` None reads the clock. ValueError when ``body`` is not a JSON object."""
-        from fastgw._reference.cachekey import cache_key
+        ``now`` None reads the clock. With ``deterministic``, ``(None, None)`` when the
+        body's ``temperature`` is not a number equal to zero. ValueError when ``body``
+        is not a JSON object."""
+        from fastgw._reference.cachekey import cache_key, zero_temperature
 
         key = cache_key(body, scope.encode(), endpoint.encode(), model.encode())
+        if deterministic and not zero_temperature(body):
+            return None, None
         return key, self.get(key, time.time() if now is None else now, max_age)
 
     def put(self, key: bytes, entry: CacheEntry, ttl_s: float, now: float) -> bool:

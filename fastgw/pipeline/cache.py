@@ -197,7 +197,10 @@ class CacheFilter(Filter):
         self.cfg = store.cfg
         self.route = route
         self.global_scope = store.cfg.scope == "global"
-        self.only_deterministic = store.cfg.only_deterministic
+        # The endpoints whose requests must ask for temperature 0 (an embedding is
+        # deterministic whatever it says).
+        self.deterministic = _CACHEABLE - {"embeddings"} if store.cfg.only_deterministic \
+            else frozenset()
         self.memory = store.memory
         self.ttl_s = store.cfg.ttl_s
         # A Redis lookup waits: the route's requests take the task path.
@@ -211,21 +214,18 @@ class CacheFilter(Filter):
         if endpoint not in (_STREAMED if ctx.stream else _CACHEABLE):
             _bypass(ctx)  # a streamed Responses request: no replay of its event form
             return None
-        if self.only_deterministic and endpoint != "embeddings":
-            t = ctx.doc.get("temperature")  # deterministic: 0 or 0.0, never False
-            if t != 0 or t is False:
-                _bypass(ctx)
-                return None
         memory = self.memory
         # The forwarded headers (lowercase names) say in one search whether to look.
         if memory is None or ctx.fwd.find(b"cache-control") >= 0:
             return self._request(ctx, memory)
         # The usual case: the memory store, no Cache-Control (read, then write).
-        try:  # the key and the lookup: one native call
+        try:  # the temperature test, the key and the lookup: one native call
             key, entry = memory.lookup(
                 ctx.body, "" if self.global_scope else (ctx.key_name or ""), endpoint,
-                ctx.model)
+                ctx.model, None, None, endpoint in self.deterministic)
         except ValueError:
+            key = None
+        if key is None:  # not deterministic (or not a JSON object after all)
             _bypass(ctx)
             return None
         # (CacheState(key, True) without its __init__: once per request)
@@ -247,6 +247,11 @@ class CacheFilter(Filter):
 
     def _request(self, ctx: RequestCtx, memory: MemoryCache | None) -> Reply | Later | None:
         """``request`` with a ``Cache-Control`` header, or the Redis store."""
+        if ctx.endpoint in self.deterministic:
+            t = ctx.doc.get("temperature")  # deterministic: a number equal to 0, never False
+            if t != 0 or t is False:
+                _bypass(ctx)
+                return None
         read, write, max_age = _controls(ctx.cycle.header(b"cache-control") or b"")
         if not (read or write):
             _bypass(ctx)
@@ -263,6 +268,7 @@ class CacheFilter(Filter):
         except ValueError:
             _bypass(ctx)
             return None
+        assert key is not None  # (a lookup without the temperature test)
         state = ctx.cache = CacheState(key, write)
         if read:
             if entry is not None:

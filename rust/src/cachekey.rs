@@ -81,13 +81,29 @@ pub fn cache_key(
     endpoint: &[u8],
     model: &[u8],
 ) -> Result<[u8; 16], Error> {
+    keyed(body, scope, endpoint, model).map(|(key, _)| key)
+}
+
+/// [`cache_key`], and whether the body asks for `temperature` zero: its
+/// top-level member `temperature` (the last one, when repeated) is a number
+/// equal to zero (`0`, `0.0`, `-0`, `0e5`... never `false`), so its answer
+/// is deterministic.
+///
+/// # Errors
+/// [`Error`] when `body` is not a JSON object.
+pub fn keyed(
+    body: &[u8],
+    scope: &[u8],
+    endpoint: &[u8],
+    model: &[u8],
+) -> Result<([u8; 16], bool), Error> {
     let mut out = Vec::with_capacity(24 + scope.len() + endpoint.len() + model.len() + body.len());
     for part in [scope, endpoint, model] {
         out.extend_from_slice(&(part.len() as u64).to_le_bytes());
         out.extend_from_slice(part);
     }
-    canonical(&mut out, body)?;
-    Ok(xxh3_128(&out).to_be_bytes())
+    let zero = canonical_reading(&mut out, body)?;
+    Ok((xxh3_128(&out).to_be_bytes(), zero))
 }
 
 /// Appends the canonical JSON of `body` (a JSON object) without the
@@ -96,6 +112,12 @@ pub fn cache_key(
 /// # Errors
 /// [`Error`] when `body` is not a JSON object; `out` is then left as it was.
 pub fn canonical(out: &mut Vec<u8>, body: &[u8]) -> Result<(), Error> {
+    canonical_reading(out, body).map(|_| ())
+}
+
+/// [`canonical`], telling whether the body's `temperature` is zero (see
+/// [`keyed`]).
+fn canonical_reading(out: &mut Vec<u8>, body: &[u8]) -> Result<bool, Error> {
     let first = body
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
@@ -103,7 +125,7 @@ pub fn canonical(out: &mut Vec<u8>, body: &[u8]) -> Result<(), Error> {
         return Err(Error::NotObject);
     }
     let mark = out.len();
-    let done = Parser::new(body, out).and_then(|mut p| p.document());
+    let done = Parser::new(body, out).and_then(|mut p| p.document().map(|()| p.zero_temperature));
     if done.is_err() {
         out.truncate(mark);
     }
@@ -123,6 +145,8 @@ struct Parser<'a, 'o> {
     /// Where an object's members are copied to be put in order.
     scratch: Vec<u8>,
     levels: usize,
+    /// The body's last top-level `temperature` member was written `0`.
+    zero_temperature: bool,
 }
 
 type Parsed<T = ()> = Result<T, Error>;
@@ -138,6 +162,7 @@ impl<'a, 'o> Parser<'a, 'o> {
             out,
             scratch: Vec::new(),
             levels: 0,
+            zero_temperature: false,
         })
     }
 
@@ -269,10 +294,15 @@ impl<'a, 'o> Parser<'a, 'o> {
                 self.pos += 1;
                 self.skip_ws();
                 self.out.push(b':');
+                let at = self.out.len();
                 self.value()?;
                 if top && LEFT_OUT.contains(&key.as_ref()) {
                     self.out.truncate(mark);
                 } else {
+                    if top && key == "temperature" {
+                        // Any number equal to zero is written `0` (`-0.0`, `0e9`...).
+                        self.zero_temperature = self.out[at..] == *b"0";
+                    }
                     members.push((key, start, self.out.len()));
                 }
                 if self.next_or_end(b'}')? {
@@ -644,6 +674,27 @@ mod tests {
 
     fn key(body: &[u8]) -> [u8; 16] {
         cache_key(body, b"team-a", b"/v1/chat/completions", b"gpt-4o").unwrap()
+    }
+
+    #[test]
+    fn temperature_zero_is_any_number_equal_to_zero_at_the_top_level() {
+        let zero = |body: &[u8]| keyed(body, b"", b"chat", b"m").unwrap().1;
+        for t in ["0", "-0", "0.0", "-0.0e5", "0E-3", "1e-400"] {
+            assert!(
+                zero(format!(r#"{{"temperature":{t},"model":"m"}}"#).as_bytes()),
+                "{t}"
+            );
+        }
+        for t in ["1", "0.5", "false", "null", r#""0""#, "[0]", "1e-300"] {
+            assert!(!zero(format!(r#"{{"temperature":{t}}}"#).as_bytes()), "{t}");
+        }
+        assert!(zero(br#"{"temperature":1,"temperature":0}"#)); // the last one counts
+        assert!(!zero(br#"{"temperature":0,"temperature":1}"#));
+        assert!(!zero(br#"{"model":"m","x":{"temperature":0}}"#)); // not at the top
+        assert_eq!(
+            keyed(br#"{"a":1}"#, b"", b"c", b"m").unwrap().0,
+            cache_key(br#"{"a":1}"#, b"", b"c", b"m").unwrap()
+        );
     }
 
     #[test]

@@ -340,9 +340,41 @@ def test_lookup_reads_the_clock_when_not_told_the_time() -> None:
 
     for cache in (NativeCache(4, 1 << 20, ENTRY_OVERHEAD),
                   ReferenceCache(4, 1 << 20, ENTRY_OVERHEAD)):
-        key, _ = cache.lookup(b"{}", "", "chat", "m", T0)
+        key = cache_key(b"{}", b"", b"chat", b"m")
         e = entry(created=time.time())
         cache.put(key, e, 3600, time.time())
         assert cache.lookup(b"{}", "", "chat", "m") == (key, e)  # live now
         cache.put(key, e, 3600, time.time() - 7200)  # stored two hours ago: gone by now
         assert cache.lookup(b"{}", "", "chat", "m") == (key, None)
+
+
+# A temperature as the client wrote it: JSON numbers equal to zero in their many
+# spellings, numbers that are not, and values that are not numbers at all.
+_TEMPERATURES = st.one_of(
+    st.sampled_from([b"0", b"-0", b"0.0", b"-0.0", b"0e5", b"0E-3", b"-0e+2", b"1e-400",
+                     b"0.000", b"1", b"-1", b"0.5", b"1e-300", b"false", b"true", b"null",
+                     b'"0"', b"[0]", b"{}", b'{"temperature":0}']),
+    st.integers(-2, 2).map(orjson.dumps),
+    st.floats(-1.0, 1.0).map(orjson.dumps))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_TEMPERATURES, max_size=3), st.booleans(), st.booleans())
+def test_the_temperature_test_is_the_filters_rule(temperatures: list[bytes], nested: bool,
+                                                   deterministic: bool) -> None:
+    """lookup(deterministic=True) answers (None, None) exactly when the filter's rule on
+    the parsed body (a number equal to 0, never False: ``t != 0 or t is False``) says
+    the request is not deterministic: the last top-level ``temperature`` counts, one
+    inside another member does not; native and reference alike."""
+    members = [b'"model":"m"'] + [b'"temperature":' + t for t in temperatures]
+    if nested:
+        members.append(b'"metadata":{"temperature":0}')
+    body = b"{" + b",".join(members) + b"}"
+    t = orjson.loads(body).get("temperature")
+    refused = deterministic and (t != 0 or t is False)
+    key = cache_key(body, b"s", b"chat", b"m")
+    for cache in (NativeCache(4, 1 << 20, ENTRY_OVERHEAD),
+                  ReferenceCache(4, 1 << 20, ENTRY_OVERHEAD)):
+        cache.put(key, entry(), 60, T0)
+        got = cache.lookup(body, "s", "chat", "m", T0, None, deterministic)
+        assert got == ((None, None) if refused else (key, entry())), (body, t)

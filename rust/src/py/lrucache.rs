@@ -21,6 +21,9 @@ pub(crate) struct MemoryCache {
     factory: Option<Py<PyAny>>,
 }
 
+/// `lookup`'s answer: the key (None when refused) and the entry.
+type Looked<'py> = (Option<Bound<'py, PyBytes>>, Option<Py<PyAny>>);
+
 /// What a key holds: an entry, or the parts `store` was given (most stored
 /// answers are never read, so their entry is made on the first read).
 enum Held {
@@ -101,8 +104,11 @@ impl MemoryCache {
     /// The cache key of `body` asked by `scope` on `endpoint` for `model`
     /// (`cache_key` of their UTF-8) and the entry it holds (as `get`), in one
     /// call: `(key, entry or None)`. `now` None reads the clock (unix seconds,
-    /// as Python's `time.time()`). `ValueError` when `body` is not a JSON object.
-    #[pyo3(signature = (body, scope, endpoint, model, now = None, max_age = None))]
+    /// as Python's `time.time()`). With `deterministic`, a body whose
+    /// top-level `temperature` is not a number equal to zero gives `(None,
+    /// None)` (nothing looked up). `ValueError` when `body` is not a JSON object.
+    #[pyo3(signature = (body, scope, endpoint, model, now = None, max_age = None,
+                        deterministic = false))]
     #[allow(clippy::too_many_arguments)]
     fn lookup<'py>(
         &mut self,
@@ -113,16 +119,20 @@ impl MemoryCache {
         model: &str,
         now: Option<f64>,
         max_age: Option<f64>,
-    ) -> PyResult<(Bound<'py, PyBytes>, Option<Py<PyAny>>)> {
+        deterministic: bool,
+    ) -> PyResult<Looked<'py>> {
         let (s, e, m) = (scope.as_bytes(), endpoint.as_bytes(), model.as_bytes());
-        let key = if body.len() >= DETACH_AT {
-            py.detach(|| cachekey::cache_key(body, s, e, m))
+        let (key, zero) = if body.len() >= DETACH_AT {
+            py.detach(|| cachekey::keyed(body, s, e, m))
         } else {
-            cachekey::cache_key(body, s, e, m)
+            cachekey::keyed(body, s, e, m)
         }
         .map_err(|err| PyValueError::new_err(err.to_string()))?;
+        if deterministic && !zero {
+            return Ok((None, None));
+        }
         let entry = self.held(py, &key, now.unwrap_or_else(unix_now), max_age)?;
-        Ok((PyBytes::new(py, &key), entry))
+        Ok((Some(PyBytes::new(py, &key)), entry))
     }
 
     /// Store `entry` for `ttl_s` seconds from `now`; false (nothing stored, the old
