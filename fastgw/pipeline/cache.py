@@ -98,7 +98,8 @@ class CacheStore:
             if cfg.backend == "memory" else None
         self.redis: RedisCache | None = redis_cache(redis_cfg) \
             if cfg.backend == "redis" else None
-        self.flights: dict[bytes, CacheState] = {}  # the miss leading each key's flight
+        # Each key's flight: the request leading it (a miss gone upstream).
+        self.flights: dict[bytes, RequestCtx] = {}
         self.writes: set[asyncio.Task[bool]] = set()  # Redis writes in progress
 
     def same(self, cfg: CacheConfig, redis_cfg: RedisConfig) -> bool:
@@ -113,6 +114,11 @@ class CacheStore:
             self.writes.add(task)  # held until done: never collected half-way
             task.add_done_callback(self.writes.discard)
 
+    def waiters(self) -> int:
+        """Requests waiting for another one's answer."""
+        return sum(ctx.cache.flight.waiters for ctx in self.flights.values()
+                   if ctx.cache is not None and ctx.cache.flight is not None)
+
     async def close(self) -> None:
         if self.writes:
             await asyncio.wait(list(self.writes), timeout=self.redis_cfg.timeout_s * 4)
@@ -120,26 +126,41 @@ class CacheStore:
             await self.redis.close()
 
 
-class CacheState:
-    """One request's dealings with the cache (``ctx.cache``). A miss that goes
-    upstream leads its key's *flight*: identical misses meanwhile wait on it
-    (``future``, made by the first of them) for its outcome: a CacheEntry, a
-    SharedFailure, or None (try yourself)."""
+class Flight:
+    """The requests waiting for a leading miss's outcome (made by the first of them):
+    a CacheEntry, a SharedFailure, or None (try yourself)."""
 
-    # No __slots__: the attributes most requests never set are read from these class
-    # defaults, so making a state costs two stores (one per request of a cached route).
-    result: str = MISS
-    leads = False  # this request's flight is registered
-    waiters = 0
-    future: asyncio.Future[Any] | None = None
+    __slots__ = ("future", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[Any] = loop.create_future()
+        self.waiters = 0
+
+    def land(self, outcome: Any) -> None:
+        if not self.future.done():
+            self.future.set_result(outcome)
+
+
+class CacheState:
+    """One request's dealings with the cache (``ctx.cache``; its key, when it has
+    one, is ``ctx.cache_key``). The usual ones are shared constants: a miss whose
+    whole answer is to be stored (``WRITING``), a miss with nothing left to do
+    (``MISSED``), a bypass; a request gets its own state when it has something of
+    its own: a hit (what it saved), a stream being recorded, a leading miss others
+    wait for (its ``flight``). A request leads its key's flight while
+    ``flights[ctx.cache_key] is ctx``."""
+
+    # No __slots__: the attributes most states never set are read from these class
+    # defaults, so making a state costs a store or two.
+    write = False  # the answer is to be stored
     recorder: StreamRecorder | None = None
+    flight: Flight | None = None  # the requests waiting for this one's answer
     saved = 0.0  # a hit: the price of the tokens it did not spend
 
-    def __init__(self, key: bytes, write: bool, result: str = MISS) -> None:
-        self.key = key
-        self.write = write  # the answer may be stored
-        if result is not MISS:
-            self.result = result
+    def __init__(self, result: str, write: bool = False) -> None:
+        self.result = result
+        if write:
+            self.write = True
 
     @property
     def hit(self) -> bool:
@@ -148,16 +169,23 @@ class CacheState:
     def keeps_going(self) -> bool:
         """Others wait for this request's answer: its client leaving must not
         cancel the upstream request."""
-        return self.leads and self.waiters > 0
-
-    def wait_on(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        if self.future is None:
-            self.future = loop.create_future()
-        return self.future
+        flight = self.flight
+        return flight is not None and flight.waiters > 0
 
 
-_BYPASSED = CacheState(b"", False, BYPASS)  # shared: a bypass keeps nothing
+_BYPASSED = CacheState(BYPASS)  # shared: a bypass keeps nothing
+_WRITING = CacheState(MISS, write=True)  # shared: a miss whose whole answer is stored
+_MISSED = CacheState(MISS)  # shared: a miss with nothing left to do
 _new_state = cast("Callable[[type[CacheState]], CacheState]", object.__new__)
+
+
+def _own(ctx: RequestCtx) -> CacheState:
+    """The request's own state (a copy of a shared one, the first time)."""
+    state = ctx.cache
+    assert state is not None
+    if state is _WRITING or state is _MISSED:
+        state = ctx.cache = CacheState(MISS, state.write)
+    return state
 
 
 def _whole_object(body: bytes) -> bool:
@@ -228,21 +256,21 @@ class CacheFilter(Filter):
         if key is None:  # not deterministic (or not a JSON object after all)
             _bypass(ctx)
             return None
-        # (CacheState(key, True) without its __init__: once per request)
-        state = ctx.cache = _new_state(CacheState)
-        state.key = key
-        state.write = True
+        ctx.cache_key = key
         if entry is not None:
-            return self._hit(ctx, state, entry)
-        leader = self.flights.setdefault(key, state)
-        if leader is not state:  # an identical miss is upstream: wait for its answer
-            return Later(partial(self._follow, ctx, state, leader))
+            return self._hit(ctx, entry)
+        leader = self.flights.setdefault(key, ctx)
+        if leader is not ctx:  # an identical miss is upstream: wait for its answer
+            ctx.cache = _MISSED
+            return Later(partial(self._follow, ctx, leader))
         # (_lead, inline: once per miss)
-        state.leads = True
         ctx.extra_headers += _MISS_HEADER
         _MISS_COUNT.value += 1
         if ctx.stream:
+            state = ctx.cache = CacheState(MISS, write=True)
             state.recorder = StreamRecorder(endpoint)
+        else:
+            ctx.cache = _WRITING
         return None
 
     def _request(self, ctx: RequestCtx, memory: MemoryCache | None) -> Reply | Later | None:
@@ -269,65 +297,79 @@ class CacheFilter(Filter):
             _bypass(ctx)
             return None
         assert key is not None  # (a lookup without the temperature test)
-        state = ctx.cache = CacheState(key, write)
+        ctx.cache_key = key
+        ctx.cache = _MISSED
         if read:
             if entry is not None:
-                return self._hit(ctx, state, entry)
+                return self._hit(ctx, entry)
             if self.awaits_lookup:
-                return Later(partial(self._lookup, ctx, state, max_age))
+                return Later(partial(self._lookup, ctx, write, max_age))
             leader = self.flights.get(key)
             if leader is not None:
-                return Later(partial(self._follow, ctx, state, leader))
-        self._lead(ctx, state)
+                return Later(partial(self._follow, ctx, leader))
+        self._lead(ctx, write)
         return None
 
-    async def _lookup(self, ctx: RequestCtx, state: CacheState,
+    async def _lookup(self, ctx: RequestCtx, write: bool,
                       max_age: float | None) -> Reply | None:
         assert self.store.redis is not None
-        entry = await self.store.redis.get(state.key, max_age)
+        entry = await self.store.redis.get(ctx.cache_key, max_age)
         if entry is not None:
-            return self._hit(ctx, state, entry)
-        leader = self.store.flights.get(state.key)
+            return self._hit(ctx, entry)
+        leader = self.flights.get(ctx.cache_key)
         if leader is not None:
-            return await self._follow(ctx, state, leader)
-        self._lead(ctx, state)
+            return await self._follow(ctx, leader)
+        self._lead(ctx, write)
         return None
 
-    def _lead(self, ctx: RequestCtx, state: CacheState) -> None:
-        """This request goes upstream; identical misses meanwhile wait for it."""
+    def _lead(self, ctx: RequestCtx, write: bool = True) -> None:
+        """This request goes upstream (a miss); when its answer is to be stored, it
+        leads the key's flight unless another does: identical misses meanwhile wait
+        for it."""
         ctx.extra_headers += _MISS_HEADER
         _MISS_COUNT.value += 1
-        if state.write:
-            flights = self.store.flights
-            if state.key not in flights:
-                flights[state.key] = state
-                state.leads = True
-            if ctx.stream:
-                state.recorder = StreamRecorder(ctx.endpoint)
+        if not write:
+            ctx.cache = _MISSED
+            return
+        self.flights.setdefault(ctx.cache_key, ctx)
+        if ctx.stream:
+            state = ctx.cache = CacheState(MISS, write=True)
+            state.recorder = StreamRecorder(ctx.endpoint)
+        else:
+            ctx.cache = _WRITING
 
-    async def _follow(self, ctx: RequestCtx, state: CacheState,
-                      leader: CacheState) -> Reply | None:
+    async def _follow(self, ctx: RequestCtx, leader: RequestCtx) -> Reply | None:
         """Wait for the leader's answer (at most the model's total_s), then answer
         from it; when it gave nothing, go upstream."""
+        key = ctx.cache_key
+        if self.flights.get(key) is not leader:  # it has landed meanwhile
+            entry = None if self.memory is None else self.memory.get(key, time.time())
+            if entry is not None:
+                return self._hit(ctx, entry)
+            self._lead(ctx)
+            return None
+        lead = _own(leader)
+        flight = lead.flight
+        if flight is None:
+            flight = lead.flight = Flight(self.store.loop)
         limit = max((t.provider.timeouts.total_s for t in self.route.targets), default=600.0)
-        leader.waiters += 1
+        flight.waiters += 1
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(leader.wait_on(self.store.loop)),
-                                             limit)
+            outcome = await asyncio.wait_for(asyncio.shield(flight.future), limit)
         except TimeoutError:
             outcome = None
         finally:
-            leader.waiters -= 1
+            flight.waiters -= 1
         if isinstance(outcome, CacheEntry):
-            return self._hit(ctx, state, outcome)
+            return self._hit(ctx, outcome)
         if isinstance(outcome, SharedFailure):
             ctx.extra_headers += _HEADERS[MISS]
             _COUNT[MISS].value += 1
             raise SharedFailure(outcome.status, outcome.message)
-        self._lead(ctx, state)
+        self._lead(ctx)
         return None
 
-    def _hit(self, ctx: RequestCtx, state: CacheState, entry: CacheEntry) -> Reply | None:
+    def _hit(self, ctx: RequestCtx, entry: CacheEntry) -> Reply | None:
         """The answer from ``entry``; None (a miss: the request goes upstream and its
         answer replaces the entry) when the entry cannot be replayed as asked."""
         endpoint = ctx.endpoint
@@ -342,10 +384,11 @@ class CacheFilter(Filter):
                 reply = Reply(200, to_stream(endpoint, body, include_usage=usage), _SSE_HEAD,
                               stream=True)
             except ReplayError:
-                self._lead(ctx, state)
+                self._lead(ctx)
                 return None
+        # (CacheState(HIT) without its __init__: once per hit)
+        state = ctx.cache = _new_state(CacheState)
         state.result = HIT
-        state.write = False
         ctx.extra_headers += _HEADERS[HIT]
         route = ctx.route or self.route
         # Counted when the answer is sent (logging): limits may still refuse it.
@@ -357,33 +400,33 @@ class CacheFilter(Filter):
 
     def response(self, ctx: RequestCtx, status: int, body: bytes) -> bytes:
         state = ctx.cache
-        if state is not None and state.write:
+        if state is None or not state.write:
+            return body
+        if state is _WRITING:  # the usual miss
+            ctx.cache = _MISSED
+        else:
             state.write = False
-            if not (body[-1:] == b"}" and body[:1] == b"{") and not _whole_object(body):
-                if state.leads:  # a 200 that is not a JSON object: never stored
-                    self._land(state, None)
-                return body
-            memory = self.memory
-            if memory is not None:  # (inline of store.put: once per miss)
-                # The parts kept; their CacheEntry is made if the key is ever read.
-                memory.store(state.key, body, ctx.prompt_tokens, ctx.completion_tokens,
-                             self.ttl_s)
-                entry = None
-            else:
-                entry = _entry(CacheEntry, (time.time(), body, ctx.prompt_tokens,
-                                            ctx.completion_tokens))
-                self.store.put(state.key, entry)
-            if state.leads:
-                # (_land, inline: once per miss)
-                state.leads = False
-                key = state.key
-                flights = self.store.flights
-                if flights.get(key) is state:
-                    del flights[key]
-                future = state.future
-                if future is not None and not future.done():
-                    future.set_result(entry or _entry(CacheEntry, (
-                        time.time(), body, ctx.prompt_tokens, ctx.completion_tokens)))
+        key = ctx.cache_key
+        if not (body[-1:] == b"}" and body[:1] == b"{") and not _whole_object(body):
+            self._land(ctx, None)  # a 200 that is not a JSON object: never stored
+            return body
+        memory = self.memory
+        if memory is not None:  # (inline of store.put: once per miss)
+            # The parts kept; their CacheEntry is made if the key is ever read.
+            memory.store(key, body, ctx.prompt_tokens, ctx.completion_tokens, self.ttl_s)
+            entry = None
+        else:
+            entry = _entry(CacheEntry, (time.time(), body, ctx.prompt_tokens,
+                                        ctx.completion_tokens))
+            self.store.put(key, entry)
+        flights = self.flights
+        if flights.get(key) is ctx:  # (_land, inline: once per miss)
+            del flights[key]
+            flight = state.flight
+            if flight is not None:
+                state.flight = None
+                flight.land(entry or _entry(CacheEntry, (
+                    time.time(), body, ctx.prompt_tokens, ctx.completion_tokens)))
         return body
 
     def chunk(self, ctx: RequestCtx, data: bytes) -> bytes:
@@ -394,16 +437,14 @@ class CacheFilter(Filter):
 
     def logging(self, ctx: RequestCtx) -> None:
         state = ctx.cache
-        if state is None:
-            return
+        if state is None or state is _MISSED or state is _BYPASSED:
+            return  # the usual end: a whole answer stored already
         if state.result == HIT:
             if ctx.status == 200:  # served (not refused by the limits after the lookup)
                 _COUNT[HIT].value += 1
                 if state.saved:
                     batched(CACHE_SAVED, (ctx.route or self.route).name).value += state.saved
             return
-        if not (state.leads or state.recorder is not None):
-            return  # the usual end: a bypass, a whole answer stored already
         outcome: Any = None
         recorder = state.recorder
         if recorder is not None and state.write and 200 <= ctx.status < 300:
@@ -415,24 +456,31 @@ class CacheFilter(Filter):
             if body is not None:
                 outcome = CacheEntry(time.time(), body, ctx.prompt_tokens,
                                      ctx.completion_tokens)
-                self.store.put(state.key, outcome)
+                self.store.put(ctx.cache_key, outcome)
         elif ctx.status >= 400 and ctx.status != 499 and ctx.attempts:
             # What the upstream answered; a refusal of this request's own (its limits,
             # after the lookup) is not the waiters': they go upstream themselves.
             outcome = SharedFailure(ctx.status, ctx.error or "the upstream request failed")
-        state.recorder = None
-        if state.leads:
-            self._land(state, outcome)
+        if state is _WRITING:
+            ctx.cache = _MISSED
+        else:
+            state.recorder = None
+            state.write = False
+        self._land(ctx, outcome)
 
-    def _land(self, state: CacheState, outcome: Any) -> None:
-        """The flight is over: its waiters get ``outcome``."""
-        state.leads = False
-        flights = self.store.flights
-        if flights.get(state.key) is state:
-            del flights[state.key]
-        future = state.future
-        if future is not None and not future.done():
-            future.set_result(outcome)
+    def _land(self, ctx: RequestCtx, outcome: Any) -> None:
+        """The request's flight, when it leads one, is over: its waiters get
+        ``outcome``."""
+        key = ctx.cache_key
+        flights = self.flights
+        if flights.get(key) is ctx:
+            del flights[key]
+            state = ctx.cache
+            assert state is not None
+            flight = state.flight
+            if flight is not None:
+                state.flight = None
+                flight.land(outcome)
 
 
 def cache_result(ctx: RequestCtx) -> str | None:

@@ -23,6 +23,7 @@ class RequestCtx:
         "attempts",
         "body",
         "cache",
+        "cache_key",
         "cache_usage",
         "client_usage",
         "completion_tokens",
@@ -90,6 +91,9 @@ class RequestCtx:
         # (prompt-cache reads, writes) when the route reads them (usage_detail)
         self.cache_usage: tuple[int, int] | None = None
         self.cache: CacheState | None = None  # set by the route's cache filter
+        # (cache_key: the request's cache key, set by the cache filter with a state
+        # that needs it; not set here: most requests never have one)
+        self.cache_key: bytes
         self.error: str | None = None
         self.key_name: str | None = None
         # Set by access control: who is calling and what they were granted

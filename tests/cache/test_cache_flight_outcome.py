@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from fastgw.config import CacheConfig, RedisConfig
-from fastgw.pipeline.cache import CacheFilter, CacheState, CacheStore, SharedFailure
+from fastgw.pipeline.cache import MISS, CacheFilter, CacheState, CacheStore, Flight, SharedFailure
 
 KEY = b"k" * 16
 
@@ -24,16 +24,16 @@ def lead_and_end(status: int, attempts: int) -> Any:
     try:
         store = CacheStore(CacheConfig(enabled=True), RedisConfig(), loop)
         cache = CacheFilter(store, SimpleNamespace(targets=()))  # type: ignore[arg-type]
-        leader = CacheState(KEY, write=True)
-        leader.leads = True
-        store.flights[KEY] = leader
-        waiter = leader.wait_on(loop)
-        ctx = SimpleNamespace(cache=leader, status=status, attempts=attempts,
+        leader = CacheState(MISS, write=True)
+        flight = leader.flight = Flight(loop)
+        ctx = SimpleNamespace(cache=leader, cache_key=KEY, status=status, attempts=attempts,
                               error="what went wrong", route=None)
+        store.flights[KEY] = ctx  # type: ignore[assignment]
         cache.logging(ctx)  # type: ignore[arg-type]
         assert KEY not in store.flights
-        assert waiter.done()
-        return waiter.result()
+        assert ctx.cache.flight is None and not ctx.cache.write
+        assert flight.future.done()
+        return flight.future.result()
     finally:
         loop.close()
 

@@ -42,7 +42,7 @@ def store(gw: Gateway) -> CacheStore:
 
 def waiting(gw: Gateway) -> int:
     """Requests waiting for another one's answer."""
-    return gw.lt.call(lambda: sum(f.waiters for f in store(gw).flights.values()))
+    return gw.lt.call(lambda: store(gw).waiters())
 
 
 def content(r: Response) -> Any:
