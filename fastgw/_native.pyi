@@ -608,8 +608,9 @@ class MemoryCache:
     def store(self, key: bytes, body: bytes, prompt_tokens: Any, completion_tokens: Any,
               ttl_s: float, now: float | None = None) -> bool:
         """``put`` of the entry ``factory(now, body, prompt_tokens, completion_tokens)``
-        (``now`` None: the clock), made when first read; ``TypeError`` without a
-        factory."""
+        (``now`` None: the clock), made when first read; False (nothing stored, what
+        ``key`` held kept) when ``body`` does not begin with ``{`` and end with ``}``
+        (ASCII whitespace aside); ``TypeError`` without a factory."""
     def delete(self, key: bytes) -> bool: ...
     def clear(self) -> None: ...
     def keys(self) -> list[bytes]:

@@ -108,10 +108,14 @@ class MemoryCache:
     def store(self, key: bytes, body: bytes, prompt_tokens: Any, completion_tokens: Any,
               ttl_s: float, now: float | None = None) -> bool:
         """:meth:`put` of the entry ``factory(now, body, prompt_tokens,
-        completion_tokens)`` (``now`` None: the clock). TypeError without a factory.
-        (The native store keeps the parts and makes the entry when first read.)"""
+        completion_tokens)`` (``now`` None: the clock); False (nothing stored, what
+        ``key`` held kept) when ``body`` does not begin with ``{`` and end with ``}``,
+        ASCII whitespace aside. TypeError without a factory. (The native store keeps
+        the parts and makes the entry when first read.)"""
         if self.factory is None:
             raise TypeError("MemoryCache.store needs the entry factory given to MemoryCache()")
+        if not (body.strip()[:1] == b"{" and body.strip()[-1:] == b"}"):
+            return False
         if now is None:
             now = time.time()
         return self.put(key, self.factory(now, body, prompt_tokens, completion_tokens),

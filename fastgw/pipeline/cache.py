@@ -64,8 +64,6 @@ _CACHEABLE = frozenset({"chat", "completions", "embeddings", "responses", "messa
 _STREAMED = _CACHEABLE & STREAM_ENDPOINTS  # cached streams: replayed as streams
 _ENDPOINT = {e: e.encode() for e in _CACHEABLE}
 _MAX_AGE = re.compile(rb"max-age\s*=\s*(\d+)")
-# A CacheEntry from a plain tuple, without the named tuple's Python __new__.
-_entry = cast("Callable[[type[CacheEntry], tuple[Any, ...]], CacheEntry]", tuple.__new__)
 _SSE_HEAD = (b"content-type: text/event-stream\r\ncache-control: no-cache\r\n"
              b"x-accel-buffering: no\r\n")
 
@@ -144,11 +142,12 @@ class Flight:
 class CacheState:
     """One request's dealings with the cache (``ctx.cache``; its key, when it has
     one, is ``ctx.cache_key``). The usual ones are shared constants: a miss whose
-    whole answer is to be stored (``WRITING``), a miss with nothing left to do
-    (``MISSED``), a bypass; a request gets its own state when it has something of
-    its own: a hit (what it saved), a stream being recorded, a leading miss others
-    wait for (its ``flight``). A request leads its key's flight while
-    ``flights[ctx.cache_key] is ctx``."""
+    whole answer is to be stored (``LEADING`` its key's flight, or ``WRITING``), a
+    miss with nothing left to do (``MISSED``), a bypass; a request gets its own
+    state when it has something of its own: a hit (what it saved), a stream being
+    recorded, a leading miss others wait for (its ``flight``). A request leads its
+    key's flight while ``flights[ctx.cache_key] is ctx`` (always so with
+    ``LEADING``)."""
 
     # No __slots__: the attributes most states never set are read from these class
     # defaults, so making a state costs a store or two.
@@ -174,7 +173,10 @@ class CacheState:
 
 
 _BYPASSED = CacheState(BYPASS)  # shared: a bypass keeps nothing
-_WRITING = CacheState(MISS, write=True)  # shared: a miss whose whole answer is stored
+# Shared: a miss whose whole answer is to be stored, leading its key's flight (nobody
+# waits for it: the first waiter gives the leader a state of its own)...
+_LEADING = CacheState(MISS, write=True)
+_WRITING = CacheState(MISS, write=True)  # ... or while another request leads it
 _MISSED = CacheState(MISS)  # shared: a miss with nothing left to do
 _new_state = cast("Callable[[type[CacheState]], CacheState]", object.__new__)
 
@@ -183,7 +185,7 @@ def _own(ctx: RequestCtx) -> CacheState:
     """The request's own state (a copy of a shared one, the first time)."""
     state = ctx.cache
     assert state is not None
-    if state is _WRITING or state is _MISSED:
+    if state is _LEADING or state is _WRITING or state is _MISSED:
         state = ctx.cache = CacheState(MISS, state.write)
     return state
 
@@ -270,7 +272,7 @@ class CacheFilter(Filter):
             state = ctx.cache = CacheState(MISS, write=True)
             state.recorder = StreamRecorder(endpoint)
         else:
-            ctx.cache = _WRITING
+            ctx.cache = _LEADING
         return None
 
     def _request(self, ctx: RequestCtx, memory: MemoryCache | None) -> Reply | Later | None:
@@ -331,12 +333,12 @@ class CacheFilter(Filter):
         if not write:
             ctx.cache = _MISSED
             return
-        self.flights.setdefault(ctx.cache_key, ctx)
+        leads = self.flights.setdefault(ctx.cache_key, ctx) is ctx
         if ctx.stream:
             state = ctx.cache = CacheState(MISS, write=True)
             state.recorder = StreamRecorder(ctx.endpoint)
         else:
-            ctx.cache = _WRITING
+            ctx.cache = _LEADING if leads else _WRITING
 
     async def _follow(self, ctx: RequestCtx, leader: RequestCtx) -> Reply | None:
         """Wait for the leader's answer (at most the model's total_s), then answer
@@ -402,31 +404,37 @@ class CacheFilter(Filter):
         state = ctx.cache
         if state is None or not state.write:
             return body
-        if state is _WRITING:  # the usual miss
+        memory = self.memory
+        if state is not _LEADING or memory is None:
+            return self._respond(ctx, state, body)
+        # The usual miss: its flight is over (nobody waits: see _LEADING), its answer
+        # stored unless cut (the parts kept; a CacheEntry is made if the key is read).
+        ctx.cache = _MISSED
+        key = ctx.cache_key
+        del self.flights[key]
+        memory.store(key, body, ctx.prompt_tokens, ctx.completion_tokens, self.ttl_s)
+        return body
+
+    def _respond(self, ctx: RequestCtx, state: CacheState, body: bytes) -> bytes:
+        """``response`` for the others: a miss another request leads, a leader others
+        wait for (they get its answer), a stream answered whole, the Redis store."""
+        if state is _LEADING or state is _WRITING:
             ctx.cache = _MISSED
         else:
             state.write = False
         key = ctx.cache_key
-        if not (body[-1:] == b"}" and body[:1] == b"{") and not _whole_object(body):
-            self._land(ctx, None)  # a 200 that is not a JSON object: never stored
-            return body
+        now = time.time()
         memory = self.memory
-        if memory is not None:  # (inline of store.put: once per miss)
-            # The parts kept; their CacheEntry is made if the key is ever read.
-            memory.store(key, body, ctx.prompt_tokens, ctx.completion_tokens, self.ttl_s)
-            entry = None
+        if memory is not None:
+            whole = memory.store(key, body, ctx.prompt_tokens, ctx.completion_tokens,
+                                 self.ttl_s, now)
         else:
-            entry = _entry(CacheEntry, (time.time(), body, ctx.prompt_tokens,
-                                        ctx.completion_tokens))
-            self.store.put(key, entry)
-        flights = self.flights
-        if flights.get(key) is ctx:  # (_land, inline: once per miss)
-            del flights[key]
-            flight = state.flight
-            if flight is not None:
-                state.flight = None
-                flight.land(entry or _entry(CacheEntry, (
-                    time.time(), body, ctx.prompt_tokens, ctx.completion_tokens)))
+            whole = _whole_object(body)  # a 200 that is not a JSON object: never stored
+            if whole:
+                self.store.put(key, CacheEntry(now, body, ctx.prompt_tokens,
+                                               ctx.completion_tokens))
+        self._land(ctx, CacheEntry(now, body, ctx.prompt_tokens, ctx.completion_tokens)
+                   if whole else None)
         return body
 
     def chunk(self, ctx: RequestCtx, data: bytes) -> bytes:
@@ -461,7 +469,7 @@ class CacheFilter(Filter):
             # What the upstream answered; a refusal of this request's own (its limits,
             # after the lookup) is not the waiters': they go upstream themselves.
             outcome = SharedFailure(ctx.status, ctx.error or "the upstream request failed")
-        if state is _WRITING:
+        if state is _LEADING or state is _WRITING:
             ctx.cache = _MISSED
         else:
             state.recorder = None
@@ -481,6 +489,29 @@ class CacheFilter(Filter):
             if flight is not None:
                 state.flight = None
                 flight.land(outcome)
+
+
+def abandon(ctx: RequestCtx) -> None:
+    """A request ends with its cache state still waiting for an answer: one served by
+    a model without the cache (a fallback), whose hooks never saw it. Nothing is
+    stored under the asked model's key; its flight, when it leads one, ends with
+    nothing for its waiters (they go upstream themselves)."""
+    state = ctx.cache
+    store = ctx.snapshot.cache
+    if state is None or store is None:
+        return
+    if state is _LEADING or state is _WRITING:
+        ctx.cache = _MISSED
+    else:
+        state.write = False
+        state.recorder = None
+    key = ctx.cache_key
+    if store.flights.get(key) is ctx:
+        del store.flights[key]
+        flight = state.flight
+        if flight is not None:
+            state.flight = None
+            flight.land(None)
 
 
 def cache_result(ctx: RequestCtx) -> str | None:

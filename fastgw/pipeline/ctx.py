@@ -58,6 +58,10 @@ class RequestCtx:
         "variant",
     )
 
+    # Set by the cache filter with a state that needs it (not in __init__: most
+    # requests never have one).
+    cache_key: bytes  # the request's cache key
+
     def __init__(self, cycle: Cycle, snapshot: Snapshot, endpoint: str, request_id: bytes,
                  fwd: bytes, dialect: ClientDialect = OPENAI_CLIENT) -> None:
         self.cycle = cycle
@@ -91,9 +95,6 @@ class RequestCtx:
         # (prompt-cache reads, writes) when the route reads them (usage_detail)
         self.cache_usage: tuple[int, int] | None = None
         self.cache: CacheState | None = None  # set by the route's cache filter
-        # (cache_key: the request's cache key, set by the cache filter with a state
-        # that needs it; not set here: most requests never have one)
-        self.cache_key: bytes
         self.error: str | None = None
         self.key_name: str | None = None
         # Set by access control: who is calling and what they were granted

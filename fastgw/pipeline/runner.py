@@ -60,6 +60,7 @@ from fastgw.pipeline import cascade
 from fastgw.pipeline import headers as hdr
 from fastgw.pipeline.access import Access
 from fastgw.pipeline.attempt import Attempt, first, serving
+from fastgw.pipeline.cache import abandon
 from fastgw.pipeline.controls import (
     NO_CONTROLS,
     Controls,
@@ -233,6 +234,9 @@ class Proxy:
                     hook(ctx)
                 except Exception:
                     log.exception("a logging filter failed")
+        cache = ctx.cache
+        if cache is not None and cache.write:  # answered by a model without its cache
+            abandon(ctx)
         self.responder.logging(ctx)
 
     def _on_lost(self, cycle: Cycle) -> bool:

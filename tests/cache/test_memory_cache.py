@@ -261,8 +261,8 @@ def test_native_and_reference_agree(ops: list[tuple[str, int, int, int, int]],
         if op == "put":
             e = entry(b"b" * blen, created=now - step)
             assert native.put(key, e, ttl, now) == ref.put(key, e, ttl, now)
-        elif op == "store":
-            body = b"s" * blen
+        elif op == "store":  # whole objects (whitespace around or not), and cut ones
+            body = (b"{%s}", b" \n{%s}\x0c", b"{%s", b"%s}", b"\x0b{%s} ")[k] % (b"s" * blen)
             assert (native.store(key, body, blen, k, ttl, now)
                     == ref.store(key, body, blen, k, ttl, now))
         elif op == "get":
@@ -296,6 +296,10 @@ def test_store_keeps_an_answer_read_back_as_its_entry(cls: Any) -> None:
     assert c.store(b"k", body, 1, 2, 60)  # no time given: the clock
     created = c.get(b"k", time.time()).created
     assert before <= created <= time.time()
+    for cut in (b'{"id":"chatcmpl-1"', b'"id":"chatcmpl-1"}', b"", b"{", b" } {"):
+        assert not c.store(b"k", cut, 1, 2, 60, T0)  # never stored, the entry kept
+        assert c.get(b"k", T0 + 1) is not None
+    assert c.store(b"k", b' \r\n{"a":1}\t', 1, 2, 60, T0)
     with pytest.raises(TypeError, match="factory"):
         cls(4, 1 << 20, ENTRY_OVERHEAD).store(b"k", body, 1, 2, 60, T0)
 

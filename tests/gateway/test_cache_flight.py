@@ -15,6 +15,7 @@ import orjson
 import pytest
 from cache_gw import KEY_A, PATHS, cache_yaml, doc, post, unique, upstream
 from gwtest import Gateway, Response, connect, running, wait_for
+from redistest import free_port
 
 from fastgw.pipeline.cache import CacheStore
 
@@ -157,3 +158,31 @@ def test_waiters_are_bounded_by_the_models_timeouts(pool: ThreadPoolExecutor) ->
         lead = leader.result(timeout=30)
         assert lead.status == 504
         assert upstream(g) == int(lead.headers["x-fastgw-attempts"]) + 1
+
+
+def _fallback_yaml(port: int) -> str:
+    """``gpt`` (cached) on a provider nobody listens for, falling back to ``plain``
+    (``cache: false``) on the mock; a waiter would wait 30 s for a lost leader."""
+    down = free_port()
+    return cache_yaml(port).replace(
+        "  - {name: gpt, targets: [{provider: mock, model: g}],",
+        "  - {name: gpt, fallbacks: [plain], targets: [{provider: down, model: g}],"
+    ).replace("models:\n", "  - {name: down, kind: openai-compatible, "
+              f"base_url: 'http://127.0.0.1:{down}/v1', api_key: k,\n"
+              "     timeouts: {total_s: 30}}\nmodels:\n")
+
+
+def test_a_leader_answered_by_a_fallback_without_the_cache_ends_its_flight() -> None:
+    """The leading miss of a cached model answered by a fallback without the cache:
+    nothing stored under the cached model's key, and its flight ends with it (an
+    identical request later does not wait for a leader long gone)."""
+    with running(_fallback_yaml) as g:
+        d = doc(text=unique())
+        for _ in range(2):
+            t0 = time.monotonic()
+            r = post(g, d)
+            assert r.status == 200, r.body
+            assert r.headers["x-fastgw-cache"] == "miss"  # (nothing stored by the first)
+            assert r.headers["x-fastgw-provider"] == "mock"  # the fallback served
+            assert time.monotonic() - t0 < 10
+            assert g.lt.call(lambda: dict(store(g).flights)) == {}

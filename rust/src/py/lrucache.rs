@@ -162,7 +162,9 @@ impl MemoryCache {
     /// Store the answer `body` with its token counts, made `now` (None: the
     /// clock), for `ttl_s` seconds, as `put` stores the entry `factory(now, body,
     /// prompt_tokens, completion_tokens)`, which it makes when first read.
-    /// `TypeError` when the cache has no factory.
+    /// False (nothing stored, what `key` held kept) when `body` does not look
+    /// like one whole JSON object (`{`...`}`, whitespace aside): a cut answer
+    /// is never stored. `TypeError` when the cache has no factory.
     #[pyo3(signature = (key, body, prompt_tokens, completion_tokens, ttl_s, now = None))]
     fn store(
         &mut self,
@@ -177,6 +179,9 @@ impl MemoryCache {
             return Err(PyTypeError::new_err(
                 "MemoryCache.store needs the entry factory given to MemoryCache()",
             ));
+        }
+        if !whole_object(body.as_bytes()) {
+            return Ok(false);
         }
         let now = now.unwrap_or_else(unix_now);
         let cost = body.as_bytes().len() + self.overhead + key.len();
@@ -254,6 +259,15 @@ impl MemoryCache {
             None => Ok(None),
         }
     }
+}
+
+/// Whether an answer looks like one whole JSON object: it begins with `{`
+/// and ends with `}`, ASCII whitespace aside (Python's `bytes.strip()`'s).
+/// A cut answer (the usual way one breaks) fails this at no cost.
+fn whole_object(body: &[u8]) -> bool {
+    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c');
+    body.iter().find(|b| !space(b)) == Some(&b'{')
+        && body.iter().rev().find(|b| !space(b)) == Some(&b'}')
 }
 
 /// Unix seconds now (the clock of Python's `time.time()`).
