@@ -34,6 +34,7 @@ import os
 import pstats
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -513,8 +514,9 @@ async def measure_interleaved(args: argparse.Namespace) -> dict[str, list[float]
             gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
             for rig in rigs.values():
                 await rig.run(min(2000, args.requests))  # warm up
-            for _ in range(args.interleave):
-                for name, rig in rigs.items():
+            order = list(rigs.items())
+            for turn in range(args.interleave):  # forward, then backward: no row always first
+                for name, rig in order if turn % 2 == 0 else order[::-1]:
                     times[name].append(await rig.run(args.requests) * 1e6)
         finally:
             for rig in rigs.values():
@@ -567,12 +569,15 @@ def main() -> None:
         return
     if args.interleave:
         times = uvloop.run(measure_interleaved(args))
-        first = sorted(times[args.rows.split(",")[0]])
+        base = args.rows.split(",")[0]
         for name, ts in times.items():
-            ts.sort()
-            print(f"{name:20s} {ts[0]:7.2f} us per request at best, median {ts[len(ts) // 2]:7.2f}"
-                  f" ({len(ts)} turns of {args.requests}); x{ts[0] / first[0]:.3f} and "
-                  f"{ts[0] - first[0]:+.2f} us vs {args.rows.split(',')[0]} at best")
+            # Each turn's ratio to the first row's time in the same turn: the machine's
+            # drift between turns cancels out; their median is the figure to quote.
+            paired = statistics.median(t / b for t, b in zip(ts, times[base], strict=True))
+            best, median = min(ts), statistics.median(ts)
+            print(f"{name:20s} {best:7.2f} us per request at best, median {median:7.2f} "
+                  f"({len(ts)} turns of {args.requests}); x{paired:.3f} of {base} "
+                  f"(median of the turns' ratios), {best - min(times[base]):+.2f} us at best")
         return
     results = uvloop.run(measure(args))
     for name, us in results.items():

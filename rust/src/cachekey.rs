@@ -97,14 +97,39 @@ pub fn keyed(
     endpoint: &[u8],
     model: &[u8],
 ) -> Result<([u8; 16], bool), Error> {
-    let mut out = Vec::with_capacity(24 + scope.len() + endpoint.len() + model.len() + body.len());
-    for part in [scope, endpoint, model] {
-        out.extend_from_slice(&(part.len() as u64).to_le_bytes());
-        out.extend_from_slice(part);
-    }
-    let zero = canonical_reading(&mut out, body)?;
-    Ok((xxh3_128(&out).to_be_bytes(), zero))
+    let hashed = |out: &mut Vec<u8>, scratch: &mut Vec<u8>| {
+        out.reserve(24 + scope.len() + endpoint.len() + model.len() + body.len());
+        for part in [scope, endpoint, model] {
+            out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            out.extend_from_slice(part);
+        }
+        let zero = canonical_reading(out, scratch, body)?;
+        Ok((xxh3_128(out).to_be_bytes(), zero))
+    };
+    // The thread's buffers, kept between calls (no allocation per key); fresh ones
+    // in the unlikely case they are in use.
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (out, scratch) = &mut *bufs;
+            out.clear();
+            let keyed = hashed(out, scratch);
+            if out.capacity() > KEEP_AT_MOST || scratch.capacity() > KEEP_AT_MOST {
+                *bufs = (Vec::new(), Vec::new()); // a large body's room is not held on to
+            }
+            keyed
+        }
+        Err(_) => hashed(&mut Vec::new(), &mut Vec::new()),
+    })
 }
+
+thread_local! {
+    /// [`keyed`]'s buffers: the hashed bytes, and an object's members being sorted.
+    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The room [`keyed`]'s buffers keep between calls, at most.
+const KEEP_AT_MOST: usize = 64 * 1024;
 
 /// Appends the canonical JSON of `body` (a JSON object) without the
 /// [`LEFT_OUT`] members to `out`.
@@ -112,12 +137,12 @@ pub fn keyed(
 /// # Errors
 /// [`Error`] when `body` is not a JSON object; `out` is then left as it was.
 pub fn canonical(out: &mut Vec<u8>, body: &[u8]) -> Result<(), Error> {
-    canonical_reading(out, body).map(|_| ())
+    canonical_reading(out, &mut Vec::new(), body).map(|_| ())
 }
 
 /// [`canonical`], telling whether the body's `temperature` is zero (see
 /// [`keyed`]).
-fn canonical_reading(out: &mut Vec<u8>, body: &[u8]) -> Result<bool, Error> {
+fn canonical_reading(out: &mut Vec<u8>, scratch: &mut Vec<u8>, body: &[u8]) -> Result<bool, Error> {
     let first = body
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
@@ -125,7 +150,8 @@ fn canonical_reading(out: &mut Vec<u8>, body: &[u8]) -> Result<bool, Error> {
         return Err(Error::NotObject);
     }
     let mark = out.len();
-    let done = Parser::new(body, out).and_then(|mut p| p.document().map(|()| p.zero_temperature));
+    let done =
+        Parser::new(body, out, scratch).and_then(|mut p| p.document().map(|()| p.zero_temperature));
     if done.is_err() {
         out.truncate(mark);
     }
@@ -143,7 +169,7 @@ struct Parser<'a, 'o> {
     pos: usize,
     out: &'o mut Vec<u8>,
     /// Where an object's members are copied to be put in order.
-    scratch: Vec<u8>,
+    scratch: &'o mut Vec<u8>,
     levels: usize,
     /// The body's last top-level `temperature` member was written `0`.
     zero_temperature: bool,
@@ -152,7 +178,7 @@ struct Parser<'a, 'o> {
 type Parsed<T = ()> = Result<T, Error>;
 
 impl<'a, 'o> Parser<'a, 'o> {
-    fn new(body: &'a [u8], out: &'o mut Vec<u8>) -> Parsed<Self> {
+    fn new(body: &'a [u8], out: &'o mut Vec<u8>, scratch: &'o mut Vec<u8>) -> Parsed<Self> {
         let text = std::str::from_utf8(body)
             .map_err(|e| Error::Invalid("invalid UTF-8", e.valid_up_to()))?;
         Ok(Parser {
@@ -160,7 +186,7 @@ impl<'a, 'o> Parser<'a, 'o> {
             src: body,
             pos: 0,
             out,
-            scratch: Vec::new(),
+            scratch,
             levels: 0,
             zero_temperature: false,
         })
