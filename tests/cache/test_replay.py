@@ -4,6 +4,7 @@ types and stream accumulators), a relayed stream back to the whole answer
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -763,6 +764,23 @@ def test_fresh_ids_look_like_the_endpoints_and_differ() -> None:
     assert fresh_id("messages").startswith("msg_")
     assert fresh_id("completions").startswith("cmpl-")
     assert fresh_id("responses").startswith("resp_")
+
+
+def test_a_forked_worker_draws_other_ids_than_its_parent() -> None:
+    """Ids come from the process's PRNG: a forked worker must not repeat its parent's
+    (the PRNG is reseeded in the child)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the worker: its first id, then out
+        os.write(write, fresh_id("chat").encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    os.close(write)
+    parent = fresh_id("chat")
+    assert child.startswith("chatcmpl-") and len(child) == len(parent) == 33
+    assert child != parent
 
 
 def test_a_replayed_hit_with_a_fresh_id_streams_that_id() -> None:
