@@ -98,7 +98,10 @@ impl MemoryCache {
         now: f64,
         max_age: Option<f64>,
     ) -> PyResult<Option<Py<PyAny>>> {
-        self.held(py, key, now, max_age)
+        match self.store.get(key, now, max_age) {
+            Some(held) => held.entry(py, self.factory.as_ref()).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The cache key of `body` asked by `scope` on `endpoint` for `model`
@@ -131,7 +134,7 @@ impl MemoryCache {
         if deterministic && !zero {
             return Ok((None, None));
         }
-        let entry = self.held(py, &key, now.unwrap_or_else(unix_now), max_age)?;
+        let entry = self.get(py, &key, now.unwrap_or_else(unix_now), max_age)?;
         Ok((Some(PyBytes::new(py, &key)), entry))
     }
 
@@ -242,22 +245,6 @@ impl MemoryCache {
     fn __contains__(&self, key: &Bound<'_, PyAny>) -> bool {
         key.cast::<PyBytes>()
             .is_ok_and(|k| self.store.contains(k.as_bytes()))
-    }
-}
-
-impl MemoryCache {
-    /// What `get` answers for `key` (an entry made from its parts first).
-    fn held(
-        &mut self,
-        py: Python<'_>,
-        key: &[u8],
-        now: f64,
-        max_age: Option<f64>,
-    ) -> PyResult<Option<Py<PyAny>>> {
-        match self.store.get(key, now, max_age) {
-            Some(held) => held.entry(py, self.factory.as_ref()).map(Some),
-            None => Ok(None),
-        }
     }
 }
 
