@@ -52,3 +52,33 @@ def test_the_leaders_own_refusal_is_not_shared(status: int) -> None:
 
 def test_a_leader_whose_client_left_shares_nothing() -> None:
     assert lead_and_end(499, attempts=1) is None
+
+
+def follow_a_leader_gone(stored: bool) -> tuple[Any, Any]:
+    """A request told to wait for a leader that has landed before it began waiting:
+    (what _follow answered, the request's cache state afterwards)."""
+    loop = asyncio.new_event_loop()
+    try:
+        store = CacheStore(CacheConfig(enabled=True), RedisConfig(), loop)
+        assert store.memory is not None
+        cache = CacheFilter(store, SimpleNamespace(targets=()))  # type: ignore[arg-type]
+        if stored:
+            store.memory.store(KEY, b'{"id":"chatcmpl-1","object":"chat.completion"}', 3, 4,
+                               60)
+        leader: Any = SimpleNamespace()  # landed: no longer in store.flights
+        route = SimpleNamespace(input_per_token=0.0, output_per_token=0.0, name="m")
+        ctx: Any = SimpleNamespace(cache=None, cache_key=KEY, endpoint="chat", stream=False,
+                                   extra_headers=b"", route=route, doc={}, model="m")
+        answer = loop.run_until_complete(
+            asyncio.wait_for(cache._follow(ctx, leader), 5))
+        assert (store.flights.get(KEY) is ctx) == (not stored)
+        return answer, ctx.cache
+    finally:
+        loop.close()
+
+
+def test_a_waiter_whose_leader_landed_already_does_not_wait_for_it() -> None:
+    answer, state = follow_a_leader_gone(stored=True)  # its answer is there: a hit
+    assert answer is not None and answer.status == 200 and state.hit
+    answer, state = follow_a_leader_gone(stored=False)  # nothing stored: it leads itself
+    assert answer is None and state.write and not state.hit
