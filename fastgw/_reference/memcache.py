@@ -114,7 +114,8 @@ class MemoryCache:
         the parts and makes the entry when first read.)"""
         if self.factory is None:
             raise TypeError("MemoryCache.store needs the entry factory given to MemoryCache()")
-        if not (body.strip()[:1] == b"{" and body.strip()[-1:] == b"}"):
+        stripped = body.strip()
+        if not (stripped[:1] == b"{" and stripped[-1:] == b"}"):
             return False
         if now is None:
             now = time.time()

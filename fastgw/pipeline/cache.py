@@ -418,10 +418,6 @@ class CacheFilter(Filter):
     def _respond(self, ctx: RequestCtx, state: CacheState, body: bytes) -> bytes:
         """``response`` for the others: a miss another request leads, a leader others
         wait for (they get its answer), a stream answered whole, the Redis store."""
-        if state is _LEADING or state is _WRITING:
-            ctx.cache = _MISSED
-        else:
-            state.write = False
         key = ctx.cache_key
         now = time.time()
         memory = self.memory
@@ -430,11 +426,11 @@ class CacheFilter(Filter):
                                  self.ttl_s, now)
         else:
             whole = _whole_object(body)  # a 200 that is not a JSON object: never stored
-            if whole:
-                self.store.put(key, CacheEntry(now, body, ctx.prompt_tokens,
-                                               ctx.completion_tokens))
-        self._land(ctx, CacheEntry(now, body, ctx.prompt_tokens, ctx.completion_tokens)
-                   if whole else None)
+        entry = CacheEntry(now, body, ctx.prompt_tokens, ctx.completion_tokens) \
+            if whole else None
+        if entry is not None and memory is None:
+            self.store.put(key, entry)
+        _finish(self.flights, ctx, entry)
         return body
 
     def chunk(self, ctx: RequestCtx, data: bytes) -> bytes:
@@ -469,26 +465,27 @@ class CacheFilter(Filter):
             # What the upstream answered; a refusal of this request's own (its limits,
             # after the lookup) is not the waiters': they go upstream themselves.
             outcome = SharedFailure(ctx.status, ctx.error or "the upstream request failed")
-        if state is _LEADING or state is _WRITING:
-            ctx.cache = _MISSED
-        else:
-            state.recorder = None
-            state.write = False
-        self._land(ctx, outcome)
+        _finish(self.flights, ctx, outcome)
 
-    def _land(self, ctx: RequestCtx, outcome: Any) -> None:
-        """The request's flight, when it leads one, is over: its waiters get
-        ``outcome``."""
-        key = ctx.cache_key
-        flights = self.flights
-        if flights.get(key) is ctx:
-            del flights[key]
-            state = ctx.cache
-            assert state is not None
-            flight = state.flight
-            if flight is not None:
-                state.flight = None
-                flight.land(outcome)
+
+def _finish(flights: dict[bytes, RequestCtx], ctx: RequestCtx, outcome: Any) -> None:
+    """The request's answer is dealt with (stored or not): nothing is pending on its
+    state any more, and its flight, when it leads one, is over: its waiters get
+    ``outcome``."""
+    state = ctx.cache
+    assert state is not None
+    if state is _LEADING or state is _WRITING:
+        ctx.cache = _MISSED
+    else:
+        state.write = False
+        state.recorder = None
+    key = ctx.cache_key
+    if flights.get(key) is ctx:
+        del flights[key]
+        flight = state.flight
+        if flight is not None:
+            state.flight = None
+            flight.land(outcome)
 
 
 def abandon(ctx: RequestCtx) -> None:
@@ -496,22 +493,9 @@ def abandon(ctx: RequestCtx) -> None:
     a model without the cache (a fallback), whose hooks never saw it. Nothing is
     stored under the asked model's key; its flight, when it leads one, ends with
     nothing for its waiters (they go upstream themselves)."""
-    state = ctx.cache
     store = ctx.snapshot.cache
-    if state is None or store is None:
-        return
-    if state is _LEADING or state is _WRITING:
-        ctx.cache = _MISSED
-    else:
-        state.write = False
-        state.recorder = None
-    key = ctx.cache_key
-    if store.flights.get(key) is ctx:
-        del store.flights[key]
-        flight = state.flight
-        if flight is not None:
-            state.flight = None
-            flight.land(None)
+    if ctx.cache is not None and store is not None:
+        _finish(store.flights, ctx, None)
 
 
 def cache_result(ctx: RequestCtx) -> str | None:
