@@ -92,7 +92,6 @@ class InternalCycle(Cycle):
         self.on_lost = None
         self.forwarded = None
         self._chunked = False
-        self._held = None
         self._flow = _NoFlow()
         self.answer = b""  # a whole answer's body
         self.chunks = 0  # a stream's writes, counted and dropped

@@ -74,10 +74,26 @@ class ServerSettings:
 
 @dataclass(slots=True, eq=False)
 class ServerState:
-    """What a graceful shutdown needs to know: live connections and requests."""
+    """A server's shared state: its live connections (what a graceful shutdown
+    needs) and the connections with output held to the end of the turn."""
 
     connections: set[HttpProtocol] = field(default_factory=set)
     draining: bool = False
+    # Connections with output held to the end of this turn of the event loop, in
+    # the order they first held some (see HttpProtocol.hold).
+    held: list[HttpProtocol] = field(default_factory=list)
+
+    def write_held(self) -> None:
+        """The end of the turn: every connection's held output, one write each."""
+        held = self.held
+        self.held = []
+        for proto in held:
+            try:
+                proto.write_held()
+            except Exception:  # one connection's failure must not drop the others' output
+                log.exception("a held write failed")
+                if proto.transport is not None:
+                    proto.transport.abort()
 
 
 class _Reject(Exception):
@@ -101,7 +117,6 @@ class Cycle:
 
     __slots__ = (
         "_chunked",
-        "_held",
         "_proto",
         "body",
         "client_addr",
@@ -150,7 +165,6 @@ class Cycle:
         self.owner: Any = None
         self.on_lost: LostHook | None = None
         self._chunked = False
-        self._held: list[bytes] | None = None  # streamed bytes of this loop turn
         # The request header pass (what goes upstream, the client's request id,
         # controls present), when the server's parser computed it already.
         # The request header pass (fastgw._native.forwarded): set by the parser of a
@@ -189,15 +203,18 @@ class Cycle:
             raise RuntimeError("response already started")
         self.started = True
         self.status = status
-        transport = self._proto.transport
+        proto = self._proto
+        transport = proto.transport
         if transport is not None:
-            transport.write(
-                self._head(status, header_block)
-                + b"content-length: %d\r\n\r\n" % len(body)
-                + (b"" if self.method == b"HEAD" else body)
-            )
+            data = (self._head(status, header_block)
+                    + b"content-length: %d\r\n\r\n" % len(body)
+                    + (b"" if self.method == b"HEAD" else body))
+            if proto._out is None and not proto._sync:
+                transport.write(data)
+            else:  # answered while the request was read, or behind held output
+                proto.hold(data)
         self.finished = True
-        self._proto.response_done(self)
+        proto.response_done(self)
 
     def send_error(self, exc: GatewayError, header_block: bytes | None = None,
                    body: bytes | None = None) -> None:
@@ -228,35 +245,22 @@ class Cycle:
         else:
             self._chunked = True
             head = self._head(status, header_block) + wire.CHUNKED + wire.CRLF
-        self._hold(head)
+        self._proto.hold(head)
 
     def write(self, data: bytes) -> None:
         """Write body bytes of a streamed response (empty data is ignored)."""
-        if not data or self._proto.transport is None:
+        proto = self._proto
+        if not data or proto.transport is None:
             return
         if self._chunked:
-            # Framed as three pieces: the data is copied once, by flush's join.
-            self._hold(b"%x\r\n" % len(data), data, wire.CRLF)
+            # Framed as three pieces: the data is copied once, by the held write's join.
+            proto.hold(b"%x\r\n" % len(data), data, wire.CRLF)
         else:
-            self._hold(data)
-
-    def _hold(self, *pieces: bytes) -> None:
-        held = self._held
-        if held is None:
-            self._held = list(pieces)
-            self._proto.loop.call_soon(self.flush)
-        else:
-            held += pieces
+            proto.hold(data)
 
     def flush(self) -> None:
-        """Write what the stream holds now."""
-        held = self._held
-        if held is None:
-            return
-        self._held = None
-        transport = self._proto.transport
-        if transport is not None:
-            transport.write(held[0] if len(held) == 1 else b"".join(held))
+        """Write what the stream (and the connection before it) holds now."""
+        self._proto.write_held()
 
     def end(self, trailer: bytes = b"") -> None:
         """Finish a streamed response, optionally with last body bytes."""
@@ -266,7 +270,7 @@ class Cycle:
             if trailer:
                 self.write(trailer)
             if self._chunked:
-                self._hold(wire.LAST_CHUNK)
+                self._proto.hold(wire.LAST_CHUNK)
         self.flush()
         self._finish()
 
@@ -332,17 +336,20 @@ class HttpProtocol(asyncio.Protocol):
         "_active",
         "_body_parts",
         "_body_size",
+        "_close_after",
         "_current",
         "_deadline",
         "_head_raw",
         "_header_bytes",
         "_headers",
         "_in_message",
+        "_out",
         "_parser",
         "_phase",
         "_queue",
         "_queued_bytes",
         "_reject_after",
+        "_sync",
         "_timer",
         "_timer_when",
         "_url",
@@ -374,6 +381,11 @@ class HttpProtocol(asyncio.Protocol):
         self._deadline = 0.0
         self._phase = _IDLE
         self._reject_after = False
+        # Output held to the end of the turn (hold), the close that waits for it,
+        # and whether the handler is answering in the turn its request was read.
+        self._out: list[bytes] | None = None
+        self._close_after = False
+        self._sync = False
         # Per-request (being parsed)
         self._in_message = False  # llhttp holds part of a request
         self._current: Cycle | None = None
@@ -400,6 +412,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._out = None
         # The parser holds this protocol's callbacks: without this, every closed
         # connection would be a reference cycle left to the GC.
         self._parser = _CLOSED_PARSER
@@ -437,6 +450,59 @@ class HttpProtocol(asyncio.Protocol):
         self._reject_after = True
         return True
 
+    # -- output ---------------------------------------------------------------
+    #
+    # An answer made in the turn its request was read (a cache hit, a refusal)
+    # and a stream's pieces are held to the end of the turn, where every
+    # connection's held output leaves in one write each (ServerState.write_held):
+    # the turn's answers go out one after the other, so the first wakes the
+    # client's side for all of them, instead of each waking it on its own (on a
+    # busy gateway most of such a write's system time). Once a connection holds
+    # output, everything it writes or a close follow that output, in order.
+
+    def hold(self, *pieces: bytes) -> None:
+        """``pieces`` written at the end of this turn, after what is held already."""
+        out = self._out
+        if self._close_after:
+            return  # after the close: written nowhere, as on a closed transport
+        if out is None:
+            self._out = list(pieces)
+            held = self.state.held
+            if not held:
+                self.loop.call_soon(self.state.write_held)
+            held.append(self)
+        else:
+            out += pieces
+
+    def write_held(self) -> None:
+        """Write the held output now (then the close that waited for it)."""
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        transport = self.transport
+        if transport is None:
+            return
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._close_after:
+            transport.close()
+
+    def _write(self, data: bytes) -> None:
+        """Write ``data`` now, or after the held output when there is some."""
+        if self._out is None:
+            if self.transport is not None:
+                self.transport.write(data)
+        elif not self._close_after:
+            self._out.append(data)
+
+    def _close(self) -> None:
+        """Close the connection, after the held output when there is some."""
+        if self._out is None:
+            if self.transport is not None:
+                self.transport.close()
+        else:
+            self._close_after = True
+
     # -- timers ---------------------------------------------------------------
     #
     # One timer per connection, armed at some time no later than ``_deadline``.
@@ -470,7 +536,7 @@ class HttpProtocol(asyncio.Protocol):
             self._set_deadline(self._deadline)
             return
         if phase == _IDLE:
-            transport.close()
+            self._close()
         else:
             self._timeout()
 
@@ -607,7 +673,7 @@ class HttpProtocol(asyncio.Protocol):
                 f"request body of {length} bytes exceeds {self.settings.max_body_bytes} bytes "
                 "(server.max_body_bytes); send a smaller request"))
         if cycle.expect_continue and self._active is None and not self._queue and self.transport:
-            self.transport.write(wire.CONTINUE_100)
+            self._write(wire.CONTINUE_100)
             cycle.expect_continue = False
 
     def on_body(self, body: bytes) -> None:
@@ -625,6 +691,9 @@ class HttpProtocol(asyncio.Protocol):
         assert cycle is not None
         self._current = None
         self._in_message = False
+        transport = self.transport
+        if self._close_after or transport is None or transport.is_closing():
+            return  # read behind the request that closed the connection: dropped
         parts = self._body_parts
         if parts:
             cycle.body = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -651,6 +720,7 @@ class HttpProtocol(asyncio.Protocol):
             cycle.keep_alive = False
             cycle.send_error(cycle.preset_error)
             return
+        self._sync = True  # what the handler answers now is held to the turn's end
         try:
             pending = self.handler(cycle)
         except GatewayError as exc:
@@ -661,6 +731,8 @@ class HttpProtocol(asyncio.Protocol):
             cycle.fail(InternalError("internal error; the request id identifies it in the "
                                      "gateway's logs"))
             return
+        finally:
+            self._sync = False
         if pending is not None:
             cycle.run_task(pending)
 
@@ -673,7 +745,7 @@ class HttpProtocol(asyncio.Protocol):
         if transport is None:
             return
         if not cycle.keep_alive or self.state.draining:
-            transport.close()
+            self._close()
             return
         if self._queue:
             nxt = self._queue.popleft()
@@ -683,12 +755,12 @@ class HttpProtocol(asyncio.Protocol):
             self._run(nxt)
             return
         if self._reject_after:
-            transport.close()
+            self._close()
             return
         current = self._current
         if current is not None:
             if current.expect_continue:
-                transport.write(wire.CONTINUE_100)
+                self._write(wire.CONTINUE_100)
                 current.expect_continue = False
             return
         self._phase = _IDLE
@@ -718,7 +790,7 @@ class HttpProtocol(asyncio.Protocol):
     def close_if_idle(self) -> bool:
         """Close now when no request is in flight; True when closed."""
         if self._active is None and not self._queue and self.transport is not None:
-            self.transport.close()
+            self._close()
             return True
         return False
 

@@ -602,6 +602,65 @@ def test_smuggling_attempt_behind_a_valid_request_is_answered_in_order_then_clos
     assert upstream_requests(gw) == 1
 
 
+def bad_json_request(rid: str, headers: dict[str, str] | None = None) -> bytes:
+    """A chat request the gateway refuses in the turn it reads it (no task, no
+    upstream): its answer is held to the end of that turn."""
+    return request("POST", "/v1/chat/completions", b"{not json",
+                   {"x-request-id": rid, **(headers or {})})
+
+
+def responses(data: bytes) -> list[Response]:
+    out = []
+    while data:
+        r = parse_one(data)
+        out.append(r)
+        data = data[len(r.raw_head) + 4 + len(r.body):]
+    return out
+
+
+def test_answers_held_to_the_end_of_the_turn_keep_their_order_with_later_writes(
+        gw: Gateway) -> None:
+    # Refused at once (held), proxied (written when the upstream answers), refused
+    # at once, then a request rejected by the parser (written, then the close):
+    # in request order, each whole, and the close after all of them.
+    with connect(gw.port) as s:
+        s.sendall(bad_json_request("a") + chat_request({"x-request-id": "b"})
+                  + bad_json_request("c") + SMUGGLING["content-length-and-chunked"])
+        data, closed = read_to_eof(s, 3)
+    assert closed
+    got = responses(data)
+    assert [(r.status, r.headers.get("x-request-id")) for r in got[:3]] == [
+        (400, "a"), (200, "b"), (400, "c")]
+    assert len(got) == 4
+    assert_error(got[3], 400, "bad_framing")
+
+
+def test_a_held_answer_then_a_parser_rejection_in_one_read_both_arrive_before_the_close(
+        gw: Gateway) -> None:
+    # Both answered in the same turn: the rejection's close must wait for the held
+    # answer before it (closing first would drop it).
+    with connect(gw.port) as s:
+        s.sendall(bad_json_request("held") + SMUGGLING["content-length-and-chunked"])
+        data, closed = read_to_eof(s, 3)
+    assert closed
+    got = responses(data)
+    assert [r.status for r in got] == [400, 400]
+    assert got[0].headers["x-request-id"] == "held"
+    assert_error(got[1], 400, "bad_framing")
+
+
+def test_a_held_answer_to_a_connection_close_request_arrives_then_the_connection_closes(
+        gw: Gateway) -> None:
+    with connect(gw.port) as s:
+        s.sendall(bad_json_request("last", {"connection": "close"})
+                  + chat_request({"x-request-id": "never"}))
+        data, closed = read_to_eof(s, 3)
+    assert closed
+    got = responses(data)
+    assert len(got) == 1 and got[0].status == 400 and got[0].headers["x-request-id"] == "last"
+    assert upstream_requests(gw) == 0
+
+
 def test_nothing_sent_after_a_rejected_request_is_forwarded_even_with_a_full_pipeline(
         gw: Gateway) -> None:
     # Enough requests queued behind a slow one that reading pauses for the pipeline;
