@@ -70,18 +70,32 @@ def test_scaling_figures_and_their_refusals() -> None:
 
 
 def test_the_cache_figure_is_refused_when_the_client_side_sets_its_pace() -> None:
-    def check(direct: float) -> dict[str, object]:
-        rows = {
-            "direct": {"rate": direct},
+    def check(direct: float | None, static: float | None) -> dict[str, object]:
+        rows: dict[str, dict[str, float | None]] = {
             "fastgw": {"rate": 30e3, "vs_nginx": None, "cpu_vs_nginx": None},
             "fastgw-cache": {"rate": 45e3, "vs_nginx": None, "cpu_vs_nginx": None},
         }
+        if direct is not None:
+            rows["direct"] = {"rate": direct}
+        if static is not None:
+            rows["static"] = {"rate": static}
         checks = run.spec_checks({"max_rps": {"rows": rows}}, None)
         return next(c for c in checks if c["what"].startswith("max req/s, cache hits"))
 
-    assert check(60e3)["ok"] is True and check(60e3)["note"] is None
-    slow = check(50e3)
-    assert slow["ok"] is None and "1.11x fastgw-cache's 45,000" in str(slow["note"])
+    # The minimal row is bounded by the mock (direct), the hits only by the client (static).
+    assert check(36e3, 54e3)["ok"] is True and check(36e3, 54e3)["note"] is None
+    slow_mock = check(35e3, 90e3)
+    assert slow_mock["ok"] is None and "1.17x fastgw's 30,000" in str(slow_mock["note"])
+    slow_client = check(90e3, 50e3)
+    assert slow_client["ok"] is None and "1.11x the cache hits' 45,000" in str(slow_client["note"])
+    assert "no static row" in str(check(90e3, None)["note"])
+    assert "no direct row" in str(check(None, 90e3)["note"])
+
+
+def test_the_static_row_is_measured_only_where_it_answers_as_the_others() -> None:
+    # nginx's fixed answer is a whole JSON body: it cannot stand for a stream.
+    assert run.TARGETS["static"].scenarios == ("max_rps",)
+    assert all(t.scenarios is None for n, t in run.TARGETS.items() if n != "static")
 
 
 def test_the_driver_refuses_before_measuring_anything(
