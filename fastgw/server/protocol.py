@@ -462,9 +462,9 @@ class HttpProtocol(asyncio.Protocol):
 
     def hold(self, *pieces: bytes) -> None:
         """``pieces`` written at the end of this turn, after what is held already."""
-        out = self._out
         if self._close_after:
             return  # after the close: written nowhere, as on a closed transport
+        out = self._out
         if out is None:
             self._out = list(pieces)
             held = self.state.held
@@ -492,8 +492,8 @@ class HttpProtocol(asyncio.Protocol):
         if self._out is None:
             if self.transport is not None:
                 self.transport.write(data)
-        elif not self._close_after:
-            self._out.append(data)
+        else:
+            self.hold(data)
 
     def _close(self) -> None:
         """Close the connection, after the held output when there is some."""
