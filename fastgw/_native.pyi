@@ -32,6 +32,7 @@ __all__ = [
     "JwtVerifier",
     "Limit",
     "LimiterTable",
+    "LogWriter",
     "MalformedTokenError",
     "MemoryCache",
     "MissingClaimError",
@@ -560,6 +561,24 @@ class Tally:
         nothing); everything zeroed."""
 
 # ---------------------------------------------------------------- access log
+
+@final
+class LogWriter:
+    """A thread writing batches of access-log lines to ``fd`` (which stays the
+    caller's to close) without the interpreter's lock: each batch whole, in order,
+    its lines counted as written once written (or dropped by a failed write)."""
+
+    def __init__(self, fd: int) -> None: ...
+    def submit(self, data: bytes | bytearray, lines: int) -> bool:
+        """Queue a copy of ``data`` (``lines`` lines); False once closed."""
+    @property
+    def written(self) -> int: ...
+    @property
+    def pending(self) -> int:
+        """Lines submitted and not yet written."""
+    def close(self) -> None:
+        """Write what is queued, then stop the thread (waits for it). Idempotent."""
+
 
 def access_line(
     time: float, request_id: bytes, key: str | None, client_ip: str, path: bytes,

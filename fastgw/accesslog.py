@@ -4,28 +4,30 @@ Lines are rendered with orjson straight into one growing buffer (each
 rendering is freed at once, so the allocator hands the same block back every
 time; keeping each line as its own object until the flush would cost fresh
 memory, and page faults, per line); a short timer hands the buffer to a
-writer thread, so a slow terminal, pipe or disk never blocks the loop. When
-the thread falls behind by more than ``max_pending`` lines, new lines are
-dropped and counted (the count is logged) rather than growing memory.
+writer thread (native, :class:`fastgw._native.LogWriter`: it never needs the
+interpreter's lock, so it never contends with the loop for it), so a slow
+terminal, pipe or disk never blocks the loop. When the thread falls behind by
+more than ``max_pending`` lines, new lines are dropped and counted (the count
+is logged) rather than growing memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import sys
-import threading
 from typing import Any
 
 import orjson
+
+from fastgw._native import LogWriter
 
 FLUSH_INTERVAL_S = 0.05
 
 
 class AccessLog:
     __slots__ = ("_buf", "_dropped", "_handle", "_lines", "_loop", "_max_pending", "_out",
-                 "_owned", "_pending", "_queue", "_thread", "enabled")
+                 "_owned", "_pending", "_writer", "enabled")
 
     def __init__(self, target: str, loop: asyncio.AbstractEventLoop,
                  max_pending: int = 100_000) -> None:
@@ -37,10 +39,9 @@ class AccessLog:
         self._max_pending = max_pending
         self._pending = 0
         self._dropped = 0
-        self._queue: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        self._writer: LogWriter | None = None
         self._out: int | None = None
         self._owned = False  # the file descriptor is ours to close
-        self._thread: threading.Thread | None = None
         if not self.enabled:
             return
         if target == "stdout":
@@ -53,9 +54,7 @@ class AccessLog:
             self._out = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                                 0o644)
             self._owned = True
-        self._thread = threading.Thread(target=self._writer, name="fastgw-access-log",
-                                        daemon=True)
-        self._thread.start()
+        self._writer = LogWriter(self._out)
 
     def write(self, record: dict[str, Any]) -> None:
         """Queue one record (a dict of JSON-able values)."""
@@ -77,6 +76,9 @@ class AccessLog:
 
     def flush(self) -> None:
         self._handle = None
+        writer = self._writer
+        if writer is None:
+            return
         if self._lines:
             batch, self._buf = self._buf, bytearray()
             lines, self._lines = self._lines, 0
@@ -84,40 +86,23 @@ class AccessLog:
                 batch += orjson.dumps({"event": "access_log_dropped", "lines": self._dropped},
                                       None, orjson.OPT_APPEND_NEWLINE)
                 self._dropped = 0
-            self._queue.put((batch, lines))
-
-    def _writer(self) -> None:
-        out = self._out
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            data, lines = item
-            try:
-                view = memoryview(data)
-                while view and out is not None:
-                    n = os.write(out, view)
-                    view = view[n:]
-            except OSError:
-                pass  # a closed stdout must not take the gateway down
-            # Lines leave the pending count only once written (bounded memory).
-            try:
-                self._loop.call_soon_threadsafe(self._written, lines)
-            except RuntimeError:
-                return  # the loop is closed: the process is exiting
-
-    def _written(self, n: int) -> None:
-        self._pending -= n
+            writer.submit(batch, lines)
+        # Lines leave the pending count only once written (bounded memory).
+        self._pending = writer.pending
+        if self._pending and self._handle is None:  # until the writer has caught up
+            self._handle = self._loop.call_later(FLUSH_INTERVAL_S, self.flush)
 
     def close(self) -> None:
         """Flush what is queued and stop the writer thread (waits for it)."""
         if self._handle is not None:
             self._handle.cancel()
         self.flush()
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._out is not None and self._owned:
             os.close(self._out)
             self._out = None

@@ -4,6 +4,7 @@ never interleave or lose lines."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
@@ -38,3 +39,43 @@ def test_writers_sharing_one_file_keep_every_line_whole(tmp_path: Path) -> None:
     for rec in got[1:]:
         seen[rec["writer"]].append(rec["i"])
     assert all(seen[w] == list(range(lines)) for w in range(writers))
+
+
+def test_a_writer_behind_drops_and_counts_lines_then_catches_up(tmp_path: Path) -> None:
+    """Lines past ``max_pending`` unwritten are dropped and counted; once the writer
+    has caught up (the flush timer looks again), lines are taken again and the drop
+    is logged."""
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    loop = asyncio.new_event_loop()
+    log = AccessLog(str(fifo), loop, max_pending=10)
+    try:
+        big = "x" * (1 << 17)  # 4 lines fill the pipe: the writer blocks
+        for i in range(10):
+            log.write({"i": i, "pad": big})
+        log.flush()
+        for i in range(10, 15):
+            log.write({"i": i})  # dropped: 10 lines are still pending
+        got = bytearray()
+
+        async def drain() -> None:
+            deadline = loop.time() + 10
+            while loop.time() < deadline and got.count(b"\n") < 10:
+                try:
+                    got.extend(os.read(reader, 1 << 16))
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # the flush timer sees the writer caught up
+
+        loop.run_until_complete(drain())
+        log.write({"i": 99})
+        log.close()
+        while chunk := os.read(reader, 1 << 16):
+            got.extend(chunk)
+    finally:
+        loop.close()
+        os.close(reader)
+    records = [orjson.loads(line) for line in bytes(got).splitlines()]
+    assert [r.get("i") for r in records[:10]] == list(range(10))
+    assert records[10:] == [{"i": 99}, {"event": "access_log_dropped", "lines": 5}]

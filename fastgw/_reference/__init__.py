@@ -10,6 +10,7 @@ read and compared against, not to serve traffic:
   (needs PyJWT and cryptography, imported when used);
 - ``sse``: ``SseScanner``;
 - ``accesslog``: ``access_line`` (one JSON access-log line);
+- ``logwriter``: ``LogWriter`` (the access log's writer thread, in Python);
 - ``cachekey``: ``cache_key`` (the response cache's key; needs xxhash);
 - ``memcache``: ``MemoryCache`` (the response cache's in-process LRU store);
 - ``guard``: ``RegexGuard`` and ``RedactWindow`` (guardrails' redaction, whole
@@ -23,5 +24,5 @@ read and compared against, not to serve traffic:
 
 from __future__ import annotations
 
-__all__ = ["accesslog", "cachekey", "guard", "http", "jwt", "limiter", "memcache", "otlp", "ring",
-           "sse"]
+__all__ = ["accesslog", "cachekey", "guard", "http", "jwt", "limiter", "logwriter", "memcache",
+           "otlp", "ring", "sse"]

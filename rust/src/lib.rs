@@ -13,6 +13,7 @@ pub mod http;
 pub mod json;
 pub mod jwt;
 pub mod limiter;
+pub mod logwriter;
 pub mod lrucache;
 pub mod num;
 pub mod ojson;
@@ -52,6 +53,8 @@ mod _native {
     use crate::py::limiter::{
         Admission, Limit, LimiterTable, Reservation, Scope, SharedLimiterTable,
     };
+    #[pymodule_export]
+    use crate::py::logwriter::LogWriter;
     #[pymodule_export]
     use crate::py::lrucache::MemoryCache;
     #[pymodule_export]

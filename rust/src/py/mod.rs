@@ -12,6 +12,7 @@ pub(crate) mod guard;
 pub(crate) mod http;
 pub(crate) mod jwt;
 pub(crate) mod limiter;
+pub(crate) mod logwriter;
 pub(crate) mod lrucache;
 pub(crate) mod otlp;
 pub(crate) mod ring;

@@ -1,0 +1,177 @@
+//! The access log's writer: a thread of its own that writes batches of lines
+//! to a file descriptor, never touching the interpreter.
+//!
+//! The event loop renders lines into a buffer and hands each batch over
+//! ([`LogWriter::submit`]: a copy and a channel send); the thread writes it
+//! whole (`write(2)` until done, `EINTR` retried) and counts its lines as
+//! written, failed writes included (a closed stdout must not hold memory), so
+//! the loop can bound what is still pending ([`LogWriter::written`]). A thread
+//! that needed the interpreter's lock after every `write(2)` would wake on
+//! every release of that lock by the loop: this one never asks for it.
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// One batch: its bytes and how many lines they hold.
+type Batch = (Vec<u8>, u64);
+
+/// A writer thread on one file descriptor (which stays the caller's to close).
+pub struct LogWriter {
+    tx: Mutex<Option<Sender<Batch>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    written: Arc<AtomicU64>,
+    submitted: AtomicU64,
+}
+
+impl LogWriter {
+    /// Start the thread writing to `fd`.
+    ///
+    /// # Errors
+    /// When the thread cannot be started.
+    pub fn new(fd: i32) -> std::io::Result<Self> {
+        let (tx, rx) = channel::<Batch>();
+        let written = Arc::new(AtomicU64::new(0));
+        let count = Arc::clone(&written);
+        let thread = std::thread::Builder::new()
+            .name("fastgw-access-log".into())
+            .spawn(move || {
+                // SAFETY: the descriptor outlives the thread (the owner closes it only
+                // after `close`, which joins), and ManuallyDrop never closes it here.
+                let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+                while let Ok((data, lines)) = rx.recv() {
+                    write_whole(&mut *out, &data);
+                    count.fetch_add(lines, Ordering::Release);
+                }
+            })?;
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            written,
+            submitted: AtomicU64::new(0),
+        })
+    }
+
+    /// Queue `data` (`lines` lines) for the thread; false once closed.
+    pub fn submit(&self, data: &[u8], lines: u64) -> bool {
+        let guard = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(tx) = guard.as_ref() else {
+            return false;
+        };
+        if tx.send((data.to_vec(), lines)).is_err() {
+            return false;
+        }
+        self.submitted.fetch_add(lines, Ordering::Relaxed);
+        true
+    }
+
+    /// Lines written (or dropped by a failed write) so far.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// Lines submitted and not yet written.
+    pub fn pending(&self) -> u64 {
+        self.submitted
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.written())
+    }
+
+    /// Write what is queued, then stop the thread (waits for it). Idempotent.
+    pub fn close(&self) {
+        drop(
+            self.tx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// `data` written whole to `out`; a failure drops the rest (never retried but
+/// for `EINTR`).
+fn write_whole(out: &mut impl Write, data: &[u8]) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        match out.write(rest) {
+            Ok(0) => return,
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+
+    fn pipe() -> (File, File) {
+        let mut fds = [0i32; 2];
+        // SAFETY: a two-int array for pipe(2), whose descriptors become Files.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn writes_batches_in_order_and_counts_their_lines() {
+        let (mut r, w) = pipe();
+        let writer = LogWriter::new(w.as_raw_fd()).unwrap();
+        assert!(writer.submit(b"a\nb\n", 2));
+        assert!(writer.submit(b"c\n", 1));
+        writer.close();
+        assert_eq!(writer.written(), 3);
+        assert_eq!(writer.pending(), 0);
+        assert!(!writer.submit(b"d\n", 1), "closed: nothing more is taken");
+        drop(w);
+        let mut got = String::new();
+        r.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "a\nb\nc\n");
+    }
+
+    #[test]
+    fn a_failed_write_still_counts_its_lines() {
+        let (r, w) = pipe();
+        drop(r); // EPIPE on write (SIGPIPE is ignored by Rust's runtime)
+        let writer = LogWriter::new(w.as_raw_fd()).unwrap();
+        assert!(writer.submit(b"lost\n", 1));
+        writer.close();
+        assert_eq!(writer.written(), 1);
+    }
+
+    #[test]
+    fn a_large_batch_is_written_whole() {
+        let (mut r, w) = pipe();
+        let data: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).unwrap();
+            got
+        });
+        let writer = LogWriter::new(w.as_raw_fd()).unwrap();
+        assert!(writer.submit(&data, 1));
+        writer.close();
+        drop(w);
+        assert_eq!(reader.join().unwrap(), data);
+    }
+}
