@@ -30,6 +30,7 @@ __all__ = [
     "JwtKeyError",
     "JwtKeySet",
     "JwtVerifier",
+    "KeyIndex",
     "Limit",
     "LimiterTable",
     "LogWriter",
@@ -559,6 +560,19 @@ class Tally:
         """``(requests, tokens_in, tokens_out, cost, hists)`` since the last take,
         ``hists`` the ``(counts, sum)`` of each histogram (None when it saw
         nothing); everything zeroed."""
+
+# ---------------------------------------------------------------- API keys
+
+@final
+class KeyIndex:
+    """Configured keys' SHA-256 digests (32 bytes each) -> their objects; a presented
+    key is found by its SHA-256 (one native call: hash, lookup, constant-time check)."""
+
+    def __init__(self, entries: Iterable[tuple[bytes, Any]]) -> None: ...
+    def lookup(self, presented: bytes) -> Any:
+        """The object of the key whose SHA-256 is ``presented``'s, or None."""
+    def __len__(self) -> int:
+        """Distinct digests (a repeated one keeps its last object)."""
 
 # ---------------------------------------------------------------- access log
 

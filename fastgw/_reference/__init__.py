@@ -10,6 +10,7 @@ read and compared against, not to serve traffic:
   (needs PyJWT and cryptography, imported when used);
 - ``sse``: ``SseScanner``;
 - ``accesslog``: ``access_line`` (one JSON access-log line);
+- ``keys``: ``KeyIndex`` (API keys by the SHA-256 of what is presented);
 - ``logwriter``: ``LogWriter`` (the access log's writer thread, in Python);
 - ``cachekey``: ``cache_key`` (the response cache's key; needs xxhash);
 - ``memcache``: ``MemoryCache`` (the response cache's in-process LRU store);
@@ -24,5 +25,5 @@ read and compared against, not to serve traffic:
 
 from __future__ import annotations
 
-__all__ = ["accesslog", "cachekey", "guard", "http", "jwt", "limiter", "logwriter", "memcache",
-           "otlp", "ring", "sse"]
+__all__ = ["accesslog", "cachekey", "guard", "http", "jwt", "keys", "limiter", "logwriter",
+           "memcache", "otlp", "ring", "sse"]

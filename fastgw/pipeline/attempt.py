@@ -115,9 +115,10 @@ class Attempt:
                 fwd = ctx.fwd
             else:
                 span, fwd = _span(trace, target, route, ctx.fwd)
+            new = target.model_json
             request = render_request(prefix, ctx.request_id, fwd, ctx.body,
-                                     openai.json_string(ctx.model),
-                                     openai.json_string(target.model))
+                                     new if ctx.model == target.model
+                                     else openai.json_string(ctx.model), new)
             if request is not None:
                 ctx.client_usage = True
                 self.span: AttemptSpan | None = span

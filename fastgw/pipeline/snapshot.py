@@ -69,6 +69,10 @@ class TargetRuntime:
     # Client endpoint -> its plan on this target; None: the target cannot serve it.
     plans: dict[str, TargetPlan | None] = field(default_factory=dict)
     dialect: str = registry.OPENAI  # what the provider speaks
+    model_json: bytes = b""  # ``model`` as a JSON string literal (set from it)
+
+    def __post_init__(self) -> None:
+        self.model_json = orjson.dumps(self.model)
 
 
 def _plans(provider: ProviderRuntime, deployment: str) -> dict[str, TargetPlan | None]:

@@ -12,6 +12,7 @@ pub mod guard;
 pub mod http;
 pub mod json;
 pub mod jwt;
+pub mod keys;
 pub mod limiter;
 pub mod logwriter;
 pub mod lrucache;
@@ -49,6 +50,8 @@ mod _native {
     };
     #[pymodule_export]
     use crate::py::jwt::{JwtKeySet, JwtVerifier};
+    #[pymodule_export]
+    use crate::py::keys::KeyIndex;
     #[pymodule_export]
     use crate::py::limiter::{
         Admission, Limit, LimiterTable, Reservation, Scope, SharedLimiterTable,

@@ -58,7 +58,10 @@ impl LogWriter {
 
     /// Queue `data` (`lines` lines) for the thread; false once closed.
     pub fn submit(&self, data: &[u8], lines: u64) -> bool {
-        let guard = self.tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self
+            .tx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(tx) = guard.as_ref() else {
             return false;
         };

@@ -16,8 +16,7 @@ pub(crate) struct LogWriter {
 impl LogWriter {
     #[new]
     fn new(fd: i32) -> PyResult<Self> {
-        let inner =
-            logwriter::LogWriter::new(fd).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let inner = logwriter::LogWriter::new(fd).map_err(|e| PyOSError::new_err(e.to_string()))?;
         Ok(Self { inner })
     }
 

@@ -11,6 +11,7 @@ pub(crate) mod cachekey;
 pub(crate) mod guard;
 pub(crate) mod http;
 pub(crate) mod jwt;
+pub(crate) mod keys;
 pub(crate) mod limiter;
 pub(crate) mod logwriter;
 pub(crate) mod lrucache;
