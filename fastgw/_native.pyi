@@ -590,8 +590,10 @@ class LogWriter:
     @property
     def pending(self) -> int:
         """Lines submitted and not yet written."""
-    def close(self) -> None:
-        """Write what is queued, then stop the thread (waits for it). Idempotent."""
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Write what is queued, then stop the thread, waiting up to ``timeout_s``:
+        True when it stopped; False when it is still blocked in a write (a pipe
+        nobody reads), its descriptor still in use (do not close it). Idempotent."""
 
 
 def access_line(

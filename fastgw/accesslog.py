@@ -14,6 +14,7 @@ is logged) rather than growing memory.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from typing import Any
@@ -23,6 +24,9 @@ import orjson
 from fastgw._native import LogWriter
 
 FLUSH_INTERVAL_S = 0.05
+CLOSE_TIMEOUT_S = 5.0  # how long closing waits for the writer to finish
+
+log = logging.getLogger("fastgw.accesslog")
 
 
 class AccessLog:
@@ -101,8 +105,12 @@ class AccessLog:
             self._handle.cancel()
             self._handle = None
         if self._writer is not None:
-            self._writer.close()
+            stopped = self._writer.close(CLOSE_TIMEOUT_S)
             self._writer = None
+            if not stopped:  # blocked in a write: its descriptor must stay open
+                log.warning("the access log's writer is still blocked writing after %.0f s;"
+                            " lines not yet written may be lost", CLOSE_TIMEOUT_S)
+                return
         if self._out is not None and self._owned:
             os.close(self._out)
             self._out = None

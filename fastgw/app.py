@@ -35,6 +35,7 @@ from fastgw.server.protocol import ServerSettings, ServerState
 from fastgw.tracing import Tracer
 from fastgw.tracing.otlp import OtlpExporter
 from fastgw.upstream.client import UpstreamClient
+from fastgw.upstream.writes import batch_for
 
 log = logging.getLogger("fastgw")
 
@@ -92,6 +93,7 @@ class App:
         self._recorder = proxy.recorder
         self._flusher = self.loop.call_later(METRICS_FLUSH_S, self._flush_metrics)
         s = cfg.server
+        batch_for(self.loop).poll_s = s.busy_poll_us / 1e6  # (writes.py: why)
         settings = ServerSettings(max_body_bytes=s.max_body_bytes,
                                   max_header_bytes=s.max_header_bytes,
                                   keepalive_timeout_s=s.keepalive_timeout_s,

@@ -4,12 +4,15 @@ never interleave or lose lines."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from pathlib import Path
 
 import orjson
+import pytest
 
+from fastgw import accesslog
 from fastgw.accesslog import AccessLog
 
 
@@ -79,3 +82,30 @@ def test_a_writer_behind_drops_and_counts_lines_then_catches_up(tmp_path: Path) 
     records = [orjson.loads(line) for line in bytes(got).splitlines()]
     assert [r.get("i") for r in records[:10]] == list(range(10))
     assert records[10:] == [{"i": 99}, {"event": "access_log_dropped", "lines": 5}]
+
+
+def test_closing_with_the_writer_blocked_returns_and_keeps_its_descriptor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A pipe nobody reads must not hang the shutdown; the descriptor the blocked
+    writer still uses is not closed under it (a reused number would get its bytes)."""
+    monkeypatch.setattr(accesslog, "CLOSE_TIMEOUT_S", 0.1)
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    loop = asyncio.new_event_loop()
+    log = AccessLog(str(fifo), loop)
+    out = log._out
+    try:
+        for i in range(8):
+            log.write({"i": i, "pad": "x" * (1 << 17)})  # 1 MiB: more than the pipe holds
+        with caplog.at_level(logging.WARNING, logger="fastgw.accesslog"):
+            log.close()
+        assert "still blocked" in caplog.text
+        assert out is not None
+        os.fstat(out)  # still open
+    finally:
+        os.close(reader)  # the writer's next write fails: its thread ends
+        loop.close()
+        if out is not None:
+            os.close(out)

@@ -142,6 +142,15 @@ def test_bad_otlp_settings_are_refused_with_their_path() -> None:
     assert "header name" in errs["observability.otlp_headers.bad name"]
 
 
+def test_busy_poll_is_bounded_and_may_be_off() -> None:
+    assert parse_config("server: {busy_poll_us: 0}").server.busy_poll_us == 0
+    assert parse_config("server: {}").server.busy_poll_us == 250
+    for bad in ("-1", "10001"):
+        errs = errors_of(f"server: {{busy_poll_us: {bad}}}")
+        assert "between 0 (off) and 10000" in errs["server.busy_poll_us"]
+    assert "integer" in errors_of("server: {busy_poll_us: 0.5}")["server.busy_poll_us"]
+
+
 # -- YAML 1.1 traps: what a user writes is what the gateway reads ---------------------
 
 

@@ -41,14 +41,18 @@ class LogWriter:
     def pending(self) -> int:
         return max(0, self._submitted - self._written)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 5.0) -> bool:
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._queue.put(None)
-        thread, self._thread = self._thread, None
+        thread = self._thread
         if thread is not None:
-            thread.join()
+            thread.join(max(0.0, timeout_s))
+            if thread.is_alive():
+                return False  # still blocked in a write
+            self._thread = None
+        return True
 
     def _run(self) -> None:
         while True:

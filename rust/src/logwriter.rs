@@ -14,8 +14,9 @@ use std::mem::ManuallyDrop;
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// One batch: its bytes and how many lines they hold.
 type Batch = (Vec<u8>, u64);
@@ -24,6 +25,7 @@ type Batch = (Vec<u8>, u64);
 pub struct LogWriter {
     tx: Mutex<Option<Sender<Batch>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    finished: Arc<(Mutex<bool>, Condvar)>,
     written: Arc<AtomicU64>,
     submitted: AtomicU64,
 }
@@ -37,20 +39,27 @@ impl LogWriter {
         let (tx, rx) = channel::<Batch>();
         let written = Arc::new(AtomicU64::new(0));
         let count = Arc::clone(&written);
+        let finished = Arc::new((Mutex::new(false), Condvar::new()));
+        let signal = Arc::clone(&finished);
         let thread = std::thread::Builder::new()
             .name("fastgw-access-log".into())
             .spawn(move || {
                 // SAFETY: the descriptor outlives the thread (the owner closes it only
-                // after `close`, which joins), and ManuallyDrop never closes it here.
+                // once `close` has seen the thread stop), and ManuallyDrop never
+                // closes it here.
                 let mut out = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
                 while let Ok((data, lines)) = rx.recv() {
                     write_whole(&mut *out, &data);
                     count.fetch_add(lines, Ordering::Release);
                 }
+                let (done, cond) = &*signal;
+                *done.lock().unwrap_or_else(PoisonError::into_inner) = true;
+                cond.notify_all();
             })?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            finished,
             written,
             submitted: AtomicU64::new(0),
         })
@@ -58,10 +67,7 @@ impl LogWriter {
 
     /// Queue `data` (`lines` lines) for the thread; false once closed.
     pub fn submit(&self, data: &[u8], lines: u64) -> bool {
-        let guard = self
-            .tx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let guard = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(tx) = guard.as_ref() else {
             return false;
         };
@@ -84,28 +90,47 @@ impl LogWriter {
             .saturating_sub(self.written())
     }
 
-    /// Write what is queued, then stop the thread (waits for it). Idempotent.
-    pub fn close(&self) {
+    /// Write what is queued, then stop the thread, waiting for it up to `timeout`:
+    /// true when it has stopped. A thread still blocked in a write after that
+    /// (a pipe nobody reads) is left behind, its descriptor still in use: the
+    /// caller must not close it then. Idempotent.
+    pub fn close(&self, timeout: Duration) -> bool {
         drop(
             self.tx
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unwrap_or_else(PoisonError::into_inner)
                 .take(),
         );
+        let (done, cond) = &*self.finished;
+        let guard = done.lock().unwrap_or_else(PoisonError::into_inner);
+        let (guard, _) = cond
+            .wait_timeout_while(guard, timeout, |finished| !*finished)
+            .unwrap_or_else(PoisonError::into_inner);
+        if !*guard {
+            return false;
+        }
+        drop(guard);
         let thread = self
             .thread
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(thread) = thread {
             let _ = thread.join();
         }
+        true
     }
 }
 
 impl Drop for LogWriter {
     fn drop(&mut self) {
-        self.close();
+        // The thread ends on its own once what is queued is written.
+        drop(
+            self.tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
     }
 }
 
@@ -142,7 +167,7 @@ mod tests {
         let writer = LogWriter::new(w.as_raw_fd()).unwrap();
         assert!(writer.submit(b"a\nb\n", 2));
         assert!(writer.submit(b"c\n", 1));
-        writer.close();
+        assert!(writer.close(Duration::from_secs(10)));
         assert_eq!(writer.written(), 3);
         assert_eq!(writer.pending(), 0);
         assert!(!writer.submit(b"d\n", 1), "closed: nothing more is taken");
@@ -158,8 +183,20 @@ mod tests {
         drop(r); // EPIPE on write (SIGPIPE is ignored by Rust's runtime)
         let writer = LogWriter::new(w.as_raw_fd()).unwrap();
         assert!(writer.submit(b"lost\n", 1));
-        writer.close();
+        assert!(writer.close(Duration::from_secs(10)));
         assert_eq!(writer.written(), 1);
+    }
+
+    #[test]
+    fn a_writer_blocked_in_a_write_is_left_behind_after_the_timeout() {
+        let (r, w) = pipe();
+        let writer = LogWriter::new(w.as_raw_fd()).unwrap();
+        assert!(writer.submit(&vec![b'x'; 1 << 20], 1)); // more than the pipe holds
+        assert!(!writer.close(Duration::from_millis(50)), "still blocked");
+        drop(r); // the write fails now (EPIPE): the thread ends
+        assert!(writer.close(Duration::from_secs(10)));
+        assert_eq!(writer.written(), 1);
+        drop(w);
     }
 
     #[test]
@@ -173,7 +210,7 @@ mod tests {
         });
         let writer = LogWriter::new(w.as_raw_fd()).unwrap();
         assert!(writer.submit(&data, 1));
-        writer.close();
+        assert!(writer.close(Duration::from_secs(10)));
         drop(w);
         assert_eq!(reader.join().unwrap(), data);
     }

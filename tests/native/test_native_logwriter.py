@@ -106,3 +106,24 @@ def test_only_the_reference_thread_runs_python(tmp_path: Path, cls: type[native.
         writer.close()
         os.close(fd)
     assert writer.written == 1 and (tmp_path / "log").read_bytes() == b"line\n"
+
+
+@pytest.mark.parametrize("cls", [native.LogWriter, ref.LogWriter], ids=["native", "reference"])
+def test_closing_a_writer_blocked_in_a_write_gives_up_after_the_timeout(
+    cls: type[native.LogWriter],
+) -> None:
+    r, w = os.pipe()
+    writer = cls(w)
+    try:
+        assert writer.submit(b"x" * (1 << 20), 1)  # more than the pipe holds: blocked
+        start = time.monotonic()
+        assert writer.close(0.1) is False  # still blocked in its write
+        assert time.monotonic() - start < 5
+        os.close(r)  # the write fails (EPIPE): the thread ends
+        r = -1
+        assert writer.close(10.0) is True
+        assert writer.written == 1
+    finally:
+        if r >= 0:
+            os.close(r)
+        os.close(w)

@@ -145,3 +145,66 @@ def test_a_pooled_connection_sends_through_its_loops_batch() -> None:
             server.close()
 
     uvloop.run(asyncio.wait_for(main(), 10))
+
+
+def test_after_the_writes_the_loop_polls_for_the_window_then_sleeps() -> None:
+    """With a poll window the loop keeps turning (no sleep) for that long after a
+    turn's writes, one poll callback a turn, then stops; a later write opens a new
+    window; without one nothing is scheduled."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for window in (0.05, 0.0):
+            batch = WriteBatch(loop, poll_s=window)
+            turns = 0
+
+            def counted(poll: Any = batch._poll) -> None:
+                nonlocal turns
+                turns += 1
+                poll()
+
+            batch._poll = counted
+            log: list[tuple[str, bytes]] = []
+            start = loop.time()
+            batch.write(Recorder(log, "a"), b"1")  # type: ignore[arg-type]
+            await asyncio.sleep(0.02)  # the loop would sleep here without the window
+            mid = turns
+            await asyncio.sleep(0.08)
+            assert log == [("a", b"1")]
+            if window:
+                assert mid > 20, f"only {mid} turns in the window: the loop slept"
+                assert not batch._polling  # the window is over: the loop sleeps again
+                done = turns
+                await asyncio.sleep(0.03)
+                assert turns == done
+                assert loop.time() - start >= window
+                batch.write(Recorder(log, "b"), b"2")  # type: ignore[arg-type]
+                await asyncio.sleep(0.01)
+                assert turns > done and batch._polling  # a new window
+                await asyncio.sleep(0.06)
+                assert not batch._polling
+            else:
+                assert turns == 0 and not batch._polling
+
+    uvloop.run(main())
+
+
+def test_the_server_setting_sets_the_window_of_the_loops_batch() -> None:
+    from fastgw.app import App
+    from fastgw.config import parse_config
+
+    async def main(poll_us: int | None) -> float:
+        server = "{host: 127.0.0.1, port: 0" + ("" if poll_us is None
+                                               else f", busy_poll_us: {poll_us}") + "}"
+        app = App(parse_config(
+            f"server: {server}\nproviders: [{{name: m, kind: openai-compatible, base_url: "
+            "http://127.0.0.1:9/v1}]\nmodels: [{name: a, targets: [{provider: m, model: a}]}]"))
+        await app.start()
+        try:
+            return batch_for(asyncio.get_running_loop()).poll_s
+        finally:
+            await app.stop(drain_timeout_s=0.1)
+
+    assert uvloop.run(main(None)) == 250e-6  # the default
+    assert uvloop.run(main(0)) == 0.0
+    assert uvloop.run(main(1000)) == 1e-3

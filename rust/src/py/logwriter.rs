@@ -3,6 +3,8 @@ use pyo3::exceptions::{PyOSError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
 
+use std::time::Duration;
+
 use crate::logwriter;
 
 /// A thread writing batches of access-log lines to a file descriptor without
@@ -49,8 +51,12 @@ impl LogWriter {
         self.inner.pending()
     }
 
-    /// Write what is queued, then stop the thread (waits, without the GIL).
-    fn close(&self, py: Python<'_>) {
-        py.detach(|| self.inner.close());
+    /// Write what is queued, then stop the thread, waiting up to `timeout_s`
+    /// (without the GIL): True when it stopped (False: still blocked in a write,
+    /// its descriptor still in use).
+    #[pyo3(signature = (timeout_s = 5.0))]
+    fn close(&self, py: Python<'_>, timeout_s: f64) -> bool {
+        let timeout = Duration::try_from_secs_f64(timeout_s.max(0.0)).unwrap_or(Duration::MAX);
+        py.detach(|| self.inner.close(timeout))
     }
 }
