@@ -155,13 +155,15 @@ class Access:
             if self._rules is not None:
                 ctx.grant = Grant(self._anonymous)
             return None
-        token = credential(cycle)
+        forwarded = cycle.forwarded  # (credential(cycle), inline: once per request)
+        token = forwarded[3] if forwarded is not None else credential(cycle)
         if token is None:
             raise Unauthorized(_MISSING_CREDENTIALS)
         keys = self._keys
         principal = keys.lookup(token) if keys is not None else None
         if principal is not None:
-            self._grant(ctx, principal)
+            ctx.key_name = principal.name  # (_grant, inline)
+            ctx.grant = Grant(principal)
             return None
         if self._jwt is None or not looks_like_jwt(token):
             raise Unauthorized(_BAD_KEY)
