@@ -287,6 +287,9 @@ LONG_ROWS = frozenset({"guarded", "guarded-stream", "full-1k", "stream-1k"})
 # name -> (configuration, stream, client key, client dialect, upstream dialect)
 ROWS: dict[str, tuple[Any, bool, str | None, str, str]] = {
     "minimal": (minimal_config, False, None, "openai", "openai"),
+    # The same with the busy poll on (server.busy_poll_us, the default): its
+    # callback once per turn, here once per request (the rig's one request a turn).
+    "minimal-poll": (minimal_config, False, None, "openai", "openai"),
     "full": (full_config, False, BENCH_KEY, "openai", "openai"),
     "stream": (minimal_config, True, None, "openai", "openai"),
     "full-stream": (full_config, True, BENCH_KEY, "openai", "openai"),
@@ -439,8 +442,17 @@ async def loop_cost(n: int) -> float:
 
 
 async def start_app(name: str, workdir: Path) -> App:
-    """The gateway of row ``name``, started (its upstream port 1: never dialled)."""
-    app = App(parse_config(yaml.safe_dump(ROWS[name][0](1, 0, workdir))))
+    """The gateway of row ``name``, started (its upstream port 1: never dialled).
+
+    Rows run without the busy poll (``server.busy_poll_us: 0``) but the ``-poll``
+    rows: the rig feeds one request per turn of the loop, so the poll's callback
+    (once per turn, within the window after the turn's upstream writes) would be
+    counted once per request, where a loaded gateway's turn carries many requests
+    and an idle one spends idle time on it by design."""
+    cfg = ROWS[name][0](1, 0, workdir)
+    if not name.endswith("-poll"):
+        cfg.setdefault("server", {})["busy_poll_us"] = 0
+    app = App(parse_config(yaml.safe_dump(cfg)))
     await app.start()
     return app
 
