@@ -132,9 +132,12 @@ class OtlpExporter:
         """Stop the task, then export what is queued (bounded by ``timeout_s``)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Cancelled until done: a cancellation can be lost (Python 3.11's
+            # asyncio.wait_for drops one that arrives as the export it waits for
+            # completes), and the task would then run on, its stop never returning.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait((task,), timeout=0.1)
         if self.queued and self.loop.time() >= self._retry_at:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.export_once(), timeout_s)

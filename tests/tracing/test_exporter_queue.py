@@ -94,3 +94,36 @@ def test_an_export_while_backed_off_drops_what_is_pending(exporter: OtlpExporter
     exporter.loop.run_until_complete(exporter.export_once())  # no connection tried
     assert exporter.queued == 0 and exporter._encoder.pending() == 0
     assert exporter._conn is None
+
+
+def test_stop_returns_when_a_cancellation_of_the_task_is_lost() -> None:
+    """An export that swallows the cancellation (as Python 3.11's ``wait_for`` can,
+    when the export it waits for completes at that moment): the task would run on,
+    waiting for its next interval; stop cancels it again and returns."""
+
+    class Stubborn(OtlpExporter):
+        __slots__ = ("swallowed",)
+        swallowed: int
+
+        async def export_once(self) -> None:
+            self.take()  # as an export does: what is pending is taken
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                if self.swallowed:
+                    raise
+                self.swallowed += 1  # lost, once: the export returns as if it had finished
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        exp = Stubborn(loop, "http://127.0.0.1:9", batch_spans=1, interval_s=30.0)
+        exp.swallowed = 0
+        exp.submit(finished(1))  # a full batch: the task exports at once
+        exp.start()
+        await asyncio.sleep(0.05)  # the task is in its export
+        start = loop.time()
+        await asyncio.wait_for(exp.stop(), 5)
+        assert exp.swallowed == 1
+        return loop.time() - start
+
+    assert asyncio.run(main()) < 2.0
