@@ -97,7 +97,8 @@ class AccessLog:
             self._handle = self._loop.call_later(FLUSH_INTERVAL_S, self.flush)
 
     def close(self) -> None:
-        """Flush what is queued and stop the writer thread (waits for it)."""
+        """Flush what is queued and stop the writer thread, waiting for it up to
+        ``CLOSE_TIMEOUT_S`` (a writer still blocked then keeps its descriptor open)."""
         if self._handle is not None:
             self._handle.cancel()
         self.flush()
