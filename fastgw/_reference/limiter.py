@@ -449,6 +449,19 @@ def _floats(values: Iterable[float], what: str, n: int) -> list[float]:
     return out
 
 
+# The most idle buckets a table keeps unswept: an idle bucket answers as a fresh one
+# would, so below this size dropping it only costs its re-creation at the key's next
+# request (a few keys with limits far above their traffic would otherwise be dropped
+# and made again on every request).
+SWEEP_FLOOR = 1024
+
+
+def sweep_floor(max_keys: int) -> int:
+    """Buckets a table keeps before it sweeps idle ones: half of ``max_keys``, at
+    most :data:`SWEEP_FLOOR`."""
+    return min(max_keys // 2, SWEEP_FLOOR)
+
+
 class LimiterTable:
     """Many named buckets in this process (reference of the native class)."""
 
@@ -516,7 +529,8 @@ class LimiterTable:
         return len(self._keys) - 1
 
     def _maintain(self, now: float, n: int) -> None:
-        for _ in range(n + 1):
+        sweep = n + 1 if len(self._keys) > sweep_floor(self._max_keys) else 0
+        for _ in range(sweep):
             if not self._keys:
                 self._cursor = 0
                 break

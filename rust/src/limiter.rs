@@ -637,6 +637,19 @@ struct Entry {
     state: BucketState,
 }
 
+/// Buckets a table keeps without sweeping idle ones: an idle bucket answers
+/// as a fresh one would (full, nothing in flight, its window over), so below
+/// this size dropping it only costs its re-creation at the key's next request
+/// (a few keys with limits far above their traffic would otherwise be dropped
+/// and made again on every request). Half of `max_keys`, at most 1024.
+#[must_use]
+pub fn sweep_floor(max_keys: usize) -> usize {
+    (max_keys / 2).min(SWEEP_FLOOR)
+}
+
+/// The most idle buckets a table keeps unswept (see [`sweep_floor`]).
+pub const SWEEP_FLOOR: usize = 1024;
+
 /// Many named buckets in one process.
 ///
 /// Keys are bytes (a `str` key is its UTF-8). Buckets live in insertion order;
@@ -751,9 +764,11 @@ impl LocalTable {
         before - self.map.len()
     }
 
-    /// Sweeps `n + 1` buckets at the cursor, then makes room for `n` new ones.
+    /// Sweeps `n + 1` buckets at the cursor (once the table holds more than
+    /// [`sweep_floor`] buckets), then makes room for `n` new ones.
     fn maintain(&mut self, now: f64, n: usize) {
-        for _ in 0..=n {
+        let sweep = if self.map.len() > sweep_floor(self.max_keys) { n + 1 } else { 0 };
+        for _ in 0..sweep {
             if self.map.is_empty() {
                 self.cursor = 0;
                 break;
@@ -913,20 +928,40 @@ mod tests {
     fn idle_buckets_are_swept_and_busy_ones_kept() {
         let mut t = LocalTable::new(1_000_000);
         let l = rpm(60.0);
-        for i in 0..1000_u32 {
+        for i in 0..3000_u32 {
             t.reserve(&[&i.to_le_bytes()], &[l], &[1.0], 0.0).unwrap();
         }
-        assert_eq!(t.len(), 1000);
+        assert_eq!(t.len(), 3000);
         // One second later every bucket has refilled: all idle.
-        assert_eq!(t.evict_idle(1.0), 1000);
-        for i in 0..1000_u32 {
+        assert_eq!(t.evict_idle(1.0), 3000);
+        for i in 0..3000_u32 {
             t.reserve(&[&i.to_le_bytes()], &[l], &[1.0], 10.0).unwrap();
         }
-        // Each reserve sweeps two; after refill the table shrinks as it is used.
-        for _ in 0..1000 {
+        // Each reserve sweeps two; after refill the table shrinks as it is used,
+        // down to the idle buckets it keeps unswept.
+        for _ in 0..3000 {
             t.reserve(&[b"hot"], &[l], &[0.0], 20.0).unwrap();
         }
-        assert!(t.len() <= 2, "{}", t.len());
+        assert!(t.len() <= SWEEP_FLOOR + 1, "{}", t.len());
+        assert!(t.len() >= SWEEP_FLOOR - 1, "{}", t.len());
+    }
+
+    #[test]
+    fn idle_buckets_below_the_floor_stay_and_answer_as_fresh_ones() {
+        let l = rpm(60.0);
+        let mut t = LocalTable::new(1_000_000);
+        t.reserve(&[b"a"], &[l], &[1.0], 0.0).unwrap();
+        for i in 1..50_u32 {
+            t.reserve(&[b"b"], &[l], &[1.0], f64::from(i)).unwrap();
+        }
+        assert_eq!(t.len(), 2); // "a" idle since 1.0, kept
+        let kept = t.reserve(&[b"a"], &[l], &[1.0], 100.0).unwrap();
+        let fresh = LocalTable::new(1_000_000)
+            .reserve(&[b"a"], &[l], &[1.0], 100.0)
+            .unwrap();
+        assert_eq!(format!("{kept:?}"), format!("{fresh:?}"));
+        assert_eq!(sweep_floor(8), 4);
+        assert_eq!(sweep_floor(1_000_000), SWEEP_FLOOR);
     }
 
     #[test]
