@@ -59,46 +59,49 @@ class Responder:
 
     def respond(self, ctx: RequestCtx, attempt: Attempt, conn: UpstreamConnection
                 ) -> Coroutine[Any, Any, None] | None:
-        """A complete upstream answer: release the connection, then answer the
-        client from it, or raise its error status. When the route has awaited
-        response hooks, the answer is sent by the coroutine returned."""
+        """A complete upstream answer: answer the client from it, or raise its
+        error status; the connection goes back to its pool either way (once the
+        answer is on its way: the client's write comes first). When the route has
+        awaited response hooks, the answer is sent by the coroutine returned."""
         target = attempt.target
-        ctx.upstream_s += perf_counter() - attempt.sent
-        ttfb = conn.head_at - attempt.sent
-        ctx.ttfb_s = ttfb
-        target.state.observe_ttfb(ttfb)
+        sent = attempt.sent
+        ctx.upstream_s += perf_counter() - sent
+        ctx.ttfb_s = conn.head_at - sent
         status = conn.status
         body = conn.body()
         up_headers = conn.headers
-        target.provider.pool.release(conn, reuse=True)
-        if status >= 300:
-            raise self.status_error(attempt, status, body, up_headers)
-        trans = attempt.trans
-        route = attempt.route
-        if trans is None:
-            usage = openai.extract_usage(body)
-            if route.usage_detail and usage is not None:
-                cache = ctx.cache_usage = openai.cache_usage(body)
-                if target.dialect == ANTHROPIC:  # its input count leaves the cache out
-                    usage = (usage[0] + cache[0] + cache[1], usage[1])
-        else:
-            body, full = trans.response(body)
-            usage = usage_numbers(full)
-            if route.usage_detail:
-                ctx.cache_usage = cache_counts(full)
-        if usage is not None:
-            ctx.prompt_tokens, ctx.completion_tokens = usage
-            ctx.usage_known = True
-        chain = route.chain
-        if chain:
-            for hook in chain.response:
-                body = hook(ctx, status, body)
-            if chain.response_async:  # (a task: such a route never takes the direct path)
-                return self._respond_later(ctx, target, status, up_headers, body,
-                                           chain.response_async)
-        ctx.status = status
-        ctx.cycle.send(status, self.response_head(ctx, target, up_headers, _JSON), body)
-        return None
+        try:
+            if status >= 300:
+                raise self.status_error(attempt, status, body, up_headers)
+            trans = attempt.trans
+            route = attempt.route
+            if trans is None:
+                usage = openai.extract_usage(body)
+                if route.usage_detail and usage is not None:
+                    cache = ctx.cache_usage = openai.cache_usage(body)
+                    if target.dialect == ANTHROPIC:  # its input count leaves the cache out
+                        usage = (usage[0] + cache[0] + cache[1], usage[1])
+            else:
+                body, full = trans.response(body)
+                usage = usage_numbers(full)
+                if route.usage_detail:
+                    ctx.cache_usage = cache_counts(full)
+            if usage is not None:
+                ctx.prompt_tokens, ctx.completion_tokens = usage
+                ctx.usage_known = True
+            chain = route.chain
+            if chain:
+                for hook in chain.response:
+                    body = hook(ctx, status, body)
+                if chain.response_async:  # (a task: such a route never takes the direct path)
+                    return self._respond_later(ctx, target, status, up_headers, body,
+                                               chain.response_async)
+            ctx.status = status
+            ctx.cycle.send(status, self.response_head(ctx, target, up_headers, _JSON), body)
+            return None
+        finally:
+            target.provider.pool.release(conn, reuse=True)
+            target.state.observe_ttfb(ctx.ttfb_s)
 
     async def _respond_later(self, ctx: RequestCtx, target: TargetRuntime, status: int,
                              up_headers: list[tuple[bytes, bytes]], body: bytes,
