@@ -85,7 +85,7 @@ class Access:
     no limits."""
 
     __slots__ = ("_anonymous", "_backend", "_ip", "_jwt", "_keys", "_open", "_rules",
-                 "_token_principals", "_trust_xff", "passthrough", "sync")
+                 "_token_principals", "passthrough", "sync", "trusts_xff")
 
     def __init__(self, *, keys: KeyStore | None = None, jwt: JwtAuth | None = None,
                  ip: IpRules | None = None, rules: Rules | None = None,
@@ -94,7 +94,9 @@ class Access:
         self._jwt = jwt
         self._open = self._keys is None and jwt is None
         self._ip = ip
-        self._trust_xff = ip is not None and ip.trusts_proxies
+        # True when X-Forwarded-For names the client (from trusted proxies): else the
+        # client's address is the peer's (the log phase reads it so, without a call).
+        self.trusts_xff = ip is not None and ip.trusts_proxies
         self._rules = rules
         if rules is not None and backend is None:
             backend = LocalLimiter()
@@ -209,7 +211,11 @@ class Access:
         grant: Grant | None = ctx.grant
         if grant is None or self._rules is None:
             return
-        plan = self._plan_for(grant, ctx)
+        route = ctx.route
+        # (_plan_for's usual case inline: the model asked, its plan made already)
+        plan = grant.principal.plans.get(route, _UNSET) if route is ctx.asked else _UNSET
+        if plan is _UNSET:
+            plan = self._plan_for(grant, ctx)
         if plan is None:
             return
         backend = self._backend
@@ -218,7 +224,6 @@ class Access:
         # computed natively in the same call when the plan counts tokens or USD)
         got = None
         if plan.uses_usage and ctx.cache is None:
-            route = ctx.route
             assert route is not None
             got = backend.table.admit_estimated(
                 plan.admission, len(ctx.body), ctx.doc, ctx.endpoint == "embeddings",
@@ -350,7 +355,7 @@ class Access:
     def client_ip(self, cycle: Cycle) -> str:
         """The client's address (``X-Forwarded-For`` believed from trusted proxies only)."""
         addr = cycle.client_addr[0]
-        if self._trust_xff:
+        if self.trusts_xff:
             assert self._ip is not None
             return self._ip.client_ip(addr, cycle.header(b"x-forwarded-for"))
         return addr

@@ -230,8 +230,10 @@ class Responder:
             self.trace(ctx, trace, now, usage)
         if self.access_log.enabled:
             cycle = ctx.cycle
+            access = self.access
             self.access_log.write_line(access_line(
-                time.time(), ctx.request_id, ctx.key_name, self.access.client_ip(cycle),
+                time.time(), ctx.request_id, ctx.key_name,
+                access.client_ip(cycle) if access.trusts_xff else cycle.client_addr[0],
                 cycle.path, ctx.model or None, target.model if target is not None else None,
                 route.name if route is not None else None, ctx.variant, provider or None,
                 ctx.status, ctx.stream, ctx.attempts, duration, ctx.ttfb_s, ctx.overhead_s,

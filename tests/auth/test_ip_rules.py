@@ -3,6 +3,9 @@ believed (only from trusted proxies, walked from the right)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import orjson
 import pytest
 from auth_helpers import sha
 from gwtest import chat, http, http_json, minimal_yaml, running
@@ -115,3 +118,22 @@ def test_ip_rules_apply_before_the_key_check() -> None:
         assert r.status == 403
         r = http(gw.port, "POST", "/v1/chat/completions", chat())
         assert r.status == 403
+
+
+@pytest.mark.parametrize(("trusted", "logged"), [("127.0.0.1/32", "192.0.2.44"),
+                                                 ("10.0.0.0/8", "127.0.0.1")])
+def test_access_log_names_the_client_forwarded_by_a_trusted_proxy_only(
+        tmp_path: Path, trusted: str, logged: str) -> None:
+    log = tmp_path / "access.log"
+
+    def yaml_for(port: int) -> str:
+        return minimal_yaml(port, "auth: {ip_allow: [0.0.0.0/0]}",
+                            server=f", trusted_proxies: [{trusted}]").replace(
+            "access_log: off", f"access_log: {log}")
+
+    with running(yaml_for) as gw:
+        r = http(gw.port, "POST", "/v1/chat/completions", chat(),
+                 {"x-forwarded-for": "192.0.2.44"})
+        assert r.status == 200
+    lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    assert [line["client_ip"] for line in lines] == [logged]
