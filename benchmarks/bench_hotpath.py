@@ -18,7 +18,9 @@ system calls and no event-loop polling. That is the part of the end-to-end
 cost (``run.py``'s CPU per request) this code controls, measured without the
 noise of a shared machine: use it to compare changes, ``run.py`` for the
 SPEC figures. ``--profile ROW`` prints a cProfile of that row (call counts
-are exact; times are inflated by the profiler). ``--instructions`` counts
+are exact; times are inflated by the profiler); ``--bytecodes ROW`` the
+bytecodes that row's requests execute, per function (exact, like call counts:
+where the interpreter's time goes, function by function). ``--instructions`` counts
 instructions per request under valgrind's callgrind instead: slow (about a
 minute a row), but the same from run to run on a busy machine, so a change of
 a few percent shows.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
 import gc
 import os
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -497,12 +501,55 @@ async def measure(args: argparse.Namespace) -> dict[str, float]:
                     )
                     if os.environ.get("FASTGW_CALLERS"):
                         stats.print_callers(os.environ["FASTGW_CALLERS"])
+                if args.bytecodes == name:
+                    n = min(args.requests, 2000)  # traced: about 50 times slower
+                    counts = await bytecodes(rig, n)
+                    print(report_bytecodes(name, counts, n,
+                                           int(os.environ.get("FASTGW_TOP", "40"))))
                 best = min([await rig.run(args.requests) for _ in range(args.repeat)])
                 results[name] = best * 1e6
             finally:
                 app.server_state.connections.discard(rig.proto)
                 await app.stop(drain_timeout_s=0.1)
     return results
+
+
+_THIS_FILE = str(Path(__file__).resolve())
+
+
+async def bytecodes(rig: Rig, n: int) -> collections.Counter[tuple[str, int, str]]:
+    """Bytecodes the gateway's Python executes over ``n`` requests, per function
+    ``(file, first line, name)``: the interpreter's opcode events (``sys.settrace``
+    with ``f_trace_opcodes``), so exact whatever the machine's noise. The rig's
+    own frames are left out."""
+    counts: collections.Counter[tuple[str, int, str]] = collections.Counter()
+    here = _THIS_FILE
+
+    def trace(frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        if event == "opcode":
+            code = frame.f_code
+            if code.co_filename != here:
+                counts[(code.co_filename, code.co_firstlineno, code.co_name)] += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        await rig.run(n)
+    finally:
+        sys.settrace(None)
+    return counts
+
+
+def report_bytecodes(row: str, counts: collections.Counter[tuple[str, int, str]], n: int,
+                     top: int) -> str:
+    """Bytecodes per request, in all and for the ``top`` functions that run most."""
+    root = str(HERE.parent) + os.sep
+    lines = [f"{row}: {sum(counts.values()) / n:.0f} bytecodes per request"]
+    for (path, first, func), count in counts.most_common(top):
+        lines.append(f"  {count / n:8.1f}  {path.removeprefix(root)}:{first} {func}")
+    return "\n".join(lines)
 
 
 async def measure_interleaved(args: argparse.Namespace) -> dict[str, list[float]]:
@@ -570,6 +617,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--rows", default="minimal,full,stream")
     ap.add_argument("--profile", default="", help="print a cProfile of this row")
+    ap.add_argument("--bytecodes", default="", metavar="ROW",
+                    help="print the bytecodes this row executes per request, per function")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions per request under valgrind instead (slow, exact)")
     ap.add_argument("--interleave", type=int, default=0, metavar="ROUNDS",
