@@ -4,6 +4,7 @@ max_rps, and --rounds (which round is reported)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -229,3 +230,112 @@ def test_steal_is_the_largest_share_taken_from_one_cpu() -> None:
     assert run.steal_share(before, after, 2.0) == (tick // 2) / tick / 2.0
     assert run.steal_share({}, after, 2.0) is None  # no /proc/stat: unknown, not zero
     assert set(run.steal_ticks()) >= {"cpu0"}  # this Linux machine has a cpu0 line
+
+
+def test_scenarios_run_against_the_static_upstream_except_the_streams(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each upstream group starts its own upstream and rows, measures its scenarios and
+    stops them before the next group starts."""
+    events: list[tuple[str, ...]] = []
+
+    def start_upstream(procs: object, kind: str, where: Path, cpu: object) -> tuple[int, ...]:
+        events.append(("upstream", kind, where.name))
+        return (1, 2, 3)
+
+    def start_rows(*a: object) -> tuple[dict[str, str], dict[str, int]]:
+        events.append(("rows",))
+        return {}, {}
+
+    def run_scenario(args: object, s: object, scenario: object, *rest: object) -> dict[str, str]:
+        events.append(("measure", scenario.name, str(rest[-1])))  # type: ignore[attr-defined]
+        return {"upstream": str(rest[-1])}
+
+    monkeypatch.setattr(run, "start_upstream", start_upstream)
+    monkeypatch.setattr(run, "start_rows", start_rows)
+    monkeypatch.setattr(run, "run_scenario", run_scenario)
+    monkeypatch.setattr(run.Processes, "stop", lambda self: events.append(("stop",)))
+    monkeypatch.setattr(run, "pin_self", lambda cpu: None)
+
+    def args(upstream: str, scenarios: list[str]) -> object:
+        import argparse
+
+        return argparse.Namespace(
+            no_pin=True,
+            gateway_cpu=0,
+            client_cpu=1,
+            rows=["direct"],
+            scenarios=scenarios,
+            upstream=upstream,
+        )
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    out = run.run_rows(args("static", []), _settings(), tmp_path / "a")  # type: ignore[arg-type]
+    assert events == [
+        ("upstream", "static", "static"),
+        ("rows",),
+        ("measure", "max_rps", "static"),
+        ("measure", "open_low", "static"),
+        ("measure", "open_high", "static"),
+        ("stop",),
+        ("upstream", "mock", "mock"),
+        ("rows",),
+        ("measure", "streams", "mock"),
+        ("measure", "paced_ttfe", "mock"),
+        ("stop",),
+    ]
+    assert out["results"]["open_high"] == {"upstream": "static"}
+    events.clear()
+    run.run_rows(args("mock", ["max_rps", "streams"]), _settings(), tmp_path / "b")  # type: ignore[arg-type]
+    assert events == [
+        ("upstream", "mock", "mock"),
+        ("rows",),
+        ("measure", "max_rps", "mock"),
+        ("measure", "streams", "mock"),
+        ("stop",),
+    ]
+
+
+@pytest.mark.skipif(not Path(run.NGINX).exists(), reason="nginx is not installed")
+def test_the_static_upstream_serves_the_mocks_answer_to_every_row(tmp_path: Path) -> None:
+    procs = run.Processes(tmp_path)
+    try:
+        up_port, up_pid, mock_port = run.start_upstream(procs, "static", tmp_path, None)
+        assert up_port != mock_port
+        assert Path(f"/proc/{up_pid}/exe").resolve().name == "nginx"
+        failed: dict[str, str] = {}
+        urls, pids = run.start_rows(
+            procs,
+            ["direct", "nginx", "fastgw"],
+            tmp_path,
+            (up_port, up_pid, mock_port),
+            None,
+            failed,
+        )
+        assert failed == {} and urls["direct"] == f"http://127.0.0.1:{up_port}"
+        assert pids["direct"] == up_pid
+        answer = run.mock_answer(mock_port)
+        for name in ("direct", "nginx", "fastgw"):
+            status, body = run.post(
+                urls[name] + "/v1/chat/completions", {"model": run.MODEL, "messages": []}, {}
+            )
+            assert status == 200, (name, body)
+            # The same answer whatever was asked (a static body), through each row.
+            assert json.loads(body)["choices"] == json.loads(answer)["choices"], name
+    finally:
+        procs.stop()
+
+
+def test_the_p99_bound_is_never_stricter_than_nginxs_own() -> None:
+    def check(ours: float, nginx: float) -> bool | None:
+        rows = {
+            "fastgw": {"added_p50_ms": 0.0, "added_p99_ms": ours},
+            "nginx": {"added_p50_ms": 0.0, "added_p99_ms": nginx},
+        }
+        results = {"open_low": {"rows": rows, "raw": {"fastgw": {"target_rate": 50.0}}}}
+        (c,) = [c for c in run.spec_checks(results, None) if "p99" in c["what"]]
+        return c["ok"]  # type: ignore[no-any-return]
+
+    assert check(0.5, 0.3) is True and check(0.7, 0.3) is False  # 2x nginx's
+    assert check(-0.45, -0.4) is True and check(-0.3, -0.4) is False  # nginx's own
