@@ -75,6 +75,10 @@ SOAK_CHECKPOINTS = 10  # RSS read this many times between the first and the last
 # A closed-loop "vs nginx" ratio means something only when the load generator and
 # the mock, without a proxy between them, go well beyond nginx's rate.
 DIRECT_OVER_NGINX = 1.2
+# The interpreter the gateways run on (--python): how it was built moves every
+# gateway row (an interpreter in a shared library built without profile-guided
+# optimisation runs the same code markedly slower than a distribution's).
+GATEWAY_PYTHON = sys.executable
 
 
 # -- processes -------------------------------------------------------------------------
@@ -388,7 +392,7 @@ def start_fastgw(
     port = free_port()
     cfg = workdir / f"{target.name}.yaml"
     cfg.write_text(yaml.safe_dump(target.config(mock_port, port, workdir), sort_keys=False))
-    cmd = [sys.executable, "-m", "fastgw", "serve", "--config", str(cfg)]
+    cmd = [GATEWAY_PYTHON, "-m", "fastgw", "serve", "--config", str(cfg)]
     cmd += ["--port", str(port), "--workers", str(workers)]
     proc = procs.start(
         f"{target.name}-{workers}w" if workers > 1 else target.name, pinned(cmd, cpu)
@@ -719,9 +723,52 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "gateway_python": interpreter_facts(GATEWAY_PYTHON),
         "platform": platform.platform(),
         "nginx": nginx_version,
     }
+
+
+_FACTS = """
+import json, platform, sys, sysconfig
+args = sysconfig.get_config_var("CONFIG_ARGS") or ""
+print(json.dumps({
+    "executable": sys.executable,
+    "version": platform.python_version(),
+    "implementation": platform.python_implementation(),
+    "compiler": platform.python_compiler(),
+    "shared_libpython": bool(sysconfig.get_config_var("Py_ENABLE_SHARED")),
+    "configured_pgo": "--enable-optimizations" in args,
+    "configured_lto": "--with-lto" in args,
+}))
+import fastgw._native
+"""
+
+
+def interpreter_facts(python: str) -> dict[str, Any]:
+    """What the gateways' interpreter is and how it was built, as far as it says
+    (a distribution may optimise with profiles without saying so in CONFIG_ARGS).
+    Raises RuntimeError when it cannot run fastgw (not installed for it)."""
+    out = subprocess.run([python, "-c", _FACTS], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(
+            f"{python} cannot run fastgw: {out.stderr.strip().splitlines()[-1:]}; install "
+            "fastgw into that interpreter's environment (pip install .)"
+        )
+    facts: dict[str, Any] = json.loads(out.stdout)
+    return facts
+
+
+def describe_interpreter(facts: dict[str, Any]) -> str:
+    build = "libpython shared" if facts["shared_libpython"] else "libpython static"
+    flags = [
+        f for f, on in (("PGO", facts["configured_pgo"]), ("LTO", facts["configured_lto"])) if on
+    ]
+    return (
+        f"{facts['executable']} ({facts['implementation']} {facts['version']}, {build}"
+        + (", configured with " + "+".join(flags) if flags else "")
+        + ")"
+    )
 
 
 # -- main ------------------------------------------------------------------------------
@@ -1423,6 +1470,11 @@ def main(argv: list[str] | None = None) -> int:
         help="after the rest, --workers N on N cores vs one worker (needs 2N CPUs)",
     )
     p.add_argument("--scaling-only", action="store_true", help="the --scaling measurement alone")
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter of the gateways (default: this one); fastgw must be installed for it",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work dir (configs, logs)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every measurement")
     args = p.parse_args(argv)
@@ -1434,6 +1486,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown rows or scenarios: {unknown}")
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    global GATEWAY_PYTHON
+    GATEWAY_PYTHON = args.python
+    try:
+        gateway_python = interpreter_facts(args.python)
+    except (RuntimeError, OSError) as e:
+        p.error(f"--python: {e}")
     if args.scaling_only and not args.scaling:
         p.error("--scaling-only needs --scaling N")
     wants_max = not (args.scenarios and "max_rps" not in args.scenarios)
@@ -1474,7 +1532,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"fastgw benchmarks: rows {rows}; {duration:g}s per measurement, "
             f"{args.rounds} round(s); max_rps by {args.max_client}, the rest by loadgen.py; "
-            f"gateway CPU {cpus(args)[0]}, load generator + upstream CPU {cpus(args)[1]}"
+            f"gateway CPU {cpus(args)[0]}, load generator + upstream CPU {cpus(args)[1]}\n"
+            f"gateway interpreter: {describe_interpreter(gateway_python)}"
         )
         if args.upstream_check:
             report = run_upstream_check(args, s, workdir)

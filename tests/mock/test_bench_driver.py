@@ -339,3 +339,25 @@ def test_the_p99_bound_is_never_stricter_than_nginxs_own() -> None:
 
     assert check(0.5, 0.3) is True and check(0.7, 0.3) is False  # 2x nginx's
     assert check(-0.45, -0.4) is True and check(-0.3, -0.4) is False  # nginx's own
+
+
+def test_the_gateways_interpreter_is_described_and_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "GATEWAY_PYTHON", run.GATEWAY_PYTHON)  # main() sets it
+    facts = run.interpreter_facts(sys.executable)
+    assert facts["version"] == ".".join(map(str, sys.version_info[:3]))
+    assert isinstance(facts["shared_libpython"], bool)
+    text = run.describe_interpreter(facts)
+    assert facts["executable"] in text and ("shared" in text or "static" in text)
+    # An interpreter without fastgw is refused before anything starts, saying what to do.
+    bare = tmp_path / "bare-python"
+    bare.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
+    bare.chmod(0o755)
+    with pytest.raises(SystemExit):
+        run.main(["--python", str(bare), "--scenarios", "max_rps"])
+    err = capsys.readouterr().err
+    assert "--python" in err and "cannot run fastgw" in err and "pip install" in err
+    with pytest.raises(SystemExit):
+        run.main(["--python", str(tmp_path / "missing"), "--scenarios", "max_rps"])
+    assert "--python" in capsys.readouterr().err
