@@ -464,7 +464,7 @@ pub(crate) trait Store {
 }
 
 /// The answer to a reserve.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     /// True when every scope took its cost.
     pub admitted: bool,
@@ -479,6 +479,23 @@ pub struct Outcome {
     /// Per scope: the bucket's stamp after the reserve (for a budget, the
     /// window the cost was charged to; settle checks it).
     pub windows: Vec<f64>,
+    /// Per scope: where its bucket was in the store that made the reserve. Only
+    /// that store can read them, and only while nothing moved (see
+    /// [`LocalTable::settle_at`]).
+    pub slots: Vec<usize>,
+}
+
+/// Two outcomes are equal when they answer alike: where each store keeps its
+/// buckets (`slots`) is no part of the answer.
+impl PartialEq for Outcome {
+    #[allow(clippy::float_cmp)] // as a derived comparison: exact
+    fn eq(&self, other: &Outcome) -> bool {
+        self.admitted == other.admitted
+            && self.retry_after == other.retry_after
+            && self.denied == other.denied
+            && self.statuses == other.statuses
+            && self.windows == other.windows
+    }
 }
 
 /// Checks the arguments shared by reserve and settle.
@@ -561,10 +578,14 @@ pub(crate) fn reserve_in<S: Store>(
         denied,
         statuses,
         windows: work.iter().map(|s| s.stamp).collect(),
+        slots: slots.into_vec(),
     }
 }
 
-/// Settle across scopes (see [`LocalTable::settle`]).
+/// Settle across scopes (see [`LocalTable::settle`]). With `at`, scope `i`'s
+/// bucket is known to be at `at[i]` (the reserve's slots, nothing moved since):
+/// no lookup by key.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn settle_in<S: Store>(
     store: &mut S,
     keys: &[&[u8]],
@@ -573,58 +594,75 @@ pub(crate) fn settle_in<S: Store>(
     windows: &[f64],
     actual: &[f64],
     now: f64,
+    at: Option<&[usize]>,
 ) {
     for i in 0..keys.len() {
         let limit = &limits[i];
-        match *limit {
-            Limit::Rate { capacity, .. } => {
-                let delta = actual[i] - reserved[i];
-                let slot = match store.find(keys[i]) {
-                    Some(s) => s,
-                    // A missing bucket is full: a refund would change nothing.
-                    None if delta > 0.0 => store.slot(keys[i], limit, now, &[]),
-                    None => continue,
-                };
-                let s = limit.refresh(store.state(slot), now);
+        let slot = match at {
+            Some(at) => at[i],
+            None => match store.find(keys[i]) {
+                Some(slot) => slot,
+                // A missing bucket is full (rate), in a fresh window (budget) or
+                // holds nothing in flight: only a debit changes it.
+                None if !matches!(limit, Limit::Concurrency { .. })
+                    && actual[i] - reserved[i] > 0.0 =>
+                {
+                    store.slot(keys[i], limit, now, &[])
+                }
+                None => continue,
+            },
+        };
+        settle_one(store, slot, limit, reserved[i], windows[i], actual[i], now);
+    }
+}
+
+/// Settle one scope whose bucket is at `slot`: a rate or budget bucket gets
+/// `reserved - actual` back (a budget only within the window it was charged to),
+/// a concurrency counter gives back what it reserved.
+fn settle_one<S: Store>(
+    store: &mut S,
+    slot: usize,
+    limit: &Limit,
+    reserved: f64,
+    window: f64,
+    actual: f64,
+    now: f64,
+) {
+    match *limit {
+        Limit::Rate { capacity, .. } => {
+            let s = limit.refresh(store.state(slot), now);
+            let level = capacity.min(s.level - (actual - reserved));
+            store.set_state(
+                slot,
+                BucketState {
+                    level,
+                    stamp: s.stamp,
+                },
+            );
+        }
+        Limit::Concurrency { .. } => {
+            let s = store.state(slot);
+            let level = (s.level - reserved).max(0.0);
+            store.set_state(
+                slot,
+                BucketState {
+                    level,
+                    stamp: s.stamp,
+                },
+            );
+        }
+        Limit::Budget { .. } => {
+            let s = limit.refresh(store.state(slot), now);
+            #[allow(clippy::float_cmp)] // window starts are exact values
+            if s.stamp == window {
+                let level = (s.level + (actual - reserved)).max(0.0);
                 store.set_state(
                     slot,
                     BucketState {
-                        level: capacity.min(s.level - delta),
+                        level,
                         stamp: s.stamp,
                     },
                 );
-            }
-            Limit::Concurrency { .. } => {
-                if let Some(slot) = store.find(keys[i]) {
-                    let s = store.state(slot);
-                    store.set_state(
-                        slot,
-                        BucketState {
-                            level: (s.level - reserved[i]).max(0.0),
-                            stamp: s.stamp,
-                        },
-                    );
-                }
-            }
-            Limit::Budget { .. } => {
-                let delta = actual[i] - reserved[i];
-                let slot = match store.find(keys[i]) {
-                    Some(s) => s,
-                    None if delta > 0.0 => store.slot(keys[i], limit, now, &[]),
-                    None => continue,
-                };
-                let s = limit.refresh(store.state(slot), now);
-                // A correction to a window that has ended is dropped.
-                #[allow(clippy::float_cmp)] // window starts are exact values
-                if s.stamp == windows[i] {
-                    store.set_state(
-                        slot,
-                        BucketState {
-                            level: (s.level + delta).max(0.0),
-                            stamp: s.stamp,
-                        },
-                    );
-                }
             }
         }
     }
@@ -662,6 +700,9 @@ pub struct LocalTable {
     cursor: usize,
     max_keys: usize,
     evicted_busy: u64,
+    /// Counts the removals: a bucket's index holds while this is unchanged
+    /// (inserting appends; only a removal moves a bucket into the gap).
+    moves: u64,
 }
 
 impl LocalTable {
@@ -673,7 +714,15 @@ impl LocalTable {
             cursor: 0,
             max_keys: max_keys.max(1),
             evicted_busy: 0,
+            moves: 0,
         }
+    }
+
+    /// Changes whenever a bucket may have moved: the indices of an
+    /// [`Outcome::slots`] made while this had the same value still hold.
+    #[must_use]
+    pub fn moves(&self) -> u64 {
+        self.moves
     }
 
     /// Number of buckets held.
@@ -745,7 +794,34 @@ impl LocalTable {
         now: f64,
     ) -> Result<(), LimitError> {
         check_settle(keys, limits, reserved, windows, actual, now)?;
-        settle_in(self, keys, limits, reserved, windows, actual, now);
+        settle_in(self, keys, limits, reserved, windows, actual, now, None);
+        Ok(())
+    }
+
+    /// [`settle`](Self::settle) of a reserve made by this table when [`moves`](Self::moves)
+    /// was `moves`: while no bucket has moved since, its buckets are at
+    /// `slots` (the reserve's [`Outcome::slots`]) and are not looked up again.
+    ///
+    /// # Errors
+    /// As [`settle`](Self::settle).
+    #[allow(clippy::too_many_arguments)]
+    pub fn settle_at(
+        &mut self,
+        keys: &[&[u8]],
+        limits: &[Limit],
+        reserved: &[f64],
+        windows: &[f64],
+        actual: &[f64],
+        now: f64,
+        slots: &[usize],
+        moves: u64,
+    ) -> Result<(), LimitError> {
+        check_settle(keys, limits, reserved, windows, actual, now)?;
+        let at = (moves == self.moves && slots.len() == keys.len()).then_some(slots);
+        debug_assert!(at.is_none_or(
+            |at| (0..keys.len()).all(|i| self.map.get_index_of(keys[i]) == Some(at[i]))
+        ));
+        settle_in(self, keys, limits, reserved, windows, actual, now, at);
         Ok(())
     }
 
@@ -757,6 +833,7 @@ impl LocalTable {
             let e = self.map[i];
             if e.limit.is_idle(e.state, now) {
                 self.map.swap_remove_index(i);
+                self.moves += 1;
             } else {
                 i += 1;
             }
@@ -767,7 +844,11 @@ impl LocalTable {
     /// Sweeps `n + 1` buckets at the cursor (once the table holds more than
     /// [`sweep_floor`] buckets), then makes room for `n` new ones.
     fn maintain(&mut self, now: f64, n: usize) {
-        let sweep = if self.map.len() > sweep_floor(self.max_keys) { n + 1 } else { 0 };
+        let sweep = if self.map.len() > sweep_floor(self.max_keys) {
+            n + 1
+        } else {
+            0
+        };
         for _ in 0..sweep {
             if self.map.is_empty() {
                 self.cursor = 0;
@@ -779,6 +860,7 @@ impl LocalTable {
             let e = self.map[self.cursor];
             if e.limit.is_idle(e.state, now) {
                 self.map.swap_remove_index(self.cursor);
+                self.moves += 1;
             } else {
                 self.cursor += 1;
             }
@@ -792,6 +874,7 @@ impl LocalTable {
                 self.evicted_busy += 1;
             }
             self.map.swap_remove_index(self.cursor);
+            self.moves += 1;
         }
     }
 }
@@ -962,6 +1045,39 @@ mod tests {
         assert_eq!(format!("{kept:?}"), format!("{fresh:?}"));
         assert_eq!(sweep_floor(8), 4);
         assert_eq!(sweep_floor(1_000_000), SWEEP_FLOOR);
+    }
+
+    #[test]
+    fn settle_at_the_reserves_slots_or_by_key_once_buckets_moved() {
+        let tpm = Limit::rate(1000.0, 60.0, None).unwrap();
+        let both = [tpm, tpm];
+        let keys: [&[u8]; 2] = [b"a", b"b"];
+        // Two tables, one settled by key and one at the slots: the same states.
+        let (mut by_key, mut at) = (LocalTable::new(4), LocalTable::new(4));
+        let o1 = by_key.reserve(&keys, &both, &[300.0, 300.0], 0.0).unwrap();
+        let o2 = at.reserve(&keys, &both, &[300.0, 300.0], 0.0).unwrap();
+        assert_eq!(o2.slots.as_slice(), &[0, 1]);
+        let (reserved, actual) = ([300.0, 300.0], [100.0, 0.0]);
+        by_key.settle(&keys, &both, &reserved, &o1.windows, &actual, 0.0).unwrap();
+        let moves = at.moves();
+        at.settle_at(&keys, &both, &reserved, &o2.windows, &actual, 0.0, &o2.slots, moves)
+            .unwrap();
+        assert_eq!(by_key.peek(b"a"), at.peek(b"a"));
+        assert_eq!(by_key.peek(b"b"), at.peek(b"b"));
+        // Both buckets swept once idle, then made again in the other order: "b"
+        // at 0, "c" where "b" was. The stale slot would refund "c".
+        let o3 = at.reserve(&[b"b"], &[tpm], &[500.0], 0.0).unwrap();
+        assert_eq!(o3.slots.as_slice(), &[1]);
+        let moves = at.moves();
+        assert_eq!(at.evict_idle(600.0), 2);
+        assert_ne!(at.moves(), moves);
+        let o4 = at.reserve(&[b"b", b"c"], &both, &[1.0, 1.0], 600.0).unwrap();
+        assert_eq!(o4.slots.as_slice(), &[0, 1]);
+        at.settle_at(&[b"b"], &[tpm], &[500.0], &o3.windows, &[0.0], 600.0, &o3.slots, moves)
+            .unwrap();
+        let level = |t: &LocalTable, k: &[u8]| t.peek(k).unwrap().1.level;
+        assert!((level(&at, b"b") - 1000.0).abs() < 1e-9); // the refund, by key
+        assert!((level(&at, b"c") - 999.0).abs() < 1e-9); // untouched
     }
 
     #[test]

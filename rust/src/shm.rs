@@ -466,7 +466,7 @@ impl ShmTable {
         check_settle(keys, limits, reserved, windows, actual, now)?;
         let mut g = self.lock().map_err(|e| LimitError(e.to_string()))?;
         g.now = now;
-        settle_in(&mut g, keys, limits, reserved, windows, actual, now);
+        settle_in(&mut g, keys, limits, reserved, windows, actual, now, None);
         Ok(())
     }
 

@@ -180,6 +180,9 @@ pub struct Reservation {
     scopes: Vec<Py<Scope>>,
     costs: Vec<f64>,
     settled: AtomicBool,
+    /// A `LimiterTable`'s `moves` when it made this reserve: its buckets are
+    /// still at `outcome.slots` while the table's count is the same.
+    moves: Option<u64>,
 }
 
 #[pymethods]
@@ -333,13 +336,14 @@ pub(super) fn floats(obj: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
     }
 }
 
-fn reservation(table_id: u64, args: Args<'_>, outcome: Outcome) -> Reservation {
+fn reservation(table_id: u64, args: Args<'_>, outcome: Outcome, moves: Option<u64>) -> Reservation {
     Reservation {
         table_id,
         outcome,
         scopes: args.scopes.into_iter().map(Bound::unbind).collect(),
         costs: args.costs,
         settled: AtomicBool::new(false),
+        moves,
     }
 }
 
@@ -453,15 +457,7 @@ impl Admission {
 
     /// The settlement for what a request used (in-flight slots given back).
     fn actual(&self, requests: f64, tokens: f64, usd: f64) -> Vec<f64> {
-        self.dims
-            .iter()
-            .map(|&d| match d {
-                DIM_REQUESTS => requests,
-                DIM_TOKENS => tokens,
-                DIM_INFLIGHT => 0.0,
-                _ => usd,
-            })
-            .collect()
+        self.actual_of(requests, tokens, usd).into_vec()
     }
 }
 
@@ -472,16 +468,33 @@ fn admit_with<'py>(
     admission: &Bound<'py, Admission>,
     tokens: f64,
     usd: f64,
-    reserve: impl FnOnce(&[&[u8]], &[core::Limit], &[f64]) -> Result<Outcome, LimitError>,
+    reserve: impl FnOnce(&[&[u8]], &[core::Limit], &[f64]) -> Reserved,
 ) -> PyResult<(Reservation, Option<Bound<'py, PyBytes>>)> {
     let a = admission.get();
     let args = a.args(py, tokens, usd);
-    let outcome = reserve(&args.keys(), &args.limits(), &args.costs).map_err(value_error)?;
+    let (outcome, moves) =
+        reserve(&args.keys(), &args.limits(), &args.costs).map_err(value_error)?;
     let head = a.headers(py, &outcome);
-    Ok((reservation(table_id, args, outcome), head))
+    Ok((reservation(table_id, args, outcome, moves), head))
 }
 
+/// A table's reserve: the outcome, and the table's `moves` when its slots can be
+/// used to settle (a `LimiterTable`'s).
+type Reserved = Result<(Outcome, Option<u64>), LimitError>;
+
 impl Admission {
+    fn actual_of(&self, requests: f64, tokens: f64, usd: f64) -> SmallVec<[f64; 8]> {
+        self.dims
+            .iter()
+            .map(|&d| match d {
+                DIM_REQUESTS => requests,
+                DIM_TOKENS => tokens,
+                DIM_INFLIGHT => 0.0,
+                _ => usd,
+            })
+            .collect()
+    }
+
     fn args<'py>(&self, py: Python<'py>, tokens: f64, usd: f64) -> Args<'py> {
         Args {
             scopes: self.scopes.iter().map(|s| s.bind(py).clone()).collect(),
@@ -517,9 +530,9 @@ fn settle_with(
     if !claim(r, table_id)? {
         return Ok(false);
     }
-    let scopes: Vec<&Scope> = r.scopes.iter().map(|s| s.bind(py).get()).collect();
-    let keys: Vec<&[u8]> = scopes.iter().map(|s| &*s.key).collect();
-    let limits: Vec<core::Limit> = scopes.iter().map(|s| s.limit).collect();
+    let scopes: SmallVec<[&Scope; 8]> = r.scopes.iter().map(|s| s.bind(py).get()).collect();
+    let keys: SmallVec<[&[u8]; 8]> = scopes.iter().map(|s| &*s.key).collect();
+    let limits: SmallVec<[core::Limit; 8]> = scopes.iter().map(|s| s.limit).collect();
     match f(&keys, &limits) {
         Ok(()) => Ok(true),
         Err(e) => {
@@ -538,7 +551,11 @@ const DEFAULT_COMPLETION_TOKENS: u64 = 256;
 /// `max_output_tokens` when it is a positive `int` (else 256; 0 for
 /// embeddings). None when the sum would not be exact as a float (a maximum
 /// above 2^53): the caller estimates in Python.
-fn estimate(doc: &Bound<'_, PyDict>, body_len: u64, embeddings: bool) -> PyResult<Option<(u64, u64)>> {
+fn estimate(
+    doc: &Bound<'_, PyDict>,
+    body_len: u64,
+    embeddings: bool,
+) -> PyResult<Option<(u64, u64)>> {
     let prompt = body_len / 4 + 1;
     if embeddings {
         return Ok(Some((prompt, 0)));
@@ -586,7 +603,7 @@ fn admit_estimated_with<'py>(
     table_id: u64,
     admission: &Bound<'py, Admission>,
     (body_len, doc, embeddings, input_per_token, output_per_token): Asked<'_, 'py>,
-    reserve: impl FnOnce(&[&[u8]], &[core::Limit], &[f64]) -> Result<Outcome, LimitError>,
+    reserve: impl FnOnce(&[&[u8]], &[core::Limit], &[f64]) -> Reserved,
 ) -> PyResult<Option<Estimated<'py>>> {
     let Some((prompt, completion)) = estimate(doc, body_len, embeddings)? else {
         return Ok(None);
@@ -610,6 +627,45 @@ impl LimiterTable {
     fn table(&self) -> std::sync::MutexGuard<'_, LocalTable> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// A reserve, with the table's `moves` after it (its slots' validity).
+    fn reserve_at(
+        &self,
+        keys: &[&[u8]],
+        limits: &[core::Limit],
+        costs: &[f64],
+        now: Option<f64>,
+    ) -> Reserved {
+        let mut table = self.table();
+        let outcome = table.reserve(keys, limits, costs, now_or_clock(now))?;
+        Ok((outcome, Some(table.moves())))
+    }
+
+    /// Settles a reservation of this table, at its slots while they hold.
+    fn settle_reserved(
+        &self,
+        r: &Reservation,
+        keys: &[&[u8]],
+        limits: &[core::Limit],
+        actual: &[f64],
+        now: f64,
+    ) -> Result<(), LimitError> {
+        let (costs, windows) = (&r.costs, &r.outcome.windows);
+        let mut table = self.table();
+        match r.moves {
+            Some(moves) => table.settle_at(
+                keys,
+                limits,
+                costs,
+                windows,
+                actual,
+                now,
+                &r.outcome.slots,
+                moves,
+            ),
+            None => table.settle(keys, limits, costs, windows, actual, now),
+        }
+    }
 }
 
 #[pymethods]
@@ -632,11 +688,13 @@ impl LimiterTable {
         now: Option<f64>,
     ) -> PyResult<Reservation> {
         let args = Args::extract(scopes, costs)?;
-        let outcome = self
-            .table()
+        let mut table = self.table();
+        let outcome = table
             .reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now))
             .map_err(value_error)?;
-        Ok(reservation(self.id, args, outcome))
+        let moves = table.moves();
+        drop(table);
+        Ok(reservation(self.id, args, outcome, Some(moves)))
     }
 
     /// Corrects an admitted reservation with the real costs; True when
@@ -653,8 +711,7 @@ impl LimiterTable {
         let actual = floats(actual_costs)?;
         let now = now_or_clock(now);
         settle_with(py, r, self.id, |keys, limits| {
-            self.table()
-                .settle(keys, limits, &r.costs, &r.outcome.windows, &actual, now)
+            self.settle_reserved(r, keys, limits, &actual, now)
         })
     }
 
@@ -670,9 +727,14 @@ impl LimiterTable {
         usd: f64,
         now: Option<f64>,
     ) -> PyResult<(Reservation, Option<Bound<'py, PyBytes>>)> {
-        admit_with(py, self.id, admission, tokens, usd, |keys, limits, costs| {
-            self.table().reserve(keys, limits, costs, now_or_clock(now))
-        })
+        admit_with(
+            py,
+            self.id,
+            admission,
+            tokens,
+            usd,
+            |keys, limits, costs| self.reserve_at(keys, limits, costs, now),
+        )
     }
 
     /// `admit` at the request's own estimates: `(reservation, headers, tokens,
@@ -695,7 +757,7 @@ impl LimiterTable {
     ) -> PyResult<Option<Estimated<'py>>> {
         let req = (body_len, doc, embeddings, input_per_token, output_per_token);
         admit_estimated_with(py, self.id, admission, req, |keys, limits, costs| {
-            self.table().reserve(keys, limits, costs, now_or_clock(now))
+            self.reserve_at(keys, limits, costs, now)
         })
     }
 
@@ -714,11 +776,10 @@ impl LimiterTable {
         now: Option<f64>,
     ) -> PyResult<bool> {
         let r = reservation.get();
-        let actual = admission.get().actual(requests, tokens, usd);
+        let actual = admission.get().actual_of(requests, tokens, usd);
         let now = now_or_clock(now);
         settle_with(py, r, self.id, |keys, limits| {
-            self.table()
-                .settle(keys, limits, &r.costs, &r.outcome.windows, &actual, now)
+            self.settle_reserved(r, keys, limits, &actual, now)
         })
     }
 
@@ -734,8 +795,7 @@ impl LimiterTable {
         let zeros = vec![0.0; r.costs.len()];
         let now = now_or_clock(now);
         settle_with(py, r, self.id, |keys, limits| {
-            self.table()
-                .settle(keys, limits, &r.costs, &r.outcome.windows, &zeros, now)
+            self.settle_reserved(r, keys, limits, &zeros, now)
         })
     }
 
@@ -803,7 +863,7 @@ impl SharedLimiterTable {
             .inner
             .reserve(&args.keys(), &args.limits(), &args.costs, now_or_clock(now))
             .map_err(value_error)?;
-        Ok(reservation(self.id, args, outcome))
+        Ok(reservation(self.id, args, outcome, None))
     }
 
     /// As `LimiterTable.settle`.
@@ -834,9 +894,19 @@ impl SharedLimiterTable {
         usd: f64,
         now: Option<f64>,
     ) -> PyResult<(Reservation, Option<Bound<'py, PyBytes>>)> {
-        admit_with(py, self.id, admission, tokens, usd, |keys, limits, costs| {
-            self.inner.reserve(keys, limits, costs, now_or_clock(now))
-        })
+        admit_with(
+            py,
+            self.id,
+            admission,
+            tokens,
+            usd,
+            |keys, limits, costs| {
+                Ok((
+                    self.inner.reserve(keys, limits, costs, now_or_clock(now))?,
+                    None,
+                ))
+            },
+        )
     }
 
     /// As `LimiterTable.admit_estimated`.
@@ -855,7 +925,10 @@ impl SharedLimiterTable {
     ) -> PyResult<Option<Estimated<'py>>> {
         let req = (body_len, doc, embeddings, input_per_token, output_per_token);
         admit_estimated_with(py, self.id, admission, req, |keys, limits, costs| {
-            self.inner.reserve(keys, limits, costs, now_or_clock(now))
+            Ok((
+                self.inner.reserve(keys, limits, costs, now_or_clock(now))?,
+                None,
+            ))
         })
     }
 
@@ -873,7 +946,7 @@ impl SharedLimiterTable {
         now: Option<f64>,
     ) -> PyResult<bool> {
         let r = reservation.get();
-        let actual = admission.get().actual(requests, tokens, usd);
+        let actual = admission.get().actual_of(requests, tokens, usd);
         let now = now_or_clock(now);
         settle_with(py, r, self.id, |keys, limits| {
             self.inner
