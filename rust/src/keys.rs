@@ -25,21 +25,23 @@ pub fn same(a: &Digest, b: &Digest) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Digest -> the index of its entry.
+/// Digest -> the index of its entry. Hashed with foldhash, not `SipHash`: the
+/// keys are SHA-256 digests, which nobody can choose to collide, so a keyed
+/// hash's defence against chosen collisions buys nothing but its cost.
 #[derive(Default)]
 pub struct KeyTable {
-    by_digest: HashMap<Digest, (Digest, usize)>,
+    by_digest: HashMap<Digest, (Digest, usize), foldhash::fast::RandomState>,
 }
 
 impl KeyTable {
     /// A table of `digests`, each found as its position.
     #[must_use]
     pub fn new(digests: &[Digest]) -> Self {
-        let by_digest = digests
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (*d, (*d, i)))
-            .collect();
+        let mut by_digest = HashMap::with_capacity_and_hasher(
+            digests.len(),
+            foldhash::fast::RandomState::default(),
+        );
+        by_digest.extend(digests.iter().enumerate().map(|(i, d)| (*d, (*d, i))));
         Self { by_digest }
     }
 
