@@ -12,11 +12,12 @@ generated config per row, pins nginx and the gateway to CPU 0 and the load
 generator and the upstream to CPU 1, waits until each answers, then measures
 every scenario on every row in turn (rows interleaved per scenario, so drift
 hits them alike) and prints one table per scenario: rate, p50, p99, ratio to
-nginx, latency added over direct, server CPU. The upstream of the
-non-streaming scenarios is nginx serving the mock's answer as a static body
-(SPEC section 6's fast upstream: the Python mock is not as fast); the streams
-run against the mock (``python -m fastgw.mock``: SSE events, pacing), with
-their own set of rows (``--upstream mock`` puts every scenario there).
+nginx, latency added over direct, server CPU. The upstream is nginx serving
+the mock's answers as static bodies (SPEC section 6's fast upstream: the
+Python mock is not as fast), the JSON answer and the 50-event stream each
+with its own set of rows; the paced stream runs against the mock itself
+(``python -m fastgw.mock`` paces its events). ``--upstream mock`` puts every
+scenario there.
 
 Two load generators: wrk (benchmarks/wrk.py) for the closed-loop maximum
 rate (``max_rps``), our own loadgen.py for the open-loop latency rows and the
@@ -75,6 +76,9 @@ SOAK_CHECKPOINTS = 10  # RSS read this many times between the first and the last
 # A closed-loop "vs nginx" ratio means something only when the load generator and
 # the mock, without a proxy between them, go well beyond nginx's rate.
 DIRECT_OVER_NGINX = 1.2
+# nginx reads a configuration parameter of at most 4 KiB: a longer static body is
+# served from a file.
+NGINX_INLINE_MAX = 3500
 # The interpreter the gateways run on (--python): how it was built moves every
 # gateway row (an interpreter in a shared library built without profile-guided
 # optimisation runs the same code markedly slower than a distribution's).
@@ -163,19 +167,30 @@ def start_mock(procs: Processes, cpu: int | str | None) -> tuple[int, int]:
 
 
 def render_nginx(
-    prefix: Path, listen: int, upstream: int, static_body: str | None = None, workers: int = 1
+    prefix: Path,
+    listen: int,
+    upstream: int,
+    static_body: str | None = None,
+    workers: int = 1,
+    static_type: str = "application/json",
 ) -> Path:
     """Write prefix/nginx.conf from the template. With static_body, nginx answers
-    every request with that JSON itself instead of proxying (the upstream check)."""
+    every request with that body (of type static_type) itself instead of proxying."""
     prefix.mkdir(exist_ok=True)
     text = (HERE / "nginx.conf.tmpl").read_text()
     text = text.replace("worker_processes 1;", f"worker_processes {workers};")
     if static_body is not None:
-        if any(c in static_body for c in "'\\$"):
-            raise RuntimeError("body cannot be inlined in nginx's return directive")
+        if len(static_body) < NGINX_INLINE_MAX and not any(c in static_body for c in "'\\$"):
+            served = f"return 200 '{static_body}';"
+        else:  # from a file: a POST is refused by the file module (405), then served
+            (prefix / "body").mkdir(exist_ok=True)
+            (prefix / "body" / "answer").write_text(static_body)
+            served = (
+                f"root {prefix / 'body'};\n            error_page 405 =200 /answer;\n"
+                "            try_files /answer =404;"
+            )
         text = text.replace(
-            "proxy_pass http://upstream_mock;",
-            f"default_type application/json;\n            return 200 '{static_body}';",
+            "proxy_pass http://upstream_mock;", f"default_type {static_type};\n            {served}"
         )
     for key, value in {
         "@PREFIX@": str(prefix),
@@ -429,7 +444,8 @@ class Scenario:
     make: Callable[[str, Target, Settings], LoadSpec]
     ttfe: bool = False  # report time to first event instead of last byte
     max_rate: bool = False  # closed-loop maximum rate: measured with wrk (--max-client)
-    streaming: bool = False  # SSE: needs the mock as its upstream (events, pacing)
+    # Where its requests end (see UPSTREAMS): the mock for what only it can do (pacing).
+    upstream: str = "static"
 
 
 def _spec(url: str, target: Target, s: Settings, **kw: Any) -> LoadSpec:
@@ -490,7 +506,7 @@ SCENARIOS: list[Scenario] = [
             duration=s.duration,
             headers={"x-mock-chunks": str(STREAM_CHUNKS)},
         ),
-        streaming=True,
+        upstream="static-sse",
     ),
     Scenario(
         "paced_ttfe",
@@ -511,7 +527,7 @@ SCENARIOS: list[Scenario] = [
             },
         ),
         ttfe=True,
-        streaming=True,
+        upstream="mock",
     ),
 ]
 
@@ -870,35 +886,39 @@ def measure(spec: LoadSpec, pids: list[int] | None = None) -> Measured:
         gc.enable()
 
 
-# Where a scenario's requests end. The SPEC's fast upstream is nginx serving static
-# bodies, or the mock when it is as fast; it is not (``--upstream-check``: the mock
-# serves about a quarter of nginx's rate), and sharing its CPU with the load
-# generator it would set every closed-loop row's pace (``direct`` below 1.2x nginx:
-# no ratio). So the non-streaming scenarios run against nginx serving the mock's
-# answer as a static body; the streams need the mock (SSE events, pacing).
+# Where a scenario's requests end. SPEC section 6's fast upstream is nginx serving
+# static bodies, or the mock when it is as fast; it is not (``--upstream-check``:
+# the mock serves about a quarter of nginx's rate), and sharing its CPU with the
+# load generator it would set every closed-loop row's pace (``direct`` below 1.2x
+# nginx: no ratio). So the scenarios run against nginx serving the mock's own
+# answers as static bodies, but for the paced stream (the mock paces its events).
 UPSTREAMS = {
     "static": "nginx serving the mock's answer as a static body",
+    "static-sse": "nginx serving the mock's 50-event stream (with its usage chunk) as a "
+    "static body",
     "mock": "the mock (python -m fastgw.mock)",
 }
 
 
 def upstream_for(scenario: Scenario, choice: str) -> str:
-    """The upstream a scenario runs against: ``choice`` (--upstream), except that
-    streams always need the mock."""
-    return "mock" if scenario.streaming or choice == "mock" else "static"
+    """The upstream a scenario runs against: its own, or the mock for every one
+    (``--upstream mock``)."""
+    return "mock" if choice == "mock" else scenario.upstream
 
 
 def start_upstream(
     procs: Processes, kind: str, workdir: Path, cpu: int | str | None
 ) -> tuple[int, int, int]:
     """(upstream port, upstream pid, mock port) for one group of scenarios. The mock
-    runs in both: the static body is its answer."""
+    runs in each: the static bodies are its answers."""
     mock_port, mock_pid = start_mock(procs, cpu)
     if kind == "mock":
         return mock_port, mock_pid, mock_port
-    answer = mock_answer(mock_port).decode()
+    stream = kind == "static-sse"
+    answer = mock_answer(mock_port, stream).decode()
     port = free_port()
-    conf = render_nginx(workdir / "upstream", port, mock_port, static_body=answer)
+    ctype = "text/event-stream" if stream else "application/json"
+    conf = render_nginx(workdir / "upstream", port, mock_port, answer, static_type=ctype)
     return port, start_nginx(procs, conf, port, cpu, name="upstream"), mock_port
 
 
@@ -1338,14 +1358,19 @@ def print_checks(checks: list[dict[str, Any]]) -> None:
         )
 
 
-def mock_answer(mock_port: int) -> bytes:
-    """The mock's answer to the benchmark's chat request (what a static upstream serves)."""
-    status, body = post(
-        f"http://127.0.0.1:{mock_port}/v1/chat/completions", json.loads(chat_body(False)), {}
-    )
+def mock_answer(mock_port: int, stream: bool = False) -> bytes:
+    """The mock's answer to the benchmark's chat request (what a static upstream
+    serves); streamed: the streams scenario's events, with the usage chunk the
+    gateway asks for (nginx relays it, the gateway drops it for the client)."""
+    body = json.loads(chat_body(stream))
+    headers = {}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+        headers["x-mock-chunks"] = str(STREAM_CHUNKS)
+    status, answer = post(f"http://127.0.0.1:{mock_port}/v1/chat/completions", body, headers)
     if status != 200:
         raise RuntimeError(f"mock answered {status}")
-    return body
+    return answer
 
 
 def run_upstream_check(args: argparse.Namespace, s: Settings, workdir: Path) -> dict[str, Any]:
@@ -1445,10 +1470,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--upstream-check", action="store_true", help="mock vs nginx static only")
     p.add_argument(
         "--upstream",
-        choices=tuple(UPSTREAMS),
+        choices=("static", "mock"),
         default="static",
-        help="upstream of the non-streaming scenarios: static (default; nginx serving the "
-        "mock's answer, on the load generator's CPU) or mock; streams always use the mock",
+        help="static (default): every scenario but the paced stream against nginx serving "
+        "the mock's answers as static bodies, on the load generator's CPU; mock: every "
+        "scenario against the mock",
     )
     p.add_argument(
         "--soak",

@@ -232,7 +232,7 @@ def test_steal_is_the_largest_share_taken_from_one_cpu() -> None:
     assert set(run.steal_ticks()) >= {"cpu0"}  # this Linux machine has a cpu0 line
 
 
-def test_scenarios_run_against_the_static_upstream_except_the_streams(
+def test_scenarios_run_against_static_upstreams_except_the_paced_stream(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Each upstream group starts its own upstream and rows, measures its scenarios and
@@ -279,9 +279,12 @@ def test_scenarios_run_against_the_static_upstream_except_the_streams(
         ("measure", "open_low", "static"),
         ("measure", "open_high", "static"),
         ("stop",),
+        ("upstream", "static-sse", "static-sse"),
+        ("rows",),
+        ("measure", "streams", "static-sse"),
+        ("stop",),
         ("upstream", "mock", "mock"),
         ("rows",),
-        ("measure", "streams", "mock"),
         ("measure", "paced_ttfe", "mock"),
         ("stop",),
     ]
@@ -361,3 +364,32 @@ def test_the_gateways_interpreter_is_described_and_checked(
     with pytest.raises(SystemExit):
         run.main(["--python", str(tmp_path / "missing"), "--scenarios", "max_rps"])
     assert "--python" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path(run.NGINX).exists(), reason="nginx is not installed")
+def test_the_static_stream_upstream_serves_the_mocks_events(tmp_path: Path) -> None:
+    procs = run.Processes(tmp_path)
+    try:
+        upstream = run.start_upstream(procs, "static-sse", tmp_path, None)
+        failed: dict[str, str] = {}
+        urls, _ = run.start_rows(
+            procs, ["direct", "nginx", "fastgw"], tmp_path, upstream, None, failed
+        )
+        assert failed == {}
+        events = {}
+        for name in ("direct", "nginx", "fastgw"):
+            status, body = run.post(
+                urls[name] + "/v1/chat/completions", json.loads(run.chat_body(True)), {}
+            )
+            assert status == 200, (name, body[:200])
+            datas = [ln for ln in body.split(b"\n") if ln.startswith(b"data: ")]
+            assert datas[-1] == b"data: [DONE]", name
+            events[name] = len(datas) - 1
+        # 50 events and the usage chunk; the gateway drops the usage chunk it asked for.
+        assert events == {
+            "direct": run.STREAM_CHUNKS + 3,
+            "nginx": run.STREAM_CHUNKS + 3,
+            "fastgw": run.STREAM_CHUNKS + 2,
+        }
+    finally:
+        procs.stop()
