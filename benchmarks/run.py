@@ -767,9 +767,11 @@ def interpreter_facts(python: str) -> dict[str, Any]:
     Raises RuntimeError when it cannot run fastgw (not installed for it)."""
     out = subprocess.run([python, "-c", _FACTS], capture_output=True, text=True, check=False)
     if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        why = lines[-1] if lines else f"exit status {out.returncode}"
         raise RuntimeError(
-            f"{python} cannot run fastgw: {out.stderr.strip().splitlines()[-1:]}; install "
-            "fastgw into that interpreter's environment (pip install .)"
+            f"{python} cannot run fastgw ({why}); install fastgw into that interpreter's "
+            "environment (pip install .)"
         )
     facts: dict[str, Any] = json.loads(out.stdout)
     return facts
@@ -1042,6 +1044,7 @@ def run_scenario(
         "title": scenario.title,
         "load_generator": client,
         "upstream": upstream,
+        "upstream_is": UPSTREAMS[upstream],
         "vs_nginx_refused": refused,
         "rows": rows,
         "raw": {k: v.result.as_dict() for k, v in by_row.items()},
