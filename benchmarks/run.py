@@ -541,7 +541,7 @@ def vs_nginx_refusal(
     """Why a closed-loop rate cannot be reported as a ratio to nginx's (or to
     the ``against`` row's), or None.
 
-    A proxy row can go no faster than the load generator and the mock serving
+    A proxy row can go no faster than the load generator and the upstream serving
     it; the ``direct`` row (no proxy between them) shows that pace. Unless it is
     at least DIRECT_OVER_NGINX times the rate compared with, the ratio would
     measure the client side, not the proxies."""
@@ -549,14 +549,14 @@ def vs_nginx_refusal(
         return None  # no ratio to report
     if direct is None:
         return (
-            f"no direct row: nothing shows that the load generator and the mock outrun "
+            f"no direct row: nothing shows that the load generator and the upstream outrun "
             f"{against} (add the direct row)"
         )
     if direct < DIRECT_OVER_NGINX * nginx:
         share = f"{direct / nginx:.2f}x" if nginx else "-"
         return (
             f"direct reached {direct:,.0f} {unit}, {share} {against}'s {nginx:,.0f} (needs >= "
-            f"{DIRECT_OVER_NGINX:g}x): the load generator or the mock is the bottleneck, so "
+            f"{DIRECT_OVER_NGINX:g}x): the load generator or the upstream is the bottleneck, so "
             "a ratio would compare them, not the proxies"
         )
     return None
