@@ -162,16 +162,16 @@ def upstream_fds(pid: int, upstream_port: int) -> set[int]:
     return fds
 
 
-def _traced_pid(procs: run.Processes, row: str, workdir: Path, mock_port: int,
+def _traced_pid(procs: run.Processes, row: str, workdir: Path, up_port: int,
                 cpu: int | None) -> tuple[int, int]:
     """(port, pid of the process that serves) of a new row."""
     if row == "nginx":
         port = run.free_port()
-        conf = run.render_nginx(workdir / "nginx", port, mock_port)
+        conf = run.render_nginx(workdir / "nginx", port, up_port)
         master = run.start_nginx(procs, conf, port, cpu)
         workers = [p for p in run.tree_pids(master) if p != master]
         return port, workers[0] if workers else master
-    return run.start_fastgw(procs, run.TARGETS[row], workdir, mock_port, cpu)
+    return run.start_fastgw(procs, run.TARGETS[row], workdir, up_port, cpu)
 
 
 def measure(args: argparse.Namespace) -> list[Phases]:
@@ -179,11 +179,13 @@ def measure(args: argparse.Namespace) -> list[Phases]:
     workdir = Path(tempfile.mkdtemp(prefix="fastgw-phases-"))
     procs = run.Processes(workdir)
     try:
-        mock_port, _ = run.start_mock(procs, args.client_cpu)
+        # The upstream of run.py's open-loop rows (nginx serving the mock's answer), or
+        # the mock itself (--upstream mock).
+        up_port, _, _ = run.start_upstream(procs, args.upstream, workdir, args.client_cpu)
         run.pin_self(args.client_cpu)
         body = run.chat_body(False)
         for row in args.rows.split(","):
-            port, pid = _traced_pid(procs, row, workdir, mock_port, args.proxy_cpu)
+            port, pid = _traced_pid(procs, row, workdir, up_port, args.proxy_cpu)
             headers = run.TARGETS[row].headers
             spec = LoadSpec(url=f"http://127.0.0.1:{port}/v1/chat/completions", body=body,
                             headers=headers, rate=args.rate, connections=32,
@@ -201,7 +203,7 @@ def measure(args: argparse.Namespace) -> list[Phases]:
             result = asyncio.run(run_load(spec))
             tracer.terminate()
             tracer.wait(timeout=10)
-            fds = upstream_fds(pid, mock_port)
+            fds = upstream_fds(pid, up_port)
             got = phases(row, parse(out.read_text(errors="replace")), fds)
             got.p50_ms = result.latency_ms.p50 if result.latency_ms else 0.0
             results.append(got)
@@ -233,6 +235,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=4.0, help="seconds traced per row")
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
+    ap.add_argument("--upstream", choices=("static", "mock"), default="static",
+                    help="nginx serving the mock's answer (as run.py's rows), or the mock")
     ap.add_argument("--keep", action="store_true", help="keep the traces")
     args = ap.parse_args()
     if not 0 < args.rate <= MAX_RATE:
