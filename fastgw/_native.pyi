@@ -537,6 +537,20 @@ def response_block(ctype: bytes, request_id: bytes, target_headers: bytes, attem
     allow-listed upstream headers (lowercase pairs) with every secret, in turn,
     replaced by ``[redacted]``."""
 
+def answer(status_line: bytes, conn: bytes, ctype: bytes, request_id: bytes,
+           target_headers: bytes, attempts: int, overhead_s: float, extra: bytes,
+           up_headers: list[tuple[bytes, bytes]], secrets: tuple[bytes, ...], body: bytes,
+           head_only: bool, /) -> bytes:
+    """A whole answer to the client in one piece: ``status_line``, the date line of
+    now (:func:`date_line`), :func:`response_block` of the arguments, ``conn`` (the
+    connection line, or nothing), ``content-length`` of ``body``, the blank line and
+    ``body`` (left out with ``head_only``: an answer to HEAD)."""
+
+def date_line(secs: int | None = None, /) -> bytes:
+    """``date: <HTTP date>\\r\\n`` (IMF-fixdate, as ``email.utils.formatdate(secs,
+    usegmt=True)``) of ``secs`` (Unix time, 0 to the end of year 9999), else of now,
+    rendered at most once a second."""
+
 # ---------------------------------------------------------------- metrics
 
 @final

@@ -12,17 +12,21 @@
 - ``splice_model``: a request body with its top-level model name replaced in place.
 - ``render_request``: a whole upstream request (head and spliced body) in one piece.
 - ``response_block``: the header block of an answer to the client.
+- ``answer``: a whole answer to the client (status line, date, block, body) in one piece.
+- ``date_line``: the ``date`` header line (``email.utils.formatdate``).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
+from email.utils import formatdate
 
 import httptools
 
-__all__ = ["ChunkedDecoder", "forwarded", "parse_request", "parse_response", "render_request",
-           "response_block", "splice_model", "usage"]
+__all__ = ["ChunkedDecoder", "answer", "date_line", "forwarded", "parse_request",
+           "parse_response", "render_request", "response_block", "splice_model", "usage"]
 
 _DROP_REQUEST = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
@@ -280,3 +284,21 @@ def response_block(ctype: bytes, request_id: bytes, target_headers: bytes, attem
     return (b"content-type: " + ctype + b"\r\nx-request-id: " + request_id + b"\r\n"
             + target_headers + b"x-fastgw-attempts: %d\r\nx-fastgw-overhead-ms: %.3f\r\n"
             % (attempts, overhead_s * 1000.0) + extra + passed)
+
+
+def date_line(secs: int | None = None) -> bytes:
+    """``date: <HTTP date>\\r\\n`` of ``secs`` (Unix time), else of now."""
+    when = int(time.time()) if secs is None else secs
+    return b"date: " + formatdate(when, usegmt=True).encode() + b"\r\n"
+
+
+def answer(status_line: bytes, conn: bytes, ctype: bytes, request_id: bytes,
+           target_headers: bytes, attempts: int, overhead_s: float, extra: bytes,
+           up_headers: list[tuple[bytes, bytes]], secrets: tuple[bytes, ...], body: bytes,
+           head_only: bool) -> bytes:
+    """A whole answer: status line, date line, :func:`response_block`, ``conn``,
+    content-length of ``body``, the blank line, then ``body`` unless ``head_only``."""
+    return (status_line + date_line()
+            + response_block(ctype, request_id, target_headers, attempts, overhead_s, extra,
+                             up_headers, secrets)
+            + conn + b"content-length: %d\r\n\r\n" % len(body) + (b"" if head_only else body))

@@ -110,6 +110,12 @@ class InternalCycle(Cycle):
         self.answer = body
         self._complete()
 
+    def send_answer(self, status: int, ctype: bytes, request_id: bytes, target_headers: bytes,
+                    attempts: int, overhead_s: float, extra: bytes,
+                    up_headers: list[tuple[bytes, bytes]], secrets: tuple[bytes, ...],
+                    body: bytes) -> None:
+        self.send(status, b"", body)
+
     def send_error(self, exc: GatewayError, header_block: bytes | None = None,
                    body: bytes | None = None) -> None:
         status, _, envelope = wire.error_parts(exc)

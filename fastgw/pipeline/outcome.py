@@ -97,7 +97,12 @@ class Responder:
                     return self._respond_later(ctx, target, status, up_headers, body,
                                                chain.response_async)
             ctx.status = status
-            ctx.cycle.send(status, self.response_head(ctx, target, up_headers, _JSON), body)
+            # (response_head, inline; the answer rendered whole in one native call)
+            overhead = perf_counter() - ctx.t0 - ctx.upstream_s
+            ctx.overhead_s = overhead = overhead if overhead > 0.0 else 0.0
+            ctx.cycle.send_answer(status, _JSON, ctx.request_id, target.response_headers,
+                                  ctx.attempts, overhead, ctx.extra_headers, up_headers,
+                                  target.provider.secrets, body)
             return None
         finally:
             target.provider.pool.release(conn, reuse=True)

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import httptools
 
-from fastgw._native import parse_request
+from fastgw._native import answer, date_line, parse_request
 from fastgw.errors import (
     BadFraming,
     ExpectationFailed,
@@ -195,7 +195,7 @@ class Cycle:
         conn = b"" if self.keep_alive else wire.CONNECTION_CLOSE
         if self.http10 and self.keep_alive:
             conn = wire.CONNECTION_KEEP_ALIVE
-        return lines[status] + wire.DATE.get() + header_block + conn
+        return lines[status] + date_line() + header_block + conn
 
     def send(self, status: int, header_block: bytes, body: bytes) -> None:
         """Write a complete response (head and body) in one write."""
@@ -209,6 +209,37 @@ class Cycle:
             data = (self._head(status, header_block)
                     + b"content-length: %d\r\n\r\n" % len(body)
                     + (b"" if self.method == b"HEAD" else body))
+            if proto._out is None and not proto._sync:
+                transport.write(data)
+            else:  # answered while the request was read, or behind held output
+                proto.hold(data)
+        self.finished = True
+        proto.response_done(self)
+
+    def send_answer(self, status: int, ctype: bytes, request_id: bytes, target_headers: bytes,
+                    attempts: int, overhead_s: float, extra: bytes,
+                    up_headers: list[tuple[bytes, bytes]], secrets: tuple[bytes, ...],
+                    body: bytes) -> None:
+        """:meth:`send` of a proxied answer, its header block
+        :func:`~fastgw._native.response_block`'s of the arguments: the status line,
+        the block, the length and the body in one piece, made in one native call."""
+        if self.started:
+            raise RuntimeError("response already started")
+        self.started = True
+        self.status = status
+        proto = self._proto
+        transport = proto.transport
+        if transport is not None:
+            if proto.state.draining:
+                self.keep_alive = False
+            if self.http10:
+                line = wire.STATUS_LINE_10[status]
+                conn = wire.CONNECTION_KEEP_ALIVE if self.keep_alive else wire.CONNECTION_CLOSE
+            else:
+                line = wire.STATUS_LINE[status]
+                conn = b"" if self.keep_alive else wire.CONNECTION_CLOSE
+            data = answer(line, conn, ctype, request_id, target_headers, attempts, overhead_s,
+                          extra, up_headers, secrets, body, self.method == b"HEAD")
             if proto._out is None and not proto._sync:
                 transport.write(data)
             else:  # answered while the request was read, or behind held output

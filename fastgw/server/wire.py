@@ -1,14 +1,13 @@
 """Bytes on the wire: precomputed status lines, response heads, chunk framing.
 
 Everything constant is built once at import so a response head is one
-``b"".join`` and one ``transport.write``.
+``b"".join`` and one ``transport.write``. The ``date`` line is native
+(:func:`~fastgw._native.date_line`, rendered at most once a second).
 """
 
 from __future__ import annotations
 
 import http
-import time
-from email.utils import formatdate
 
 from fastgw.errors import GatewayError
 
@@ -35,25 +34,6 @@ CONNECTION_KEEP_ALIVE = b"connection: keep-alive\r\n"
 CHUNKED = b"transfer-encoding: chunked\r\n"
 JSON_TYPE = b"content-type: application/json\r\n"
 
-
-class DateHeader:
-    """``date: ...\\r\\n`` recomputed at most once per second."""
-
-    __slots__ = ("_line", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._line = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._line = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-        return self._line
-
-
-DATE = DateHeader()
 
 
 def header_block(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -780,6 +780,53 @@ pub fn scrub(data: Vec<u8>, secrets: &[&[u8]]) -> Vec<u8> {
     data
 }
 
+/// `secs` (Unix time, 0 to the end of year 9999) as an HTTP date
+/// (IMF-fixdate, RFC 9110): `Sun, 06 Nov 1994 08:49:37 GMT`, as Python's
+/// `email.utils.formatdate(secs, usegmt=True)` writes it.
+#[must_use]
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub fn http_date(secs: i64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let secs = secs.clamp(0, 253_402_300_799);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // The civil date of a day count (days since 1970-01-01), in the proleptic
+    // Gregorian calendar: eras of 400 years from 0000-03-01.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let two = |n: i64| [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+    let mut out = [0u8; 29];
+    {
+        out[..3].copy_from_slice(DAYS[days.rem_euclid(7) as usize]);
+        out[3..5].copy_from_slice(b", ");
+        out[5..7].copy_from_slice(&two(day));
+        out[7] = b' ';
+        out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+        out[11] = b' ';
+        out[12..14].copy_from_slice(&two(year / 100));
+        out[14..16].copy_from_slice(&two(year % 100));
+        out[16] = b' ';
+        out[17..19].copy_from_slice(&two(rem / 3600));
+        out[19] = b':';
+        out[20..22].copy_from_slice(&two(rem / 60 % 60));
+        out[22] = b':';
+        out[23..25].copy_from_slice(&two(rem % 60));
+    }
+    out[25..].copy_from_slice(b" GMT");
+    out
+}
+
 /// `x` as Python's `"%.3f" % x` writes it (correctly rounded, ties to even).
 pub fn fixed3(out: &mut Vec<u8>, x: f64) {
     match crate::num::scaled_rounded(x, 3) {
@@ -828,6 +875,14 @@ mod tests {
         assert_eq!(at(br#"{"model":"gpt","m":[{"role":"model"}]}"#), None);
         assert_eq!(at(br#"{"x":{"model":"y"},"model":"gpt"}"#), None);
         assert_eq!(at(br#"{"n":1}"#), None);
+    }
+
+    #[test]
+    fn http_date_is_imf_fixdate() {
+        assert_eq!(&http_date(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(&http_date(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(&http_date(951_782_400), b"Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(&http_date(253_402_300_799), b"Fri, 31 Dec 9999 23:59:59 GMT");
     }
 
     #[test]

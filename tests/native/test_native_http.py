@@ -499,6 +499,40 @@ def test_the_response_block_matches_the_reference(up: list[tuple[bytes, bytes]],
     assert got == ref.response_block(*args)
 
 
+@settings(max_examples=300, deadline=None)
+@given(up=st.lists(st.tuples(st.sampled_from(_UP_NAMES),
+                             st.lists(_SECRET_BITS, max_size=4).map(b"".join)), max_size=4),
+       secrets=st.lists(st.lists(_SECRET_BITS, max_size=3).map(b"".join), max_size=2),
+       status=st.sampled_from([200, 201, 299]),
+       conn=st.sampled_from([b"", b"connection: close\r\n", b"connection: keep-alive\r\n"]),
+       body=st.binary(max_size=64), head_only=st.booleans())
+def test_the_whole_answer_matches_the_reference(up: list[tuple[bytes, bytes]],
+                                               secrets: list[bytes], status: int, conn: bytes,
+                                               body: bytes, head_only: bool) -> None:
+    args = (b"HTTP/1.1 %d X\r\n" % status, conn, b"application/json", b"req_1",
+            b"x-fastgw-provider: p\r\n", 2, 0.00125, b"x-ratelimit-limit: 5\r\n", up,
+            tuple(secrets), body, head_only)
+    before = ref.answer(*args)
+    got = native.answer(*args)
+    # (the date line is of now: a second may turn between the two)
+    assert got in (before, ref.answer(*args))
+    assert got.endswith(b"\r\n\r\n" + (b"" if head_only else body))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(secs=st.integers(0, 253_402_300_799)
+       | st.sampled_from([0, 951_782_400, 951_868_799, 4_107_542_400, 253_402_300_799]))
+def test_the_date_line_matches_formatdate(secs: int) -> None:
+    assert native.date_line(secs) == ref.date_line(secs)
+
+
+def test_the_date_line_of_now_is_this_second() -> None:
+    before = ref.date_line()
+    got = native.date_line()
+    assert got in (before, ref.date_line())
+    assert got.startswith(b"date: ") and got.endswith(b" GMT\r\n") and len(got) == 37
+
+
 def test_a_secret_echoed_by_the_upstream_is_scrubbed() -> None:
     up = [(b"x-request-id", b"id-sk-live-1"), (b"set-cookie", b"sk-live-1"),
           (b"openai-version", b"2020")]

@@ -397,6 +397,135 @@ pub(crate) fn response_block<'py>(
     up_headers: &Bound<'py, PyList>,
     secrets: &Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    let block = Block {
+        ctype,
+        request_id,
+        target_headers,
+        attempts,
+        overhead_s,
+        extra,
+    };
+    let passed = passed_headers(up_headers, secrets)?;
+    let mut out = Vec::with_capacity(96 + block.len() + passed.len());
+    block.write(&mut out, &passed);
+    Ok(PyBytes::new(py, &out))
+}
+
+/// A whole answer to the client in one piece: `status_line`, the `date` line
+/// (see [`date_line`]), the header block of [`response_block`], `conn` (the
+/// connection line, or nothing), `content-length` of `body`, the blank line and
+/// `body` (left out with `head_only`: an answer to HEAD).
+#[pyfunction]
+#[pyo3(signature = (status_line, conn, ctype, request_id, target_headers, attempts, overhead_s, extra, up_headers, secrets, body, head_only, /))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn answer<'py>(
+    py: Python<'py>,
+    status_line: &[u8],
+    conn: &[u8],
+    ctype: &[u8],
+    request_id: &[u8],
+    target_headers: &[u8],
+    attempts: i64,
+    overhead_s: f64,
+    extra: &[u8],
+    up_headers: &Bound<'py, PyList>,
+    secrets: &Bound<'py, PyTuple>,
+    body: &[u8],
+    head_only: bool,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let block = Block {
+        ctype,
+        request_id,
+        target_headers,
+        attempts,
+        overhead_s,
+        extra,
+    };
+    let passed = passed_headers(up_headers, secrets)?;
+    let sent: &[u8] = if head_only { b"" } else { body };
+    let mut out = Vec::with_capacity(
+        160 + status_line.len() + block.len() + passed.len() + conn.len() + sent.len(),
+    );
+    out.extend_from_slice(status_line);
+    out.extend_from_slice(&current_date_line());
+    block.write(&mut out, &passed);
+    out.extend_from_slice(conn);
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(sent);
+    Ok(PyBytes::new(py, &out))
+}
+
+/// `date: <HTTP date>\r\n` of `secs` (Unix time), or of now, computed at most
+/// once a second.
+#[pyfunction]
+#[pyo3(signature = (secs = None, /))]
+pub(crate) fn date_line(py: Python<'_>, secs: Option<i64>) -> Bound<'_, PyBytes> {
+    match secs {
+        Some(secs) => PyBytes::new(py, &render_date_line(secs)),
+        None => PyBytes::new(py, &current_date_line()),
+    }
+}
+
+const DATE_LINE_LEN: usize = 37;
+
+fn render_date_line(secs: i64) -> [u8; DATE_LINE_LEN] {
+    let mut line = [0u8; DATE_LINE_LEN];
+    line[..6].copy_from_slice(b"date: ");
+    line[6..35].copy_from_slice(&core::http_date(secs));
+    line[35..].copy_from_slice(b"\r\n");
+    line
+}
+
+/// The date line of now: the last second's, rendered again when the second changed.
+fn current_date_line() -> [u8; DATE_LINE_LEN] {
+    static LAST: std::sync::Mutex<(i64, [u8; DATE_LINE_LEN])> =
+        std::sync::Mutex::new((i64::MIN, [0u8; DATE_LINE_LEN]));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if last.0 != now {
+        *last = (now, render_date_line(now));
+    }
+    last.1
+}
+
+/// The constant part of an answer's header block.
+struct Block<'a> {
+    ctype: &'a [u8],
+    request_id: &'a [u8],
+    target_headers: &'a [u8],
+    attempts: i64,
+    overhead_s: f64,
+    extra: &'a [u8],
+}
+
+impl Block<'_> {
+    fn len(&self) -> usize {
+        self.ctype.len() + self.request_id.len() + self.target_headers.len() + self.extra.len()
+    }
+
+    fn write(&self, out: &mut Vec<u8>, passed: &[u8]) {
+        out.extend_from_slice(b"content-type: ");
+        out.extend_from_slice(self.ctype);
+        out.extend_from_slice(b"\r\nx-request-id: ");
+        out.extend_from_slice(self.request_id);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(self.target_headers);
+        out.extend_from_slice(b"x-fastgw-attempts: ");
+        out.extend_from_slice(itoa::Buffer::new().format(self.attempts).as_bytes());
+        out.extend_from_slice(b"\r\nx-fastgw-overhead-ms: ");
+        core::fixed3(out, self.overhead_s * 1000.0);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(self.extra);
+        out.extend_from_slice(passed);
+    }
+}
+
+/// The allow-listed upstream headers, renamed as sent, secrets scrubbed.
+fn passed_headers(up_headers: &Bound<'_, PyList>, secrets: &Bound<'_, PyTuple>) -> PyResult<Vec<u8>> {
     let mut passed = Vec::new();
     for item in up_headers.iter() {
         let pair = item.cast::<PyTuple>()?;
@@ -411,28 +540,12 @@ pub(crate) fn response_block<'py>(
         passed.extend_from_slice(b"\r\n");
     }
     if !passed.is_empty() && !secrets.is_empty() {
-        let held: Vec<Bound<'py, PyBytes>> = secrets
+        let held: Vec<Bound<'_, PyBytes>> = secrets
             .iter()
             .map(|s| s.cast_into::<PyBytes>().map_err(PyErr::from))
             .collect::<PyResult<_>>()?;
         let list: Vec<&[u8]> = held.iter().map(PyBytesMethods::as_bytes).collect();
         passed = core::scrub(passed, &list);
     }
-    let mut out = Vec::with_capacity(
-        96 + ctype.len() + request_id.len() + target_headers.len() + extra.len() + passed.len(),
-    );
-    out.extend_from_slice(b"content-type: ");
-    out.extend_from_slice(ctype);
-    out.extend_from_slice(b"\r\nx-request-id: ");
-    out.extend_from_slice(request_id);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(target_headers);
-    out.extend_from_slice(b"x-fastgw-attempts: ");
-    out.extend_from_slice(itoa::Buffer::new().format(attempts).as_bytes());
-    out.extend_from_slice(b"\r\nx-fastgw-overhead-ms: ");
-    core::fixed3(&mut out, overhead_s * 1000.0);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(extra);
-    out.extend_from_slice(&passed);
-    Ok(PyBytes::new(py, &out))
+    Ok(passed)
 }
