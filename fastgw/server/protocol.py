@@ -795,7 +795,9 @@ class HttpProtocol(asyncio.Protocol):
                 current.expect_continue = False
             return
         self._phase = _IDLE
-        self._set_deadline(self.loop.time() + self.settings.keepalive_timeout_s)
+        deadline = self._deadline = self.loop.time() + self.settings.keepalive_timeout_s
+        if self._timer is None or self._timer_when > deadline:  # (else no timer operation)
+            self._set_deadline(deadline)
 
     def _reject(self, error: GatewayError) -> None:
         """Answer a protocol-level error after anything in flight, then close."""

@@ -186,8 +186,13 @@ class UpstreamConnection(asyncio.Protocol):
                 self._message_complete()
             if self._sink is not None:
                 self._deliver()
-            if self._on_done is not None:
-                self._notify()
+            callback = self._on_done
+            if callback is not None:  # (_notify, inline: once per whole answer)
+                arg = self._on_done_arg
+                self._on_done = None
+                self._on_done_arg = None
+                self._on_head = False
+                callback(arg)
             return
         chunks = self._chunks = ChunkedDecoder()
         self._state = _BODY
@@ -490,7 +495,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def recycle(self) -> bool:
         """When :meth:`reusable`: back to idle (before returning to the pool), True."""
-        if not self.reusable():
+        transport = self.transport  # (reusable(), inline: once per exchange)
+        if (self._state != _DONE or not self.keep_alive or self.closed or transport is None
+                or transport.is_closing()):
             return False
         self._state = _IDLE
         self._chunks = None
