@@ -15,13 +15,14 @@ translator of OpenAI chat clients on Anthropic deployments
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal, Self, final
+from typing import Any, ClassVar, Final, Literal, Protocol, Self, final
 
 __all__ = [
     "Admission",
     "BadAudienceError",
     "BadIssuerError",
     "BadSignatureError",
+    "BatchWriter",
     "ChatFromMessagesStream",
     "ChunkedDecoder",
     "ExpiredTokenError",
@@ -33,6 +34,7 @@ __all__ = [
     "KeyIndex",
     "Limit",
     "LimiterTable",
+    "LogBuffer",
     "LogWriter",
     "MalformedTokenError",
     "MemoryCache",
@@ -608,6 +610,47 @@ class LogWriter:
         """Write what is queued, then stop the thread, waiting up to ``timeout_s``:
         True when it stopped; False when it is still blocked in a write (a pipe
         nobody reads), its descriptor still in use (do not close it). Idempotent."""
+
+
+class BatchWriter(Protocol):
+    """What a :class:`LogBuffer` hands its batches to: a :class:`LogWriter` (each
+    batch handed over without a copy), or any object with its ``submit`` and
+    ``pending``."""
+
+    def submit(self, data: bytes | bytearray, lines: int, /) -> bool: ...
+    @property
+    def pending(self) -> int: ...
+
+
+@final
+class LogBuffer:
+    """The access-log lines held between two flushes, for ``writer``, rendered
+    straight into one buffer (reference: ``fastgw._reference.accesslog``). A line
+    is dropped and counted instead when ``max_pending`` lines are pending (held,
+    or handed to the writer and unwritten as of the last flush)."""
+
+    def __init__(self, writer: BatchWriter, max_pending: int) -> None: ...
+    def access(
+        self, time: float, request_id: bytes, key: str | None, client_ip: str, path: bytes,
+        model: str | None, served_model: str | None, route: str | None,
+        variant: str | None, provider: str | None, status: int, stream: bool,
+        attempts: int, latency_s: float, ttfb_s: float, overhead_s: float,
+        usage: tuple[int, int, float] | None, error: str | None, cache: str | None = None, /,
+    ) -> bool:
+        """Hold :func:`access_line`'s line of the arguments (or drop it): True when it
+        is the first line held since the last flush (the caller schedules one)."""
+    def line(self, line: bytes) -> bool:
+        """Hold a rendered line (a JSON object and a newline), as :meth:`access`."""
+    def flush(self) -> bool:
+        """The held lines to the writer in one batch, followed, when lines were
+        dropped since the last batch, by ``{"event":"access_log_dropped","lines":N}``;
+        True while lines are pending (unwritten by the writer)."""
+    @property
+    def lines(self) -> int:
+        """Lines held, not yet flushed."""
+    @property
+    def dropped(self) -> int:
+        """Lines dropped since the last batch."""
 
 
 def access_line(

@@ -1,14 +1,13 @@
 """The access log: one JSON line per request, written off the event loop.
 
-Lines are rendered with orjson straight into one growing buffer (each
-rendering is freed at once, so the allocator hands the same block back every
-time; keeping each line as its own object until the flush would cost fresh
-memory, and page faults, per line); a short timer hands the buffer to a
-writer thread (native, :class:`fastgw._native.LogWriter`: it never needs the
-interpreter's lock, so it never contends with the loop for it), so a slow
-terminal, pipe or disk never blocks the loop. When the thread falls behind by
-more than ``max_pending`` lines, new lines are dropped and counted (the count
-is logged) rather than growing memory.
+Lines are rendered natively straight into one buffer held until the next flush
+(:class:`fastgw._native.LogBuffer`: no object per line, no copy per line); a
+short timer hands the buffer over whole to a writer thread (native,
+:class:`fastgw._native.LogWriter`: it never needs the interpreter's lock, so it
+never contends with the loop for it), so a slow terminal, pipe or disk never
+blocks the loop. When the thread falls behind by more than ``max_pending``
+lines, new lines are dropped and counted (the count is logged) rather than
+growing memory.
 """
 
 from __future__ import annotations
@@ -17,11 +16,11 @@ import asyncio
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from fastgw._native import LogWriter
+from fastgw._native import LogBuffer, LogWriter
 
 FLUSH_INTERVAL_S = 0.05
 CLOSE_TIMEOUT_S = 5.0  # how long closing waits for the writer to finish
@@ -29,21 +28,29 @@ CLOSE_TIMEOUT_S = 5.0  # how long closing waits for the writer to finish
 log = logging.getLogger("fastgw.accesslog")
 
 
+class LineBuffer(Protocol):
+    """Where the log phase renders a request's line: :class:`fastgw._native.LogBuffer`'s
+    ``access`` (True: the first line since the last flush, which
+    :meth:`AccessLog.arm` then schedules)."""
+
+    def access(self, *args: Any, **kwargs: Any) -> bool: ...
+
+
 class AccessLog:
-    __slots__ = ("_buf", "_dropped", "_handle", "_lines", "_loop", "_max_pending", "_out",
-                 "_owned", "_pending", "_writer", "enabled")
+    __slots__ = ("_handle", "_lines", "_loop", "_max_pending", "_out", "_owned", "_writer",
+                 "buffer", "enabled")
 
     def __init__(self, target: str, loop: asyncio.AbstractEventLoop,
                  max_pending: int = 100_000) -> None:
         self.enabled = target != "off"
         self._loop = loop
-        self._buf = bytearray()
-        self._lines = 0  # in _buf
         self._handle: asyncio.TimerHandle | None = None
         self._max_pending = max_pending
-        self._pending = 0
-        self._dropped = 0
         self._writer: LogWriter | None = None
+        # The lines held until the next flush (None: the log is off): the request's
+        # log phase renders its line straight into it (LogBuffer.access).
+        self.buffer: LineBuffer | None = None
+        self._lines: LogBuffer | None = None  # the same buffer, as the log's own
         self._out: int | None = None
         self._owned = False  # the file descriptor is ours to close
         if not self.enabled:
@@ -59,6 +66,7 @@ class AccessLog:
                                 0o644)
             self._owned = True
         self._writer = LogWriter(self._out)
+        self.buffer = self._lines = LogBuffer(self._writer, max_pending)
 
     def write(self, record: dict[str, Any]) -> None:
         """Queue one record (a dict of JSON-able values)."""
@@ -67,33 +75,24 @@ class AccessLog:
 
     def write_line(self, line: bytes) -> None:
         """Queue one rendered line (a JSON object and a newline)."""
-        if not self.enabled:
-            return
-        if self._pending >= self._max_pending:
-            self._dropped += 1
-            return
-        self._buf += line
-        self._lines += 1
-        self._pending += 1
+        lines = self._lines
+        if lines is not None and lines.line(line):
+            self.arm()
+
+    def arm(self) -> None:
+        """A first line is held since the last flush: flush within FLUSH_INTERVAL_S
+        (the caller of ``buffer.access`` calls it when that answers True)."""
         if self._handle is None:
             self._handle = self._loop.call_later(FLUSH_INTERVAL_S, self.flush)
 
     def flush(self) -> None:
         self._handle = None
-        writer = self._writer
-        if writer is None:
+        lines = self._lines
+        if lines is None:
             return
-        if self._lines:
-            batch, self._buf = self._buf, bytearray()
-            lines, self._lines = self._lines, 0
-            if self._dropped:
-                batch += orjson.dumps({"event": "access_log_dropped", "lines": self._dropped},
-                                      None, orjson.OPT_APPEND_NEWLINE)
-                self._dropped = 0
-            writer.submit(batch, lines)
-        # Lines leave the pending count only once written (bounded memory).
-        self._pending = writer.pending
-        if self._pending and self._handle is None:  # until the writer has caught up
+        # Lines leave the pending count only once written (bounded memory): until
+        # the writer has caught up, flush again.
+        if lines.flush() and self._handle is None:
             self._handle = self._loop.call_later(FLUSH_INTERVAL_S, self.flush)
 
     def close(self) -> None:
@@ -105,6 +104,7 @@ class AccessLog:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self.buffer = self._lines = None  # lines after the close go nowhere
         if self._writer is not None:
             stopped = self._writer.close(CLOSE_TIMEOUT_S)
             self._writer = None

@@ -1,13 +1,15 @@
-"""Pure-Python reference of the native access-log line (``rust/src/accesslog.rs``):
-the same fields, in the same order, as a dict rendered by orjson."""
+"""Pure-Python references of the native access log's line (``rust/src/accesslog.rs``:
+the same fields, in the same order, as a dict rendered by orjson) and of its
+buffer (``LogBuffer``, ``rust/src/py/accesslog.rs``): lines held between two
+flushes, dropped and counted past ``max_pending`` pending lines."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["access_line"]
+__all__ = ["LogBuffer", "access_line"]
 
 
 def _ms(seconds: float) -> float:
@@ -47,3 +49,42 @@ def access_line(time: float, request_id: bytes, key: str | None, client_ip: str,
     if error is not None:
         record["error"] = error
     return orjson.dumps(record, None, orjson.OPT_APPEND_NEWLINE)
+
+
+class _Writer(Protocol):
+    def submit(self, data: bytes | bytearray, lines: int) -> bool: ...
+    @property
+    def pending(self) -> int: ...
+
+
+class LogBuffer:
+    def __init__(self, writer: _Writer, max_pending: int) -> None:
+        self._writer = writer
+        self._buf = bytearray()
+        self._behind = 0  # the writer's unwritten lines at the last flush
+        self._max_pending = max_pending
+        self.lines = 0
+        self.dropped = 0
+
+    def access(self, *args: Any) -> bool:
+        return self.line(access_line(*args))
+
+    def line(self, line: bytes) -> bool:
+        if self.lines + self._behind >= self._max_pending:
+            self.dropped += 1
+            return False
+        self._buf += line
+        self.lines += 1
+        return self.lines == 1
+
+    def flush(self) -> bool:
+        if self.lines:
+            batch, self._buf = self._buf, bytearray()
+            if self.dropped:
+                batch += orjson.dumps({"event": "access_log_dropped", "lines": self.dropped},
+                                      None, orjson.OPT_APPEND_NEWLINE)
+                self.dropped = 0
+            self._writer.submit(batch, self.lines)
+            self.lines = 0
+        self._behind = self._writer.pending
+        return self._behind > 0

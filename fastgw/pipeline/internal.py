@@ -25,6 +25,7 @@ import logging
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from fastgw._native import access_line
 from fastgw.accesslog import AccessLog
 from fastgw.errors import GatewayError, InternalError
 from fastgw.server import wire
@@ -188,6 +189,13 @@ class _MarkedLog(AccessLog):
         self._inner = inner
         self._mark = mark
         self.enabled = inner.enabled
+        self.buffer = self if inner.buffer is not None else None  # (access, below)
+
+    def access(self, *args: Any, **kwargs: Any) -> bool:
+        """The log phase's line (``LogBuffer.access``'s arguments), marked, through
+        ``inner`` (which schedules its own flush: never True)."""
+        self.write_line(access_line(*args, **kwargs))
+        return False
 
     def write_line(self, line: bytes) -> None:
         if line.endswith(b"}\n"):

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import orjson
 
-from fastgw._native import access_line, response_block
+from fastgw._native import response_block
 from fastgw.accesslog import AccessLog
 from fastgw.errors import (
     ContextLengthExceeded,
@@ -233,17 +233,21 @@ class Responder:
         if trace is not None:
             ctx.trace = None
             self.trace(ctx, trace, now, usage)
-        if self.access_log.enabled:
+        buffer = self.access_log.buffer  # (None: the log is off)
+        if buffer is not None:
             cycle = ctx.cycle
             access = self.access
-            self.access_log.write_line(access_line(
-                time.time(), ctx.request_id, ctx.key_name,
-                access.client_ip(cycle) if access.trusts_xff else cycle.client_addr[0],
-                cycle.path, ctx.model or None, target.model if target is not None else None,
-                route.name if route is not None else None, ctx.variant, provider or None,
-                ctx.status, ctx.stream, ctx.attempts, duration, ctx.ttfb_s, ctx.overhead_s,
-                (ctx.prompt_tokens, ctx.completion_tokens, cost) if usage else None, ctx.error,
-                None if ctx.cache is None else ctx.cache.result))
+            # The line rendered straight into the log's buffer; True: the first since
+            # the last flush, which the log then schedules.
+            if buffer.access(
+                    time.time(), ctx.request_id, ctx.key_name,
+                    access.client_ip(cycle) if access.trusts_xff else cycle.client_addr[0],
+                    cycle.path, ctx.model or None, target.model if target is not None else None,
+                    route.name if route is not None else None, ctx.variant, provider or None,
+                    ctx.status, ctx.stream, ctx.attempts, duration, ctx.ttfb_s, ctx.overhead_s,
+                    (ctx.prompt_tokens, ctx.completion_tokens, cost) if usage else None,
+                    ctx.error, None if ctx.cache is None else ctx.cache.result):
+                self.access_log.arm()
 
 
     def trace(self, ctx: RequestCtx, trace: Trace, now: float, usage: bool) -> None:

@@ -59,6 +59,8 @@ mod _native {
     #[pymodule_export]
     use crate::py::logwriter::LogWriter;
     #[pymodule_export]
+    use crate::py::accesslog::LogBuffer;
+    #[pymodule_export]
     use crate::py::lrucache::MemoryCache;
     #[pymodule_export]
     use crate::py::otlp::OtlpEncoder;

@@ -67,11 +67,16 @@ impl LogWriter {
 
     /// Queue `data` (`lines` lines) for the thread; false once closed.
     pub fn submit(&self, data: &[u8], lines: u64) -> bool {
+        self.submit_vec(data.to_vec(), lines)
+    }
+
+    /// [`submit`](Self::submit) of a buffer handed over whole (no copy).
+    pub fn submit_vec(&self, data: Vec<u8>, lines: u64) -> bool {
         let guard = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(tx) = guard.as_ref() else {
             return false;
         };
-        if tx.send((data.to_vec(), lines)).is_err() {
+        if tx.send((data, lines)).is_err() {
             return false;
         }
         self.submitted.fetch_add(lines, Ordering::Relaxed);

@@ -11,7 +11,7 @@ use crate::logwriter;
 /// the interpreter: see `fastgw/_reference/logwriter.py` for the reference.
 #[pyclass(module = "fastgw._native", frozen)]
 pub(crate) struct LogWriter {
-    inner: logwriter::LogWriter,
+    pub(crate) inner: logwriter::LogWriter,
 }
 
 #[pymethods]
