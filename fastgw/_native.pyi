@@ -255,6 +255,11 @@ class HashRing:
         c: float = 1.25,
     ) -> list[str]:
         """Up to ``n`` distinct targets in fallback order (eligible ones first)."""
+    def order(self, key: str | bytes, states: Sequence[Any], c: float = 1.25) -> list[int]:
+        """Every target's index in fallback order for ``key`` (:meth:`candidates`
+        without loads), with ``lookup_index(key, loads, c)`` moved to the front when
+        any of ``loads`` is not zero, ``loads`` being the ``inflight`` numbers of
+        ``states`` (one object per target, in :attr:`targets` order)."""
     def with_target(self, name: str, weight: float) -> HashRing: ...
     def without_target(self, name: str) -> HashRing: ...
     @property

@@ -12,6 +12,7 @@ import bisect
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["HashRing", "hash64"]
 
@@ -291,6 +292,19 @@ class HashRing:
                     break
             out.extend(later[: want - len(out)])
         return [self._names[i] for i in out]
+
+    def order(self, key: str | bytes, states: Sequence[Any], c: float = 1.25) -> list[int]:
+        """Every target's index in fallback order for ``key``, the bounded-load
+        lookup (``loads``: the ``inflight`` of ``states``) first when any is not 0."""
+        index = {name: i for i, name in enumerate(self._names)}
+        order = [index[name] for name in self.candidates(key)]
+        loads = [s.inflight for s in states]
+        if any(loads) and order:
+            first = self.lookup_index(key, loads, c)
+            if first != order[0]:
+                order.remove(first)
+                order.insert(0, first)
+        return order
 
     def _pairs(self) -> list[tuple[str, float]]:
         return list(zip(self._names, self._weights, strict=True))

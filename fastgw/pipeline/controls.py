@@ -147,12 +147,13 @@ def apply_order(order: list[int], route: ModelRoute, controls: Controls) -> list
     return kept
 
 
-def hash_key(ctx: RequestCtx, spec: str | None) -> bytes | None:
-    """The consistent-hash key of this request (None: no key, use the fallback)."""
+def hash_key(ctx: RequestCtx, spec: str | None) -> str | bytes | None:
+    """The consistent-hash key of this request (None: no key, use the fallback); a
+    ``str`` is hashed as its UTF-8 (by the native ring, without an encode here)."""
     if spec is None:
         return None
     if spec == "key":
-        return ctx.key_name.encode() if ctx.key_name else _client_ip(ctx)
+        return ctx.key_name or _client_ip(ctx)
     if spec == "body:user":
         user = ctx.doc.get("user")
         return user.encode() if isinstance(user, str) and user else None

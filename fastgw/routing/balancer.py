@@ -54,7 +54,7 @@ class Balancer:
         self.states = tuple(states)
         self.n = len(self.states)
 
-    def order(self, key: bytes | None) -> list[int]:
+    def order(self, key: str | bytes | None) -> list[int]:
         return list(range(self.n))
 
 
@@ -65,7 +65,7 @@ class RoundRobin(Balancer):
         super().__init__(states)
         self._counter = count()
 
-    def order(self, key: bytes | None) -> list[int]:
+    def order(self, key: str | bytes | None) -> list[int]:
         n = self.n
         if n == 1:
             return [0]
@@ -85,7 +85,7 @@ class Weighted(Balancer):
         self._current = [0.0] * self.n
         self._by_weight = sorted(range(self.n), key=lambda i: -self._weights[i])
 
-    def order(self, key: bytes | None) -> list[int]:
+    def order(self, key: str | bytes | None) -> list[int]:
         n = self.n
         if n == 1:
             return [0]
@@ -106,7 +106,7 @@ class Weighted(Balancer):
 class LeastInflight(RoundRobin):
     __slots__ = ()
 
-    def order(self, key: bytes | None) -> list[int]:
+    def order(self, key: str | bytes | None) -> list[int]:
         if self.n == 1:
             return [0]
         idx = super().order(key)  # rotated, so ties are spread evenly
@@ -129,7 +129,7 @@ class Latency(Balancer):
         self._rng = random.Random()
         # (the order of the rest only matters when the first choice fails)
 
-    def order(self, key: bytes | None) -> list[int]:
+    def order(self, key: str | bytes | None) -> list[int]:
         n = self.n
         if n == 1:
             return [0]
@@ -154,30 +154,22 @@ class ConsistentHash(Balancer):
     in-flight requests, rounded up (with two targets and one request in flight,
     the key stays)."""
 
-    __slots__ = ("_fallback", "_index", "c", "ring")
+    __slots__ = ("_fallback", "c", "ring")
 
     def __init__(self, states: Sequence[TargetState], c: float = 1.25) -> None:
         super().__init__(states)
         self.ring = HashRing([(s.name, s.weight) for s in self.states])
-        self._index = {s.name: i for i, s in enumerate(self.states)}
         self._fallback = Weighted(states)
         self.c = c
 
-    def order(self, key: bytes | None) -> list[int]:
+    def order(self, key: str | bytes | None) -> list[int]:
         if key is None:
             return self._fallback.order(None)
         if self.n == 1:
             return [0]
-        index = self._index
-        order = [index[name] for name in self.ring.candidates(key)]
-        loads = [s.inflight for s in self.states]
-        if any(loads):
-            # Bounded load: the first target not above c x its fair share leads.
-            first = self.ring.lookup_index(key, loads, self.c)
-            if first != order[0]:
-                order.remove(first)
-                order.insert(0, first)
-        return order
+        # The ring's order for the key; bounded load (with requests in flight): the
+        # first target not above c x its fair share leads. One native call.
+        return self.ring.order(key, self.states, self.c)
 
 
 def make_balancer(kind: str, states: Sequence[TargetState]) -> Balancer:

@@ -8,11 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgw import _native as native
 from fastgw._reference import accesslog as ref
+
+# Sockets leaked by other tests' servers can be collected while these run;
+# pytest would blame the test that happens to trigger the collection.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <socket\.socket:pytest.PytestUnraisableExceptionWarning"
+)
 
 _text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=12)
 _name = st.none() | _text

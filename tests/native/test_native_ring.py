@@ -3,6 +3,7 @@ few keys when membership changes."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -67,6 +68,17 @@ def test_random_memberships_match_the_reference(
         assert a.lookup(key) == b.lookup(key) == a.candidates(key, 1)[0]
         assert a.lookup(key, loads, c) == b.lookup(key, loads, c)
         assert a.lookup_index(key, loads, c) == b.lookup_index(key, loads, c)
+        # A balancer's order in one call: every target, the bounded-load pick first.
+        states = [SimpleNamespace(inflight=x) for x in loads]
+        order = a.order(key, states, c)
+        assert order == b.order(key, states, c)
+        names = list(a.targets)
+        # (the targets on the ring: one without points, weight 0, is never picked)
+        assert sorted(order) == sorted(names.index(t) for t in a.candidates(key))
+        assert order[0] == (a.lookup_index(key, loads, c) if any(loads)
+                            else names.index(a.lookup(key)))
+        assert [i for i in order[1:]] == [names.index(t) for t in a.candidates(key)
+                                          if names.index(t) != order[0]]
 
 
 def test_adding_a_target_moves_about_one_key_in_n_plus_one() -> None:

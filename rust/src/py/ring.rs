@@ -133,6 +133,42 @@ impl HashRing {
         PyList::new(py, out.iter().map(|&i| self.names[i].clone_ref(py)))
     }
 
+    /// Every target's index in fallback order for `key` (`candidates` without
+    /// loads), with `lookup_index(key, loads, c)` moved to the front when any of
+    /// `loads` is not zero, where `loads` are the `inflight` numbers of `states`
+    /// (one object per target, in `targets` order): a bounded-load balancer's
+    /// order in one call.
+    #[pyo3(signature = (key, states, c = 1.25))]
+    fn order<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'_, PyAny>,
+        states: &Bound<'_, PyAny>,
+        c: f64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let key = key_bytes(key)?;
+        let mut out = Vec::new();
+        self.inner
+            .candidates(key, usize::MAX, None, &mut out)
+            .map_err(value_error)?;
+        let inflight = pyo3::intern!(py, "inflight");
+        let mut loads = Vec::with_capacity(self.names.len());
+        for state in states.try_iter()? {
+            loads.push(state?.getattr(inflight)?.extract::<f64>()?);
+        }
+        if loads.iter().any(|&l| l != 0.0) {
+            let first = self
+                .inner
+                .lookup_bounded(key, &loads, c)
+                .map_err(value_error)?;
+            if let Some(pos) = first.and_then(|f| out.iter().position(|&i| i == f)) {
+                let f = out.remove(pos);
+                out.insert(0, f);
+            }
+        }
+        PyList::new(py, out)
+    }
+
     /// A new ring with `name` added (or its weight changed).
     fn with_target(&self, py: Python<'_>, name: String, weight: f64) -> PyResult<HashRing> {
         let mut pairs = self.pairs();
