@@ -37,15 +37,14 @@ class LineBuffer(Protocol):
 
 
 class AccessLog:
-    __slots__ = ("_handle", "_lines", "_loop", "_max_pending", "_out", "_owned", "_writer",
-                 "buffer", "enabled")
+    __slots__ = ("_handle", "_lines", "_loop", "_out", "_owned", "_writer", "buffer",
+                 "enabled")
 
     def __init__(self, target: str, loop: asyncio.AbstractEventLoop,
                  max_pending: int = 100_000) -> None:
         self.enabled = target != "off"
         self._loop = loop
         self._handle: asyncio.TimerHandle | None = None
-        self._max_pending = max_pending
         self._writer: LogWriter | None = None
         # The lines held until the next flush (None: the log is off): the request's
         # log phase renders its line straight into it (LogBuffer.access).
