@@ -139,22 +139,21 @@ class Cycle:
         "task",
     )
 
-    def __init__(self, proto: HttpProtocol, url: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, proto: HttpProtocol, path: bytes, headers: list[tuple[bytes, bytes]],
+                 query: bytes = b"", method: bytes = b"", keep_alive: bool = True,
+                 content_length: int = -1, body: bytes = b"",
+                 forwarded: tuple[bytes, bytes | None, bool, bytes | None] | None = None
+                 ) -> None:
         self._proto = proto
-        q = url.find(b"?")
-        if q >= 0:
-            self.path = url[:q]
-            self.query = url[q + 1 :]
-        else:
-            self.path = url
-            self.query = b""
-        self.method = b""
+        self.path = path
+        self.query = query
+        self.method = method
         self.headers = headers
-        self.body = b""
+        self.body = body
         self.client_addr = proto.peer
-        self.content_length = -1
+        self.content_length = content_length
         self.expect_continue = False
-        self.keep_alive = True
+        self.keep_alive = keep_alive
         self.http10 = False
         self.started = False
         self.finished = False
@@ -165,11 +164,10 @@ class Cycle:
         self.owner: Any = None
         self.on_lost: LostHook | None = None
         self._chunked = False
-        # The request header pass (what goes upstream, the client's request id,
-        # controls present), when the server's parser computed it already.
-        # The request header pass (fastgw._native.forwarded): set by the parser of a
-        # whole request, else by the first who needs it.
-        self.forwarded: tuple[bytes, bytes | None, bool, bytes | None] | None = None
+        # The request header pass (fastgw._native.forwarded: what goes upstream, the
+        # client's request id, controls present, the credential): given by the parser
+        # of a whole request, else set by the first who needs it.
+        self.forwarded = forwarded
 
     # -- request helpers ------------------------------------------------------
 
@@ -622,15 +620,8 @@ class HttpProtocol(asyncio.Protocol):
         """A request :func:`~fastgw._native.parse_request` read whole: what llhttp's
         callbacks would have done, at once."""
         method, path, query, headers, body, keep_alive, length, fwd, rid, controls, cred = whole
-        cycle = Cycle(self, path, headers)
-        if query:
-            cycle.query = query
-        cycle.method = method
-        cycle.keep_alive = keep_alive
-        cycle.content_length = length
-        cycle.body = body
-        cycle.forwarded = (fwd, rid, controls, cred)
-        self._complete(cycle)
+        self._complete(Cycle(self, path, headers, query, method, keep_alive, length, body,
+                             (fwd, rid, controls, cred)))
 
     def on_message_begin(self) -> None:
         self._in_message = True
@@ -663,8 +654,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        cycle = Cycle(self, self._url, self._headers)
-        cycle.method = parser.get_method()
+        path, query = _split_url(self._url)
+        cycle = Cycle(self, path, self._headers, query, parser.get_method())
         cycle.keep_alive = parser.should_keep_alive()
         self._current = cycle  # a refusal below answers in this request's version
         version = parser.get_http_version()
@@ -809,7 +800,10 @@ class HttpProtocol(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)  # drop whatever state it had
         self._in_message = False
         self._reject_after = True
-        cycle = self._current or Cycle(self, self._url, self._headers)
+        cycle = self._current
+        if cycle is None:
+            path, query = _split_url(self._url)
+            cycle = Cycle(self, path, self._headers, query)
         self._current = None
         cycle.preset_error = error
         cycle.keep_alive = False
@@ -826,6 +820,12 @@ class HttpProtocol(asyncio.Protocol):
             self._close()
             return True
         return False
+
+
+def _split_url(url: bytes) -> tuple[bytes, bytes]:
+    """A request target's path and query (without the ``?``)."""
+    path, _, query = url.partition(b"?")
+    return path, query
 
 
 class _NoCallbacks:
