@@ -587,11 +587,15 @@ class Tally:
 @final
 class KeyIndex:
     """Configured keys' SHA-256 digests (32 bytes each) -> their objects; a presented
-    key is found by its SHA-256 (one native call: hash, lookup, constant-time check)."""
+    key is found by its SHA-256 (one native call: hash, lookup, constant-time check);
+    a key found once is remembered as presented and found again by a keyed hash and
+    a constant-time comparison."""
 
     def __init__(self, entries: Iterable[tuple[bytes, Any]]) -> None: ...
     def lookup(self, presented: bytes) -> Any:
         """The object of the key whose SHA-256 is ``presented``'s, or None."""
+    def remembered(self) -> int:
+        """Keys found once and remembered (at most one per configured digest)."""
     def __len__(self) -> int:
         """Distinct digests (a repeated one keeps its last object)."""
 

@@ -7,7 +7,9 @@ only tell an attacker about the *digest* of their guess, which says nothing
 about a configured key (finding a digest prefix match needs preimages), so
 the lookup is constant-time where it matters; the found entry is confirmed
 with a constant-time comparison. Hashing and lookup are one native call
-(:class:`fastgw._native.KeyIndex`).
+(:class:`fastgw._native.KeyIndex`), which remembers a key once found (in
+memory, as presented, one per configured key at most) and finds it again by a
+secretly keyed hash and a constant-time comparison instead of a SHA-256.
 """
 
 from __future__ import annotations

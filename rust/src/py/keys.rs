@@ -1,4 +1,5 @@
-//! `KeyIndex`: API keys by the SHA-256 of what is presented (see `crate::keys`).
+//! `KeyIndex`: API keys by the SHA-256 of what is presented, remembered once found
+//! (see `crate::keys`).
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -39,6 +40,12 @@ impl KeyIndex {
         self.table
             .find(presented)
             .map(|i| self.values[i].clone_ref(py))
+    }
+
+    /// How many keys were found once and are remembered as presented (at most one
+    /// per configured digest): found again without a SHA-256.
+    fn remembered(&self) -> usize {
+        self.table.remembered()
     }
 
     fn __len__(&self) -> usize {
