@@ -12,10 +12,10 @@ translator of OpenAI chat clients on Anthropic deployments
 ``fastgw.providers.openai_anthropic``.
 """
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal, Protocol, Self, final
+from typing import Any, ClassVar, Final, Literal, Protocol, Self, final, overload
 
 __all__ = [
     "Admission",
@@ -472,7 +472,25 @@ class ChatFromMessagesStream:
 
 # ---------------------------------------------------------------- HTTP
 
-Headers = list[tuple[bytes, bytes]]
+HeaderPairs = Sequence[tuple[bytes, bytes]]
+
+@final
+class Headers(Sequence[tuple[bytes, bytes]]):
+    """The header list of a message :func:`parse_request` or :func:`parse_response`
+    read, kept as positions in its bytes: a sequence of ``(name, value)`` pairs
+    with lowercase names, each made when asked (the answer's native header pass
+    reads the bytes directly). Equal to a list of the same pairs."""
+
+    def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, i: int, /) -> tuple[bytes, bytes]: ...
+    @overload
+    def __getitem__(self, i: slice, /) -> list[tuple[bytes, bytes]]: ...
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]: ...
+    def __eq__(self, other: object) -> bool:
+        """The same pairs as ``other``, a sequence of pairs (a list above all)."""
+    def __ne__(self, other: object) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]
 
 def parse_request(
     data: bytes, max_head: int, max_body: int, /
@@ -511,7 +529,7 @@ class ChunkedDecoder:
     def done(self) -> bool:
         """The last chunk and the trailer have been read."""
 
-def forwarded(headers: Headers, /) -> tuple[bytes, bytes | None, bool, bytes | None]:
+def forwarded(headers: HeaderPairs, /) -> tuple[bytes, bytes | None, bool, bytes | None]:
     """The request header pass over lowercase ``(name, value)`` pairs: ``(block to
     send upstream, the client's x-request-id if usable, whether an x-fastgw-*
     control header is present, the caller's credential)``. The credential: the first
@@ -536,7 +554,7 @@ def render_request(prefix: bytes, request_id: bytes, fwd: bytes, body: bytes, ol
     equal); None when it cannot be spliced so (render it the general way)."""
 
 def response_block(ctype: bytes, request_id: bytes, target_headers: bytes, attempts: int,
-                   overhead_s: float, extra: bytes, up_headers: list[tuple[bytes, bytes]],
+                   overhead_s: float, extra: bytes, up_headers: HeaderPairs,
                    secrets: tuple[bytes, ...], /) -> bytes:
     """The header block of an answer to the client: ``content-type``,
     ``x-request-id``, the target's constant lines, ``x-fastgw-attempts``,
@@ -546,7 +564,7 @@ def response_block(ctype: bytes, request_id: bytes, target_headers: bytes, attem
 
 def answer(status_line: bytes, conn: bytes, ctype: bytes, request_id: bytes,
            target_headers: bytes, attempts: int, overhead_s: float, extra: bytes,
-           up_headers: list[tuple[bytes, bytes]], secrets: tuple[bytes, ...], body: bytes,
+           up_headers: HeaderPairs, secrets: tuple[bytes, ...], body: bytes,
            head_only: bool, /) -> bytes:
     """A whole answer to the client in one piece: ``status_line``, the date line of
     now (:func:`date_line`), :func:`response_block` of the arguments, ``conn`` (the

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
+
+HeaderPairs = Sequence[tuple[bytes, bytes]]
+"""A message's headers as ``(name, value)`` pairs, names lowercase: a list, or the
+native parser's :class:`~fastgw._native.Headers` (made on demand from the bytes)."""
 
 
 class StreamSink(Protocol):

@@ -25,6 +25,8 @@ from email.utils import formatdate
 
 import httptools
 
+from fastgw.types import HeaderPairs
+
 __all__ = ["ChunkedDecoder", "answer", "date_line", "forwarded", "parse_request",
            "parse_response", "render_request", "response_block", "splice_model", "usage"]
 
@@ -38,7 +40,7 @@ _DROP_REQUEST = frozenset({
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
-def forwarded(headers: list[tuple[bytes, bytes]]
+def forwarded(headers: HeaderPairs
               ) -> tuple[bytes, bytes | None, bool, bytes | None]:
     """(header block to send upstream, the client's x-request-id if usable, whether
     any ``x-fastgw-*`` control header is present, the caller's credential); names are
@@ -138,7 +140,7 @@ def _feed(parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
 
 
 def parse_request(data: bytes, max_head: int, max_body: int
-                  ) -> tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes, bool, int,
+                  ) -> tuple[bytes, bytes, bytes, HeaderPairs, bytes, bool, int,
                              bytes, bytes | None, bool, bytes | None] | None:
     """``(method, path, query, headers, body, keep_alive, content_length,
     forwarded_block, request_id, controls, credential)`` as llhttp reads ``data``, or
@@ -162,7 +164,7 @@ def parse_request(data: bytes, max_head: int, max_body: int
             controls, credential)
 
 
-def parse_response(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bool, int,
+def parse_response(data: bytes) -> tuple[int, HeaderPairs, bool, int,
                                          bytes | None] | None:
     """``(status, headers, keep_alive, head_len, body)`` as llhttp reads ``data``: the
     whole body of a content-length answer that ``data`` holds exactly, or None for
@@ -268,7 +270,7 @@ PASS_RESPONSE = {
 
 
 def response_block(ctype: bytes, request_id: bytes, target_headers: bytes, attempts: int,
-                   overhead_s: float, extra: bytes, up_headers: list[tuple[bytes, bytes]],
+                   overhead_s: float, extra: bytes, up_headers: HeaderPairs,
                    secrets: tuple[bytes, ...]) -> bytes:
     """The header block of an answer: content-type, x-request-id, the target's lines,
     attempts, overhead in ms (``%.3f``), the extra lines, then the allow-listed
@@ -294,7 +296,7 @@ def date_line(secs: int | None = None) -> bytes:
 
 def answer(status_line: bytes, conn: bytes, ctype: bytes, request_id: bytes,
            target_headers: bytes, attempts: int, overhead_s: float, extra: bytes,
-           up_headers: list[tuple[bytes, bytes]], secrets: tuple[bytes, ...], body: bytes,
+           up_headers: HeaderPairs, secrets: tuple[bytes, ...], body: bytes,
            head_only: bool) -> bytes:
     """A whole answer: status line, date line, :func:`response_block`, ``conn``,
     content-length of ``body``, the blank line, then ``body`` unless ``head_only``."""

@@ -15,6 +15,7 @@ import re
 from itertools import count
 
 from fastgw._native import forwarded
+from fastgw.types import HeaderPairs
 
 __all__ = ["content_type", "forwarded", "new_request_id", "request_id_for",
            "reseed_request_ids", "valid_request_id"]
@@ -23,7 +24,7 @@ __all__ = ["content_type", "forwarded", "new_request_id", "request_id_for",
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
-def request_id_for(headers: list[tuple[bytes, bytes]]) -> bytes:
+def request_id_for(headers: HeaderPairs) -> bytes:
     """The client's x-request-id when it is usable, else a new one."""
     for name, value in headers:
         if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
@@ -35,7 +36,7 @@ def valid_request_id(value: bytes) -> bool:
     return _REQUEST_ID.fullmatch(value) is not None
 
 
-def content_type(headers: list[tuple[bytes, bytes]], default: bytes) -> bytes:
+def content_type(headers: HeaderPairs, default: bytes) -> bytes:
     for name, value in headers:
         if name == b"content-type":
             return value

@@ -31,6 +31,7 @@ from fastgw.errors import GatewayError, InternalError
 from fastgw.server import wire
 from fastgw.server.flow import FlowControl
 from fastgw.server.protocol import Cycle
+from fastgw.types import HeaderPairs
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -70,7 +71,7 @@ class InternalCycle(Cycle):
     __slots__ = ("_flow", "answer", "chunks", "done", "loop", "streamed_bytes")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, path: bytes,
-                 headers: list[tuple[bytes, bytes]], body: bytes,
+                 headers: HeaderPairs, body: bytes,
                  client_addr: Any) -> None:  # no connection: Cycle's own init needs one
         self.loop = loop
         self.path = path
@@ -113,7 +114,7 @@ class InternalCycle(Cycle):
 
     def send_answer(self, status: int, ctype: bytes, request_id: bytes, target_headers: bytes,
                     attempts: int, overhead_s: float, extra: bytes,
-                    up_headers: list[tuple[bytes, bytes]], secrets: tuple[bytes, ...],
+                    up_headers: HeaderPairs, secrets: tuple[bytes, ...],
                     body: bytes) -> None:
         self.send(status, b"", body)
 

@@ -35,7 +35,7 @@ from fastgw.providers import openai
 from fastgw.providers.base import ANTHROPIC
 from fastgw.streaming.relay import scrub
 from fastgw.tracing import Report, Trace, Tracer
-from fastgw.types import cache_counts, usage_numbers
+from fastgw.types import HeaderPairs, cache_counts, usage_numbers
 from fastgw.upstream.connection import UpstreamConnection
 
 # A Report from a plain tuple, without the named tuple's Python __new__.
@@ -109,7 +109,7 @@ class Responder:
             target.state.observe_ttfb(ctx.ttfb_s)
 
     async def _respond_later(self, ctx: RequestCtx, target: TargetRuntime, status: int,
-                             up_headers: list[tuple[bytes, bytes]], body: bytes,
+                             up_headers: HeaderPairs, body: bytes,
                              hooks: tuple[Callable[[RequestCtx, int, bytes],
                                                    Awaitable[bytes]], ...]) -> None:
         """The route's awaited response hooks, then the answer."""
@@ -128,7 +128,7 @@ class Responder:
     # -- shared --------------------------------------------------------------------------
 
     def response_head(self, ctx: RequestCtx, target: TargetRuntime,
-                      up_headers: list[tuple[bytes, bytes]], ctype: bytes) -> bytes:
+                      up_headers: HeaderPairs, ctype: bytes) -> bytes:
         overhead = perf_counter() - ctx.t0 - ctx.upstream_s
         if overhead < 0.0:
             overhead = 0.0
@@ -140,7 +140,7 @@ class Responder:
                               target.provider.secrets)
 
     def status_error(self, attempt: Attempt, status: int, body: bytes,
-                     up_headers: list[tuple[bytes, bytes]]) -> UpstreamStatusError:
+                     up_headers: HeaderPairs) -> UpstreamStatusError:
         """An upstream's error status as the error the runner judges: provider
         secrets scrubbed, the body in the client's dialect."""
         provider = attempt.target.provider
@@ -272,7 +272,7 @@ class Responder:
         self.tracer.submit(trace)
 
 
-def _retry_after(headers: list[tuple[bytes, bytes]]) -> float | None:
+def _retry_after(headers: HeaderPairs) -> float | None:
     for name, value in headers:
         if name == b"retry-after-ms":
             try:

@@ -37,6 +37,7 @@ from fastgw.errors import (
 )
 from fastgw.server import wire
 from fastgw.server.flow import READ_PIPELINE, FlowControl
+from fastgw.types import HeaderPairs
 
 log = logging.getLogger("fastgw.server")
 
@@ -66,7 +67,7 @@ class ServerSettings:
     finish_on_half_close: bool = False
     # The x-request-id of answers the server gives on its own (400, 408, 413...):
     # the client's when it sent a usable one, else a new one.
-    request_id: Callable[[list[tuple[bytes, bytes]]], bytes] = lambda _headers: b"-"
+    request_id: Callable[[HeaderPairs], bytes] = lambda _headers: b"-"
     # The body of an error answer for a request path when the client speaks
     # another dialect than OpenAI's (None: OpenAI's envelope).
     error_body: Callable[[bytes, GatewayError], bytes | None] = lambda _path, _exc: None
@@ -139,7 +140,7 @@ class Cycle:
         "task",
     )
 
-    def __init__(self, proto: HttpProtocol, path: bytes, headers: list[tuple[bytes, bytes]],
+    def __init__(self, proto: HttpProtocol, path: bytes, headers: HeaderPairs,
                  query: bytes = b"", method: bytes = b"", keep_alive: bool = True,
                  content_length: int = -1, body: bytes = b"",
                  forwarded: tuple[bytes, bytes | None, bool, bytes | None] | None = None
@@ -216,7 +217,7 @@ class Cycle:
 
     def send_answer(self, status: int, ctype: bytes, request_id: bytes, target_headers: bytes,
                     attempts: int, overhead_s: float, extra: bytes,
-                    up_headers: list[tuple[bytes, bytes]], secrets: tuple[bytes, ...],
+                    up_headers: HeaderPairs, secrets: tuple[bytes, ...],
                     body: bytes) -> None:
         """:meth:`send` of a proxied answer, its header block
         :func:`~fastgw._native.response_block`'s of the arguments: the status line,
@@ -615,7 +616,7 @@ class HttpProtocol(asyncio.Protocol):
                     if self._head_raw > self.settings.max_header_bytes:
                         self._reject(self._too_large())
 
-    def _whole(self, whole: tuple[bytes, bytes, bytes, list[tuple[bytes, bytes]], bytes, bool,
+    def _whole(self, whole: tuple[bytes, bytes, bytes, HeaderPairs, bytes, bool,
                                   int, bytes, bytes | None, bool, bytes | None]) -> None:
         """A request :func:`~fastgw._native.parse_request` read whole: what llhttp's
         callbacks would have done, at once."""

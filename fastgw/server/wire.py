@@ -10,6 +10,7 @@ from __future__ import annotations
 import http
 
 from fastgw.errors import GatewayError
+from fastgw.types import HeaderPairs
 
 
 def _reason(code: int) -> bytes:
@@ -36,7 +37,7 @@ JSON_TYPE = b"content-type: application/json\r\n"
 
 
 
-def header_block(headers: list[tuple[bytes, bytes]]) -> bytes:
+def header_block(headers: HeaderPairs) -> bytes:
     """Render ``name: value\\r\\n`` lines."""
     return b"".join([n + b": " + v + b"\r\n" for n, v in headers])
 

@@ -16,6 +16,8 @@ import random
 from collections.abc import Callable
 from typing import NamedTuple
 
+from fastgw.types import HeaderPairs
+
 __all__ = ["AttemptSpan", "Report", "Trace", "Tracer", "parse_traceparent"]
 
 _LOW64 = (1 << 64) - 1
@@ -139,7 +141,7 @@ class Tracer:
         _RNG.seed()
         self.submit = submit  # the exporter's queue
 
-    def start(self, headers: list[tuple[bytes, bytes]],
+    def start(self, headers: HeaderPairs,
               forwarded: bytes) -> tuple[Trace | None, bytes | None]:
         """The request's trace, or None when it is not sampled; and the client's
         ``traceparent`` value when it sent one (the caller removes it from what

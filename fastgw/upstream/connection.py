@@ -20,6 +20,7 @@ import httptools
 
 from fastgw._native import ChunkedDecoder, parse_response
 from fastgw.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from fastgw.types import HeaderPairs
 from fastgw.upstream.writes import WriteBatch
 
 # Exchange states
@@ -95,7 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._state = _IDLE
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: HeaderPairs = []
         self.keep_alive = True
         self.received_any = False
         self.head_at = 0.0
@@ -169,7 +170,7 @@ class UpstreamConnection(asyncio.Protocol):
         return UpstreamProtocolError(
             f"upstream {self.peer_name} sent a response the gateway could not read", sent=True)
 
-    def _native_head(self, head: tuple[int, list[tuple[bytes, bytes]], bool, int, bytes | None],
+    def _native_head(self, head: tuple[int, HeaderPairs, bool, int, bytes | None],
                      data: bytes) -> None:
         """A head :func:`~fastgw._native.parse_response` read (with the whole body
         of a content-length answer): what llhttp's callbacks would have done."""
@@ -289,7 +290,9 @@ class UpstreamConnection(asyncio.Protocol):
                 f"upstream {self.peer_name} sent more than one response", sent=True)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        headers = self.headers  # (llhttp's: a list, from send or the interim head)
+        assert isinstance(headers, list)
+        headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         parser = self._parser

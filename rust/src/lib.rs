@@ -49,6 +49,8 @@ mod _native {
         splice_model, usage, ChunkedDecoder,
     };
     #[pymodule_export]
+    use crate::py::headers::{Headers, HeadersIter};
+    #[pymodule_export]
     use crate::py::jwt::{JwtKeySet, JwtVerifier};
     #[pymodule_export]
     use crate::py::keys::KeyIndex;
@@ -82,6 +84,11 @@ mod _native {
             "release"
         };
         m.add("build_profile", profile)?;
+        // A header list is a sequence of pairs, as the lists it stands for.
+        m.py()
+            .import("collections.abc")?
+            .getattr("Sequence")?
+            .call_method1("register", (m.getattr("Headers")?,))?;
         crate::py::jwt::add_exceptions(m)
     }
 }

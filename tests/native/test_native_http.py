@@ -4,6 +4,7 @@ to it), and the header pass and usage reader give the reference's answers."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -140,6 +141,8 @@ def test_plain_requests_are_parsed_natively(method: bytes, query: bytes,
     got = native.parse_request(data, MAX_HEAD, MAX_BODY)
     assert got is not None
     assert got == ref.parse_request(data, MAX_HEAD, MAX_BODY)
+    assert isinstance(got[3], native.Headers)  # (a view: equal to the reference's list)
+    assert list(got[3])[:len(headers)] == [(n.lower(), v) for n, v in headers]
     assert got[5] is (not close)
     assert got[4] == body
 
@@ -221,12 +224,16 @@ def test_a_plain_answer_is_parsed_natively() -> None:
     head = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nopenai-version: 1\r\n"
             b"content-length: %d\r\n\r\n" % len(body))
     got = native.parse_response(head + body)
-    assert got == (200, [(b"content-type", b"application/json"), (b"openai-version", b"1"),
-                         (b"content-length", b"%d" % len(body))], True, len(head), body)
+    assert got is not None
+    assert got[1] == [(b"content-type", b"application/json"), (b"openai-version", b"1"),
+                      (b"content-length", b"%d" % len(body))]
+    assert (got[0], *got[2:]) == (200, True, len(head), body)
     assert got == ref.parse_response(head + body)
     stream = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
     got = native.parse_response(stream + b"5\r\nhel")
-    assert got == (200, [(b"transfer-encoding", b"chunked")], True, len(stream), None)
+    assert got is not None
+    assert got[1] == [(b"transfer-encoding", b"chunked")]
+    assert (got[0], *got[2:]) == (200, True, len(stream), None)
     assert got == ref.parse_response(stream + b"5\r\nhel")
 
 
@@ -503,6 +510,9 @@ def test_the_response_block_matches_the_reference(up: list[tuple[bytes, bytes]],
             extra, up, tuple(secrets))
     got = native.response_block(*args)
     assert got == ref.response_block(*args)
+    view = _view(up)  # the parser's Headers: read natively, as the list of its pairs
+    assert native.response_block(*args[:6], view, args[7]) == native.response_block(
+        *args[:6], list(view), args[7])
 
 
 @settings(max_examples=300, deadline=None)
@@ -523,6 +533,51 @@ def test_the_whole_answer_matches_the_reference(up: list[tuple[bytes, bytes]],
     # (the date line is of now: a second may turn between the two)
     assert got in (before, ref.answer(*args))
     assert got.endswith(b"\r\n\r\n" + (b"" if head_only else body))
+    view = _view(up)
+    listed = native.answer(*args[:8], list(view), *args[9:])
+    assert native.answer(*args[:8], view, *args[9:]) in (listed, native.answer(
+        *args[:8], list(view), *args[9:]))
+
+
+def _view(up: list[tuple[bytes, bytes]]) -> native.Headers:
+    """The native Headers of an answer with these headers, names in mixed case
+    (values stripped: the parser leaves a value's edge blanks to llhttp)."""
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(
+        (n.title() if i % 2 else n) + b": " + v.strip(b" ") + b"\r\n"
+        for i, (n, v) in enumerate(up))
+    got = native.parse_response(head + b"content-length: 0\r\n\r\n")
+    assert got is not None
+    return got[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.lists(st.tuples(st.sampled_from(_NAMES[:12] + _PLAIN_NAMES), _value),
+                        max_size=8),
+       data=st.data())
+def test_a_header_view_is_the_list_of_its_pairs(headers: list[tuple[bytes, bytes]],
+                                               data: st.DataObject) -> None:
+    """What the parser hands Python for a whole message's headers behaves as the
+    list of its pairs (names lowercase), and the native functions that read it
+    directly read what they read from that list."""
+    raw = b"POST /v1/x HTTP/1.1\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+    got = native.parse_request(raw + b"Content-Length: 0\r\n\r\n", MAX_HEAD, MAX_BODY)
+    if got is None:
+        return  # (odd enough to be llhttp's)
+    view = got[3]
+    pairs = list(view)
+    assert isinstance(view, native.Headers) and isinstance(view, Sequence)
+    assert pairs == [(n.lower(), v) for n, v in pairs] and len(view) == len(pairs)
+    assert view == pairs and (view != pairs) is False and view != pairs[:-1] and view != 3
+    for i in range(-len(pairs), len(pairs)):
+        assert view[i] == pairs[i]
+    for bad in (len(pairs), -len(pairs) - 1):
+        with pytest.raises(IndexError):
+            view[bad]
+    start, stop = data.draw(st.integers(-9, 9)), data.draw(st.integers(-9, 9))
+    step = data.draw(st.sampled_from([1, 2, -1, -3]))
+    assert view[start:stop:step] == pairs[start:stop:step]
+    assert native.forwarded(view) == native.forwarded(pairs) == got[7:]
+    assert repr(view) == f"Headers({pairs!r})"
 
 
 @settings(max_examples=2000, deadline=None)

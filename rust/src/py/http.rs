@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
+use super::headers::Headers;
 use crate::http as core;
 
 /// Header names common enough to be shared objects rather than new bytes
@@ -53,21 +54,32 @@ fn cached<'py>(
     PyBytes::new(py, value)
 }
 
-/// Lowercase names (shared objects for common ones) and values, as the
-/// server's header list holds them.
-fn header_list<'py>(
-    py: Python<'py>,
-    headers: &[core::Header<'_>],
-    lower: &mut Vec<Vec<u8>>,
-) -> PyResult<Bound<'py, PyList>> {
-    let list = PyList::empty(py);
-    for &(name, value) in headers {
-        let low = name.to_ascii_lowercase();
-        let obj = cached(py, &NAMES, &COMMON_NAMES, &low);
-        list.append((obj, PyBytes::new(py, value)))?;
-        lower.push(low);
+/// A lowercase header name as a bytes object: a shared one for common names.
+pub(crate) fn header_name<'py>(py: Python<'py>, lowercase: &[u8]) -> Bound<'py, PyBytes> {
+    cached(py, &NAMES, &COMMON_NAMES, lowercase)
+}
+
+/// The headers with lowercase names (names already lowercase borrowed, the
+/// others lowered into one buffer).
+fn lowered<'a>(headers: &[core::Header<'a>], buf: &'a mut Vec<u8>) -> Vec<core::Header<'a>> {
+    for &(name, _) in headers {
+        if name.iter().any(u8::is_ascii_uppercase) {
+            buf.extend(name.iter().map(u8::to_ascii_lowercase));
+        }
     }
-    Ok(list)
+    let mut at = 0;
+    let buf: &'a [u8] = buf;
+    headers
+        .iter()
+        .map(|&(name, value)| {
+            if name.iter().any(u8::is_ascii_uppercase) {
+                at += name.len();
+                (&buf[at - name.len()..at], value)
+            } else {
+                (name, value)
+            }
+        })
+        .collect()
 }
 
 /// One whole request, or None (leave it to llhttp). The tuple:
@@ -86,14 +98,9 @@ pub(crate) fn parse_request<'py>(
     let Some(r) = core::parse_request(data.as_bytes(), max_head, max_body) else {
         return Ok(None);
     };
-    let mut lower = Vec::with_capacity(r.headers.len());
-    let headers = header_list(py, &r.headers, &mut lower)?;
-    let pairs: Vec<(&[u8], &[u8])> = lower
-        .iter()
-        .zip(&r.headers)
-        .map(|(n, &(_, v))| (n.as_slice(), v))
-        .collect();
-    let fwd = core::forwarded(&pairs);
+    let headers = Bound::new(py, Headers::new(data, &r.headers))?;
+    let mut buf = Vec::new();
+    let fwd = core::forwarded(&lowered(&r.headers, &mut buf));
     let tuple = PyTuple::new(
         py,
         [
@@ -122,7 +129,7 @@ pub(crate) fn parse_request<'py>(
 /// `(status, headers, keep_alive, head_len, body)`.
 type ResponseHead<'py> = (
     u16,
-    Bound<'py, PyList>,
+    Bound<'py, Headers>,
     bool,
     usize,
     Option<Bound<'py, PyBytes>>,
@@ -143,8 +150,7 @@ pub(crate) fn parse_response<'py>(
     let Some(r) = core::parse_response(buf) else {
         return Ok(None);
     };
-    let mut lower = Vec::with_capacity(r.headers.len());
-    let headers = header_list(py, &r.headers, &mut lower)?;
+    let headers = Bound::new(py, Headers::new(data, &r.headers))?;
     let body = match r.body {
         core::Body::Length(_) => Some(PyBytes::new(py, &buf[r.head_len..])),
         core::Body::Chunked => None,
@@ -252,26 +258,32 @@ impl ChunkedDecoder {
 #[pyo3(signature = (headers, /))]
 #[allow(clippy::needless_pass_by_value)] // PyO3 extracts arguments by value
 #[allow(clippy::type_complexity)]
-pub(crate) fn forwarded(
-    py: Python<'_>,
-    headers: Vec<(Vec<u8>, Vec<u8>)>,
-) -> (
-    Bound<'_, PyBytes>,
-    Option<Bound<'_, PyBytes>>,
+pub(crate) fn forwarded<'py>(
+    py: Python<'py>,
+    headers: &Bound<'py, PyAny>,
+) -> PyResult<(
+    Bound<'py, PyBytes>,
+    Option<Bound<'py, PyBytes>>,
     bool,
-    Option<Bound<'_, PyBytes>>,
-) {
-    let pairs: Vec<(&[u8], &[u8])> = headers
-        .iter()
-        .map(|(n, v)| (n.as_slice(), v.as_slice()))
-        .collect();
+    Option<Bound<'py, PyBytes>>,
+)> {
+    let owned: Vec<(Vec<u8>, Vec<u8>)>;
+    let mut buf = Vec::new();
+    let pairs: Vec<(&[u8], &[u8])> = if let Ok(view) = headers.cast::<Headers>() {
+        let view = view.get();
+        let raw: Vec<core::Header<'_>> = view.pairs(view.raw(py).as_bytes()).collect();
+        lowered(&raw, &mut buf)
+    } else {
+        owned = headers.extract()?;
+        owned.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect()
+    };
     let f = core::forwarded(&pairs);
-    (
+    Ok((
         PyBytes::new(py, &f.block),
         f.request_id.map(|id| PyBytes::new(py, id)),
         f.controls,
         f.credential.map(|c| PyBytes::new(py, c)),
-    )
+    ))
 }
 
 fn count<'py>(py: Python<'py>, digits: Option<&[u8]>) -> PyResult<Bound<'py, PyAny>> {
@@ -394,7 +406,7 @@ pub(crate) fn response_block<'py>(
     attempts: i64,
     overhead_s: f64,
     extra: &[u8],
-    up_headers: &Bound<'py, PyList>,
+    up_headers: &Bound<'py, PyAny>,
     secrets: &Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let block = Block {
@@ -428,7 +440,7 @@ pub(crate) fn answer<'py>(
     attempts: i64,
     overhead_s: f64,
     extra: &[u8],
-    up_headers: &Bound<'py, PyList>,
+    up_headers: &Bound<'py, PyAny>,
     secrets: &Bound<'py, PyTuple>,
     body: &[u8],
     head_only: bool,
@@ -525,8 +537,29 @@ impl Block<'_> {
 }
 
 /// The allow-listed upstream headers, renamed as sent, secrets scrubbed.
-fn passed_headers(up_headers: &Bound<'_, PyList>, secrets: &Bound<'_, PyTuple>) -> PyResult<Vec<u8>> {
+fn passed_headers(up_headers: &Bound<'_, PyAny>, secrets: &Bound<'_, PyTuple>) -> PyResult<Vec<u8>> {
     let mut passed = Vec::new();
+    if let Ok(view) = up_headers.cast::<Headers>() {
+        let view = view.get();
+        let mut low = Vec::new();
+        for (name, value) in view.pairs(view.raw(up_headers.py()).as_bytes()) {
+            let name = if name.iter().any(u8::is_ascii_uppercase) {
+                low.clear();
+                low.extend(name.iter().map(u8::to_ascii_lowercase));
+                low.as_slice()
+            } else {
+                name
+            };
+            if let Some(sent) = core::passed_name(name) {
+                passed.extend_from_slice(sent);
+                passed.extend_from_slice(b": ");
+                passed.extend_from_slice(value);
+                passed.extend_from_slice(b"\r\n");
+            }
+        }
+        return scrubbed(passed, secrets);
+    }
+    let up_headers = up_headers.cast::<PyList>()?;
     for item in up_headers.iter() {
         let pair = item.cast::<PyTuple>()?;
         let name = pair.get_borrowed_item(0)?;
@@ -539,6 +572,12 @@ fn passed_headers(up_headers: &Bound<'_, PyList>, secrets: &Bound<'_, PyTuple>) 
         passed.extend_from_slice(value.cast::<PyBytes>()?.as_bytes());
         passed.extend_from_slice(b"\r\n");
     }
+    scrubbed(passed, secrets)
+}
+
+/// `passed` with the secrets scrubbed.
+fn scrubbed(passed: Vec<u8>, secrets: &Bound<'_, PyTuple>) -> PyResult<Vec<u8>> {
+    let mut passed = passed;
     if !passed.is_empty() && !secrets.is_empty() {
         let held: Vec<Bound<'_, PyBytes>> = secrets
             .iter()

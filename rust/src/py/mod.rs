@@ -9,6 +9,7 @@ use pyo3::types::{PyBytes, PyString};
 pub(crate) mod accesslog;
 pub(crate) mod cachekey;
 pub(crate) mod guard;
+pub(crate) mod headers;
 pub(crate) mod http;
 pub(crate) mod jwt;
 pub(crate) mod keys;
