@@ -4,6 +4,7 @@ to it), and the header pass and usage reader give the reference's answers."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -537,6 +538,27 @@ def test_the_whole_answer_matches_the_reference(up: list[tuple[bytes, bytes]],
     listed = native.answer(*args[:8], list(view), *args[9:])
     assert native.answer(*args[:8], view, *args[9:]) in (listed, native.answer(
         *args[:8], list(view), *args[9:]))
+
+
+@pytest.mark.parametrize("size", [0, 100, 5000, 1 << 20])
+def test_a_header_view_keeps_a_large_message_s_head_only(size: int) -> None:
+    """A view keeps its message's bytes only while they are mostly head: a large
+    body is never held by its headers (a pooled connection keeps its last
+    answer's headers until its next exchange)."""
+    body = b"x" * size
+    request = (b"POST /v1/x HTTP/1.1\r\nHost: h\r\nX-Custom: v\r\nContent-Length: %d\r\n\r\n"
+               % size + body)
+    response = b"HTTP/1.1 200 OK\r\nServer: s\r\ncontent-length: %d\r\n\r\n" % size + body
+    for data, parse in ((request, lambda d: native.parse_request(d, MAX_HEAD, 2 << 20)),
+                        (response, native.parse_response)):
+        before = sys.getrefcount(data)
+        got = parse(data)
+        assert got is not None
+        view = next(v for v in got if isinstance(v, native.Headers))
+        kept = sys.getrefcount(data) - before
+        assert kept == (1 if size < 2048 else 0), (size, kept)
+        assert list(view)[-1] == (b"content-length", b"%d" % size)
+        assert got[4] == body  # (the body itself is its own object)
 
 
 def _view(up: list[tuple[bytes, bytes]]) -> native.Headers:

@@ -10,6 +10,9 @@ use pyo3::types::{PyBytes, PyList, PySlice, PyTuple};
 
 use crate::http as core;
 
+/// A message up to this much longer than twice its headers is kept whole.
+const KEPT_WHOLE: usize = 2048;
+
 /// Where one header's name and value are in the message.
 #[derive(Clone, Copy)]
 struct Span {
@@ -30,24 +33,30 @@ fn offset(whole: &[u8], part: &[u8]) -> (usize, usize) {
 }
 
 impl Headers {
-    /// The headers of a message in `raw` (each a slice of its bytes).
+    /// The headers of a message in `raw` (each a slice of its bytes). The list
+    /// keeps the message's bytes while they are mostly head; a message whose body
+    /// outweighs its head gives the list a copy of the head only (a pooled
+    /// connection keeps its last answer's headers: never a large body with them).
     pub(crate) fn new(raw: &Bound<'_, PyBytes>, headers: &[core::Header<'_>]) -> Self {
         let whole = raw.as_bytes();
-        let spans = headers
+        let spans: Vec<Span> = headers
             .iter()
             .map(|&(name, value)| Span {
                 name: offset(whole, name),
                 value: offset(whole, value),
             })
             .collect();
-        Self {
-            raw: raw.clone().unbind(),
-            spans,
-        }
+        let head = spans.last().map_or(0, |s| s.value.0 + s.value.1);
+        let raw = if whole.len() > 2 * head + KEPT_WHOLE {
+            PyBytes::new(raw.py(), &whole[..head]).unbind()
+        } else {
+            raw.clone().unbind()
+        };
+        Self { raw, spans }
     }
 
     /// Each header's name (as sent: not lowercased) and value, over the bytes
-    /// `whole` of this list's message.
+    /// `whole` of [`Self::raw`].
     pub(crate) fn pairs<'a>(&'a self, whole: &'a [u8]) -> impl Iterator<Item = core::Header<'a>> {
         self.spans.iter().map(move |s| {
             (
@@ -57,7 +66,7 @@ impl Headers {
         })
     }
 
-    /// The message's bytes.
+    /// The bytes the spans point into: the message's, or a copy of its head.
     pub(crate) fn raw<'py>(&self, py: Python<'py>) -> &Bound<'py, PyBytes> {
         self.raw.bind(py)
     }
