@@ -530,11 +530,12 @@ class ChunkedDecoder:
         """The last chunk and the trailer have been read."""
 
 def forwarded(headers: HeaderPairs, /) -> tuple[bytes, bytes | None, bool, bytes | None]:
-    """The request header pass over lowercase ``(name, value)`` pairs: ``(block to
-    send upstream, the client's x-request-id if usable, whether an x-fastgw-*
-    control header is present, the caller's credential)``. The credential: the first
-    ``authorization``'s token when it is ``Bearer <token>`` (any case, stripped, not
-    empty), else the first ``x-api-key`` stripped, when not empty; else None."""
+    """The request header pass over ``(name, value)`` pairs (names read in any case,
+    sent lowercase): ``(block to send upstream, the client's x-request-id if usable,
+    whether an x-fastgw-* control header is present, the caller's credential)``. The
+    credential: the first ``authorization``'s token when it is ``Bearer <token>`` (any
+    case, stripped, not empty), else the first ``x-api-key`` stripped, when not empty;
+    else None."""
 
 def usage(body: bytes, /) -> tuple[int, int] | None:
     """``(prompt_tokens, completion_tokens)`` after the last ``"usage"`` key of a whole

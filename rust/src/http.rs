@@ -567,14 +567,17 @@ pub struct Forwarded<'a> {
 }
 
 /// The request header pass: drops hop-by-hop, framing, credentials, the
-/// headers `connection` names and `x-fastgw-*` controls.
+/// headers `connection` names and `x-fastgw-*` controls. Names are read in
+/// any case; the block sends them lowercase.
 #[must_use]
 pub fn forwarded<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Forwarded<'a> {
     let mut out = Forwarded::default();
     let mut hop: Vec<Vec<u8>> = Vec::new();
     let mut kept: Vec<(&[u8], &[u8])> = Vec::with_capacity(headers.len());
     let (mut auth, mut api_key) = (None, None);
-    for &(name, value) in headers {
+    let mut low = Lowercase::default();
+    for &(raw, value) in headers {
+        let name = low.of(raw);
         if DROP_REQUEST.contains(&name) {
             if name == b"x-request-id" && valid_request_id(value) {
                 out.request_id = Some(value);
@@ -595,9 +598,10 @@ pub fn forwarded<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Forwarded<'a> {
             out.controls = true;
             continue;
         }
-        kept.push((name, value));
+        kept.push((raw, value));
     }
-    for (name, value) in kept {
+    for (raw, value) in kept {
+        let name = low.of(raw);
         if hop.iter().any(|h| h.as_slice() == name) {
             continue;
         }
@@ -608,6 +612,32 @@ pub fn forwarded<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Forwarded<'a> {
     }
     out.credential = credential(auth, api_key);
     out
+}
+
+/// Header names lowercased without an allocation per name.
+#[derive(Default)]
+struct Lowercase {
+    small: [u8; 32],
+    big: Vec<u8>,
+}
+
+impl Lowercase {
+    /// `name` in lowercase: itself when it has no capitals.
+    fn of<'s>(&'s mut self, name: &'s [u8]) -> &'s [u8] {
+        if !name.iter().any(u8::is_ascii_uppercase) {
+            return name;
+        }
+        if name.len() <= self.small.len() {
+            let out = &mut self.small[..name.len()];
+            for (d, s) in out.iter_mut().zip(name) {
+                *d = s.to_ascii_lowercase();
+            }
+            return out;
+        }
+        self.big.clear();
+        self.big.extend(name.iter().map(u8::to_ascii_lowercase));
+        &self.big
+    }
 }
 
 /// The credential of a request's first `authorization` and `x-api-key`

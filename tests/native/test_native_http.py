@@ -381,6 +381,17 @@ def test_forwarded_matches_the_reference(headers: list[tuple[bytes, bytes]]) -> 
     assert native.forwarded(headers) == ref.forwarded(headers)
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_FWD_NAMES), _FWD_VALUES, st.integers(0, 2)),
+                max_size=8))
+def test_forwarded_reads_names_in_any_case(headers: list[tuple[bytes, bytes, int]]) -> None:
+    """Names as a client spells them (the parser's view holds them as sent) pass as
+    their lowercase: the same block, with lowercase names, the same answers."""
+    spelled = [(n.upper() if how == 1 else n.title() if how == 2 else n, v)
+               for n, v, how in headers]
+    assert native.forwarded(spelled) == ref.forwarded([(n, v) for n, v, _ in headers])
+
+
 class _Headers:
     """A request llhttp read, before the header pass (``forwarded`` unset)."""
 

@@ -59,29 +59,6 @@ pub(crate) fn header_name<'py>(py: Python<'py>, lowercase: &[u8]) -> Bound<'py, 
     cached(py, &NAMES, &COMMON_NAMES, lowercase)
 }
 
-/// The headers with lowercase names (names already lowercase borrowed, the
-/// others lowered into one buffer).
-fn lowered<'a>(headers: &[core::Header<'a>], buf: &'a mut Vec<u8>) -> Vec<core::Header<'a>> {
-    for &(name, _) in headers {
-        if name.iter().any(u8::is_ascii_uppercase) {
-            buf.extend(name.iter().map(u8::to_ascii_lowercase));
-        }
-    }
-    let mut at = 0;
-    let buf: &'a [u8] = buf;
-    headers
-        .iter()
-        .map(|&(name, value)| {
-            if name.iter().any(u8::is_ascii_uppercase) {
-                at += name.len();
-                (&buf[at - name.len()..at], value)
-            } else {
-                (name, value)
-            }
-        })
-        .collect()
-}
-
 /// One whole request, or None (leave it to llhttp). The tuple:
 /// `(method, path, query, headers, body, keep_alive, content_length,
 /// forwarded_block, request_id, controls)`; header names are lowercase,
@@ -99,8 +76,7 @@ pub(crate) fn parse_request<'py>(
         return Ok(None);
     };
     let headers = Bound::new(py, Headers::new(data, &r.headers))?;
-    let mut buf = Vec::new();
-    let fwd = core::forwarded(&lowered(&r.headers, &mut buf));
+    let fwd = core::forwarded(&r.headers);
     let tuple = PyTuple::new(
         py,
         [
@@ -268,11 +244,9 @@ pub(crate) fn forwarded<'py>(
     Option<Bound<'py, PyBytes>>,
 )> {
     let owned: Vec<(Vec<u8>, Vec<u8>)>;
-    let mut buf = Vec::new();
     let pairs: Vec<(&[u8], &[u8])> = if let Ok(view) = headers.cast::<Headers>() {
         let view = view.get();
-        let raw: Vec<core::Header<'_>> = view.pairs(view.raw(py).as_bytes()).collect();
-        lowered(&raw, &mut buf)
+        view.pairs(view.raw(py).as_bytes()).collect()
     } else {
         owned = headers.extract()?;
         owned.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect()
