@@ -183,6 +183,12 @@ class LimiterTable:
         usd)``, computed from the body's length and parsed document as
         ``fastgw.limits.rules.estimate`` does; None (nothing reserved) when they
         cannot be computed exactly natively (estimate in Python, then ``admit``)."""
+    def admit_peeked(self, admission: Admission, body_len: int, completion: int,
+                     embeddings: bool, input_per_token: float, output_per_token: float,
+                     now: float | None = None
+                     ) -> tuple[Reservation, bytes | None, float, float] | None:
+        """:meth:`admit_estimated` of a body :func:`peek_request` read: its length and
+        the completion tokens the peek found stand for the document."""
     def settle_admitted(self, reservation: Reservation, admission: Admission, requests: float,
                         tokens: float, usd: float, now: float | None = None) -> bool:
         """``settle`` with the admission's settlement for what the request used."""
@@ -214,6 +220,11 @@ class SharedLimiterTable:
                         embeddings: bool, input_per_token: float, output_per_token: float,
                         now: float | None = None
                         ) -> tuple[Reservation, bytes | None, float, float] | None: ...
+    def admit_peeked(self, admission: Admission, body_len: int, completion: int,
+                     embeddings: bool, input_per_token: float, output_per_token: float,
+                     now: float | None = None
+                     ) -> tuple[Reservation, bytes | None, float, float] | None:
+        """As :meth:`LimiterTable.admit_peeked`."""
     def settle_admitted(self, reservation: Reservation, admission: Admission, requests: float,
                         tokens: float, usd: float, now: float | None = None) -> bool: ...
     def release(self, reservation: Reservation, now: float | None = None) -> bool: ...
@@ -502,6 +513,18 @@ def parse_request(
     ``content_length`` -1 when absent, the last four :func:`forwarded`'s answer. None otherwise
     (incomplete, pipelined, HTTP/1.0, chunked, ``expect``, upgrade, duplicate
     framing headers, over the limits...): leave it to llhttp."""
+
+def peek_request(body: bytes, /) -> tuple[str, bool, bool, int, bool | None] | None:
+    """What the request phase reads of a JSON body, without building its dict:
+    ``(model, stream, controls, completion, usage_asked)`` when ``body`` is a
+    document ``orjson.loads`` reads as a dict whose ``model`` is a str and whose
+    ``stream``, when present, is a bool (a repeated key counts with its last value).
+    ``controls``: a top-level ``fastgw`` member; ``completion``: the completion
+    tokens ``fastgw.limits.rules.estimate`` reserves for it (the first true of
+    ``max_completion_tokens``, ``max_tokens``, ``max_output_tokens`` when a positive
+    int, else 256); ``usage_asked``: True when ``stream_options.include_usage`` is
+    true, False when there is no ``stream_options`` member, None otherwise. None
+    for anything else: parse the body with orjson."""
 
 def parse_response(data: bytes, /) -> tuple[int, Headers, bool, int, bytes | None] | None:
     """The head of an HTTP/1.1 response at the start of ``data``: ``(status, headers,

@@ -24,11 +24,13 @@ from collections.abc import Callable
 from email.utils import formatdate
 
 import httptools
+import orjson
 
 from fastgw.types import HeaderPairs
 
 __all__ = ["ChunkedDecoder", "answer", "date_line", "forwarded", "parse_request",
-           "parse_response", "render_request", "response_block", "splice_model", "usage"]
+           "parse_response", "peek_request", "render_request", "response_block", "splice_model",
+           "usage"]
 
 _DROP_REQUEST = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization",
@@ -162,6 +164,33 @@ def parse_request(data: bytes, max_head: int, max_body: int
     fwd, rid, controls, credential = forwarded(c.headers)
     return (parser.get_method(), path, query, c.headers, body, bool(c.keep_alive), length, fwd, rid,
             controls, credential)
+
+
+def peek_request(body: bytes) -> tuple[str, bool, bool, int, bool | None] | None:
+    """``(model, stream, controls, completion, usage_asked)`` of a body
+    ``orjson.loads`` reads as a dict with a str ``model`` and a bool ``stream`` (or
+    none), else None."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    model = doc.get("model")
+    stream = doc.get("stream", False)
+    if not isinstance(model, str) or not isinstance(stream, bool):
+        return None
+    mt = doc.get("max_completion_tokens") or doc.get("max_tokens") or doc.get(
+        "max_output_tokens")
+    if type(mt) is not int or mt <= 0:
+        mt = 256
+    opts = doc.get("stream_options")
+    usage_asked: bool | None = None
+    if isinstance(opts, dict) and opts.get("include_usage") is True:
+        usage_asked = True
+    elif "stream_options" not in doc:
+        usage_asked = False
+    return model, stream, "fastgw" in doc, mt, usage_asked
 
 
 def parse_response(data: bytes) -> tuple[int, HeaderPairs, bool, int,

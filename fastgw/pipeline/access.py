@@ -225,9 +225,15 @@ class Access:
         got = None
         if plan.uses_usage and ctx.cache is None:
             assert route is not None
-            got = backend.table.admit_estimated(
-                plan.admission, len(ctx.body), ctx.doc, ctx.endpoint == "embeddings",
-                route.input_per_token, route.output_per_token)
+            if ctx.parsed_doc is None:  # the body as peeked: its completion tokens read
+                got = backend.table.admit_peeked(
+                    plan.admission, len(ctx.body), ctx.peeked_completion,
+                    ctx.endpoint == "embeddings", route.input_per_token,
+                    route.output_per_token)
+            else:
+                got = backend.table.admit_estimated(
+                    plan.admission, len(ctx.body), ctx.doc, ctx.endpoint == "embeddings",
+                    route.input_per_token, route.output_per_token)
         if got is not None:
             res, head, grant.tokens, grant.usd = got
         else:

@@ -126,10 +126,11 @@ class Attempt:
                     trace.attempts.append(cast(AttemptSpan, span))
         if request is None:  # the general way: usage asked, translated, hooks
             if trans is None:
-                body = openai.rewrite_model(ctx.body, ctx.doc, ctx.model, target.model)
+                doc = ctx.parsed_doc  # (None: the body as received, read by the peek)
+                body = openai.rewrite_model(ctx.body, doc, ctx.model, target.model)
                 ctx.client_usage = True
                 if ctx.stream and ctx.endpoint in _USAGE_ENDPOINTS:
-                    body, ctx.client_usage = openai.ask_for_usage(body, ctx.doc)
+                    body, ctx.client_usage = openai.ask_for_usage(body, doc, ctx.peeked_usage)
             else:
                 cfg = route.cfg
                 body = trans.request(ctx.doc, deployment=target.model, stream=ctx.stream,

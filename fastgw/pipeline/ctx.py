@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from fastgw.pipeline.snapshot import ModelRoute, Snapshot, TargetRuntime
 from fastgw.providers.dialects import OPENAI_CLIENT, ClientDialect
 from fastgw.server.protocol import Cycle
@@ -22,6 +24,7 @@ class RequestCtx:
         "attempt",
         "attempts",
         "body",
+        "body_controls",
         "cache",
         "cache_key",
         "cache_usage",
@@ -29,7 +32,6 @@ class RequestCtx:
         "completion_tokens",
         "cycle",
         "dialect",
-        "doc",
         "endpoint",
         "error",
         "extra_headers",
@@ -42,6 +44,9 @@ class RequestCtx:
         "opened",
         "order",
         "overhead_s",
+        "parsed_doc",
+        "peeked_completion",
+        "peeked_usage",
         "prompt_tokens",
         "request_id",
         "route",
@@ -72,7 +77,16 @@ class RequestCtx:
         self.fwd = fwd  # the client headers forwarded upstream, for every attempt
         self.t0 = cycle.received_at
         self.body = cycle.body
-        self.doc: dict[str, Any] = {}
+        # The body as a dict: parsed on first use (ctx.doc) when the request phase
+        # read what it needs without parsing it (fastgw._native.peek_request).
+        self.parsed_doc: dict[str, Any] | None = {}
+        self.body_controls = False  # a top-level "fastgw" member (routing controls)
+        # The completion tokens the limits' estimate reserves, as the peek read them
+        # (-1: not peeked); valid while parsed_doc is None (the body as received).
+        self.peeked_completion = -1
+        # stream_options as the peek read them (True: usage asked; False: none; None:
+        # ask the dict); valid while parsed_doc is None.
+        self.peeked_usage: bool | None = None
         self.model = ""
         self.asked: ModelRoute | None = None  # the model the client named
         self.route: ModelRoute | None = None  # the model being tried (variant, fallback)
@@ -111,3 +125,15 @@ class RequestCtx:
         # reading an unset slot raises, and a caught AttributeError costs more.)
         self.guards: dict[Any, Any] | None = None
         self.first_token = 0.0  # a stream's first content went to the client (perf_counter)
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        """The body parsed as a JSON object (the request phase refused anything else)."""
+        doc = self.parsed_doc
+        if doc is None:
+            doc = self.parsed_doc = orjson.loads(self.body)
+        return doc
+
+    @doc.setter
+    def doc(self, doc: dict[str, Any]) -> None:
+        self.parsed_doc = doc

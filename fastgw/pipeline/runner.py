@@ -53,6 +53,7 @@ from typing import Any
 
 import orjson
 
+from fastgw._native import peek_request
 from fastgw.accesslog import AccessLog
 from fastgw.errors import BadRequest, GatewayError, InternalError, ModelNotFound, UpstreamError
 from fastgw.metrics import Recorder
@@ -458,6 +459,14 @@ class Proxy:
         if not body:
             raise BadRequest("the request body is empty; send a JSON object with at least "
                              "'model'")
+        # The usual body read natively without making its dict (made when first asked
+        # for: ctx.doc); anything else parsed here, and refused with orjson's words.
+        peeked = peek_request(body)
+        if peeked is not None:
+            (ctx.model, ctx.stream, ctx.body_controls, ctx.peeked_completion,
+             ctx.peeked_usage) = peeked
+            ctx.parsed_doc = None
+            return
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -467,6 +476,7 @@ class Proxy:
             raise BadRequest("the request body must be a JSON object, not "
                              f"{type(doc).__name__}")
         ctx.doc = doc
+        ctx.body_controls = "fastgw" in doc
         model = doc.get("model")
         if model is None:
             raise BadRequest("missing required field 'model'; name one of the models "
@@ -484,7 +494,7 @@ class Proxy:
         request's routing controls."""
         self.access.check_model(ctx)
         self.find_route(ctx)
-        return read_controls(ctx) if has_controls or "fastgw" in ctx.doc else NO_CONTROLS
+        return read_controls(ctx) if has_controls or ctx.body_controls else NO_CONTROLS
 
     def find_route(self, ctx: RequestCtx) -> None:
         model = ctx.model

@@ -69,8 +69,10 @@ def json_string(value: str) -> bytes:
     return encoded
 
 
-def rewrite_model(body: bytes, doc: dict[str, Any], asked: str, deployment: str) -> bytes:
-    """``body`` with the top-level ``model`` set to ``deployment``.
+def rewrite_model(body: bytes, doc: dict[str, Any] | None, asked: str,
+                  deployment: str) -> bytes:
+    """``body`` with the top-level ``model`` set to ``deployment`` (``doc``: the
+    body parsed, None when it was not: parsed here if needed).
 
     When ``"model": "<asked>"`` occurs exactly once in the raw bytes it must be
     the top-level key (the parsed document has it), so the value is spliced in
@@ -91,7 +93,7 @@ def rewrite_model(body: bytes, doc: dict[str, Any], asked: str, deployment: str)
     found = pat.findall(body, 0, len(body))
     if len(found) == 1:
         return pat.sub(b'"model":' + orjson.dumps(deployment), body, count=1)
-    doc = dict(doc)
+    doc = dict(orjson.loads(body) if doc is None else doc)
     doc["model"] = deployment
     return orjson.dumps(doc)
 
@@ -99,28 +101,48 @@ def rewrite_model(body: bytes, doc: dict[str, Any], asked: str, deployment: str)
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 
 
-def ask_for_usage(body: bytes, doc: dict[str, Any]) -> tuple[bytes, bool]:
+def ask_for_usage(body: bytes, doc: dict[str, Any] | None,
+                  asked: bool | None = None) -> tuple[bytes, bool]:
     """Make a streaming request ask for the usage chunk.
 
-    Returns (new body, whether the client asked for usage itself). Without a
-    ``stream_options`` key the field is inserted after the opening brace;
-    otherwise the document is re-encoded with ``include_usage`` set.
+    Returns (new body, whether the client asked for usage itself). ``doc``: the
+    client's document (its ``stream_options`` read there; the body may have been
+    rewritten since, its model above all); None when it was not parsed, and then
+    ``asked`` is what ``peek_request`` read of ``stream_options`` (True: usage
+    asked; False: no such member; None: unknown). Without a ``stream_options``
+    member the field is inserted after the opening brace; otherwise the body is
+    re-encoded with ``include_usage`` set.
     """
-    opts = doc.get("stream_options")
-    if isinstance(opts, dict) and opts.get("include_usage") is True:
+    if doc is not None:
+        opts = doc.get("stream_options")
+        if isinstance(opts, dict) and opts.get("include_usage") is True:
+            asked = True
+        else:
+            asked = False if "stream_options" not in doc else None
+    if asked is True:
         return body, True
-    if opts is None and "stream_options" not in doc:
-        start = body.find(b"{")
-        if start >= 0:
-            rest = body[start + 1:].lstrip()
-            if rest.startswith(b"}"):
-                return body[: start + 1] + _INCLUDE_USAGE[:-1] + rest, False
-            return body[: start + 1] + _INCLUDE_USAGE + body[start + 1:], False
-    doc = dict(doc)
+    if asked is False:
+        inserted = usage_inserted(body)
+        if inserted is not None:
+            return inserted, False
+    current = orjson.loads(body)  # the body as it now is (the deployment's model in it)
+    opts = current.get("stream_options")
     new_opts = dict(opts) if isinstance(opts, dict) else {}
     new_opts["include_usage"] = True
-    doc["stream_options"] = new_opts
-    return orjson.dumps(doc), False
+    current["stream_options"] = new_opts
+    return orjson.dumps(current), False
+
+
+def usage_inserted(body: bytes) -> bytes | None:
+    """``body`` (a JSON object without ``stream_options``) asking for the usage
+    chunk: the member inserted after the opening brace (None: no brace)."""
+    start = body.find(b"{")
+    if start < 0:
+        return None
+    rest = body[start + 1:].lstrip()
+    if rest.startswith(b"}"):
+        return body[: start + 1] + _INCLUDE_USAGE[:-1] + rest
+    return body[: start + 1] + _INCLUDE_USAGE + body[start + 1:]
 
 
 extract_usage = usage

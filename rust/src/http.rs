@@ -877,9 +877,125 @@ pub fn fixed3(out: &mut Vec<u8>, x: f64) {
     }
 }
 
+/// The completion tokens a request's estimate reserves when it names none.
+pub const DEFAULT_COMPLETION_TOKENS: u64 = 256;
+
+/// What the request phase reads of a JSON request body, read without building
+/// the document: see [`peek_request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peek<'a> {
+    /// `model`.
+    pub model: std::borrow::Cow<'a, str>,
+    /// `stream` (false when absent).
+    pub stream: bool,
+    /// Whether the body has a top-level `fastgw` member (routing controls).
+    pub controls: bool,
+    /// The completion tokens the limits' estimate reserves: the first true
+    /// value of `max_completion_tokens`, `max_tokens`, `max_output_tokens` when
+    /// it is a positive integer, else [`DEFAULT_COMPLETION_TOKENS`].
+    pub completion: u64,
+    /// `stream_options`: `Some(true)` when its `include_usage` is `true`,
+    /// `Some(false)` when the body has no `stream_options` member, None for
+    /// anything else (the usage chunk is asked for by re-encoding the dict).
+    pub usage_asked: Option<bool>,
+}
+
+/// A request body as the request phase reads it, when it is a document
+/// `orjson.loads` reads as a `dict` whose `model` is a string and whose
+/// `stream`, when present, is a boolean (a repeated key counts with its last
+/// value, as in the `dict`). None for anything else: the caller parses the body
+/// itself (and refuses it with the parser's own words).
+#[must_use]
+pub fn peek_request(body: &[u8]) -> Option<Peek<'_>> {
+    const READ: [&str; 7] = [
+        "model",
+        "stream",
+        "fastgw",
+        "max_completion_tokens",
+        "max_tokens",
+        "max_output_tokens",
+        "stream_options",
+    ];
+    let members = crate::ojson::object_members(body, |k| READ.iter().any(|n| k.eq_str(n)))?;
+    let obj = &members;
+    let model = obj.get("model")?.as_str()?.decode();
+    let stream = match obj.get("stream") {
+        None => false,
+        Some(crate::ojson::Value::Bool(b)) => *b,
+        Some(_) => return None,
+    };
+    let chosen = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| obj.get(k).filter(|v| v.truthy()));
+    let completion = match chosen {
+        Some(crate::ojson::Value::Int(n)) if *n > 0 => u64::try_from(*n).ok()?,
+        _ => DEFAULT_COMPLETION_TOKENS,
+    };
+    let usage_asked = match obj.get("stream_options") {
+        None => Some(false),
+        Some(crate::ojson::Value::Obj(o))
+            if matches!(
+                o.get("include_usage"),
+                Some(crate::ojson::Value::Bool(true))
+            ) =>
+        {
+            Some(true)
+        }
+        Some(_) => None,
+    };
+    Some(Peek {
+        model,
+        stream,
+        controls: obj.get("fastgw").is_some(),
+        completion,
+        usage_asked,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_peeked_as_its_dict_reads() {
+        let p = peek_request(
+            br#"{"model":"gpt\u002d4","stream":true,"max_tokens":0,"max_output_tokens":7}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.model.as_ref(), p.stream, p.controls, p.completion),
+            ("gpt-4", true, false, 7)
+        );
+        let p = peek_request(br#"{"model":"a","model":"b","fastgw":{},"max_tokens":1.5}"#).unwrap();
+        assert_eq!(
+            (p.model.as_ref(), p.stream, p.controls, p.completion),
+            ("b", false, true, 256)
+        );
+        let p = peek_request(br#" {"model":"m","max_completion_tokens":true,"stream":false} "#)
+            .unwrap();
+        assert_eq!(
+            (p.completion, p.usage_asked),
+            (DEFAULT_COMPLETION_TOKENS, Some(false))
+        );
+        let p = peek_request(br#"{"model":"m","stream_options":{"include_usage":true}}"#).unwrap();
+        assert_eq!(p.usage_asked, Some(true));
+        let p = peek_request(br#"{"model":"m","stream_options":{"include_usage":1}}"#).unwrap();
+        assert_eq!(p.usage_asked, None);
+        let p = peek_request(br#"{"model":"m","stream_options":null}"#).unwrap();
+        assert_eq!(p.usage_asked, None);
+        for refused in [
+            &br#"{"model":1}"#[..],
+            br#"{"model":"m","stream":null}"#,
+            br#"["model"]"#,
+            br#"{"model":"m",}"#,
+            br#"{"model":"m"}x"#,
+            b"\xef\xbb\xbf{\"model\":\"m\"}",
+            br#"{"stream":true}"#,
+            b"",
+        ] {
+            assert_eq!(peek_request(refused), None, "{refused:?}");
+        }
+    }
 
     const BODY: &[u8] = br#"{"model":"m","messages":[]}"#;
 
@@ -912,7 +1028,10 @@ mod tests {
         assert_eq!(&http_date(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(&http_date(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(&http_date(951_782_400), b"Tue, 29 Feb 2000 00:00:00 GMT");
-        assert_eq!(&http_date(253_402_300_799), b"Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(
+            &http_date(253_402_300_799),
+            b"Fri, 31 Dec 9999 23:59:59 GMT"
+        );
     }
 
     #[test]
@@ -1100,13 +1219,19 @@ mod tests {
     #[test]
     fn the_credential_is_a_bearer_token_else_the_api_key() {
         let cred = |h: &[(&'static [u8], &'static [u8])]| forwarded(h).credential;
-        assert_eq!(cred(&[(b"authorization", b"Bearer  k1 ")]), Some(&b"k1"[..]));
+        assert_eq!(
+            cred(&[(b"authorization", b"Bearer  k1 ")]),
+            Some(&b"k1"[..])
+        );
         assert_eq!(cred(&[(b"authorization", b"bEaReR k1")]), Some(&b"k1"[..]));
         let basic: &[(&[u8], &[u8])] = &[(b"authorization", b"Basic k1"), (b"x-api-key", b" k2")];
         assert_eq!(cred(basic), Some(&b"k2"[..]));
         let both: &[(&[u8], &[u8])] = &[(b"x-api-key", b"k2"), (b"authorization", b"Bearer k1")];
         assert_eq!(cred(both), Some(&b"k1"[..]));
-        let first: &[(&[u8], &[u8])] = &[(b"authorization", b"Bearer"), (b"authorization", b"Bearer k1")];
+        let first: &[(&[u8], &[u8])] = &[
+            (b"authorization", b"Bearer"),
+            (b"authorization", b"Bearer k1"),
+        ];
         assert_eq!(cred(first), None); // the first one counts, as Cycle.header reads it
         assert_eq!(cred(&[(b"x-api-key", b" \t")]), None);
         assert_eq!(cred(&[(b"user-agent", b"Bearer k")]), None);

@@ -45,7 +45,8 @@ mod _native {
     use crate::py::hash64;
     #[pymodule_export]
     use crate::py::http::{
-        answer, date_line, forwarded, parse_request, parse_response, render_request, response_block,
+        answer, date_line, forwarded, parse_request, parse_response, peek_request, render_request,
+        response_block,
         splice_model, usage, ChunkedDecoder,
     };
     #[pymodule_export]

@@ -340,6 +340,36 @@ pub fn string_document(data: &[u8]) -> Option<bool> {
     (p.i == p.b.len()).then_some(s.is_empty())
 }
 
+/// When `data` is a document `orjson.loads` reads as a `dict`: the members
+/// whose key `keep` accepts, read (in document order, repeated keys included),
+/// every other member only checked. None for anything else.
+#[must_use]
+pub fn object_members<'a>(data: &'a [u8], keep: impl Fn(&Str<'a>) -> bool) -> Option<Obj<'a>> {
+    let text = std::str::from_utf8(data).ok()?;
+    let mut p = Parser {
+        s: text,
+        b: text.as_bytes(),
+        i: 0,
+    };
+    p.ws();
+    if p.peek() != Some(b'{') {
+        return None;
+    }
+    let mut kept = Vec::new();
+    p.object_with(1, |p, key| {
+        if keep(&key) {
+            let v = p.value(1)?;
+            kept.push((key.decode(), v));
+            Ok(())
+        } else {
+            p.skip(1)
+        }
+    })
+    .ok()?;
+    p.ws();
+    (p.i == p.b.len()).then_some(Obj(kept))
+}
+
 struct Parser<'a> {
     s: &'a str,
     b: &'a [u8],
@@ -381,29 +411,64 @@ impl<'a> Parser<'a> {
     }
 
     fn object(&mut self, depth: usize) -> Result<Value<'a>, ParseError> {
+        let mut members = Vec::new();
+        self.object_with(depth, |p, key| {
+            let v = p.value(depth)?;
+            members.push((key.decode(), v));
+            Ok(())
+        })?;
+        Ok(Value::Obj(Obj(members)))
+    }
+
+    fn array(&mut self, depth: usize) -> Result<Value<'a>, ParseError> {
+        let mut items = Vec::new();
+        self.array_with(depth, |p| {
+            items.push(p.value(depth)?);
+            Ok(())
+        })?;
+        Ok(Value::Arr(items))
+    }
+
+    /// One value at `self.i` (not whitespace), inside `depth` containers,
+    /// checked as [`Self::value`] checks it but not built.
+    fn skip(&mut self, depth: usize) -> Result<(), ParseError> {
+        match self.peek().ok_or(ParseError)? {
+            b'{' => self.object_with(depth + 1, |p, _| p.skip(depth + 1)),
+            b'[' => self.array_with(depth + 1, |p| p.skip(depth + 1)),
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            _ => self.value(depth).map(drop), // a literal, or refused
+        }
+    }
+
+    /// An object at `self.i`, the `depth`-th container: `member(self, key)` for
+    /// each member, with `self.i` at its value, which it reads.
+    fn object_with(
+        &mut self,
+        depth: usize,
+        mut member: impl FnMut(&mut Self, Str<'a>) -> Result<(), ParseError>,
+    ) -> Result<(), ParseError> {
         if depth > MAX_PARSE_DEPTH {
             return Err(ParseError);
         }
         self.i += 1;
-        let mut members = Vec::new();
         self.ws();
         if self.peek() == Some(b'}') {
             self.i += 1;
-            return Ok(Value::Obj(Obj(members)));
+            return Ok(());
         }
         loop {
             if self.peek() != Some(b'"') {
                 return Err(ParseError);
             }
-            let key = self.string()?.decode();
+            let key = self.string()?;
             self.ws();
             if self.peek() != Some(b':') {
                 return Err(ParseError);
             }
             self.i += 1;
             self.ws();
-            let v = self.value(depth)?;
-            members.push((key, v));
+            member(self, key)?;
             self.ws();
             match self.peek() {
                 Some(b',') => {
@@ -412,26 +477,31 @@ impl<'a> Parser<'a> {
                 }
                 Some(b'}') => {
                     self.i += 1;
-                    return Ok(Value::Obj(Obj(members)));
+                    return Ok(());
                 }
                 _ => return Err(ParseError),
             }
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<Value<'a>, ParseError> {
+    /// An array at `self.i`, the `depth`-th container: `item(self)` for each
+    /// item, with `self.i` at it, which it reads.
+    fn array_with(
+        &mut self,
+        depth: usize,
+        mut item: impl FnMut(&mut Self) -> Result<(), ParseError>,
+    ) -> Result<(), ParseError> {
         if depth > MAX_PARSE_DEPTH {
             return Err(ParseError);
         }
         self.i += 1;
-        let mut items = Vec::new();
         self.ws();
         if self.peek() == Some(b']') {
             self.i += 1;
-            return Ok(Value::Arr(items));
+            return Ok(());
         }
         loop {
-            items.push(self.value(depth)?);
+            item(self)?;
             self.ws();
             match self.peek() {
                 Some(b',') => {
@@ -440,7 +510,7 @@ impl<'a> Parser<'a> {
                 }
                 Some(b']') => {
                     self.i += 1;
-                    return Ok(Value::Arr(items));
+                    return Ok(());
                 }
                 _ => return Err(ParseError),
             }

@@ -108,6 +108,21 @@ def test_stream_drops_only_the_usage_chunk_it_asked_for(
     assert sent["model"] == "mock-deployment"
 
 
+@pytest.mark.parametrize("options", [{"include_usage": False}, {}, None,
+                                     {"include_usage": False, "other": 1}])
+def test_stream_options_without_usage_keep_the_deployment_s_model(
+        fixed: tuple[Gateway, FixedSSE], options: dict[str, object] | None) -> None:
+    """A stream whose stream_options do not ask for usage: the gateway asks for it
+    by re-encoding the body, and the upstream still gets the deployment's model
+    (not the name the client asked for), with the client's other options."""
+    gw, sse = fixed
+    body, _ = _stream(gw, chat(stream=True, stream_options=options))
+    assert body == STREAM.replace(USAGE, b"")
+    sent = orjson.loads(sse.bodies[-1])
+    assert sent["model"] == "mock-deployment"
+    assert sent["stream_options"] == {**(options or {}), "include_usage": True}
+
+
 def test_stream_usage_is_recorded_even_when_dropped(fixed: tuple[Gateway, FixedSSE]) -> None:
     gw, _ = fixed
     from fastgw import metrics

@@ -176,6 +176,19 @@ def test_the_native_estimate_is_the_reference_one(body_len: int, embeddings: boo
     adm = admission(native, picks)
     got = table.admit_estimated(adm, body_len, doc, embeddings, *prices, now=T0)
     prompt, completion = estimate(body_len, doc, "embeddings" if embeddings else "chat")
+    # A body peek_request read instead of parsed: the completion tokens it read
+    # (the rule of estimate; never above 2**64 - 1, orjson's largest int) stand for
+    # the document, for the same answer.
+    peeked = estimate(body_len, doc, "chat")[1]
+    if peeked < 2**64:
+        for third in (native.LimiterTable(), native.SharedLimiterTable(slots=64)):
+            again = third.admit_peeked(adm, body_len, peeked, embeddings, *prices, now=T0)
+            assert (again is None) == (got is None)
+            if again is not None and got is not None:
+                assert (again[0].admitted, again[0].remaining, *again[2:]) == (
+                    got[0].admitted, got[0].remaining, *got[2:])
+                if type(third) is native.LimiterTable:
+                    assert again[1] == got[1]
     if got is None:  # only when the sum is not exact as a float: Python estimates
         assert prompt + completion > 2**53
         return

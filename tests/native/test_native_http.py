@@ -392,6 +392,62 @@ def test_forwarded_reads_names_in_any_case(headers: list[tuple[bytes, bytes, int
     assert native.forwarded(spelled) == ref.forwarded([(n, v) for n, v, _ in headers])
 
 
+_PEEK_VALUES = (st.none() | st.booleans() | st.integers(-5, 10**6)
+                | st.sampled_from([0, 2**53, 2**63 - 1, 2**63, 2**64 - 1, 1.5, 0.0, -0.0, 1e300,
+                                   "", "x", [], [0], {}, {"a": 1}]))
+_PEEK_MUTATIONS = [
+    b"", b"x", b",", b" ", b"\t\n\r", b"\x0b", b"\x0c", b"\xef\xbb\xbf", b"\xff", b"\xc3",
+    b"\\ud800", b"\\ud83d\\ude00", b"\\u002d", b"\\x", b"\x01", b"}", b"]", b"{", b"[",
+    b'"model":"dup",', b',"model":7', b',"stream":true', b',"stream":"yes"', b',"fastgw":{}',
+    b"NaN", b"1e400", b"-0", b"18446744073709551616", b',"max_tokens":18446744073709551615',
+    b',"stream_options":{"include_usage":true}', b',"stream_options":null',
+]
+
+
+@st.composite
+def _peek_bodies(draw: st.DrawFn) -> bytes:
+    """JSON request bodies: orjson's dump of a dict with or without each member
+    the peek reads, then maybe cut or with bytes put in (escapes, repeated keys,
+    invalid UTF-8, odd whitespace, numbers out of range, trailing data)."""
+    doc: dict[str, Any] = {}
+    if draw(st.integers(0, 4)):
+        doc["model"] = draw(st.text(max_size=8) if draw(st.integers(0, 4)) else _PEEK_VALUES)
+    if draw(st.booleans()):
+        doc["stream"] = draw(st.booleans() if draw(st.integers(0, 3)) else _PEEK_VALUES)
+    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens", "fastgw",
+                "messages"):
+        if draw(st.integers(0, 2)) == 0:
+            doc[key] = draw(_PEEK_VALUES)
+    if draw(st.integers(0, 2)) == 0:
+        doc["stream_options"] = draw(st.fixed_dictionaries(
+            {}, optional={"include_usage": _PEEK_VALUES, "x": st.just(1)}) | _PEEK_VALUES)
+    top: Any = doc if draw(st.integers(0, 9)) else draw(_PEEK_VALUES)
+    body = orjson.dumps(top)
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):
+        at = draw(st.integers(0, len(body)))
+        cut = draw(st.integers(0, 1))
+        body = body[:at] + draw(st.sampled_from(_PEEK_MUTATIONS)) + body[at + cut:]
+    return body
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_peek_bodies())
+@example(b'{"model":"gpt\\u002d4o","stream":false,"max_tokens":0,"max_output_tokens":9}')
+@example(b'{"model":"m","model":"n","fastgw":null}')
+@example(b'{"model":"\\ud83d\\ude00"}')
+@example(b'{"model":"\\ud83d"}')
+@example(b'[{"model":"m"}]')
+@example(b'{"model":"m","max_tokens":1e2}')
+@example(b'{"model":"m","max_tokens":true}')
+@example(b"{" * 1025 + b"}" * 1025)
+@example(b'{"model":"m","x":' + b"[" * 1023 + b"]" * 1023 + b"}")
+def test_a_peeked_request_is_what_its_dict_says(body: bytes) -> None:
+    """What the request phase reads of a body without parsing it into a dict is
+    what orjson's dict of it says, and it reads nothing where orjson refuses it
+    (or where the dict would not do: then the phase parses the body itself)."""
+    assert native.peek_request(body) == ref.peek_request(body)
+
+
 class _Headers:
     """A request llhttp read, before the header pass (``forwarded`` unset)."""
 

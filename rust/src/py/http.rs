@@ -3,7 +3,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::headers::Headers;
 use crate::http as core;
@@ -134,6 +134,23 @@ pub(crate) fn parse_response<'py>(
     Ok(Some((r.status, headers, r.keep_alive, r.head_len, body)))
 }
 
+/// `(model, stream, controls, completion, usage_asked)`: what `peek_request` gives.
+type PeekedRequest<'py> = (Bound<'py, PyString>, bool, bool, u64, Option<bool>);
+
+/// `(model, stream, controls, completion, usage_asked)` of a JSON request body
+/// the request phase can take without parsing it into a dict (see
+/// `crate::http::peek_request`), or None: parse it.
+#[pyfunction]
+#[pyo3(signature = (body, /))]
+pub(crate) fn peek_request<'py>(
+    py: Python<'py>,
+    body: &Bound<'py, PyBytes>,
+) -> Option<PeekedRequest<'py>> {
+    let p = core::peek_request(body.as_bytes())?;
+    let model = PyString::new(py, &p.model);
+    Some((model, p.stream, p.controls, p.completion, p.usage_asked))
+}
+
 /// Reads a chunked response body, read by read.
 #[pyclass(module = "fastgw._native")]
 pub struct ChunkedDecoder {
@@ -249,7 +266,10 @@ pub(crate) fn forwarded<'py>(
         view.pairs(view.raw(py).as_bytes()).collect()
     } else {
         owned = headers.extract()?;
-        owned.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect()
+        owned
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect()
     };
     let f = core::forwarded(&pairs);
     Ok((
@@ -471,7 +491,9 @@ fn current_date_line() -> [u8; DATE_LINE_LEN] {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if last.0 != now {
         *last = (now, render_date_line(now));
     }
@@ -511,7 +533,10 @@ impl Block<'_> {
 }
 
 /// The allow-listed upstream headers, renamed as sent, secrets scrubbed.
-fn passed_headers(up_headers: &Bound<'_, PyAny>, secrets: &Bound<'_, PyTuple>) -> PyResult<Vec<u8>> {
+fn passed_headers(
+    up_headers: &Bound<'_, PyAny>,
+    secrets: &Bound<'_, PyTuple>,
+) -> PyResult<Vec<u8>> {
     let mut passed = Vec::new();
     if let Ok(view) = up_headers.cast::<Headers>() {
         let view = view.get();

@@ -543,7 +543,7 @@ fn settle_with(
 }
 
 /// Completion tokens reserved when a request sets no usable maximum.
-const DEFAULT_COMPLETION_TOKENS: u64 = 256;
+use crate::http::DEFAULT_COMPLETION_TOKENS;
 
 /// `(prompt, completion)` tokens a request reserves, as
 /// `fastgw.limits.rules.estimate` computes them: the body's size / 4 + 1, and
@@ -584,10 +584,15 @@ fn estimate(
         },
         _ => DEFAULT_COMPLETION_TOKENS,
     };
+    Ok(exact(prompt, completion))
+}
+
+/// `(prompt, completion)`, or None when their sum would not be exact as a float.
+fn exact(prompt: u64, completion: u64) -> Option<(u64, u64)> {
     if prompt.checked_add(completion).is_none_or(|t| t > 1 << 53) {
-        return Ok(None);
+        return None;
     }
-    Ok(Some((prompt, completion)))
+    Some((prompt, completion))
 }
 
 /// `admit_estimated`'s answer: the reservation, its headers, the tokens and USD reserved.
@@ -605,15 +610,48 @@ fn admit_estimated_with<'py>(
     (body_len, doc, embeddings, input_per_token, output_per_token): Asked<'_, 'py>,
     reserve: impl FnOnce(&[&[u8]], &[core::Limit], &[f64]) -> Reserved,
 ) -> PyResult<Option<Estimated<'py>>> {
-    let Some((prompt, completion)) = estimate(doc, body_len, embeddings)? else {
+    let Some(counts) = estimate(doc, body_len, embeddings)? else {
         return Ok(None);
     };
+    let prices = (input_per_token, output_per_token);
+    admit_counted(py, table_id, admission, counts, prices, reserve).map(Some)
+}
+
+/// A request as `admit_peeked` reads it: body length, the completion tokens
+/// `peek_request` read, embeddings or not, input and output price per token.
+type Peeked = (u64, u64, bool, f64, f64);
+
+/// `admit_peeked` on any table (`reserve` is the table's own).
+fn admit_peeked_with<'py>(
+    py: Python<'py>,
+    table_id: u64,
+    admission: &Bound<'py, Admission>,
+    (body_len, completion, embeddings, input_per_token, output_per_token): Peeked,
+    reserve: impl FnOnce(&[&[u8]], &[core::Limit], &[f64]) -> Reserved,
+) -> PyResult<Option<Estimated<'py>>> {
+    let completion = if embeddings { 0 } else { completion };
+    let Some(counts) = exact(body_len / 4 + 1, completion) else {
+        return Ok(None);
+    };
+    let prices = (input_per_token, output_per_token);
+    admit_counted(py, table_id, admission, counts, prices, reserve).map(Some)
+}
+
+/// `admit` of `(prompt, completion)` tokens at `(input, output)` prices per token.
+fn admit_counted<'py>(
+    py: Python<'py>,
+    table_id: u64,
+    admission: &Bound<'py, Admission>,
+    (prompt, completion): (u64, u64),
+    (input_per_token, output_per_token): (f64, f64),
+    reserve: impl FnOnce(&[&[u8]], &[core::Limit], &[f64]) -> Reserved,
+) -> PyResult<Estimated<'py>> {
     #[allow(clippy::cast_precision_loss)] // below 2^53: exact
     let (p, c) = (prompt as f64, completion as f64);
     let tokens = p + c;
     let usd = p * input_per_token + c * output_per_token;
     let (res, head) = admit_with(py, table_id, admission, tokens, usd, reserve)?;
-    Ok(Some((res, head, tokens, usd)))
+    Ok((res, head, tokens, usd))
 }
 
 /// Many named buckets in this process; see the module stub for the contract.
@@ -757,6 +795,33 @@ impl LimiterTable {
     ) -> PyResult<Option<Estimated<'py>>> {
         let req = (body_len, doc, embeddings, input_per_token, output_per_token);
         admit_estimated_with(py, self.id, admission, req, |keys, limits, costs| {
+            self.reserve_at(keys, limits, costs, now)
+        })
+    }
+
+    /// `admit_estimated` of a body read by `peek_request`: its length and the
+    /// completion tokens the peek found stand for the document.
+    #[pyo3(signature = (admission, body_len, completion, embeddings, input_per_token, output_per_token, now = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn admit_peeked<'py>(
+        &self,
+        py: Python<'py>,
+        admission: &Bound<'py, Admission>,
+        body_len: u64,
+        completion: u64,
+        embeddings: bool,
+        input_per_token: f64,
+        output_per_token: f64,
+        now: Option<f64>,
+    ) -> PyResult<Option<Estimated<'py>>> {
+        let req = (
+            body_len,
+            completion,
+            embeddings,
+            input_per_token,
+            output_per_token,
+        );
+        admit_peeked_with(py, self.id, admission, req, |keys, limits, costs| {
             self.reserve_at(keys, limits, costs, now)
         })
     }
@@ -925,6 +990,35 @@ impl SharedLimiterTable {
     ) -> PyResult<Option<Estimated<'py>>> {
         let req = (body_len, doc, embeddings, input_per_token, output_per_token);
         admit_estimated_with(py, self.id, admission, req, |keys, limits, costs| {
+            Ok((
+                self.inner.reserve(keys, limits, costs, now_or_clock(now))?,
+                None,
+            ))
+        })
+    }
+
+    /// As `LimiterTable.admit_peeked`.
+    #[pyo3(signature = (admission, body_len, completion, embeddings, input_per_token, output_per_token, now = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn admit_peeked<'py>(
+        &self,
+        py: Python<'py>,
+        admission: &Bound<'py, Admission>,
+        body_len: u64,
+        completion: u64,
+        embeddings: bool,
+        input_per_token: f64,
+        output_per_token: f64,
+        now: Option<f64>,
+    ) -> PyResult<Option<Estimated<'py>>> {
+        let req = (
+            body_len,
+            completion,
+            embeddings,
+            input_per_token,
+            output_per_token,
+        );
+        admit_peeked_with(py, self.id, admission, req, |keys, limits, costs| {
             Ok((
                 self.inner.reserve(keys, limits, costs, now_or_clock(now))?,
                 None,
