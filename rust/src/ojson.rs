@@ -587,6 +587,7 @@ impl<'a> Parser<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
+            self.i += plain_run(&self.b[self.i..]);
             let c = *self.b.get(self.i).ok_or(ParseError)?;
             match c {
                 b'"' => {
@@ -623,6 +624,34 @@ impl<'a> Parser<'a> {
             }
         }
     }
+}
+
+/// How many bytes at the start of `b` a string body takes as they are: none is
+/// a quote, a backslash or a control character (below 0x20). Eight at a time.
+fn plain_run(b: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut n = 0;
+    while let Some(word) = b.get(n..n + 8) {
+        let w = u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+        // A byte's high bit set where it is below 0x20 (the per-byte borrow test),
+        // or where it is zero once xored with a quote or a backslash.
+        let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x;
+        let low = below(w, 0x20);
+        let quote = below(w ^ (ONES * u64::from(b'"')), 1);
+        let slash = below(w ^ (ONES * u64::from(b'\\')), 1);
+        let hit = (low | quote | slash) & HIGHS;
+        if hit != 0 {
+            // The lowest flagged lane is exact: a borrow only runs upward from a
+            // byte that is itself flagged.
+            return n + (hit.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + b[n..]
+        .iter()
+        .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+        .unwrap_or(b.len() - n)
 }
 
 /// The text of a validated string body with escapes.
@@ -816,6 +845,36 @@ mod tests {
             dumps(" [ true , false , null , -7 ] "),
             "[true,false,null,-7]"
         );
+    }
+
+    #[test]
+    fn a_string_s_plain_run_stops_where_the_byte_loop_would() {
+        let reference = |b: &[u8]| {
+            b.iter()
+                .position(|&c| c < 0x20 || c == b'"' || c == b'\\')
+                .unwrap_or(b.len())
+        };
+        // Every stop byte at every position of runs up to 3 words long, among
+        // neighbours just above and below each stop (and UTF-8 bytes).
+        let fillers: [u8; 7] = [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0xc3];
+        let stops: [u8; 6] = [b'"', b'\\', 0x00, 0x1f, 0x01, b'\n'];
+        for len in 0..26 {
+            for filler in fillers {
+                let plain = vec![filler; len];
+                assert_eq!(plain_run(&plain), reference(&plain));
+                for at in 0..len {
+                    for stop in stops {
+                        let mut b = plain.clone();
+                        b[at] = stop;
+                        assert_eq!(plain_run(&b), reference(&b), "{b:?}");
+                        if at + 1 < len {
+                            b[at + 1] = 0x00; // a second stop just after the first
+                            assert_eq!(plain_run(&b), at, "{b:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
