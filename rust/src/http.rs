@@ -573,7 +573,7 @@ pub struct Forwarded<'a> {
 pub fn forwarded<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Forwarded<'a> {
     let mut out = Forwarded::default();
     let mut hop: Vec<Vec<u8>> = Vec::new();
-    let mut kept: Vec<(&[u8], &[u8])> = Vec::with_capacity(headers.len());
+    let mut kept: smallvec::SmallVec<[Header<'a>; 16]> = smallvec::SmallVec::new();
     let (mut auth, mut api_key) = (None, None);
     let mut low = Lowercase::default();
     for &(raw, value) in headers {
@@ -600,6 +600,8 @@ pub fn forwarded<'a>(headers: &[(&'a [u8], &'a [u8])]) -> Forwarded<'a> {
         }
         kept.push((raw, value));
     }
+    let size = kept.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    out.block.reserve_exact(size);
     for (raw, value) in kept {
         let name = low.of(raw);
         if hop.iter().any(|h| h.as_slice() == name) {

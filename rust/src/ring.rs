@@ -27,7 +27,11 @@
 //! target of N moves only the keys that land on its new points: about
 //! 1/(N+1) of them for equal weights.
 
+use smallvec::SmallVec;
 use xxhash_rust::xxh3::xxh3_64;
+
+/// Target indices in order: on the stack for up to 16 targets.
+pub type Indices = SmallVec<[usize; 16]>;
 
 /// The ring's hash: XXH3-64, seed 0.
 #[must_use]
@@ -221,7 +225,7 @@ impl Ring {
         key: &[u8],
         n: usize,
         bounded: Option<(&[f64], f64)>,
-        out: &mut Vec<usize>,
+        out: &mut Indices,
     ) -> Result<(), RingError> {
         out.clear();
         let eligible = match bounded {
@@ -235,8 +239,8 @@ impl Ring {
         if want == 0 {
             return Ok(());
         }
-        let mut seen = vec![false; self.names.len()];
-        let mut later: Vec<usize> = Vec::new();
+        let mut seen: SmallVec<[bool; 64]> = SmallVec::from_elem(false, self.names.len());
+        let mut later = Indices::new();
         let mut distinct = 0;
         let m = self.hashes.len();
         for step in 0..m {
@@ -344,7 +348,7 @@ mod tests {
     #[test]
     fn candidates_are_distinct_and_bounded_load_skips_the_hot_target() {
         let r = ring(&["a", "b", "c", "d"], 100);
-        let mut out = Vec::new();
+        let mut out = Indices::new();
         r.candidates(b"key", 10, None, &mut out).unwrap();
         assert_eq!(out.len(), 4);
         let mut sorted = out.clone();
@@ -358,10 +362,10 @@ mod tests {
             r.lookup_bounded(b"key", &loads, 1.25).unwrap(),
             Some(out[1])
         );
-        let mut b = Vec::new();
+        let mut b = Indices::new();
         r.candidates(b"key", 4, Some((&loads, 1.25)), &mut b)
             .unwrap();
-        assert_eq!(b, vec![out[1], out[2], out[3], out[0]]);
+        assert_eq!(b.as_slice(), [out[1], out[2], out[3], out[0]]);
     }
 
     #[test]

@@ -3,9 +3,11 @@ use pyo3::exceptions::{PyLookupError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyMapping, PyString, PyTuple};
 
+use smallvec::SmallVec;
+
 use super::key_bytes;
 use super::limiter::floats;
-use crate::ring::{Ring, RingError};
+use crate::ring::{Indices, Ring, RingError};
 
 fn value_error(e: RingError) -> PyErr {
     PyValueError::new_err(e.0)
@@ -121,7 +123,7 @@ impl HashRing {
     ) -> PyResult<Bound<'py, PyList>> {
         let key = key_bytes(key)?;
         let loads = loads.map(floats).transpose()?;
-        let mut out = Vec::new();
+        let mut out = Indices::new();
         self.inner
             .candidates(
                 key,
@@ -147,12 +149,12 @@ impl HashRing {
         c: f64,
     ) -> PyResult<Bound<'py, PyList>> {
         let key = key_bytes(key)?;
-        let mut out = Vec::new();
+        let mut out = Indices::new();
         self.inner
             .candidates(key, usize::MAX, None, &mut out)
             .map_err(value_error)?;
         let inflight = pyo3::intern!(py, "inflight");
-        let mut loads = Vec::with_capacity(self.names.len());
+        let mut loads: SmallVec<[f64; 16]> = SmallVec::with_capacity(self.names.len());
         for state in states.try_iter()? {
             loads.push(state?.getattr(inflight)?.extract::<f64>()?);
         }
