@@ -585,7 +585,18 @@ class HttpProtocol(asyncio.Protocol):
             settings = self.settings
             whole = parse_request(data, settings.max_header_bytes, settings.max_body_bytes)
             if whole is not None:
-                self._whole(whole)
+                # What llhttp's callbacks would have done, at once (and _complete's
+                # usual case inline: no request in flight on this connection).
+                (method, path, query, headers, body, keep_alive, length, fwd, rid, controls,
+                 cred) = whole
+                cycle = Cycle(self, path, headers, query, method, keep_alive, length, body,
+                              (fwd, rid, controls, cred))
+                if self._active is None:
+                    cycle.received_at = perf_counter()
+                    self._phase = _PROCESSING
+                    self._run(cycle)
+                else:
+                    self._complete(cycle)
                 return
         try:
             self._parser.feed_data(data)
@@ -615,14 +626,6 @@ class HttpProtocol(asyncio.Protocol):
                     self._head_raw += len(data)
                     if self._head_raw > self.settings.max_header_bytes:
                         self._reject(self._too_large())
-
-    def _whole(self, whole: tuple[bytes, bytes, bytes, HeaderPairs, bytes, bool,
-                                  int, bytes, bytes | None, bool, bytes | None]) -> None:
-        """A request :func:`~fastgw._native.parse_request` read whole: what llhttp's
-        callbacks would have done, at once."""
-        method, path, query, headers, body, keep_alive, length, fwd, rid, controls, cred = whole
-        self._complete(Cycle(self, path, headers, query, method, keep_alive, length, body,
-                             (fwd, rid, controls, cred)))
 
     def on_message_begin(self) -> None:
         self._in_message = True
