@@ -63,6 +63,9 @@ pub(crate) fn access_line<'py>(
     PyBytes::new(py, &out)
 }
 
+/// The most a buffer reserves for the next batch after a flush (bytes).
+const MAX_RESERVED: usize = 1 << 20;
+
 /// The access-log lines held between two flushes, for one writer: see
 /// `fastgw/_reference/accesslog.py` for the reference.
 #[pyclass(module = "fastgw._native")]
@@ -184,7 +187,10 @@ impl LogBuffer {
         let writer = self.writer.bind(py);
         let native = writer.cast::<LogWriter>().ok();
         if self.lines > 0 {
-            let mut batch = std::mem::take(&mut self.buf);
+            // The next batch starts with room for one like this (up to a bound):
+            // one allocation, not a doubling and a copy every few lines.
+            let room = self.buf.len().min(MAX_RESERVED);
+            let mut batch = std::mem::replace(&mut self.buf, Vec::with_capacity(room));
             if self.dropped > 0 {
                 batch.extend_from_slice(b"{\"event\":\"access_log_dropped\",\"lines\":");
                 batch.extend_from_slice(itoa::Buffer::new().format(self.dropped).as_bytes());
