@@ -305,13 +305,7 @@ fn is_ws(c: u8) -> bool {
 /// # Errors
 /// What `orjson.loads` refuses.
 pub fn parse(data: &[u8]) -> Result<Value<'_>, ParseError> {
-    let text = std::str::from_utf8(data).map_err(|_| ParseError)?;
-    let mut p = Parser {
-        s: text,
-        b: text.as_bytes(),
-        i: 0,
-    };
-    p.ws();
+    let mut p = Parser::at_start(data).ok_or(ParseError)?;
     let v = p.value(0)?;
     p.ws();
     if p.i == p.b.len() {
@@ -325,13 +319,7 @@ pub fn parse(data: &[u8]) -> Result<Value<'_>, ParseError> {
 /// string is empty. None for anything else.
 #[must_use]
 pub fn string_document(data: &[u8]) -> Option<bool> {
-    let text = std::str::from_utf8(data).ok()?;
-    let mut p = Parser {
-        s: text,
-        b: text.as_bytes(),
-        i: 0,
-    };
-    p.ws();
+    let mut p = Parser::at_start(data)?;
     if p.peek() != Some(b'"') {
         return None;
     }
@@ -345,13 +333,7 @@ pub fn string_document(data: &[u8]) -> Option<bool> {
 /// every other member only checked. None for anything else.
 #[must_use]
 pub fn object_members<'a>(data: &'a [u8], keep: impl Fn(&Str<'a>) -> bool) -> Option<Obj<'a>> {
-    let text = std::str::from_utf8(data).ok()?;
-    let mut p = Parser {
-        s: text,
-        b: text.as_bytes(),
-        i: 0,
-    };
-    p.ws();
+    let mut p = Parser::at_start(data)?;
     if p.peek() != Some(b'{') {
         return None;
     }
@@ -377,6 +359,19 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
+    /// A parser at the first value of `data` (leading whitespace passed); None
+    /// when `data` is not UTF-8.
+    fn at_start(data: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(data).ok()?;
+        let mut p = Parser {
+            s: text,
+            b: text.as_bytes(),
+            i: 0,
+        };
+        p.ws();
+        Some(p)
+    }
+
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
