@@ -156,7 +156,16 @@ impl HashRing {
         let inflight = pyo3::intern!(py, "inflight");
         let mut loads: SmallVec<[f64; 16]> = SmallVec::with_capacity(self.names.len());
         for state in states.try_iter()? {
-            loads.push(state?.getattr(inflight)?.extract::<f64>()?);
+            let load = state?.getattr(inflight)?;
+            // (an int counter as a rule: read as one, without float()'s slow path)
+            #[allow(clippy::cast_precision_loss)] // exact below 2^53; a load, not an id
+            let load = match load.cast::<pyo3::types::PyInt>() {
+                Ok(n) => n
+                    .extract::<i64>()
+                    .map_or_else(|_| load.extract::<f64>(), |n| Ok(n as f64))?,
+                Err(_) => load.extract::<f64>()?,
+            };
+            loads.push(load);
         }
         if loads.iter().any(|&l| l != 0.0) {
             let first = self
