@@ -35,6 +35,16 @@ class StreamScanner(Protocol):
     def done(self) -> bool: ...
 
 
+def usage_asked(doc: dict[str, Any]) -> bool | None:
+    """What a request's ``stream_options`` asks of the usage chunk: True when its
+    ``include_usage`` is true, False when the request has no ``stream_options``
+    member, None otherwise (present, and not asking for it)."""
+    opts = doc.get("stream_options")
+    if isinstance(opts, dict) and opts.get("include_usage") is True:
+        return True
+    return False if "stream_options" not in doc else None
+
+
 def usage_numbers(usage: Any) -> tuple[int, int] | None:
     """(input, output) tokens from an OpenAI or Anthropic usage object."""
     if not isinstance(usage, dict):

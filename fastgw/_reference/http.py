@@ -26,7 +26,7 @@ from email.utils import formatdate
 import httptools
 import orjson
 
-from fastgw.types import HeaderPairs
+from fastgw.types import HeaderPairs, usage_asked
 
 __all__ = ["ChunkedDecoder", "answer", "date_line", "forwarded", "parse_request",
            "parse_response", "peek_request", "render_request", "response_block", "splice_model",
@@ -184,13 +184,7 @@ def peek_request(body: bytes) -> tuple[str, bool, bool, int, bool | None] | None
         "max_output_tokens")
     if type(mt) is not int or mt <= 0:
         mt = 256
-    opts = doc.get("stream_options")
-    usage_asked: bool | None = None
-    if isinstance(opts, dict) and opts.get("include_usage") is True:
-        usage_asked = True
-    elif "stream_options" not in doc:
-        usage_asked = False
-    return model, stream, "fastgw" in doc, mt, usage_asked
+    return model, stream, "fastgw" in doc, mt, usage_asked(doc)
 
 
 def parse_response(data: bytes) -> tuple[int, HeaderPairs, bool, int,

@@ -17,6 +17,7 @@ from fastgw.routing.balancer import TargetState, usable
 from fastgw.routing.health import Health
 from fastgw.routing.quota import ProviderQuota
 from fastgw.tracing import AttemptSpan, Trace
+from fastgw.types import usage_asked
 from fastgw.upstream.connection import UpstreamConnection
 
 NOTHING_TRIED: frozenset[int] = frozenset()
@@ -136,9 +137,7 @@ class Attempt:
                 body = trans.request(ctx.doc, deployment=target.model, stream=ctx.stream,
                                      default_max_tokens=cfg.default_max_tokens,
                                      drop_unsupported=cfg.drop_unsupported_params)
-                opts = ctx.doc.get("stream_options")
-                ctx.client_usage = ctx.endpoint == "messages" or (
-                    isinstance(opts, dict) and opts.get("include_usage") is True)
+                ctx.client_usage = ctx.endpoint == "messages" or usage_asked(ctx.doc) is True
             if chain:
                 for hook in chain.upstream_request:
                     body = hook(ctx, target, body)

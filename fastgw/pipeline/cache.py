@@ -49,6 +49,7 @@ from fastgw.config import CacheConfig, RedisConfig
 from fastgw.errors import GatewayError
 from fastgw.metrics import CACHE, CACHE_SAVED, batched
 from fastgw.pipeline.filters import Filter, Later, Reply
+from fastgw.types import usage_asked
 
 if TYPE_CHECKING:
     from fastgw.pipeline.ctx import RequestCtx
@@ -380,8 +381,7 @@ class CacheFilter(Filter):
         if not ctx.stream:
             reply = Reply(200, body)
         else:
-            opts = ctx.doc.get("stream_options")
-            usage = isinstance(opts, dict) and opts.get("include_usage") is True
+            usage = usage_asked(ctx.doc) is True
             try:
                 reply = Reply(200, to_stream(endpoint, body, include_usage=usage), _SSE_HEAD,
                               stream=True)

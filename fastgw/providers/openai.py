@@ -16,6 +16,7 @@ import orjson
 
 from fastgw._native import splice_model, usage
 from fastgw.config import ProviderConfig
+from fastgw.types import usage_asked
 
 # Endpoint name -> path below the provider's base URL.
 OPENAI_PATHS: dict[str, str] = {
@@ -114,11 +115,7 @@ def ask_for_usage(body: bytes, doc: dict[str, Any] | None,
     re-encoded with ``include_usage`` set.
     """
     if doc is not None:
-        opts = doc.get("stream_options")
-        if isinstance(opts, dict) and opts.get("include_usage") is True:
-            asked = True
-        else:
-            asked = False if "stream_options" not in doc else None
+        asked = usage_asked(doc)
     if asked is True:
         return body, True
     if asked is False:
